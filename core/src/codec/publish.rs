@@ -1,0 +1,135 @@
+//! PUBLISH (section 3.3): an application message, in either direction.
+
+use super::io::{Reader, binary_len, put_binary};
+use super::{DecodeError, PacketId, Protocol, PublishProperties, QoS};
+use crate::topic::TopicName;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The QoS of a PUBLISH together with the packet identifier that QoS 1 and 2
+/// require and QoS 0 forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QosPid {
+    /// QoS 0: no packet identifier.
+    AtMostOnce,
+    /// QoS 1 with its packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with its packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl QosPid {
+    /// The QoS level.
+    pub fn qos(self) -> QoS {
+        match self {
+            QosPid::AtMostOnce => QoS::AtMostOnce,
+            QosPid::AtLeastOnce(_) => QoS::AtLeastOnce,
+            QosPid::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS 1 and 2.
+    pub fn packet_id(self) -> Option<PacketId> {
+        match self {
+            QosPid::AtMostOnce => None,
+            QosPid::AtLeastOnce(id) | QosPid::ExactlyOnce(id) => Some(id),
+        }
+    }
+
+    /// Combines a QoS with a packet identifier (ignored for QoS 0).
+    pub fn new(qos: QoS, packet_id: PacketId) -> Self {
+        match qos {
+            QoS::AtMostOnce => QosPid::AtMostOnce,
+            QoS::AtLeastOnce => QosPid::AtLeastOnce(packet_id),
+            QoS::ExactlyOnce => QosPid::ExactlyOnce(packet_id),
+        }
+    }
+}
+
+/// A PUBLISH packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// DUP: this may be a re-delivery.
+    pub dup: bool,
+    /// QoS and packet identifier.
+    pub qos: QosPid,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic Name; empty only when an MQTT 5 topic alias stands in for it.
+    pub topic: TopicName,
+    /// The payload, shared with every copy of the message.
+    pub payload: Bytes,
+    /// PUBLISH properties (5.0 only).
+    pub properties: PublishProperties,
+}
+
+impl Publish {
+    pub(crate) fn decode(
+        r: &mut Reader,
+        flags: u8,
+        protocol: Protocol,
+    ) -> Result<Self, DecodeError> {
+        let dup = flags & 0x08 != 0;
+        let qos = QoS::from_u8((flags >> 1) & 0x03)?;
+        if dup && qos == QoS::AtMostOnce {
+            return Err(DecodeError::DupOnQoS0);
+        }
+        let topic =
+            TopicName::new_allow_empty(r.string()?).map_err(DecodeError::InvalidTopicName)?;
+        let qos = match qos {
+            QoS::AtMostOnce => QosPid::AtMostOnce,
+            QoS::AtLeastOnce => QosPid::AtLeastOnce(PacketId::decode(r)?),
+            QoS::ExactlyOnce => QosPid::ExactlyOnce(PacketId::decode(r)?),
+        };
+        let properties = if protocol == Protocol::V5 {
+            PublishProperties::decode(r)?
+        } else {
+            PublishProperties::default()
+        };
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(DecodeError::InvalidTopicName(
+                crate::topic::TopicError::Empty,
+            ));
+        }
+        Ok(Publish {
+            dup,
+            qos,
+            retain: flags & 0x01 != 0,
+            topic,
+            payload: r.rest(),
+            properties,
+        })
+    }
+
+    pub(crate) fn first_byte(&self) -> u8 {
+        let mut b = 0x30 | ((self.qos.qos() as u8) << 1);
+        if self.dup {
+            b |= 0x08;
+        }
+        if self.retain {
+            b |= 0x01;
+        }
+        b
+    }
+
+    pub(crate) fn body_len(&self, protocol: Protocol) -> usize {
+        binary_len(self.topic.as_bytes())
+            + if self.qos.packet_id().is_some() { 2 } else { 0 }
+            + if protocol == Protocol::V5 {
+                self.properties.encoded_len()
+            } else {
+                0
+            }
+            + self.payload.len()
+    }
+
+    pub(crate) fn encode_body(&self, protocol: Protocol, buf: &mut BytesMut) {
+        put_binary(buf, self.topic.as_bytes());
+        if let Some(id) = self.qos.packet_id() {
+            buf.put_u16(id.get());
+        }
+        if protocol == Protocol::V5 {
+            self.properties.encode(buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
