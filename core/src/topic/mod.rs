@@ -7,6 +7,9 @@ use crate::MqttStr;
 use bytes::Bytes;
 use core::fmt;
 
+pub mod trie;
+pub use trie::{SubscriptionTrie, TopicMap};
+
 /// Why a string is not a valid topic name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -223,7 +226,8 @@ impl TopicFilter {
         // Both halves are sub-slices of a valid string split at an ASCII '/',
         // so they are valid strings too; re-validating keeps this total.
         let name = MqttStr::from_bytes(name).map_err(|_| TopicError::InvalidSharedSubscription)?;
-        let inner = MqttStr::from_bytes(inner).map_err(|_| TopicError::InvalidSharedSubscription)?;
+        let inner =
+            MqttStr::from_bytes(inner).map_err(|_| TopicError::InvalidSharedSubscription)?;
         validate_filter(inner.as_bytes())?;
         Ok(Some((name, TopicFilter(inner))))
     }
@@ -301,20 +305,41 @@ mod tests {
 
     #[test]
     fn filter_validation_follows_section_4_7() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a//b", "sport/+/player1", "$SYS/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//b",
+            "sport/+/player1",
+            "$SYS/#",
+        ] {
             assert!(filter(ok).is_ok(), "{ok} should be valid");
         }
         assert_eq!(filter(""), Err(TopicError::Empty));
-        assert_eq!(filter("a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(
+            filter("a/#/b"),
+            Err(TopicError::MisplacedMultiLevelWildcard)
+        );
         assert_eq!(filter("a#"), Err(TopicError::MisplacedMultiLevelWildcard));
         assert_eq!(filter("a+"), Err(TopicError::MisplacedSingleLevelWildcard));
-        assert_eq!(filter("+a/b"), Err(TopicError::MisplacedSingleLevelWildcard));
+        assert_eq!(
+            filter("+a/b"),
+            Err(TopicError::MisplacedSingleLevelWildcard)
+        );
     }
 
     #[test]
     fn names_reject_wildcards_and_empty() {
-        assert_eq!(TopicName::copy_from_str("a/+"), Err(TopicError::WildcardInName));
-        assert_eq!(TopicName::copy_from_str("#"), Err(TopicError::WildcardInName));
+        assert_eq!(
+            TopicName::copy_from_str("a/+"),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            TopicName::copy_from_str("#"),
+            Err(TopicError::WildcardInName)
+        );
         assert_eq!(TopicName::copy_from_str(""), Err(TopicError::Empty));
         assert!(TopicName::copy_from_str("/").is_ok());
     }
@@ -323,8 +348,16 @@ mod tests {
     fn matching_examples_from_the_specification() {
         let cases = [
             ("sport/tennis/player1/#", "sport/tennis/player1", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/score/wimbledon",
+                true,
+            ),
             ("sport/#", "sport", true),
             ("sport/tennis/+", "sport/tennis/player1", true),
             ("sport/tennis/+", "sport/tennis/player1/tournament", false),
@@ -353,10 +386,22 @@ mod tests {
         let (name, inner) = filter("$share/g1/a/+").unwrap().shared().unwrap().unwrap();
         assert_eq!(name, "g1");
         assert_eq!(inner.as_str(), "a/+");
-        assert_eq!(filter("$share/g1"), Err(TopicError::InvalidSharedSubscription));
-        assert_eq!(filter("$share//a"), Err(TopicError::InvalidSharedSubscription));
-        assert_eq!(filter("$share/g+/a"), Err(TopicError::MisplacedSingleLevelWildcard));
-        assert_eq!(filter("$share/g/"), Err(TopicError::InvalidSharedSubscription));
+        assert_eq!(
+            filter("$share/g1"),
+            Err(TopicError::InvalidSharedSubscription)
+        );
+        assert_eq!(
+            filter("$share//a"),
+            Err(TopicError::InvalidSharedSubscription)
+        );
+        assert_eq!(
+            filter("$share/g+/a"),
+            Err(TopicError::MisplacedSingleLevelWildcard)
+        );
+        assert_eq!(
+            filter("$share/g/"),
+            Err(TopicError::InvalidSharedSubscription)
+        );
         assert!(filter("a/b").unwrap().shared().unwrap().is_none());
     }
 }
