@@ -7,6 +7,9 @@ use crate::MqttStr;
 use bytes::Bytes;
 use core::fmt;
 
+pub mod trie;
+pub use trie::{SubscriptionTrie, TopicMap};
+
 /// Why a string is not a valid topic name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
