@@ -25,6 +25,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod broker;
 pub mod codec;
 mod string;
 pub mod topic;

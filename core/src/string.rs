@@ -127,6 +127,14 @@ impl PartialEq<&str> for MqttStr {
     }
 }
 
+// Hashing an MqttStr hashes its bytes as a slice, so maps keyed by MqttStr
+// can be queried with a plain `&[u8]`.
+impl core::borrow::Borrow<[u8]> for MqttStr {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl AsRef<str> for MqttStr {
     fn as_ref(&self) -> &str {
         self.as_str()

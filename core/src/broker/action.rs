@@ -1,0 +1,265 @@
+//! What goes into the engine besides bytes, and everything that comes out.
+
+use super::Instant;
+use crate::MqttStr;
+use crate::codec::{DecodeError, PublishProperties, QoS, ReasonCode};
+use crate::topic::{TopicFilter, TopicName};
+use bytes::Bytes;
+use core::fmt;
+use core::net::SocketAddr;
+
+/// A connection, from [`super::Broker::handle_open`] until its
+/// [`Action::Close`] or [`super::Broker::handle_closed`]. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The number behind the handle, for logs.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// What the runtime knows about a new connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnInfo {
+    /// The peer's address, if the transport has one.
+    pub remote: Option<SocketAddr>,
+    /// Which listener accepted it (the runtime's numbering), for policies.
+    pub listener: u16,
+}
+
+/// An in-process subscription made with [`super::Broker::subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalSubscription(pub(crate) u64);
+
+/// A pending authentication decision (see
+/// [`super::Authentication::External`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AuthToken(pub(crate) u64);
+
+/// An application message as the broker routes it: shared, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic.
+    pub topic: TopicName,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// Whether it was published as retained.
+    pub retain: bool,
+    /// MQTT 5 properties to forward (never a topic alias or subscription
+    /// identifiers: those belong to one hop).
+    pub properties: PublishProperties,
+}
+
+/// Why the engine closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client's bytes were not a valid packet.
+    Decode(DecodeError),
+    /// The client broke a rule of the protocol; the reason code says which
+    /// (it was sent in a DISCONNECT to MQTT 5 clients).
+    Protocol(ReasonCode),
+    /// The CONNECT was refused; the CONNACK said why.
+    ConnectRefused(ReasonCode),
+    /// No CONNECT arrived within the connect timeout.
+    ConnectTimeout,
+    /// Nothing arrived for 1.5 times the keep-alive interval.
+    KeepAliveTimeout,
+    /// Another connection took over the session.
+    SessionTakenOver,
+    /// The broker is shutting down.
+    ServerShutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientDisconnect => f.write_str("client disconnected"),
+            CloseReason::Decode(e) => write!(f, "bad packet: {e}"),
+            CloseReason::Protocol(code) => write!(f, "protocol violation ({code:?})"),
+            CloseReason::ConnectRefused(code) => write!(f, "connect refused ({code:?})"),
+            CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::SessionTakenOver => f.write_str("session taken over"),
+            CloseReason::ServerShutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// A CONNECT (or MQTT 5 AUTH step) waiting for the embedding program's
+/// decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// Hand this back to [`super::Broker::resolve_auth`].
+    pub token: AuthToken,
+    /// The connection asking.
+    pub conn: ConnId,
+    /// The listener it came in on.
+    pub listener: u16,
+    /// Its client identifier (empty if the broker will assign one).
+    pub client_id: MqttStr,
+    /// User name, if sent.
+    pub username: Option<MqttStr>,
+    /// Password, if sent.
+    pub password: Option<Bytes>,
+    /// MQTT 5 Authentication Method, if enhanced authentication is used.
+    pub method: Option<MqttStr>,
+    /// MQTT 5 Authentication Data of this step.
+    pub data: Option<Bytes>,
+}
+
+/// The embedding program's answer to an [`AuthRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthDecision {
+    /// Let the client in.
+    Accept,
+    /// Refuse it with this reason (MQTT 3 clients see the nearest return
+    /// code: 0x04 for bad credentials, 0x05 for not authorized).
+    Reject(ReasonCode),
+    /// Refuse it and point it elsewhere (0x9C Use another server or 0x9D
+    /// Server moved, with a Server Reference).
+    Redirect {
+        /// 0x9C or 0x9D.
+        reason: ReasonCode,
+        /// Where to go.
+        server_reference: MqttStr,
+    },
+    /// MQTT 5 enhanced authentication: send AUTH 0x18 with this data and
+    /// wait for the client's next step (another [`AuthRequest`]).
+    Continue {
+        /// Authentication Data for the client.
+        data: Bytes,
+    },
+}
+
+/// Something that happened, for logs, metrics and hooks that only watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A client's CONNECT was accepted.
+    ClientConnected {
+        /// The connection.
+        conn: ConnId,
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// Its user name.
+        username: Option<MqttStr>,
+    },
+    /// A connected client went away.
+    ClientDisconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A client subscribed.
+    Subscribed {
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// The filter.
+        filter: TopicFilter,
+        /// The QoS granted, or the failure code.
+        result: Result<QoS, ReasonCode>,
+    },
+    /// A client unsubscribed.
+    Unsubscribed {
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// The filter.
+        filter: TopicFilter,
+    },
+    /// A message was accepted for routing.
+    Published {
+        /// The publishing client, or `None` for the embedding program.
+        client_id: Option<MqttStr>,
+        /// The topic.
+        topic: TopicName,
+        /// Its QoS.
+        qos: QoS,
+        /// How many subscriptions it reached.
+        matched: usize,
+    },
+    /// A client acknowledged a QoS 1/2 delivery completely.
+    Acknowledged {
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// The packet identifier.
+        packet_id: u16,
+    },
+    /// Messages for a session were dropped because its queue was full.
+    QueueFull {
+        /// Its client identifier.
+        client_id: MqttStr,
+    },
+}
+
+/// Everything the engine asks of the world. Drain with
+/// [`super::Broker::poll_action`] after every input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Write these bytes to the connection, after any sent before. All the
+    /// packets one input produced for a connection come as one `Send`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Encoded packets.
+        bytes: Bytes,
+    },
+    /// Flush what was sent, then close the connection. The engine has
+    /// forgotten it: do not call `handle_closed` for it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A message for an in-process subscription.
+    Deliver {
+        /// The subscription it matched.
+        subscription: LocalSubscription,
+        /// The message (`retain` is true only for retained messages sent
+        /// when subscribing).
+        message: Message,
+    },
+    /// Decide whether this client may connect; answer with
+    /// [`super::Broker::resolve_auth`].
+    Authenticate(AuthRequest),
+    /// Something happened (only with [`super::Config::events`]).
+    Event(Event),
+}
+
+/// Counters for `$SYS` and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// When the broker started.
+    pub started: Instant,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Bytes received from clients.
+    pub bytes_received: u64,
+    /// Bytes handed to runtimes to send.
+    pub bytes_sent: u64,
+    /// Messages dropped because a session queue was full (or a packet was
+    /// larger than the client's Maximum Packet Size).
+    pub dropped: u64,
+    /// Connections ever accepted (CONNACK 0).
+    pub connections_total: u64,
+}

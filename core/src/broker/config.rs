@@ -1,0 +1,211 @@
+//! What the embedding program decides about a broker: limits, capabilities
+//! announced to MQTT 5 clients, and the policies that answer hooks.
+
+use crate::MqttStr;
+use crate::codec::{QoS, ReasonCode};
+use crate::topic::{TopicFilter, TopicName};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::time::Duration;
+
+/// Limits on everything a client can make the broker hold. Each says what
+/// happens when it is reached.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest packet accepted from a client, fixed header included; larger
+    /// ones close the connection (DISCONNECT 0x95 for MQTT 5) as soon as
+    /// their fixed header arrives. Announced to MQTT 5 clients.
+    pub max_packet_size: u32,
+    /// Outbound QoS 1/2 messages unacknowledged at once per client (lowered
+    /// to the client's Receive Maximum); the rest wait in the session queue.
+    pub max_inflight: u16,
+    /// Messages queued per session (offline, or beyond the in-flight
+    /// window). A message that arrives when the queue is full is dropped for
+    /// that session and counted in [`crate::broker::Stats::dropped`].
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session; the same drop rule applies.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions
+    /// (Mosquitto's `queue_qos0_messages`). Off by default.
+    pub queue_qos0_offline: bool,
+    /// Longest client identifier accepted; longer is CONNACK 0x02 (0x85).
+    pub max_client_id_len: usize,
+    /// Most levels in a topic name or filter; more is refused (the PUBLISH
+    /// closes the connection, the subscription gets a failure code).
+    pub max_topic_levels: usize,
+    /// Subscriptions per session; further ones get SUBACK 0x97 / 0x80.
+    pub max_subscriptions_per_client: usize,
+    /// Connections at once; a CONNECT beyond it gets CONNACK 0x03 (0x89).
+    pub max_connections: usize,
+    /// Retained messages in the broker; a new retained topic beyond it is
+    /// not retained (the message is still delivered).
+    pub max_retained_messages: usize,
+    /// Time a new connection has to send CONNECT before it is closed.
+    pub connect_timeout: Duration,
+    /// Upper bound on the keep-alive interval; a client asking for more (or
+    /// for none) gets this one, announced as Server Keep Alive in MQTT 5.
+    pub max_keepalive: Option<u16>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            queue_qos0_offline: false,
+            max_client_id_len: 65_535,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 10_000,
+            max_connections: usize::MAX,
+            max_retained_messages: 10_000_000,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: None,
+        }
+    }
+}
+
+/// The broker's configuration.
+pub struct Config {
+    /// Limits.
+    pub limits: Limits,
+    /// Receive Maximum announced to MQTT 5 clients: inbound QoS 1/2
+    /// PUBLISHes a client may have unacknowledged. One more is DISCONNECT
+    /// 0x93. MQTT 3 clients are held to it too (closing the connection).
+    pub receive_maximum: u16,
+    /// Highest QoS accepted (announced as Maximum QoS when below 2).
+    pub maximum_qos: QoS,
+    /// Whether retained messages are supported (Retain Available).
+    pub retain_available: bool,
+    /// Whether wildcard filters are accepted.
+    pub wildcard_subscription_available: bool,
+    /// Whether subscription identifiers are accepted.
+    pub subscription_identifiers_available: bool,
+    /// Whether `$share/` subscriptions are accepted.
+    pub shared_subscription_available: bool,
+    /// Topic Alias Maximum announced to MQTT 5 clients (inbound aliases).
+    pub topic_alias_maximum: u16,
+    /// Whether the broker uses topic aliases toward MQTT 5 clients that
+    /// allow them.
+    pub outbound_topic_aliases: bool,
+    /// Whether a PUBLISH whose Payload Format Indicator says UTF-8 must carry
+    /// valid UTF-8 (0x99 Payload format invalid otherwise).
+    pub validate_utf8_payloads: bool,
+    /// Period of the `$SYS/broker/...` statistics; `None` turns them off.
+    pub sys_interval: Option<Duration>,
+    /// Identifier used in `$SYS/<id>/new/clients` presence topics.
+    pub broker_id: MqttStr,
+    /// Version string published on `$SYS/broker/version`.
+    pub version: &'static str,
+    /// Whether client lifecycle and traffic events are emitted as
+    /// [`crate::broker::Action::Event`].
+    pub events: bool,
+    /// Seed for everything the broker picks (assigned client identifiers).
+    pub random_seed: u64,
+    /// Who may connect.
+    pub authentication: Authentication,
+    /// What connected clients may publish and subscribe to.
+    pub authorization: Box<dyn AccessPolicy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            receive_maximum: 100,
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            topic_alias_maximum: 10,
+            outbound_topic_aliases: true,
+            validate_utf8_payloads: true,
+            sys_interval: Some(Duration::from_secs(10)),
+            broker_id: MqttStr::from_static("roost"),
+            version: concat!("roost ", env!("CARGO_PKG_VERSION")),
+            events: false,
+            random_seed: 0x5eed,
+            authentication: Authentication::AllowAll,
+            authorization: Box::new(AllowAll),
+        }
+    }
+}
+
+/// How CONNECTs are authenticated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Authentication {
+    /// Every client may connect, with or without credentials.
+    AllowAll,
+    /// A fixed table of user names and passwords, checked in the engine.
+    Static {
+        /// Whether clients without a user name may connect.
+        allow_anonymous: bool,
+        /// The users and their passwords.
+        users: Vec<(MqttStr, Bytes)>,
+    },
+    /// Each CONNECT (and each MQTT 5 AUTH exchange) becomes an
+    /// [`crate::broker::Action::Authenticate`] request that the embedding
+    /// program answers with [`crate::broker::Broker::resolve_auth`], as late
+    /// as it likes.
+    External,
+}
+
+/// Who is asking, for an authorization decision.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRef<'a> {
+    /// The client identifier.
+    pub client_id: &'a MqttStr,
+    /// The authenticated user name, if any.
+    pub username: Option<&'a MqttStr>,
+    /// The listener the client came in on (the runtime's numbering).
+    pub listener: u16,
+}
+
+/// An authorization policy the engine consults inline, for every PUBLISH and
+/// SUBSCRIBE. It must be fast and must not block; an answer that needs I/O
+/// belongs behind [`Authentication::External`] at connect time.
+pub trait AccessPolicy: Send {
+    /// Whether `client` may publish to `topic`. A refused QoS 1/2 PUBLISH is
+    /// still acknowledged (with 0x87 in MQTT 5) but not routed.
+    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool;
+
+    /// Whether `client` may subscribe to `filter` at `qos`: `Ok` with the
+    /// QoS to grant (at most `qos`), or `Err` with the failure reason for
+    /// SUBACK (MQTT 3 clients see any failure as 0x80).
+    fn authorize_subscribe(
+        &self,
+        client: ClientRef<'_>,
+        filter: &TopicFilter,
+        qos: QoS,
+    ) -> Result<QoS, ReasonCode>;
+
+    /// Whether a message on `topic` may be delivered to `client` (a
+    /// subscription that matched). Defaults to yes.
+    fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
+        let _ = (client, topic);
+        true
+    }
+}
+
+/// The policy that allows everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl AccessPolicy for AllowAll {
+    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> bool {
+        true
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        qos: QoS,
+    ) -> Result<QoS, ReasonCode> {
+        Ok(qos)
+    }
+}

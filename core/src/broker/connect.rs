@@ -1,0 +1,639 @@
+//! Connections: CONNECT and its checks, authentication, session takeover and
+//! resumption, wills, and what happens when a connection or session ends.
+
+use super::state::{Conn, ConnState, OutState, PendingWill, Session, SessionId};
+use super::{
+    Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, CloseReason, ConnId,
+    Event, Instant, Message, keep_alive_grace,
+};
+use crate::MqttStr;
+use crate::codec::{
+    Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol,
+    PubResponse, QoS, ReasonCode, Will,
+};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::num::NonZeroU16;
+use core::time::Duration;
+
+impl Broker {
+    pub(super) fn handle_packet(&mut self, id: ConnId, packet: Packet) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let session = c.session();
+        match (&c.state, packet) {
+            (ConnState::AwaitingConnect, Packet::Connect(connect)) => self.on_connect(id, connect),
+            // The first packet must be CONNECT [MQTT-3.1.0-1]: close without
+            // an answer.
+            (ConnState::AwaitingConnect, _) => {
+                self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError))
+            }
+            (ConnState::Authenticating { .. }, Packet::Auth(auth)) => self.on_auth(id, *auth),
+            (ConnState::Authenticating { .. }, _) => {
+                self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError))
+            }
+            (ConnState::Connected { .. }, packet) => {
+                let Some(session) = session else { return };
+                self.on_session_packet(id, session, packet)
+            }
+        }
+    }
+
+    fn on_session_packet(&mut self, id: ConnId, session: SessionId, packet: Packet) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(id, session, p),
+            Packet::PubAck(r) => self.on_puback(session, r),
+            Packet::PubRec(r) => self.on_pubrec(id, session, r),
+            Packet::PubRel(r) => self.on_pubrel(id, session, r),
+            Packet::PubComp(r) => self.on_pubcomp(session, r),
+            Packet::Subscribe(s) => self.on_subscribe(id, session, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(id, session, u),
+            Packet::PingReq => self.send(id, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(id, session, d),
+            Packet::Auth(auth) => self.on_auth(id, *auth),
+            // A second CONNECT is a protocol violation [MQTT-3.1.0-2], and
+            // the rest are packets only a server sends.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError)),
+        }
+    }
+
+    /// A packet failed to decode: answer a bad CONNECT with the CONNACK the
+    /// specification asks for, tell connected MQTT 5 clients why, close.
+    pub(super) fn decode_error(&mut self, id: ConnId, error: DecodeError) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if matches!(c.state, ConnState::AwaitingConnect) {
+            match error {
+                // [MQTT-3.1.2-2]: CONNACK 0x01, in the format the client can
+                // read (MQTT 3 for a level this broker does not know).
+                DecodeError::UnsupportedProtocolLevel(_) => {
+                    c.protocol = Protocol::V3_1_1;
+                    self.refuse(id, ReasonCode::UnsupportedProtocolVersion);
+                    return;
+                }
+                // process_input set the protocol from the CONNECT's level.
+                _ if c.protocol == Protocol::V5 => {
+                    self.refuse(id, error.reason_code());
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.close(id, CloseReason::Decode(error));
+    }
+
+    fn on_connect(&mut self, id: ConnId, connect: Box<Connect>) {
+        let limits = &self.config.limits;
+        let v5 = connect.protocol == Protocol::V5;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.protocol = connect.protocol;
+        }
+        let refusal = if self.shutting_down {
+            Some(ReasonCode::ServerUnavailable)
+        } else if self.connected >= limits.max_connections {
+            Some(if v5 {
+                ReasonCode::ServerBusy
+            } else {
+                ReasonCode::ServerUnavailable
+            })
+        } else if connect.client_id.len() > limits.max_client_id_len
+            || (connect.client_id.is_empty()
+                && (connect.protocol == Protocol::V3_1 || (!v5 && !connect.clean_start)))
+        {
+            // An empty identifier needs a clean session in 3.1.1
+            // [MQTT-3.1.3-8]; 3.1 requires one [MQTT 3.1 section 3.1].
+            Some(ReasonCode::ClientIdentifierNotValid)
+        } else if !v5
+            && limits
+                .max_keepalive
+                .is_some_and(|max| connect.keep_alive > max)
+        {
+            // MQTT 3 cannot tell a client to ping more often; like Mosquitto,
+            // refuse rather than time it out unexpectedly.
+            Some(ReasonCode::ClientIdentifierNotValid)
+        } else if let Some(will) = &connect.will {
+            if will.qos > self.config.maximum_qos {
+                Some(ReasonCode::QoSNotSupported)
+            } else if will.retain && !self.config.retain_available {
+                Some(ReasonCode::RetainNotSupported)
+            } else if will.topic.levels().count() > limits.max_topic_levels {
+                Some(ReasonCode::TopicNameInvalid)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.refuse(id, reason);
+            return;
+        }
+        match &self.config.authentication {
+            Authentication::AllowAll => self.accept(id, connect),
+            Authentication::Static {
+                allow_anonymous,
+                users,
+            } => {
+                let verdict = match &connect.username {
+                    None if *allow_anonymous => Ok(()),
+                    None => Err(ReasonCode::NotAuthorized),
+                    Some(user) => {
+                        let password = connect.password.as_deref().unwrap_or_default();
+                        let ok = users
+                            .iter()
+                            .any(|(u, p)| u == user && constant_time_eq(p, password));
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err(ReasonCode::BadUserNameOrPassword)
+                        }
+                    }
+                };
+                match verdict {
+                    Ok(()) => self.accept(id, connect),
+                    Err(reason) => self.refuse(id, reason),
+                }
+            }
+            Authentication::External => {
+                let request =
+                    self.auth_request(id, &connect, connect.properties.authentication_data.clone());
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.auth_method = connect.properties.authentication_method.clone();
+                    c.state = ConnState::Authenticating { connect };
+                }
+                self.actions.push_back(Action::Authenticate(request));
+            }
+        }
+    }
+
+    fn auth_request(&mut self, id: ConnId, connect: &Connect, data: Option<Bytes>) -> AuthRequest {
+        let token = AuthToken(self.fresh_id());
+        self.pending_auth.insert(token, id);
+        AuthRequest {
+            token,
+            conn: id,
+            listener: self.conns.get(&id).map_or(0, |c| c.listener),
+            client_id: connect.client_id.clone(),
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            method: connect.properties.authentication_method.clone(),
+            data,
+        }
+    }
+
+    /// An AUTH packet: the next step of enhanced authentication while
+    /// connecting, or a re-authentication once connected (MQTT 5 section 4.12).
+    fn on_auth(&mut self, id: ConnId, auth: Auth) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let method_matches = auth.properties.authentication_method.is_some()
+            && auth.properties.authentication_method == c.auth_method;
+        let external = matches!(self.config.authentication, Authentication::External);
+        if !method_matches || !external {
+            self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
+            return;
+        }
+        let request = AuthRequest {
+            token: AuthToken(0),
+            conn: id,
+            listener: c.listener,
+            client_id: c.client_id.clone(),
+            username: c.username.clone(),
+            password: None,
+            method: c.auth_method.clone(),
+            data: auth.properties.authentication_data,
+        };
+        let token = AuthToken(self.fresh_id());
+        self.pending_auth.insert(token, id);
+        self.actions
+            .push_back(Action::Authenticate(AuthRequest { token, ..request }));
+    }
+
+    /// Answers an [`Action::Authenticate`] request. A token that is unknown
+    /// (its connection already closed) is ignored.
+    pub fn resolve_auth(&mut self, now: Instant, token: AuthToken, decision: AuthDecision) {
+        self.advance(now);
+        let Some(id) = self.pending_auth.remove(&token) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let connecting = matches!(c.state, ConnState::Authenticating { .. });
+        match decision {
+            AuthDecision::Accept if connecting => {
+                let state = core::mem::replace(&mut c.state, ConnState::AwaitingConnect);
+                if let ConnState::Authenticating { connect } = state {
+                    self.accept(id, connect);
+                    let max = self.config.limits.max_packet_size as usize;
+                    self.process_input(id, max);
+                }
+            }
+            AuthDecision::Accept => {
+                let auth = Auth {
+                    reason: ReasonCode::Success,
+                    properties: AuthProperties {
+                        authentication_method: c.auth_method.clone(),
+                        ..AuthProperties::default()
+                    },
+                };
+                self.send(id, &Packet::Auth(Box::new(auth)));
+            }
+            AuthDecision::Continue { data } => {
+                let auth = Auth {
+                    reason: ReasonCode::ContinueAuthentication,
+                    properties: AuthProperties {
+                        authentication_method: c.auth_method.clone(),
+                        authentication_data: Some(data),
+                        ..AuthProperties::default()
+                    },
+                };
+                self.send(id, &Packet::Auth(Box::new(auth)));
+            }
+            AuthDecision::Reject(reason) if connecting => self.refuse(id, reason),
+            AuthDecision::Reject(reason) => self.close(id, CloseReason::Protocol(reason)),
+            AuthDecision::Redirect {
+                reason,
+                server_reference,
+            } => {
+                if connecting && c.protocol == Protocol::V5 {
+                    let ack = ConnAck {
+                        session_present: false,
+                        reason,
+                        properties: ConnAckProperties {
+                            server_reference: Some(server_reference),
+                            ..ConnAckProperties::default()
+                        },
+                    };
+                    self.send(id, &Packet::ConnAck(Box::new(ack)));
+                    self.close(id, CloseReason::ConnectRefused(reason));
+                } else if connecting {
+                    self.refuse(id, reason);
+                } else {
+                    let mut d = crate::codec::Disconnect::new(reason);
+                    d.properties.server_reference = Some(server_reference);
+                    self.send(id, &Packet::Disconnect(d));
+                    self.close(id, CloseReason::Protocol(reason));
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Sends CONNACK with a failure and closes [MQTT-3.2.2-5].
+    fn refuse(&mut self, id: ConnId, reason: ReasonCode) {
+        let ack = ConnAck {
+            session_present: false,
+            reason,
+            properties: ConnAckProperties::default(),
+        };
+        self.send(id, &Packet::ConnAck(Box::new(ack)));
+        self.close(id, CloseReason::ConnectRefused(reason));
+    }
+
+    /// Admits an authenticated CONNECT: takes over or creates the session,
+    /// sends CONNACK, and resumes what the session had in flight.
+    fn accept(&mut self, id: ConnId, connect: Box<Connect>) {
+        let connect = *connect;
+        let v5 = connect.protocol == Protocol::V5;
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            let fresh = self.assign_client_id();
+            assigned = Some(fresh.clone());
+            fresh
+        } else {
+            connect.client_id.clone()
+        };
+
+        // Another connection with this identifier is taken over
+        // [MQTT-3.1.4-3]; its will goes out as for any server-side close.
+        if let Some(&sid) = self.by_client_id.get(&client_id) {
+            if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
+                self.close(old, CloseReason::SessionTakenOver);
+            }
+        }
+        let existing = self.by_client_id.get(&client_id).copied();
+        let session_present = match existing {
+            Some(sid) if connect.clean_start => {
+                self.end_session(sid);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let sid = match existing.filter(|_| session_present) {
+            Some(sid) => sid,
+            None => {
+                let sid = SessionId(self.fresh_id());
+                let session = Session::new(client_id.clone(), self.config.limits.max_inflight);
+                self.sessions.insert(sid, session);
+                self.by_client_id.insert(client_id.clone(), sid);
+                sid
+            }
+        };
+
+        let limits = &self.config.limits;
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if let Some(max) = limits.max_keepalive {
+            if v5 && (keep_alive == 0 || keep_alive > max) {
+                keep_alive = max;
+                server_keep_alive = Some(max);
+            }
+        }
+        let expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let receive_maximum = connect
+            .properties
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        let window = limits.max_inflight.min(receive_maximum).max(1);
+
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.conn = Some(id);
+            s.expiry_interval = expiry;
+            s.expires_at = None;
+            s.window = window;
+            // Resuming before a delayed will fires cancels it [MQTT-3.1.3-9].
+            s.pending_will = None;
+        }
+        self.arm_session(sid);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.state = ConnState::Connected { session: sid };
+        c.client_id = client_id.clone();
+        c.username = connect.username.clone();
+        c.will = connect.will;
+        c.keep_alive_ms = u64::from(keep_alive) * 1000;
+        c.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        c.client_max_packet = connect
+            .properties
+            .maximum_packet_size
+            .map_or(u32::MAX, |m| m.get());
+        c.problem_info = connect
+            .properties
+            .request_problem_information
+            .unwrap_or(true);
+        let deadline = (keep_alive > 0).then(|| c.last_seen + keep_alive_grace(c.keep_alive_ms));
+        self.arm_conn(id, deadline);
+        self.connected += 1;
+        self.stats.connections_total += 1;
+
+        let mut properties = ConnAckProperties::default();
+        if v5 {
+            let config = &self.config;
+            properties.assigned_client_identifier = assigned;
+            properties.server_keep_alive = server_keep_alive;
+            properties.receive_maximum = NonZeroU16::new(config.receive_maximum);
+            properties.maximum_packet_size =
+                core::num::NonZeroU32::new(config.limits.max_packet_size);
+            properties.topic_alias_maximum =
+                (config.topic_alias_maximum > 0).then_some(config.topic_alias_maximum);
+            if config.maximum_qos < QoS::ExactlyOnce {
+                properties.maximum_qos = Some(config.maximum_qos);
+            }
+            if !config.retain_available {
+                properties.retain_available = Some(false);
+            }
+            if !config.wildcard_subscription_available {
+                properties.wildcard_subscription_available = Some(false);
+            }
+            if !config.subscription_identifiers_available {
+                properties.subscription_identifiers_available = Some(false);
+            }
+            if !config.shared_subscription_available {
+                properties.shared_subscription_available = Some(false);
+            }
+        }
+        let ack = ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        };
+        self.send(id, &Packet::ConnAck(Box::new(ack)));
+        self.presence("new", &client_id);
+        self.event(Event::ClientConnected {
+            conn: id,
+            client_id,
+            username: connect.username,
+        });
+        if session_present {
+            self.resume(id, sid);
+        }
+    }
+
+    /// Re-sends what was in flight, in its original order and with DUP set
+    /// [MQTT-4.4.0-1], then fills the window from the queue.
+    fn resume(&mut self, id: ConnId, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let mut order: Vec<(u64, crate::codec::PacketId)> =
+            s.inflight.iter().map(|(pid, f)| (f.seq, *pid)).collect();
+        order.sort_unstable();
+        for (_, pid) in order {
+            let Some(f) = self.sessions.get(&sid).and_then(|s| s.inflight.get(&pid)) else {
+                continue;
+            };
+            match f.state {
+                OutState::Published => {
+                    let delivery = f.delivery.clone();
+                    self.send_publish(id, &delivery, Some(pid), true);
+                }
+                OutState::Released => {
+                    self.send(id, &Packet::PubRel(PubResponse::new(pid)));
+                }
+            }
+        }
+        self.pump(sid);
+    }
+
+    fn assign_client_id(&mut self) -> MqttStr {
+        loop {
+            // splitmix64 over a counter and the configured seed: unique in
+            // practice, and checked against existing sessions anyway.
+            let mut z = self
+                .config
+                .random_seed
+                .wrapping_add(self.fresh_id().wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let text = format!("roost-{z:016x}");
+            if let Ok(id) = MqttStr::copy_from_str(&text) {
+                if !self.by_client_id.contains_key(&id) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, id: ConnId, sid: SessionId, d: crate::codec::Disconnect) {
+        // A DISCONNECT may change the session expiry, but not from 0 to
+        // more [MQTT-3.14.2-2].
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if s.expiry_interval == 0 && expiry != 0 {
+                self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
+                return;
+            }
+            s.expiry_interval = expiry;
+        }
+        if d.reason == ReasonCode::DisconnectWithWillMessage {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.graceful = true;
+            }
+            self.close(
+                id,
+                CloseReason::Protocol(ReasonCode::DisconnectWithWillMessage),
+            );
+            return;
+        }
+        // A normal DISCONNECT discards the will [MQTT-3.14.4-3].
+        self.close(id, CloseReason::ClientDisconnect);
+    }
+
+    /// Forgets a connection and detaches its session: the will is published
+    /// (now or after its delay) if `publish_will`, and a session with
+    /// expiry 0 ends.
+    pub(super) fn drop_conn(
+        &mut self,
+        id: ConnId,
+        reason: CloseReason,
+        publish_will: bool,
+    ) -> Option<Conn> {
+        let mut c = self.conns.remove(&id)?;
+        if let Some(at) = c.timer.take() {
+            self.timers.remove(&(at, super::Timer::Conn(id)));
+        }
+        if matches!(c.state, ConnState::Authenticating { .. }) {
+            self.pending_auth.retain(|_, conn| *conn != id);
+        }
+        let ConnState::Connected { session: sid } = c.state else {
+            return Some(c);
+        };
+        self.connected -= 1;
+        let will = c.will.take().filter(|_| publish_will);
+        let client_id = c.client_id.clone();
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.conn = None;
+        }
+        self.presence("disconnect", &client_id);
+        self.event(Event::ClientDisconnected {
+            conn: id,
+            client_id,
+            reason,
+        });
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Some(c);
+        };
+        let expiry = s.expiry_interval;
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay > 0 && expiry > 0 {
+                s.pending_will = Some(PendingWill {
+                    at: self.now + Duration::from_secs(u64::from(delay)),
+                    will,
+                });
+            } else {
+                self.publish_will(will);
+            }
+        }
+        if expiry == 0 {
+            self.end_session(sid);
+        } else {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.expires_at =
+                    (expiry != u32::MAX).then(|| self.now + Duration::from_secs(u64::from(expiry)));
+            }
+            self.arm_session(sid);
+        }
+        Some(c)
+    }
+
+    pub(super) fn session_timer(&mut self, sid: SessionId, at: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.timer != Some(at) {
+            return;
+        }
+        s.timer = None;
+        if s.pending_will.as_ref().is_some_and(|w| w.at <= self.now) {
+            if let Some(pending) = s.pending_will.take() {
+                self.publish_will(pending.will);
+            }
+        }
+        let expired = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.conn.is_none() && s.expires_at.is_some_and(|at| at <= self.now));
+        if expired {
+            self.end_session(sid);
+        } else {
+            self.arm_session(sid);
+        }
+    }
+
+    /// Removes a session and everything it holds. A will still waiting for
+    /// its delay is published now: the session's end comes first
+    /// [MQTT-3.1.2-8].
+    pub(super) fn end_session(&mut self, sid: SessionId) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if let Some(at) = s.timer.take() {
+            self.timers.remove(&(at, super::Timer::Session(sid)));
+        }
+        self.by_client_id.remove(&s.client_id);
+        for (filter, _) in s.subscriptions.drain() {
+            self.remove_subscription(sid, &filter);
+        }
+        if let Some(pending) = s.pending_will.take() {
+            self.publish_will(pending.will);
+        }
+    }
+
+    fn publish_will(&mut self, will: Will) {
+        let message = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: crate::codec::PublishProperties {
+                payload_format_indicator: will.properties.payload_format_indicator,
+                message_expiry_interval: will.properties.message_expiry_interval,
+                content_type: will.properties.content_type,
+                response_topic: will.properties.response_topic,
+                correlation_data: will.properties.correlation_data,
+                user_properties: will.properties.user_properties,
+                ..Default::default()
+            },
+        };
+        self.route_message(message, None);
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

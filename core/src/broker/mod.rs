@@ -1,0 +1,485 @@
+//! The broker engine: a pure state machine for MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! # The loop
+//!
+//! The embedding program (a runtime) owns the sockets and the clock. It
+//! feeds the engine inputs, each stamped with the current [`Instant`]:
+//!
+//! - [`Broker::handle_open`] when a connection is accepted,
+//! - [`Broker::handle_bytes`] with whatever bytes arrived, split anyhow,
+//! - [`Broker::handle_closed`] when the transport died,
+//! - [`Broker::handle_timeout`] when the deadline from
+//!   [`Broker::poll_timeout`] has passed (early or spurious calls are
+//!   harmless),
+//! - commands: [`Broker::publish`], [`Broker::subscribe`],
+//!   [`Broker::resolve_auth`], [`Broker::shutdown`].
+//!
+//! **After any input, drain [`Broker::poll_action`] until it returns `None`,
+//! then re-arm the timer from [`Broker::poll_timeout`].** Actions for one
+//! connection come in the order they must be applied: every `Send` before
+//! that connection's `Close`. Time never goes backwards: an `Instant`
+//! earlier than one already seen is treated as the latest one.
+//!
+//! ```
+//! use roost_core::broker::{Action, Broker, Config, ConnInfo, Instant};
+//!
+//! let mut broker = Broker::new(Config::default(), Instant::ZERO);
+//! let conn = broker.handle_open(Instant::ZERO, ConnInfo::default());
+//! // CONNECT, MQTT 3.1.1, clean session, keep-alive 60, client id "a".
+//! broker.handle_bytes(Instant::ZERO, conn, &[
+//!     0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, b'a',
+//! ]);
+//! let mut sent = Vec::new();
+//! while let Some(action) = broker.poll_action() {
+//!     if let Action::Send { bytes, .. } = action {
+//!         sent.extend_from_slice(&bytes);
+//!     }
+//! }
+//! assert_eq!(sent, [0x20, 0x02, 0x00, 0x00]); // CONNACK, accepted
+//! assert!(broker.poll_timeout().is_some()); // the keep-alive deadline
+//! ```
+//!
+//! # Bounds
+//!
+//! Everything a client can grow is bounded by [`Limits`]: packet size (the
+//! read buffer never holds more than one maximum-size packet), in-flight
+//! window, queue length and bytes per session, subscriptions per session,
+//! topic depth, retained messages, connections. Each limit's documentation
+//! says what happens when it is reached.
+
+mod action;
+mod config;
+mod connect;
+mod publish;
+mod state;
+mod subscribe;
+mod sys;
+mod time;
+
+pub use action::{
+    Action, AuthDecision, AuthRequest, AuthToken, CloseReason, ConnId, ConnInfo, Event,
+    LocalSubscription, Message, Stats,
+};
+pub use config::{AccessPolicy, AllowAll, Authentication, ClientRef, Config, Limits};
+pub use time::Instant;
+
+use crate::MqttStr;
+use crate::codec::{Disconnect, Packet, Protocol, ReasonCode, decode};
+use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use hashbrown::HashMap;
+use state::{Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
+
+/// A retained message and when it stops being retained (MQTT 5 expiry).
+struct Retained {
+    message: Message,
+    expires_at: Option<Instant>,
+}
+
+/// What a timer entry is for. Entries are looked up again when they fire, so
+/// a stale one (for a connection already gone) is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Connect timeout or keep-alive.
+    Conn(ConnId),
+    /// Session expiry or a delayed will.
+    Session(SessionId),
+    /// The next `$SYS` statistics.
+    Sys,
+}
+
+/// The MQTT broker engine. See the [module documentation](self) for the
+/// loop that drives it.
+pub struct Broker {
+    config: Config,
+    now: Instant,
+    next_id: u64,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<SessionId, Session>,
+    by_client_id: HashMap<MqttStr, SessionId>,
+    subscriptions: SubscriptionTrie<SubKey, SubEntry>,
+    shared_groups: HashMap<u64, SharedGroup>,
+    shared_index: HashMap<(MqttStr, TopicFilter), u64>,
+    locals: HashMap<u64, TopicFilter>,
+    retained: TopicMap<Retained>,
+    /// Every armed deadline, earliest first: `poll_timeout` never walks
+    /// the sessions.
+    timers: BTreeSet<(Instant, Timer)>,
+    actions: VecDeque<Action>,
+    dirty: Vec<ConnId>,
+    pending_auth: HashMap<AuthToken, ConnId>,
+    /// Reused by routing so matching a message allocates nothing.
+    scratch: Vec<(SubKey, SubEntry)>,
+    stats: Stats,
+    connected: usize,
+    shutting_down: bool,
+}
+
+impl Broker {
+    /// A broker with no sessions, started at `now`.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut broker = Broker {
+            config,
+            now,
+            next_id: 0,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            by_client_id: HashMap::new(),
+            subscriptions: SubscriptionTrie::new(),
+            shared_groups: HashMap::new(),
+            shared_index: HashMap::new(),
+            locals: HashMap::new(),
+            retained: TopicMap::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            dirty: Vec::new(),
+            pending_auth: HashMap::new(),
+            scratch: Vec::new(),
+            stats: Stats {
+                started: now,
+                ..Stats::default()
+            },
+            connected: 0,
+            shutting_down: false,
+        };
+        if let Some(interval) = broker.config.sys_interval {
+            broker.timers.insert((now + interval, Timer::Sys));
+        }
+        broker
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Open connections (including those that have not sent CONNECT yet).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections with an accepted CONNECT.
+    pub fn connected_count(&self) -> usize {
+        self.connected
+    }
+
+    /// Sessions, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Subscriptions across all sessions and in-process subscribers.
+    pub fn subscription_count(&self) -> usize {
+        self.sessions
+            .values()
+            .map(|s| s.subscriptions.len())
+            .sum::<usize>()
+            + self.locals.len()
+    }
+
+    /// Retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Armed timers (connections, sessions and `$SYS`), for leak checks.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Whether a session exists for `client_id`.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.by_client_id.contains_key(client_id.as_bytes())
+    }
+
+    /// Messages queued (not yet in flight) for `client_id`'s session.
+    pub fn queued_count(&self, client_id: &str) -> usize {
+        self.session_by_name(client_id).map_or(0, |s| s.queue.len())
+    }
+
+    /// Outbound QoS 1/2 messages in flight for `client_id`'s session.
+    pub fn inflight_count(&self, client_id: &str) -> usize {
+        self.session_by_name(client_id)
+            .map_or(0, |s| s.inflight.len())
+    }
+
+    fn session_by_name(&self, client_id: &str) -> Option<&Session> {
+        let id = self.by_client_id.get(client_id.as_bytes())?;
+        self.sessions.get(id)
+    }
+
+    /// The next action to apply, or `None` when there is nothing to do.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Broker::handle_timeout`] should next be called, if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// A transport connection was accepted.
+    pub fn handle_open(&mut self, now: Instant, info: ConnInfo) -> ConnId {
+        self.advance(now);
+        let id = ConnId(self.fresh_id());
+        let deadline = self.now + self.config.limits.connect_timeout;
+        let mut conn = Conn::new(info.listener, self.now);
+        conn.timer = Some(deadline);
+        self.conns.insert(id, conn);
+        self.timers.insert((deadline, Timer::Conn(id)));
+        id
+    }
+
+    /// Bytes arrived on `conn`. Any split of the stream is fine.
+    pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.advance(now);
+        let max = self.config.limits.max_packet_size as usize;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.read_buf.extend_from_slice(bytes);
+        c.last_seen = self.now;
+        self.stats.bytes_received += bytes.len() as u64;
+        self.process_input(conn, max);
+        self.flush();
+    }
+
+    fn process_input(&mut self, conn: ConnId, max: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if matches!(c.state, ConnState::Authenticating { .. }) {
+                // Packets after CONNECT wait for the decision; one maximum
+                // packet's worth of them at most.
+                if c.read_buf.len() > max.saturating_mul(2) {
+                    self.close(conn, CloseReason::Protocol(ReasonCode::QuotaExceeded));
+                }
+                return;
+            }
+            if let ConnState::AwaitingConnect = c.state {
+                // So a malformed MQTT 5 CONNECT is answered in MQTT 5 form.
+                if connect_level(&c.read_buf) == Some(5) {
+                    c.protocol = Protocol::V5;
+                }
+            }
+            match decode(&mut c.read_buf, c.protocol, max) {
+                Ok(Some(packet)) => self.handle_packet(conn, packet),
+                Ok(None) => {
+                    // Give back what a large packet left behind.
+                    if c.read_buf.is_empty() && c.read_buf.capacity() > 64 * 1024 {
+                        c.read_buf = bytes::BytesMut::new();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.decode_error(conn, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The transport of `conn` died (or the runtime closed it). The will is
+    /// published as for any connection that ends without DISCONNECT.
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        if self.conns.contains_key(&conn) {
+            self.drop_conn(
+                conn,
+                CloseReason::Protocol(ReasonCode::UnspecifiedError),
+                true,
+            );
+        }
+        self.flush();
+    }
+
+    /// Deadlines up to `now` have passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > self.now {
+                break;
+            }
+            self.timers.remove(&(at, timer));
+            match timer {
+                Timer::Conn(id) => self.conn_timer(id, at),
+                Timer::Session(id) => self.session_timer(id, at),
+                Timer::Sys => self.sys_timer(),
+            }
+        }
+        self.flush();
+    }
+
+    /// Stops the broker: every connection is closed (MQTT 5 clients get
+    /// DISCONNECT 0x8B first) and no new CONNECT is accepted. Sessions stay
+    /// as they are, for a store to keep.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        self.shutting_down = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id, CloseReason::ServerShutdown);
+        }
+        self.flush();
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn arm(
+        timers: &mut BTreeSet<(Instant, Timer)>,
+        slot: &mut Option<Instant>,
+        at: Option<Instant>,
+        timer: Timer,
+    ) {
+        if let Some(old) = slot.take() {
+            timers.remove(&(old, timer));
+        }
+        if let Some(at) = at {
+            timers.insert((at, timer));
+            *slot = Some(at);
+        }
+    }
+
+    fn arm_conn(&mut self, id: ConnId, at: Option<Instant>) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            Self::arm(&mut self.timers, &mut c.timer, at, Timer::Conn(id));
+        }
+    }
+
+    fn arm_session(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            let at = match (s.expires_at, s.pending_will.as_ref().map(|w| w.at)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Self::arm(&mut self.timers, &mut s.timer, at, Timer::Session(id));
+        }
+    }
+
+    fn conn_timer(&mut self, id: ConnId, at: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.timer != Some(at) {
+            return;
+        }
+        c.timer = None;
+        match c.state {
+            ConnState::AwaitingConnect | ConnState::Authenticating { .. } => {
+                self.close(id, CloseReason::ConnectTimeout);
+            }
+            ConnState::Connected { .. } => {
+                // 1.5 times the keep-alive [MQTT-3.1.2-24]; activity since the
+                // timer was armed moved the real deadline, so check it.
+                let deadline = c.last_seen + keep_alive_grace(c.keep_alive_ms);
+                if c.keep_alive_ms == 0 {
+                } else if deadline <= self.now {
+                    self.close(id, CloseReason::KeepAliveTimeout);
+                } else {
+                    self.arm_conn(id, Some(deadline));
+                }
+            }
+        }
+    }
+
+    /// Appends `packet` to the connection's output for this input.
+    fn send(&mut self, id: ConnId, packet: &Packet) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        // Encoding only fails for packets the engine never builds (fields
+        // over their size limits); such a packet is not sent.
+        if packet.encode(c.protocol, &mut c.out).is_ok() && !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Turns each connection's pending output into one `Send`.
+    fn flush(&mut self) {
+        for id in self.dirty.drain(..) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.dirty = false;
+                if !c.out.is_empty() {
+                    let bytes = c.out.split().freeze();
+                    self.stats.bytes_sent += bytes.len() as u64;
+                    self.actions.push_back(Action::Send { conn: id, bytes });
+                }
+            }
+        }
+    }
+
+    /// Closes `id` from the broker's side: an MQTT 5 client gets a DISCONNECT
+    /// with the reason first (when it is connected), then pending output is
+    /// flushed and the runtime is told to close.
+    fn close(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        if c.protocol == Protocol::V5 && c.session().is_some() {
+            let code = match reason {
+                CloseReason::Decode(e) => Some(e.reason_code()),
+                CloseReason::Protocol(code) => Some(code),
+                CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+                CloseReason::SessionTakenOver => Some(ReasonCode::SessionTakenOver),
+                CloseReason::ServerShutdown => Some(ReasonCode::ServerShuttingDown),
+                _ => None,
+            };
+            if let Some(code) = code {
+                self.send(id, &Packet::Disconnect(Disconnect::new(code)));
+            }
+        }
+        let publish_will = !matches!(reason, CloseReason::ClientDisconnect);
+        if let Some(mut c) = self.drop_conn(id, reason, publish_will) {
+            if !c.out.is_empty() {
+                let bytes = c.out.split().freeze();
+                self.stats.bytes_sent += bytes.len() as u64;
+                self.actions.push_back(Action::Send { conn: id, bytes });
+            }
+        }
+        self.actions.push_back(Action::Close { conn: id, reason });
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.config.events {
+            self.actions.push_back(Action::Event(event));
+        }
+    }
+}
+
+/// The protocol level of a CONNECT at the start of `buf`, once enough of it
+/// has arrived.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let header = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(header)?,
+        *buf.get(header + 1)?,
+    ]));
+    buf.get(header + 2 + name_len).copied()
+}
+
+/// 1.5 times the keep-alive interval, in milliseconds.
+fn keep_alive_grace(keep_alive_ms: u64) -> core::time::Duration {
+    core::time::Duration::from_millis(keep_alive_ms.saturating_mul(3) / 2)
+}

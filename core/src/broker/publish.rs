@@ -1,0 +1,486 @@
+//! PUBLISH in both directions: inbound QoS flows, routing through the
+//! subscription trie, and delivery into each session's window and queue.
+
+use super::state::{Delivery, Inflight, OutState, SessionId, SubKey};
+use super::{Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Retained};
+use crate::codec::{Packet, PacketId, Protocol, PubResponse, Publish, QoS, QosPid, ReasonCode};
+use crate::topic::TopicName;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+impl Broker {
+    pub(super) fn on_publish(&mut self, id: ConnId, sid: SessionId, mut p: Publish) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let v5 = c.protocol == Protocol::V5;
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias.get() > self.config.topic_alias_maximum {
+                self.close(id, CloseReason::Protocol(ReasonCode::TopicAliasInvalid));
+                return;
+            }
+            if p.topic.is_empty() {
+                match c.aliases_in.get(&alias.get()) {
+                    Some(topic) => p.topic = topic.clone(),
+                    None => {
+                        self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
+                        return;
+                    }
+                }
+            } else {
+                c.aliases_in.insert(alias.get(), p.topic.clone());
+            }
+        }
+        let qos = p.qos.qos();
+        let violation = if p.topic.levels().count() > self.config.limits.max_topic_levels {
+            Some(ReasonCode::TopicNameInvalid)
+        } else if qos > self.config.maximum_qos {
+            Some(ReasonCode::QoSNotSupported)
+        } else if p.retain && !self.config.retain_available {
+            Some(ReasonCode::RetainNotSupported)
+        } else if !p.properties.subscription_identifiers.is_empty() {
+            // Only servers send subscription identifiers [MQTT-3.3.4-6].
+            Some(ReasonCode::ProtocolError)
+        } else {
+            None
+        };
+        if let Some(code) = violation {
+            self.close(id, CloseReason::Protocol(code));
+            return;
+        }
+        self.stats.messages_received += 1;
+
+        if let QosPid::ExactlyOnce(pid) = p.qos {
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
+            // A re-sent QoS 2 PUBLISH before PUBREL is acknowledged again
+            // but not routed again: exactly once [MQTT-4.3.3-10].
+            if s.incoming_qos2.contains(&pid) {
+                self.send(id, &Packet::PubRec(PubResponse::new(pid)));
+                return;
+            }
+            if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                self.close(
+                    id,
+                    CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
+                );
+                return;
+            }
+        }
+
+        let client_id = c.client_id.clone();
+        let username = c.username.clone();
+        let client = ClientRef {
+            client_id: &client_id,
+            username: username.as_ref(),
+            listener: c.listener,
+        };
+        let mut reason = ReasonCode::Success;
+        if v5
+            && self.config.validate_utf8_payloads
+            && p.properties.payload_format_indicator == Some(true)
+            && core::str::from_utf8(&p.payload).is_err()
+        {
+            reason = ReasonCode::PayloadFormatInvalid;
+        } else if is_sys(&p.topic)
+            || !self
+                .config
+                .authorization
+                .authorize_publish(client, &p.topic)
+        {
+            // Refused publishes are acknowledged but not routed (3.1.1
+            // has no way to say no; 5.0 says 0x87).
+            reason = ReasonCode::NotAuthorized;
+        }
+        let packet_id = p.qos.packet_id();
+        if reason == ReasonCode::Success {
+            let topic = p.topic.clone();
+            let message = Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos,
+                retain: p.retain,
+                properties: p.properties,
+            };
+            let matched = self.route_message(message, Some(sid));
+            if matched == 0 {
+                reason = ReasonCode::NoMatchingSubscribers;
+            }
+            self.event(Event::Published {
+                client_id: Some(client_id),
+                topic,
+                qos,
+                matched,
+            });
+        }
+        if !v5 {
+            reason = ReasonCode::Success;
+        }
+        let Some(pid) = packet_id else {
+            return;
+        };
+        let response = PubResponse {
+            packet_id: pid,
+            reason,
+            properties: Default::default(),
+        };
+        if qos == QoS::AtLeastOnce {
+            self.send(id, &Packet::PubAck(response));
+        } else {
+            if !reason.is_error() {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.incoming_qos2.insert(pid);
+                }
+            }
+            self.send(id, &Packet::PubRec(response));
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
+        let known = self
+            .sessions
+            .get_mut(&sid)
+            .is_some_and(|s| s.incoming_qos2.remove(&r.packet_id));
+        let mut response = PubResponse::new(r.packet_id);
+        if !known {
+            response.reason = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.send(id, &Packet::PubComp(response));
+    }
+
+    pub(super) fn on_puback(&mut self, sid: SessionId, r: PubResponse) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let done = s
+            .inflight
+            .get(&r.packet_id)
+            .is_some_and(|f| f.state == OutState::Published && f.delivery.qos == QoS::AtLeastOnce);
+        if done {
+            s.inflight.remove(&r.packet_id);
+            let client_id = s.client_id.clone();
+            self.event(Event::Acknowledged {
+                client_id,
+                packet_id: r.packet_id.get(),
+            });
+            self.pump(sid);
+        }
+    }
+
+    pub(super) fn on_pubrec(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut response = PubResponse::new(r.packet_id);
+        match s.inflight.get_mut(&r.packet_id) {
+            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                if r.reason.is_error() {
+                    // The receiver refused it: the flow ends here (MQTT 5
+                    // section 4.3.3).
+                    s.inflight.remove(&r.packet_id);
+                    self.pump(sid);
+                    return;
+                }
+                f.state = OutState::Released;
+            }
+            _ => response.reason = ReasonCode::PacketIdentifierNotFound,
+        }
+        self.send(id, &Packet::PubRel(response));
+    }
+
+    pub(super) fn on_pubcomp(&mut self, sid: SessionId, r: PubResponse) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.inflight
+            .get(&r.packet_id)
+            .is_some_and(|f| f.state == OutState::Released)
+        {
+            s.inflight.remove(&r.packet_id);
+            let client_id = s.client_id.clone();
+            self.event(Event::Acknowledged {
+                client_id,
+                packet_id: r.packet_id.get(),
+            });
+            self.pump(sid);
+        }
+    }
+
+    /// Publishes a message from the embedding program, as if a client had:
+    /// it is retained if `message.retain`, and routed to every matching
+    /// subscription. Returns how many subscriptions it reached.
+    pub fn publish(&mut self, now: Instant, message: Message) -> usize {
+        self.advance(now);
+        let topic = message.topic.clone();
+        let qos = message.qos;
+        let matched = self.route_message(message, None);
+        self.event(Event::Published {
+            client_id: None,
+            topic,
+            qos,
+            matched,
+        });
+        self.flush();
+        matched
+    }
+
+    /// Stores or clears the retained message of `message.topic`, then
+    /// delivers the message to every matching subscription, once per session
+    /// at the highest QoS of its matching subscriptions and with all their
+    /// identifiers. Returns the number of matching subscriptions.
+    pub(super) fn route_message(&mut self, message: Message, origin: Option<SessionId>) -> usize {
+        let now = self.now;
+        let expires_at = message
+            .properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        if message.retain && self.config.retain_available {
+            self.retain(&message, expires_at);
+        }
+        let mut targets = core::mem::take(&mut self.scratch);
+        targets.clear();
+        self.subscriptions
+            .for_each_match(&message.topic, |key, entry| targets.push((*key, *entry)));
+        for target in targets.iter_mut() {
+            if let SubKey::Shared(group) = target.0 {
+                if let Some(member) = self.pick_member(group) {
+                    *target = (SubKey::Session(member.0), member.1);
+                }
+            }
+        }
+        let matched = targets.len();
+        targets.sort_unstable_by_key(|t| t.0);
+        let mut i = 0;
+        while i < targets.len() {
+            let key = targets[i].0;
+            let mut qos = None;
+            let mut retain_as_published = false;
+            let mut ids = Vec::new();
+            while i < targets.len() && targets[i].0 == key {
+                let entry = targets[i].1;
+                i += 1;
+                // No Local: never back to the publisher [MQTT-3.8.3-3].
+                if entry.options.no_local && matches!(key, SubKey::Session(s) if Some(s) == origin)
+                {
+                    continue;
+                }
+                qos = qos.max(Some(entry.options.qos));
+                retain_as_published |= entry.options.retain_as_published;
+                ids.extend(entry.id);
+            }
+            let Some(qos) = qos else { continue };
+            match key {
+                SubKey::Session(sid) => {
+                    let delivery = Delivery {
+                        message: message.clone(),
+                        qos: qos.min(message.qos),
+                        retain: retain_as_published && message.retain,
+                        subscription_ids: ids,
+                        expires_at,
+                    };
+                    self.deliver(sid, delivery);
+                }
+                SubKey::Local(local) => {
+                    self.actions.push_back(Action::Deliver {
+                        subscription: super::LocalSubscription(local),
+                        message: Message {
+                            retain: false,
+                            ..message.clone()
+                        },
+                    });
+                }
+                SubKey::Shared(_) => {}
+            }
+        }
+        targets.clear();
+        self.scratch = targets;
+        matched
+    }
+
+    fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
+        // An empty retained message clears the topic [MQTT-3.3.1-10].
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+            return;
+        }
+        if self.retained.len() >= self.config.limits.max_retained_messages
+            && self.retained.get(&message.topic).is_none()
+        {
+            return;
+        }
+        let retained = Retained {
+            message: message.clone(),
+            expires_at,
+        };
+        self.retained.insert(&message.topic, retained);
+    }
+
+    /// Hands one delivery to a session: sent now when its connection is up
+    /// and the window has room, queued otherwise (within the queue limits).
+    pub(super) fn deliver(&mut self, sid: SessionId, delivery: Delivery) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(conn) = s.conn {
+            if !self.delivery_allowed(conn, &delivery.message.topic) {
+                return;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        match s.conn {
+            Some(conn) if delivery.qos == QoS::AtMostOnce => {
+                self.send_publish(conn, &delivery, None, false);
+            }
+            Some(conn) if s.queue.is_empty() && s.inflight.len() < usize::from(s.window) => {
+                self.send_new(sid, conn, delivery);
+            }
+            None if delivery.qos == QoS::AtMostOnce && !self.config.limits.queue_qos0_offline => {}
+            _ => {
+                let limits = &self.config.limits;
+                if s.queue.len() >= limits.max_queued_messages
+                    || s.queued_bytes + delivery.payload_len() > limits.max_queued_bytes
+                {
+                    self.stats.dropped += 1;
+                    let client_id = s.client_id.clone();
+                    self.event(Event::QueueFull { client_id });
+                    return;
+                }
+                s.queued_bytes += delivery.payload_len();
+                s.queue.push_back(delivery);
+            }
+        }
+    }
+
+    fn delivery_allowed(&self, conn: ConnId, topic: &TopicName) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return true;
+        };
+        let client = ClientRef {
+            client_id: &c.client_id,
+            username: c.username.as_ref(),
+            listener: c.listener,
+        };
+        self.config.authorization.authorize_delivery(client, topic)
+    }
+
+    /// Sends a QoS 1/2 delivery under a fresh packet identifier and records
+    /// it in flight.
+    fn send_new(&mut self, sid: SessionId, conn: ConnId, delivery: Delivery) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let pid = s.allocate_packet_id();
+        let seq = s.inflight_seq;
+        s.inflight_seq += 1;
+        // A delivery too large for the client is dropped as if delivered
+        // (MQTT 5 section 3.1.2.11.4), so it takes no window slot.
+        if self.send_publish(conn, &delivery, Some(pid), false) {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.inflight.insert(
+                    pid,
+                    Inflight {
+                        seq,
+                        state: OutState::Published,
+                        delivery,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Moves queued deliveries into the window while it has room.
+    pub(super) fn pump(&mut self, sid: SessionId) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            let Some(conn) = s.conn else {
+                return;
+            };
+            if s.inflight.len() >= usize::from(s.window) {
+                return;
+            }
+            let Some(delivery) = s.queue.pop_front() else {
+                return;
+            };
+            s.queued_bytes -= delivery.payload_len();
+            if delivery.expires_at.is_some_and(|at| at <= self.now) {
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                self.send_publish(conn, &delivery, None, false);
+            } else {
+                self.send_new(sid, conn, delivery);
+            }
+        }
+    }
+
+    /// Encodes one PUBLISH for `conn`. Returns false if it was not sent
+    /// because it exceeds the client's Maximum Packet Size.
+    pub(super) fn send_publish(
+        &mut self,
+        conn: ConnId,
+        delivery: &Delivery,
+        packet_id: Option<PacketId>,
+        dup: bool,
+    ) -> bool {
+        let now = self.now;
+        let aliases = self.config.outbound_topic_aliases;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let v5 = c.protocol == Protocol::V5;
+        let mut properties = if v5 {
+            delivery.message.properties.clone()
+        } else {
+            Default::default()
+        };
+        if v5 {
+            properties
+                .subscription_identifiers
+                .clone_from(&delivery.subscription_ids);
+            if let Some(at) = delivery.expires_at {
+                // Forward what is left of the expiry interval [MQTT-3.3.2-6].
+                let left = at.saturating_duration_since(now).as_millis().div_ceil(1000);
+                properties.message_expiry_interval =
+                    Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
+            }
+        }
+        let mut publish = Publish {
+            dup,
+            qos: packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid)),
+            retain: delivery.retain,
+            topic: delivery.message.topic.clone(),
+            payload: delivery.message.payload.clone(),
+            properties,
+        };
+        // The size check uses the full topic, so a packet that fits also
+        // fits once an alias replaces the topic.
+        if Packet::Publish(publish.clone()).encoded_len(c.protocol) > c.client_max_packet as usize {
+            self.stats.dropped += 1;
+            return false;
+        }
+        if v5 && aliases && c.client_alias_max > 0 {
+            if let Some(&alias) = c.aliases_out.get(&publish.topic) {
+                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+                publish.topic = TopicName::default();
+            } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
+                let alias = c.aliases_out.len() as u16 + 1;
+                c.aliases_out.insert(publish.topic.clone(), alias);
+                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+            }
+        }
+        let packet = Packet::Publish(publish);
+        self.stats.messages_sent += 1;
+        self.send(conn, &packet);
+        true
+    }
+}
+
+fn is_sys(topic: &TopicName) -> bool {
+    let t = topic.as_bytes();
+    t == b"$SYS" || t.starts_with(b"$SYS/")
+}

@@ -1,0 +1,209 @@
+//! Per-connection and per-session state.
+
+use super::Instant;
+use super::action::{ConnId, Message};
+use crate::MqttStr;
+use crate::codec::{Connect, PacketId, Protocol, QoS, SubscriptionOptions, Will};
+use crate::topic::{TopicFilter, TopicName};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use bytes::BytesMut;
+use core::num::NonZeroU32;
+use hashbrown::{HashMap, HashSet};
+
+/// A session: what survives a connection (subscriptions, messages in flight
+/// and queued), identified by its client identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SessionId(pub(crate) u64);
+
+/// A subscription as the trie holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubEntry {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<NonZeroU32>,
+}
+
+/// Who a trie entry delivers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SubKey {
+    Session(SessionId),
+    Local(u64),
+    /// A `$share/{group}/...` group; the engine picks one member per message.
+    Shared(u64),
+}
+
+/// Members of one shared subscription group on one filter.
+#[derive(Debug)]
+pub(crate) struct SharedGroup {
+    pub(crate) members: Vec<(SessionId, SubEntry)>,
+    /// Round-robin position.
+    pub(crate) next: usize,
+}
+
+pub(crate) enum ConnState {
+    /// Waiting for CONNECT (the connection's timer is the connect timeout).
+    AwaitingConnect,
+    /// CONNECT received; the authentication decision is pending.
+    Authenticating { connect: Box<Connect> },
+    /// CONNACK sent; attached to a session.
+    Connected { session: SessionId },
+}
+
+pub(crate) struct Conn {
+    pub(crate) state: ConnState,
+    pub(crate) listener: u16,
+    pub(crate) protocol: Protocol,
+    /// Bytes received but not yet a whole packet.
+    pub(crate) read_buf: BytesMut,
+    /// Packets produced by the current input, flushed as one `Send`.
+    pub(crate) out: BytesMut,
+    pub(crate) dirty: bool,
+    pub(crate) keep_alive_ms: u64,
+    pub(crate) last_seen: Instant,
+    /// When this connection's timer is armed, so re-arming can find it.
+    pub(crate) timer: Option<Instant>,
+    pub(crate) client_id: MqttStr,
+    pub(crate) username: Option<MqttStr>,
+    pub(crate) will: Option<Will>,
+    /// Client → broker topic aliases (MQTT 5).
+    pub(crate) aliases_in: HashMap<u16, TopicName>,
+    /// Broker → client topic aliases (MQTT 5).
+    pub(crate) aliases_out: HashMap<TopicName, u16>,
+    pub(crate) client_alias_max: u16,
+    /// The client's Maximum Packet Size.
+    pub(crate) client_max_packet: u32,
+    /// Whether the client wants reason strings and user properties on
+    /// failures (MQTT 5 Request Problem Information).
+    pub(crate) problem_info: bool,
+    pub(crate) auth_method: Option<MqttStr>,
+    /// A DISCONNECT that asks to publish the will (0x04), or none received.
+    pub(crate) graceful: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(listener: u16, now: Instant) -> Self {
+        Conn {
+            state: ConnState::AwaitingConnect,
+            listener,
+            protocol: Protocol::V3_1_1,
+            read_buf: BytesMut::new(),
+            out: BytesMut::new(),
+            dirty: false,
+            keep_alive_ms: 0,
+            last_seen: now,
+            timer: None,
+            client_id: MqttStr::EMPTY,
+            username: None,
+            will: None,
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            client_alias_max: 0,
+            client_max_packet: u32::MAX,
+            problem_info: true,
+            auth_method: None,
+            graceful: false,
+        }
+    }
+
+    pub(crate) fn session(&self) -> Option<SessionId> {
+        match self.state {
+            ConnState::Connected { session } => Some(session),
+            _ => None,
+        }
+    }
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// PUBLISH sent (or to be re-sent), waiting for PUBACK or PUBREC.
+    Published,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// A message for one session, at the QoS and flags it is delivered with.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) message: Message,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) subscription_ids: Vec<NonZeroU32>,
+    /// When the message stops being worth delivering (MQTT 5 expiry).
+    pub(crate) expires_at: Option<Instant>,
+}
+
+impl Delivery {
+    pub(crate) fn payload_len(&self) -> usize {
+        self.message.payload.len()
+    }
+}
+
+pub(crate) struct Inflight {
+    /// Order of first transmission, for re-sending in order.
+    pub(crate) seq: u64,
+    pub(crate) state: OutState,
+    pub(crate) delivery: Delivery,
+}
+
+/// A will waiting for its delay (MQTT 5) after its connection ended.
+pub(crate) struct PendingWill {
+    pub(crate) will: Will,
+    pub(crate) at: Instant,
+}
+
+pub(crate) struct Session {
+    pub(crate) client_id: MqttStr,
+    pub(crate) conn: Option<ConnId>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub(crate) expiry_interval: u32,
+    /// When the session's timer (expiry or delayed will) is armed.
+    pub(crate) timer: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) subscriptions: HashMap<TopicFilter, SubEntry>,
+    pub(crate) inflight: HashMap<PacketId, Inflight>,
+    pub(crate) inflight_seq: u64,
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) queued_bytes: usize,
+    /// Inbound QoS 2 packet identifiers between PUBREC and PUBREL: a
+    /// re-sent PUBLISH with one of these is not routed again.
+    pub(crate) incoming_qos2: HashSet<PacketId>,
+    pub(crate) next_packet_id: PacketId,
+    pub(crate) pending_will: Option<PendingWill>,
+    /// The window: the smaller of the broker's in-flight limit and the
+    /// client's Receive Maximum.
+    pub(crate) window: u16,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: MqttStr, window: u16) -> Self {
+        Session {
+            client_id,
+            conn: None,
+            expiry_interval: 0,
+            timer: None,
+            expires_at: None,
+            subscriptions: HashMap::new(),
+            inflight: HashMap::new(),
+            inflight_seq: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            incoming_qos2: HashSet::new(),
+            next_packet_id: PacketId::MIN,
+            pending_will: None,
+            window,
+        }
+    }
+
+    /// A packet identifier not in flight. The window is at most 65,535, so
+    /// one is always free when the window has room.
+    pub(crate) fn allocate_packet_id(&mut self) -> PacketId {
+        let mut id = self.next_packet_id;
+        while self.inflight.contains_key(&id) {
+            id = id.next();
+        }
+        self.next_packet_id = id.next();
+        id
+    }
+}

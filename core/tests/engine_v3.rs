@@ -1,0 +1,831 @@
+//! Scenarios for MQTT 3.1 and 3.1.1 in the in-process harness: every
+//! behaviour of the engine issue, and every case of the Eclipse Paho
+//! interoperability suite's `client_test.py`, written anew.
+
+mod support;
+
+use roost_core::broker::{CloseReason, Config, Limits};
+use roost_core::codec::*;
+use support::*;
+
+const V4: Protocol = Protocol::V3_1_1;
+
+// ---- Paho client_test.py, one test per case ----
+
+#[test]
+fn paho_basic_round_trip_at_each_qos() {
+    let mut sim = Sim::quiet();
+    let (a, ack) = sim.connect("myclientid", V4, true);
+    assert!(!ack.session_present);
+    sim.disconnect(a);
+    let (a, ack) = sim.connect("myclientid", V4, true);
+    assert!(!ack.session_present);
+    assert_eq!(
+        sim.subscribe(a, 1, &[("TopicA", QoS::ExactlyOnce)]),
+        [ReasonCode::GrantedQoS2]
+    );
+    sim.publish(a, "TopicA", b"qos 0", QoS::AtMostOnce, 1, false);
+    sim.publish(a, "TopicA", b"qos 1", QoS::AtLeastOnce, 2, false);
+    sim.publish(a, "TopicA", b"qos 2", QoS::ExactlyOnce, 3, false);
+    let got = sim.publishes(a);
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"qos 0"[..], b"qos 1", b"qos 2"]);
+    assert_eq!(
+        got.iter().map(|p| p.qos.qos()).collect::<Vec<_>>(),
+        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+    );
+    sim.ack_all(a, &got);
+    sim.disconnect(a);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn second_connect_closes_the_connection_without_connack() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V4, true);
+    sim.send(a, Packet::Connect(Box::new(connect("a", V4, true, 0))));
+    assert!(
+        sim.recv_all(a).is_empty(),
+        "a second CONNECT must not be answered"
+    );
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::Protocol(ReasonCode::ProtocolError))
+    );
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn wrong_protocol_name_is_refused() {
+    let mut sim = Sim::quiet();
+    let a = sim.open(V4);
+    // CONNECT with protocol name "hj", level 4.
+    sim.send_raw(
+        a,
+        &[
+            0x10, 0x0B, 0x00, 0x02, b'h', b'j', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b'x',
+        ],
+    );
+    assert!(sim.recv_all(a).is_empty());
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::Decode(DecodeError::InvalidProtocolName))
+    );
+    assert_eq!(sim.broker.connected_count(), 0);
+}
+
+#[test]
+fn unsupported_protocol_level_gets_connack_0x01() {
+    let mut sim = Sim::quiet();
+    let a = sim.open(V4);
+    sim.send_raw(
+        a,
+        &[
+            0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x00, 0x00, 0x01,
+            b'x',
+        ],
+    );
+    let Some(Packet::ConnAck(ack)) = sim.recv(a) else {
+        panic!("no CONNACK")
+    };
+    assert_eq!(ack.reason.to_v3_connack(), 0x01);
+    assert!(sim.closed(a).is_some());
+}
+
+#[test]
+fn paho_retained_messages_are_delivered_to_new_subscribers_and_cleared() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("myclientid", V4, true);
+    sim.publish(a, "TopicA/B", b"qos 0", QoS::AtMostOnce, 1, true);
+    sim.publish(a, "Topic/C", b"qos 1", QoS::AtLeastOnce, 2, true);
+    sim.publish(a, "TopicA/C", b"qos 2", QoS::ExactlyOnce, 3, true);
+    assert_eq!(sim.broker.retained_count(), 3);
+    sim.subscribe(a, 4, &[("+/+", QoS::ExactlyOnce)]);
+    let got = sim.publishes(a);
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|p| p.retain),
+        "retained deliveries carry RETAIN=1"
+    );
+    sim.ack_all(a, &got);
+    sim.disconnect(a);
+
+    let (a, ack) = sim.connect("myclientid", V4, true);
+    assert!(!ack.session_present);
+    for (i, topic) in ["TopicA/B", "Topic/C", "TopicA/C"].into_iter().enumerate() {
+        sim.publish(a, topic, b"", QoS::AtMostOnce, i as u16 + 1, true);
+    }
+    assert_eq!(sim.broker.retained_count(), 0);
+    sim.subscribe(a, 9, &[("+/+", QoS::ExactlyOnce)]);
+    assert!(
+        sim.publishes(a).is_empty(),
+        "cleared retained messages must not be sent"
+    );
+    sim.disconnect(a);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn retained_flag_is_cleared_on_normal_delivery() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V4, true);
+    sim.subscribe(a, 1, &[("t", QoS::AtMostOnce)]);
+    sim.publish(a, "t", b"x", QoS::AtMostOnce, 1, true);
+    let got = sim.publishes(a);
+    assert_eq!(got.len(), 1);
+    assert!(
+        !got[0].retain,
+        "existing subscribers see RETAIN=0 [MQTT-3.3.1-9]"
+    );
+}
+
+#[test]
+fn paho_offline_messages_are_queued_for_a_persistent_session() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("myclientid", V4, false);
+    sim.subscribe(a, 1, &[("+/+", QoS::ExactlyOnce)]);
+    sim.disconnect(a);
+    let (b, _) = sim.connect("myclientid2", V4, true);
+    sim.publish(b, "TopicA/B", b"qos 0", QoS::AtMostOnce, 1, false);
+    sim.publish(b, "Topic/C", b"qos 1", QoS::AtLeastOnce, 2, false);
+    sim.publish(b, "TopicA/C", b"qos 2", QoS::ExactlyOnce, 3, false);
+    sim.disconnect(b);
+    let (a, ack) = sim.connect("myclientid", V4, false);
+    assert!(ack.session_present);
+    let got = sim.publishes(a);
+    let qos: Vec<QoS> = got.iter().map(|p| p.qos.qos()).collect();
+    assert_eq!(
+        qos,
+        [QoS::AtLeastOnce, QoS::ExactlyOnce],
+        "QoS 0 is not queued by default"
+    );
+    sim.ack_all(a, &got);
+    sim.disconnect(a);
+    let (a, _) = sim.connect("myclientid", V4, true);
+    sim.disconnect(a);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn qos0_is_queued_offline_when_configured() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            queue_qos0_offline: true,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect("a", V4, false);
+    sim.subscribe(a, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(a);
+    let (b, _) = sim.connect("b", V4, true);
+    sim.publish(b, "t", b"zero", QoS::AtMostOnce, 1, false);
+    let (a, _) = sim.connect("a", V4, false);
+    let got = sim.publishes(a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QosPid::AtMostOnce);
+}
+
+#[test]
+fn paho_overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("myclientid", V4, true);
+    sim.subscribe(
+        a,
+        1,
+        &[
+            ("TopicA/#", QoS::ExactlyOnce),
+            ("TopicA/+", QoS::AtLeastOnce),
+        ],
+    );
+    sim.publish(a, "TopicA/C", b"overlap", QoS::ExactlyOnce, 2, false);
+    let got = sim.publishes(a);
+    assert_eq!(
+        got.len(),
+        1,
+        "one delivery per client, not per subscription"
+    );
+    assert_eq!(got[0].qos.qos(), QoS::ExactlyOnce);
+    sim.ack_all(a, &got);
+    sim.disconnect(a);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn paho_keepalive_expiry_publishes_the_will() {
+    let mut sim = Sim::quiet();
+    let mut c = connect("myclientid", V4, true, 5);
+    c.will = Some(will("/TopicA", b"keepalive expiry", QoS::AtMostOnce, false));
+    let (a, ack) = sim.connect_with(c);
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    let (b, _) = sim.connect("myclientid2", V4, true);
+    sim.subscribe(b, 1, &[("/TopicA", QoS::ExactlyOnce)]);
+    // B keeps itself alive; A is silent.
+    sim.advance(secs(7));
+    assert!(sim.closed(a).is_none(), "not before 1.5 x keep-alive");
+    sim.advance(secs(1));
+    assert_eq!(sim.closed(a), Some(CloseReason::KeepAliveTimeout));
+    let got = sim.publishes(b);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"keepalive expiry");
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn activity_postpones_the_keepalive_deadline() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 10));
+    for _ in 0..5 {
+        sim.advance(secs(9));
+        sim.send(a, Packet::PingReq);
+        assert_eq!(sim.recv(a), Some(Packet::PingResp));
+    }
+    assert!(sim.closed(a).is_none());
+    sim.advance(secs(16));
+    assert_eq!(sim.closed(a), Some(CloseReason::KeepAliveTimeout));
+}
+
+#[test]
+fn paho_redelivery_on_reconnect_resends_unacknowledged_messages() {
+    let mut sim = Sim::quiet();
+    let (b, _) = sim.connect("myclientid2", V4, false);
+    sim.subscribe(b, 1, &[("TopicA/#", QoS::ExactlyOnce)]);
+    sim.publish(b, "TopicA/B", b"qos 1", QoS::AtLeastOnce, 2, false);
+    sim.publish(b, "TopicA/C", b"qos 2", QoS::ExactlyOnce, 3, false);
+    let first = sim.publishes(b);
+    assert_eq!(first.len(), 2);
+    // B never acknowledges; it disconnects.
+    sim.disconnect(b);
+    let (b, ack) = sim.connect("myclientid2", V4, false);
+    assert!(ack.session_present);
+    let again = sim.publishes(b);
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|p| p.dup), "re-sent with DUP=1");
+    assert_eq!(
+        again[0].qos.packet_id(),
+        first[0].qos.packet_id(),
+        "original order and ids"
+    );
+    assert_eq!(again[1].qos.packet_id(), first[1].qos.packet_id());
+    sim.ack_all(b, &again);
+    sim.disconnect(b);
+    let (b, _) = sim.connect("myclientid2", V4, true);
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn pubrel_is_resent_for_a_released_qos2_message_on_reconnect() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V4, false);
+    sim.subscribe(a, 1, &[("t", QoS::ExactlyOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    sim.publish(p, "t", b"x", QoS::ExactlyOnce, 1, false);
+    let got = sim.publishes(a);
+    let pid = got[0].qos.packet_id().unwrap();
+    sim.send(a, Packet::PubRec(PubResponse::new(pid)));
+    assert!(matches!(sim.recv(a), Some(Packet::PubRel(_))));
+    sim.drop_transport(a);
+    let (a, _) = sim.connect("a", V4, false);
+    assert_eq!(sim.recv_all(a), [Packet::PubRel(PubResponse::new(pid))]);
+    sim.send(a, Packet::PubComp(PubResponse::new(pid)));
+    assert_eq!(sim.broker.inflight_count("a"), 0);
+}
+
+#[test]
+fn paho_zero_length_client_id_needs_a_clean_session() {
+    let mut sim = Sim::quiet();
+    let (a, ack) = sim.connect_with(connect("", V4, false, 0));
+    assert_eq!(ack.unwrap().reason.to_v3_connack(), 0x02);
+    assert!(sim.closed(a).is_some());
+    let (b, ack) = sim.connect_with(connect("", V4, true, 0));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn assigned_client_ids_are_unique() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("", V4, true, 0));
+    let (b, _) = sim.connect_with(connect("", V4, true, 0));
+    assert!(
+        sim.closed(a).is_none(),
+        "a second empty id must not take over the first"
+    );
+    assert_eq!(sim.broker.session_count(), 2);
+    sim.disconnect(a);
+    sim.disconnect(b);
+}
+
+struct DenyNoSubscribe;
+
+impl roost_core::broker::AccessPolicy for DenyNoSubscribe {
+    fn authorize_publish(
+        &self,
+        _: roost_core::broker::ClientRef<'_>,
+        _: &roost_core::topic::TopicName,
+    ) -> bool {
+        true
+    }
+    fn authorize_subscribe(
+        &self,
+        _: roost_core::broker::ClientRef<'_>,
+        filter: &roost_core::topic::TopicFilter,
+        qos: QoS,
+    ) -> Result<QoS, ReasonCode> {
+        if filter.as_str() == "test/nosubscribe" {
+            Err(ReasonCode::UnspecifiedError)
+        } else {
+            Ok(qos)
+        }
+    }
+}
+
+#[test]
+fn paho_subscribe_failure_answers_0x80() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        authorization: Box::new(DenyNoSubscribe),
+        ..Config::default()
+    });
+    let (a, _) = sim.connect("myclientid", V4, true);
+    let reasons = sim.subscribe(
+        a,
+        1,
+        &[
+            ("test/nosubscribe", QoS::ExactlyOnce),
+            ("ok", QoS::AtLeastOnce),
+        ],
+    );
+    assert_eq!(
+        reasons,
+        [ReasonCode::UnspecifiedError, ReasonCode::GrantedQoS1]
+    );
+    sim.publish(a, "test/nosubscribe", b"x", QoS::AtMostOnce, 2, false);
+    assert!(sim.publishes(a).is_empty());
+}
+
+#[test]
+fn paho_dollar_topics_do_not_match_leading_wildcards() {
+    let mut sim = Sim::quiet();
+    let (b, _) = sim.connect("myclientid2", V4, true);
+    sim.subscribe(b, 1, &[("+/+", QoS::ExactlyOnce)]);
+    sim.publish(b, "$TopicA/B", b"", QoS::AtLeastOnce, 2, false);
+    assert!(sim.publishes(b).is_empty());
+    assert!(sim.closed(b).is_none());
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn paho_unsubscribe_stops_deliveries_for_that_filter_only() {
+    let mut sim = Sim::quiet();
+    let (b, _) = sim.connect("myclientid2", V4, true);
+    sim.subscribe(
+        b,
+        1,
+        &[
+            ("TopicA", QoS::ExactlyOnce),
+            ("TopicA/B", QoS::ExactlyOnce),
+            ("Topic/C", QoS::ExactlyOnce),
+        ],
+    );
+    sim.send(
+        b,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: PacketId::new(2).unwrap(),
+            filters: vec![roost_core::topic::TopicFilter::from_static("TopicA")],
+            properties: Default::default(),
+        }),
+    );
+    assert!(matches!(sim.recv(b), Some(Packet::UnsubAck(_))));
+    let (a, _) = sim.connect("myclientid", V4, true);
+    for (i, t) in ["TopicA", "TopicA/B", "Topic/C"].into_iter().enumerate() {
+        sim.publish(a, t, b"x", QoS::AtLeastOnce, i as u16 + 1, false);
+    }
+    let got = sim.publishes(b);
+    assert_eq!(got.len(), 2);
+    sim.ack_all(b, &got);
+    sim.disconnect(a);
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+// ---- Sessions, takeover, wills ----
+
+#[test]
+fn takeover_closes_the_old_connection_and_publishes_its_will() {
+    let mut sim = Sim::quiet();
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("will/#", QoS::AtMostOnce)]);
+    let mut c = connect("dup", V4, false, 0);
+    c.will = Some(will("will/dup", b"gone", QoS::AtMostOnce, false));
+    let (old, _) = sim.connect_with(c);
+    sim.subscribe(old, 1, &[("kept", QoS::AtLeastOnce)]);
+    let (new, ack) = sim.connect("dup", V4, false);
+    assert!(
+        ack.session_present,
+        "the session is taken over, not discarded"
+    );
+    assert_eq!(sim.closed(old), Some(CloseReason::SessionTakenOver));
+    assert_eq!(
+        sim.publishes(w).len(),
+        1,
+        "the old connection's will is published"
+    );
+    sim.publish(w, "kept", b"x", QoS::AtLeastOnce, 2, false);
+    assert_eq!(sim.publishes(new).len(), 1, "subscriptions came along");
+}
+
+#[test]
+fn will_is_not_published_after_disconnect() {
+    let mut sim = Sim::quiet();
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("will", QoS::AtMostOnce)]);
+    let mut c = connect("a", V4, true, 0);
+    c.will = Some(will("will", b"x", QoS::AtMostOnce, false));
+    let (a, _) = sim.connect_with(c);
+    sim.disconnect(a);
+    assert!(sim.publishes(w).is_empty());
+}
+
+#[test]
+fn will_is_published_when_the_transport_dies_with_its_qos_and_retain() {
+    let mut sim = Sim::quiet();
+    let mut c = connect("a", V4, true, 0);
+    c.will = Some(will("will", b"x", QoS::AtLeastOnce, true));
+    let (a, _) = sim.connect_with(c);
+    sim.drop_transport(a);
+    assert_eq!(sim.broker.retained_count(), 1, "will retain is honoured");
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("will", QoS::ExactlyOnce)]);
+    let got = sim.publishes(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos.qos(), QoS::AtLeastOnce);
+    assert!(got[0].retain);
+}
+
+#[test]
+fn will_is_published_on_a_protocol_violation() {
+    let mut sim = Sim::quiet();
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("will", QoS::AtMostOnce)]);
+    let mut c = connect("a", V4, true, 0);
+    c.will = Some(will("will", b"x", QoS::AtMostOnce, false));
+    let (a, _) = sim.connect_with(c);
+    sim.send_raw(a, &[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]); // 5-byte remaining length
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::Decode(DecodeError::MalformedVarInt))
+    );
+    assert_eq!(sim.publishes(w).len(), 1);
+}
+
+#[test]
+fn clean_session_discards_the_old_session() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V4, false);
+    sim.subscribe(a, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(a);
+    assert!(sim.broker.has_session("a"));
+    let (a, ack) = sim.connect("a", V4, true);
+    assert!(!ack.session_present);
+    let (b, _) = sim.connect("b", V4, true);
+    sim.publish(b, "t", b"x", QoS::AtLeastOnce, 1, false);
+    assert!(sim.publishes(a).is_empty());
+    sim.disconnect(a);
+    sim.disconnect(b);
+    sim.assert_no_leaks();
+}
+
+// ---- Connect rules ----
+
+#[test]
+fn first_packet_must_be_connect() {
+    let mut sim = Sim::quiet();
+    let a = sim.open(V4);
+    sim.send(a, Packet::PingReq);
+    assert!(sim.recv_all(a).is_empty());
+    assert!(sim.closed(a).is_some());
+}
+
+#[test]
+fn connect_timeout_closes_silent_connections() {
+    let mut sim = Sim::quiet();
+    let a = sim.open(V4);
+    sim.advance(secs(9));
+    assert!(sim.closed(a).is_none());
+    sim.advance(secs(2));
+    assert_eq!(sim.closed(a), Some(CloseReason::ConnectTimeout));
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn mqtt_3_1_clients_connect_and_talk_to_3_1_1_clients() {
+    let mut sim = Sim::quiet();
+    let (old, ack) = sim.connect("legacy", Protocol::V3_1, true);
+    assert!(!ack.session_present);
+    let (new, _) = sim.connect("modern", V4, true);
+    sim.subscribe(old, 1, &[("x/#", QoS::AtLeastOnce)]);
+    sim.publish(new, "x/y", b"hi", QoS::AtLeastOnce, 1, false);
+    let got = sim.publishes(old);
+    assert_eq!(&got[0].payload[..], b"hi");
+}
+
+#[test]
+fn static_authentication_checks_user_and_password() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        authentication: roost_core::broker::Authentication::Static {
+            allow_anonymous: false,
+            users: vec![(
+                roost_core::MqttStr::from_static("alice"),
+                bytes::Bytes::from_static(b"secret"),
+            )],
+        },
+        ..Config::default()
+    });
+    let (_, ack) = sim.connect_with(connect("anon", V4, true, 0));
+    assert_eq!(ack.unwrap().reason.to_v3_connack(), 0x05);
+    let mut c = connect("bad", V4, true, 0);
+    c.username = Some(roost_core::MqttStr::from_static("alice"));
+    c.password = Some(bytes::Bytes::from_static(b"wrong"));
+    let (_, ack) = sim.connect_with(c.clone());
+    assert_eq!(ack.unwrap().reason.to_v3_connack(), 0x04);
+    c.password = Some(bytes::Bytes::from_static(b"secret"));
+    let (_, ack) = sim.connect_with(c);
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+}
+
+#[test]
+fn external_authentication_waits_for_the_decision() {
+    use roost_core::broker::{AuthDecision, Authentication};
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        authentication: Authentication::External,
+        ..Config::default()
+    });
+    let a = sim.open(V4);
+    sim.send(a, Packet::Connect(Box::new(connect("a", V4, true, 0))));
+    // Packets sent before the decision wait for it.
+    sim.send(a, Packet::PingReq);
+    assert!(sim.recv_all(a).is_empty());
+    let request = sim
+        .auth_requests
+        .pop_front()
+        .expect("an authentication request");
+    assert_eq!(request.client_id, "a");
+    sim.broker
+        .resolve_auth(sim.now, request.token, AuthDecision::Accept);
+    sim.drain();
+    let got = sim.recv_all(a);
+    assert!(matches!(&got[0], Packet::ConnAck(ack) if ack.reason == ReasonCode::Success));
+    assert_eq!(got[1], Packet::PingResp);
+
+    let b = sim.open(V4);
+    sim.send(b, Packet::Connect(Box::new(connect("b", V4, true, 0))));
+    let request = sim.auth_requests.pop_front().unwrap();
+    sim.broker.resolve_auth(
+        sim.now,
+        request.token,
+        AuthDecision::Reject(ReasonCode::NotAuthorized),
+    );
+    sim.drain();
+    let Some(Packet::ConnAck(ack)) = sim.recv(b) else {
+        panic!()
+    };
+    assert_eq!(ack.reason.to_v3_connack(), 0x05);
+    assert!(sim.closed(b).is_some());
+}
+
+// ---- QoS flows ----
+
+#[test]
+fn qos2_publish_resent_before_pubrel_is_delivered_once() {
+    let mut sim = Sim::quiet();
+    let (s, _) = sim.connect("s", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::ExactlyOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    let mut msg = publish("t", b"once", QoS::ExactlyOnce, 7, false);
+    sim.send(p, Packet::Publish(msg.clone()));
+    msg.dup = true;
+    sim.send(p, Packet::Publish(msg));
+    let acks = sim.recv_all(p);
+    assert_eq!(acks.len(), 2, "each PUBLISH gets a PUBREC");
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(7).unwrap())),
+    );
+    assert!(matches!(sim.recv(p), Some(Packet::PubComp(_))));
+    assert_eq!(sim.publishes(s).len(), 1, "exactly once");
+}
+
+#[test]
+fn delivery_qos_is_the_minimum_of_publish_and_subscription() {
+    let mut sim = Sim::quiet();
+    let (s, _) = sim.connect("s", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.publish(s, "t", b"2", QoS::ExactlyOnce, 1, false);
+    sim.publish(s, "t", b"0", QoS::AtMostOnce, 2, false);
+    let got = sim.publishes(s);
+    assert_eq!(got[0].qos.qos(), QoS::AtLeastOnce);
+    assert_eq!(got[1].qos.qos(), QoS::AtMostOnce);
+}
+
+#[test]
+fn inflight_window_holds_the_rest_in_order() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            max_inflight: 2,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (s, _) = sim.connect("s", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    for i in 0..5u8 {
+        sim.publish(p, "t", &[i], QoS::AtLeastOnce, u16::from(i) + 1, false);
+    }
+    let first = sim.publishes(s);
+    assert_eq!(first.len(), 2);
+    assert_eq!(sim.broker.queued_count("s"), 3);
+    let mut seen: Vec<u8> = first.iter().map(|p| p.payload[0]).collect();
+    let mut pending = first;
+    while !pending.is_empty() {
+        sim.ack_all(s, &pending);
+        pending = sim.publishes(s);
+        seen.extend(pending.iter().map(|p| p.payload[0]));
+    }
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn packet_ids_are_not_reused_while_in_flight() {
+    let mut sim = Sim::quiet();
+    let (s, _) = sim.connect("s", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    for i in 0..20u16 {
+        sim.publish(p, "t", b"x", QoS::AtLeastOnce, i + 1, false);
+    }
+    let got = sim.publishes(s);
+    let mut ids: Vec<u16> = got
+        .iter()
+        .map(|p| p.qos.packet_id().unwrap().get())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+}
+
+#[test]
+fn full_offline_queue_drops_new_messages_and_counts_them() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            max_queued_messages: 3,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (s, _) = sim.connect("s", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(s);
+    let (p, _) = sim.connect("p", V4, true);
+    for i in 0..5u8 {
+        sim.publish(p, "t", &[i], QoS::AtLeastOnce, u16::from(i) + 1, false);
+    }
+    assert_eq!(sim.broker.queued_count("s"), 3);
+    assert_eq!(sim.broker.stats().dropped, 2);
+    let (s, _) = sim.connect("s", V4, false);
+    let got: Vec<u8> = sim.publishes(s).iter().map(|p| p.payload[0]).collect();
+    assert_eq!(got, [0, 1, 2], "the oldest are kept, the newest dropped");
+}
+
+// ---- Limits and bad input ----
+
+#[test]
+fn oversize_packet_closes_only_that_connection() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            max_packet_size: 1024,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect("a", V4, true);
+    let (b, _) = sim.connect("b", V4, true);
+    sim.send_raw(a, &[0x30, 0xFF, 0xFF, 0x03]); // announces 65,535 bytes
+    assert!(matches!(
+        sim.closed(a),
+        Some(CloseReason::Decode(DecodeError::PacketTooLarge { .. }))
+    ));
+    sim.subscribe(b, 1, &[("t", QoS::AtMostOnce)]);
+    sim.publish(b, "t", b"still here", QoS::AtMostOnce, 1, false);
+    assert_eq!(sim.publishes(b).len(), 1);
+}
+
+#[test]
+fn too_many_subscriptions_are_refused() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            max_subscriptions_per_client: 2,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect("a", V4, true);
+    let reasons = sim.subscribe(
+        a,
+        1,
+        &[
+            ("a", QoS::AtMostOnce),
+            ("b", QoS::AtMostOnce),
+            ("c", QoS::AtMostOnce),
+        ],
+    );
+    // MQTT 3.1.1 has one failure code: 0x80 (QuotaExceeded in MQTT 5).
+    assert_eq!(reasons[2], ReasonCode::UnspecifiedError);
+    assert_eq!(sim.broker.subscription_count(), 2);
+}
+
+#[test]
+fn clients_cannot_publish_to_sys() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V4, true);
+    sim.subscribe(a, 1, &[("$SYS/#", QoS::AtMostOnce)]);
+    sim.publish(
+        a,
+        "$SYS/broker/uptime",
+        b"forged",
+        QoS::AtLeastOnce,
+        2,
+        true,
+    );
+    assert!(sim.publishes(a).is_empty());
+    assert_eq!(sim.broker.retained_count(), 0);
+}
+
+#[test]
+fn sys_statistics_and_presence_are_published() {
+    let mut sim = Sim::new(Config::default());
+    let (a, _) = sim.connect("a", V4, true);
+    sim.subscribe(a, 1, &[("$SYS/#", QoS::AtMostOnce)]);
+    let (b, _) = sim.connect("b", V4, true);
+    let got = sim.publishes(a);
+    assert!(
+        got.iter()
+            .any(|p| p.topic.as_str() == "$SYS/roost/new/clients" && &p.payload[..] == b"b")
+    );
+    sim.advance(secs(10));
+    let got = sim.publishes(a);
+    let uptime = got
+        .iter()
+        .find(|p| p.topic.as_str() == "$SYS/broker/uptime")
+        .expect("uptime");
+    assert_eq!(&uptime.payload[..], b"10 seconds");
+    let connected = got
+        .iter()
+        .find(|p| p.topic.as_str() == "$SYS/broker/clients/connected")
+        .unwrap();
+    assert_eq!(&connected.payload[..], b"2");
+    sim.disconnect(b);
+    let got = sim.publishes(a);
+    assert!(
+        got.iter()
+            .any(|p| p.topic.as_str() == "$SYS/roost/disconnect/clients")
+    );
+}
+
+#[test]
+fn in_process_publish_and_subscribe() {
+    let mut sim = Sim::quiet();
+    let now = sim.now;
+    let local = sim
+        .broker
+        .subscribe(now, roost_core::topic::TopicFilter::from_static("app/#"));
+    let (a, _) = sim.connect("a", V4, true);
+    sim.subscribe(a, 1, &[("from/app", QoS::AtMostOnce)]);
+    sim.publish(a, "app/x", b"to app", QoS::AtLeastOnce, 2, false);
+    assert_eq!(sim.deliveries.len(), 1);
+    assert_eq!(sim.deliveries[0].0, local);
+    assert_eq!(&sim.deliveries[0].1.payload[..], b"to app");
+    let msg = roost_core::broker::Message {
+        topic: roost_core::topic::TopicName::from_static("from/app"),
+        payload: bytes::Bytes::from_static(b"hello"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    assert_eq!(sim.broker.publish(now, msg), 1);
+    sim.drain();
+    assert_eq!(sim.publishes(a).len(), 1);
+    assert!(sim.broker.unsubscribe(now, local));
+}
