@@ -413,6 +413,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn untaken_plaintext_is_capped() {
+        let (mut server, mut client) = server_and_client("cap");
+        pump(&mut server, &mut client);
+        let chunk = vec![0u8; 64 * 1024];
+        let mut result = Ok(());
+        for _ in 0..(MAX_BUFFERED_PLAINTEXT / chunk.len() + 2) {
+            client.writer().write_all(&chunk).expect("w");
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).expect("w");
+            }
+            result = server.feed_ciphertext(&wire);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(result, Err(TlsError::PlaintextFull)), "{result:?}");
+        assert!(server.wants_close());
+    }
+
+    #[test]
     fn server_close_sends_close_notify() {
         let (mut server, mut client) = server_and_client("close");
         pump(&mut server, &mut client);

@@ -751,6 +751,26 @@ mod tests {
     }
 
     #[test]
+    fn untaken_inbound_is_capped() {
+        let mut server = WsStage::new("/mqtt", 16);
+        let (mut client, _) = connect(&mut server, request("/mqtt", Some("mqtt")));
+        for _ in 0..3 {
+            client
+                .write(Message::Binary(vec![0u8; 16].into()))
+                .expect("w");
+        }
+        let err = send(&mut client, &mut server).expect_err("full");
+        assert!(matches!(err, WsError::InboundFull), "{err}");
+        let mut got = Vec::new();
+        server.take_inbound(&mut got);
+        assert_eq!(
+            got.len(),
+            32,
+            "what arrived before the cap is still delivered"
+        );
+    }
+
+    #[test]
     fn text_message_closes_the_connection() {
         let mut server = WsStage::new("/mqtt", MAX);
         let (mut client, _) = connect(&mut server, request("/mqtt", Some("mqtt")));
