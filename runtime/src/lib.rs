@@ -1,7 +1,38 @@
-//! What every roost runtime shares, whatever drives its sockets: configuration,
-//! TLS and WebSocket as sans-IO byte stages, password and ACL files, and the
-//! connection driver that feeds the engine and drains its actions.
+//! What every roost runtime shares, whatever drives its sockets.
 //!
-//! Not built yet (see the standalone-broker issue).
+//! # Owned here
+//!
+//! * [`config`]: the broker configuration (TOML file + command-line flags).
+//! * [`passwd`]: password files (`user:argon2-hash` lines) and the
+//!   `roost passwd` command.
+//! * [`acl`]: Mosquitto-style ACL files and topic-matching for them.
+//! * [`tls`]: TLS as a sans-IO byte stage on `rustls`.
+//! * [`ws`]: WebSocket as a sans-IO byte stage on `tungstenite`.
+//!
+//! Not built yet: the connection driver that feeds the engine and drains its
+//! actions (it waits for the engine API in `roost-core`).
+//!
+//! # Stages
+//!
+//! A connection is a stack of byte stages; each takes bytes from below and
+//! gives bytes upward, and the reverse, without touching a socket:
+//!
+//! ```text
+//!  socket ──ciphertext──▶ TlsStage ──plaintext──▶ WsStage ──MQTT bytes──▶ engine
+//!  socket ◀─────────────  TlsStage ◀────────────  WsStage ◀─────────────  engine
+//! ```
+//!
+//! `tcp` uses no stage, `tls` only [`tls::TlsStage`], `ws` only
+//! [`ws::WsStage`], `wss` both. A runtime reads from the socket, feeds the
+//! lowest stage, passes what comes out upward, and after the engine has
+//! produced output, writes it downward and flushes what the lowest stage has
+//! to the socket. Every stage bounds what a peer can make it buffer; see each
+//! module's notes.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod acl;
+pub mod config;
+pub mod passwd;
+pub mod tls;
+pub mod ws;

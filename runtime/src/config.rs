@@ -1,0 +1,1066 @@
+//! Broker configuration: one TOML file plus command-line flags that override it.
+//!
+//! Every key is documented in `runtime/roost.example.toml`, which a test
+//! parses. The defaults follow Mosquitto 2.x: with no file and no flags, roost
+//! listens with plain TCP on `127.0.0.1:1883` and allows anonymous clients,
+//! so a fresh install is reachable only from the same machine. Listeners
+//! written in a file default to `allow_anonymous = false`, as Mosquitto's do.
+//!
+//! Flags win over the file: `--port`/`--bind` change the first listener (the
+//! built-in one when the file has none), `--data-dir` sets
+//! `persistence.path`.
+//!
+//! Loading is two steps: serde reads the TOML into a loose shape (unknown
+//! keys are errors), then [`Config`] is built from it with every range and
+//! cross-field rule checked, each failure a [`ConfigError`] naming the key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+/// Command-line flags (`roost --help`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
+#[command(name = "roost", version, about = "An MQTT broker")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Port of the first listener (default 1883).
+    #[arg(short, long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Address of the first listener (default 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+    /// Directory for persistent state (sets persistence.path).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// More logging: -v for debug, -vv for trace.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// A maintenance command instead of running the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Manage the password file.
+    Passwd {
+        /// What to do.
+        #[command(subcommand)]
+        action: PasswdCommand,
+    },
+}
+
+/// `roost passwd …`, carried out by [`crate::passwd::run_command`].
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum PasswdCommand {
+    /// Add a user, or change their password.
+    Add {
+        /// User name (no ':' or control characters).
+        user: String,
+        /// The password; prompted for when absent (keeps it out of shell history).
+        #[arg(long)]
+        password: Option<String>,
+        /// Password file (default: the configured listener's password_file).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Remove a user.
+    Rm {
+        /// User name.
+        user: String,
+        /// Password file (default: the configured listener's password_file).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// The transport a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Protocol {
+    /// Whether this transport needs a certificate and key.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Tls | Protocol::Wss)
+    }
+
+    /// Whether this transport is WebSocket.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Protocol::Ws | Protocol::Wss)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Ws => "ws",
+            Protocol::Wss => "wss",
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Transport.
+    pub protocol: Protocol,
+    /// Address and port to bind.
+    pub bind: SocketAddr,
+    /// TLS certificate chain, PEM (tls and wss only).
+    pub cert: Option<PathBuf>,
+    /// TLS private key, PEM (tls and wss only).
+    pub key: Option<PathBuf>,
+    /// HTTP path of the WebSocket endpoint (ws and wss only).
+    pub ws_path: String,
+    /// Whether clients without a user name may connect.
+    pub allow_anonymous: bool,
+    /// Password file for clients with a user name.
+    pub password_file: Option<PathBuf>,
+    /// ACL file; when set, anything it does not grant is denied.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Listener {
+    /// The listener used when the configuration names none: plain TCP on
+    /// `127.0.0.1:1883`, anonymous clients allowed (Mosquitto 2.x's local-only
+    /// mode).
+    pub fn default_local() -> Listener {
+        Listener {
+            protocol: Protocol::Tcp,
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            cert: None,
+            key: None,
+            ws_path: DEFAULT_WS_PATH.to_owned(),
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+}
+
+const DEFAULT_WS_PATH: &str = "/mqtt";
+
+/// Resource limits. What happens at each limit is the engine's to document;
+/// these are the numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest MQTT packet accepted, in bytes (whole packet).
+    pub max_packet_size: u32,
+    /// QoS 1/2 messages in flight to one client (MQTT 5 Receive Maximum).
+    pub max_inflight: u16,
+    /// Messages queued for one session beyond the in-flight window.
+    pub max_queued_messages: u32,
+    /// Payload bytes queued for one session.
+    pub max_queued_bytes: u64,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// Time a new connection has to send CONNECT, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest keep-alive granted to a client, in seconds.
+    pub max_keepalive_secs: u16,
+    /// Simultaneous connections across all listeners.
+    pub max_connections: u32,
+    /// Longest client identifier accepted, in bytes.
+    pub max_client_id_len: u16,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: u16,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions_per_client: u32,
+    /// Bytes the runtime buffers for writing to one connection before it
+    /// stops asking the engine for more.
+    pub outbound_buffer_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_qos0_offline: false,
+            connect_timeout_ms: 10_000,
+            max_keepalive_secs: 65_535,
+            max_connections: 10_000,
+            max_client_id_len: 256,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+            outbound_buffer_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where sessions and messages are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    /// In memory; lost on restart.
+    #[default]
+    Memory,
+    /// The embedded fjall database under `persistence.path`.
+    Fjall,
+}
+
+/// When stored data is made durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Before acknowledging (group commit).
+    #[default]
+    Sync,
+    /// Every `flush_interval_ms`; a crash loses at most that much.
+    Periodic,
+}
+
+/// Persistence settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// Which store.
+    pub store: Store,
+    /// Data directory (required for fjall).
+    pub path: Option<PathBuf>,
+    /// When data is made durable.
+    pub durability: Durability,
+    /// Flush period for `periodic`, in milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Persistence {
+            store: Store::Memory,
+            path: None,
+            durability: Durability::Sync,
+            flush_interval_ms: 1000,
+        }
+    }
+}
+
+/// `$SYS` topic settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sys {
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    pub interval_secs: u32,
+}
+
+impl Default for Sys {
+    fn default() -> Self {
+        Sys { interval_secs: 10 }
+    }
+}
+
+/// The whole, validated broker configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Listeners, at least one.
+    pub listeners: Vec<Listener>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Persistence.
+    pub persistence: Persistence,
+    /// `$SYS` topics.
+    pub sys: Sys,
+    /// Log verbosity from `-v` flags (0 = info).
+    pub verbosity: u8,
+    /// Notes found while loading that are not errors (see [`Config::warnings`]).
+    notes: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![Listener::default_local()],
+            limits: Limits::default(),
+            persistence: Persistence::default(),
+            sys: Sys::default(),
+            verbosity: 0,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong
+    /// type. The message from the TOML reader names the key and line.
+    Parse {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// The reader's error.
+        source: Box<toml::de::Error>,
+    },
+    /// A number is outside its range.
+    OutOfRange {
+        /// The key, e.g. `limits.max_inflight`.
+        key: String,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A key is required by another setting.
+    Required {
+        /// The missing key, e.g. `listener[1].cert`.
+        key: String,
+        /// Why, e.g. `for protocol "tls"`.
+        because: String,
+    },
+    /// Any other invalid value.
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => write!(f, "{}: {source}", path.display()),
+            ConfigError::Parse { path, source } => {
+                if let Some(path) = path {
+                    write!(f, "{}: ", path.display())?;
+                }
+                write!(f, "{}", source.to_string().trim_end())
+            }
+            ConfigError::OutOfRange { key, min, max } => {
+                write!(f, "{key}: must be between {min} and {max}")
+            }
+            ConfigError::Required { key, because } => write!(f, "{key}: required {because}"),
+            ConfigError::Invalid { key, problem } => write!(f, "{key}: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Parse { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+// The loose shape serde reads. Numbers are i64 so that an out-of-range value
+// gets our message naming the range rather than the TOML reader's "expected u16".
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    persistence: RawPersistence,
+    #[serde(default)]
+    sys: RawSys,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    protocol: Protocol,
+    bind: String,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ws_path: Option<String>,
+    allow_anonymous: Option<bool>,
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_packet_size: Option<i64>,
+    max_inflight: Option<i64>,
+    max_queued_messages: Option<i64>,
+    max_queued_bytes: Option<i64>,
+    queue_qos0_offline: Option<bool>,
+    connect_timeout_ms: Option<i64>,
+    max_keepalive_secs: Option<i64>,
+    max_connections: Option<i64>,
+    max_client_id_len: Option<i64>,
+    max_topic_levels: Option<i64>,
+    max_subscriptions_per_client: Option<i64>,
+    outbound_buffer_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    store: Option<Store>,
+    path: Option<PathBuf>,
+    durability: Option<Durability>,
+    flush_interval_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSys {
+    interval_secs: Option<i64>,
+}
+
+/// Reads an optional integer key, checking `min..=max`.
+fn ranged<T: TryFrom<i64>>(
+    value: Option<i64>,
+    key: &str,
+    min: i64,
+    max: i64,
+    default: T,
+) -> Result<T, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let out_of_range = || ConfigError::OutOfRange {
+        key: key.to_owned(),
+        min: min.unsigned_abs(),
+        max: max.unsigned_abs(),
+    };
+    if !(min..=max).contains(&v) {
+        return Err(out_of_range());
+    }
+    T::try_from(v).map_err(|_| out_of_range())
+}
+
+const MAX_MQTT_PACKET: i64 = 268_435_460; // 1 + 4 + 268_435_455
+const MIB: i64 = 1024 * 1024;
+
+impl Config {
+    /// Parses the process's command line and loads the configuration.
+    /// Exits the process with clap's message on a bad command line (as every
+    /// clap program does); configuration problems are returned.
+    pub fn from_args() -> Result<Config, ConfigError> {
+        Config::from_cli(Cli::parse())
+    }
+
+    /// Loads the file named by `--config` (if any) and applies the flags.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_cli(&cli)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|err| match err {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: Some(path.to_path_buf()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: None,
+            source: Box::new(source),
+        })?;
+        Config::from_raw(raw)
+    }
+
+    /// Applies flags on top of the loaded file.
+    fn apply_cli(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        self.verbosity = cli.verbose;
+        if cli.port.is_some() || cli.bind.is_some() {
+            // `listeners` is never empty: from_raw falls back to the default.
+            let first = self
+                .listeners
+                .first_mut()
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "listener".into(),
+                    problem: "no listener to apply --port/--bind to".into(),
+                })?;
+            if let Some(port) = cli.port {
+                first.bind.set_port(port);
+            }
+            if let Some(ip) = cli.bind {
+                first.bind.set_ip(ip);
+            }
+            check_duplicate_binds(&self.listeners)?;
+        }
+        if let Some(dir) = &cli.data_dir {
+            self.persistence.path = Some(dir.clone());
+            if self.persistence.store == Store::Memory {
+                self.notes.push(
+                    "--data-dir is set but persistence.store is \"memory\": nothing is stored there"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut notes = Vec::new();
+        let mut listeners = Vec::with_capacity(raw.listener.len());
+        for (i, l) in raw.listener.into_iter().enumerate() {
+            listeners.push(listener_from_raw(i, l, &mut notes)?);
+        }
+        if listeners.is_empty() {
+            listeners.push(Listener::default_local());
+        }
+        check_duplicate_binds(&listeners)?;
+
+        let d = Limits::default();
+        let r = raw.limits;
+        let limits = Limits {
+            max_packet_size: ranged(
+                r.max_packet_size,
+                "limits.max_packet_size",
+                16,
+                MAX_MQTT_PACKET,
+                d.max_packet_size,
+            )?,
+            max_inflight: ranged(
+                r.max_inflight,
+                "limits.max_inflight",
+                1,
+                65_535,
+                d.max_inflight,
+            )?,
+            max_queued_messages: ranged(
+                r.max_queued_messages,
+                "limits.max_queued_messages",
+                1,
+                10_000_000,
+                d.max_queued_messages,
+            )?,
+            max_queued_bytes: ranged(
+                r.max_queued_bytes,
+                "limits.max_queued_bytes",
+                1,
+                64 * 1024 * MIB,
+                d.max_queued_bytes,
+            )?,
+            queue_qos0_offline: r.queue_qos0_offline.unwrap_or(d.queue_qos0_offline),
+            connect_timeout_ms: ranged(
+                r.connect_timeout_ms,
+                "limits.connect_timeout_ms",
+                100,
+                3_600_000,
+                d.connect_timeout_ms,
+            )?,
+            max_keepalive_secs: ranged(
+                r.max_keepalive_secs,
+                "limits.max_keepalive_secs",
+                1,
+                65_535,
+                d.max_keepalive_secs,
+            )?,
+            max_connections: ranged(
+                r.max_connections,
+                "limits.max_connections",
+                1,
+                10_000_000,
+                d.max_connections,
+            )?,
+            // MQTT servers must accept ids of 1 to 23 bytes [MQTT-3.1.3-5].
+            max_client_id_len: ranged(
+                r.max_client_id_len,
+                "limits.max_client_id_len",
+                23,
+                65_535,
+                d.max_client_id_len,
+            )?,
+            max_topic_levels: ranged(
+                r.max_topic_levels,
+                "limits.max_topic_levels",
+                1,
+                65_535,
+                d.max_topic_levels,
+            )?,
+            max_subscriptions_per_client: ranged(
+                r.max_subscriptions_per_client,
+                "limits.max_subscriptions_per_client",
+                1,
+                1_000_000,
+                d.max_subscriptions_per_client,
+            )?,
+            outbound_buffer_bytes: ranged(
+                r.outbound_buffer_bytes,
+                "limits.outbound_buffer_bytes",
+                4096,
+                64 * 1024 * MIB,
+                d.outbound_buffer_bytes,
+            )?,
+        };
+        // A packet the broker accepted must fit the writer of whoever
+        // subscribes to it, or it could never be delivered.
+        if limits.outbound_buffer_bytes < u64::from(limits.max_packet_size) {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbound_buffer_bytes".into(),
+                problem: format!(
+                    "must be at least limits.max_packet_size ({})",
+                    limits.max_packet_size
+                ),
+            });
+        }
+        if limits.max_queued_bytes < u64::from(limits.max_packet_size) {
+            notes.push(format!(
+                "limits.max_queued_bytes ({}) is below limits.max_packet_size ({}): \
+                 the largest messages can never be queued for offline clients",
+                limits.max_queued_bytes, limits.max_packet_size
+            ));
+        }
+
+        let d = Persistence::default();
+        let r = raw.persistence;
+        let persistence = Persistence {
+            store: r.store.unwrap_or(d.store),
+            path: r.path,
+            durability: r.durability.unwrap_or(d.durability),
+            flush_interval_ms: ranged(
+                r.flush_interval_ms,
+                "persistence.flush_interval_ms",
+                1,
+                3_600_000,
+                d.flush_interval_ms,
+            )?,
+        };
+        if persistence
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "persistence.path".into(),
+                problem: "must not be empty".into(),
+            });
+        }
+        if r.flush_interval_ms.is_some() && persistence.durability != Durability::Periodic {
+            notes.push(
+                "persistence.flush_interval_ms is ignored unless durability = \"periodic\"".into(),
+            );
+        }
+        if persistence.store == Store::Memory && persistence.path.is_some() {
+            notes.push("persistence.path is ignored with store = \"memory\"".into());
+        }
+
+        let sys = Sys {
+            interval_secs: ranged(
+                raw.sys.interval_secs,
+                "sys.interval_secs",
+                0,
+                86_400,
+                Sys::default().interval_secs,
+            )?,
+        };
+
+        let config = Config {
+            listeners,
+            limits,
+            persistence,
+            sys,
+            verbosity: 0,
+            notes,
+        };
+        Ok(config)
+    }
+
+    /// Checks rules that involve flags as well as the file; [`Config::from_cli`]
+    /// calls it. Today: fjall needs a path (from the file or `--data-dir`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.persistence.store == Store::Fjall && self.persistence.path.is_none() {
+            return Err(ConfigError::Required {
+                key: "persistence.path".into(),
+                because: "for store \"fjall\" (or pass --data-dir)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Human-readable warnings about a configuration that loads but is
+    /// probably not what was meant. The runtime logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.notes.clone();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.allow_anonymous && l.password_file.is_none() && !l.bind.ip().is_loopback() {
+                out.push(format!(
+                    "listener[{i}] ({} on {}) accepts anonymous clients from the network \
+                     and has no password_file",
+                    l.protocol.name(),
+                    l.bind
+                ));
+            }
+            if !l.allow_anonymous && l.password_file.is_none() {
+                out.push(format!(
+                    "listener[{i}] ({} on {}) refuses anonymous clients and has no \
+                     password_file: no client can connect unless the embedding program \
+                     authenticates",
+                    l.protocol.name(),
+                    l.bind
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn listener_from_raw(
+    i: usize,
+    raw: RawListener,
+    notes: &mut Vec<String>,
+) -> Result<Listener, ConfigError> {
+    let key = |name: &str| format!("listener[{i}].{name}");
+    let bind: SocketAddr = raw.bind.parse().map_err(|_| ConfigError::Invalid {
+        key: key("bind"),
+        problem: format!(
+            "{:?} is not an address:port such as \"127.0.0.1:1883\" or \"[::]:1883\"",
+            raw.bind
+        ),
+    })?;
+    if raw.protocol.is_tls() {
+        for (name, value) in [("cert", &raw.cert), ("key", &raw.key)] {
+            if value.is_none() {
+                return Err(ConfigError::Required {
+                    key: key(name),
+                    because: format!("for protocol {:?}", raw.protocol.name()),
+                });
+            }
+        }
+    } else if raw.cert.is_some() || raw.key.is_some() {
+        notes.push(format!(
+            "listener[{i}]: cert/key are ignored for protocol {:?}",
+            raw.protocol.name()
+        ));
+    }
+    let ws_path = match raw.ws_path {
+        Some(path) => {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::Invalid {
+                    key: key("ws_path"),
+                    problem: format!("{path:?} must start with '/' and contain no spaces"),
+                });
+            }
+            if !raw.protocol.is_ws() {
+                notes.push(format!(
+                    "listener[{i}]: ws_path is ignored for protocol {:?}",
+                    raw.protocol.name()
+                ));
+            }
+            path
+        }
+        None => DEFAULT_WS_PATH.to_owned(),
+    };
+    Ok(Listener {
+        protocol: raw.protocol,
+        bind,
+        cert: raw.cert,
+        key: raw.key,
+        ws_path,
+        allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+        password_file: raw.password_file,
+        acl_file: raw.acl_file,
+    })
+}
+
+fn check_duplicate_binds(listeners: &[Listener]) -> Result<(), ConfigError> {
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(j) = listeners[..i].iter().position(|o| o.bind == l.bind) {
+            return Err(ConfigError::Invalid {
+                key: format!("listener[{i}].bind"),
+                problem: format!("{} is already used by listener[{j}]", l.bind),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text)
+            .expect_err("should be invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_are_mosquitto_like() {
+        let config = Config::from_cli(Cli::default()).expect("defaults");
+        assert_eq!(config.listeners, [Listener::default_local()]);
+        let l = &config.listeners[0];
+        assert_eq!(l.bind, "127.0.0.1:1883".parse().expect("addr"));
+        assert!(l.allow_anonymous);
+        assert_eq!(config.limits.max_inflight, 32);
+        assert_eq!(config.limits.connect_timeout_ms, 10_000);
+        assert_eq!(config.persistence.store, Store::Memory);
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        assert_eq!(Config::from_toml_str("").expect("empty"), config);
+    }
+
+    #[test]
+    fn example_file_parses_and_documents_every_key() {
+        let text = include_str!("../roost.example.toml");
+        let config = Config::from_toml_str(text).expect("example parses");
+        assert_eq!(config.listeners.len(), 4);
+        assert_eq!(config.listeners[2].protocol, Protocol::Ws);
+        assert_eq!(config.listeners[2].ws_path, "/mqtt");
+        assert_eq!(config.persistence.store, Store::Fjall);
+        config.validate().expect("example validates");
+        for key in [
+            "protocol",
+            "bind",
+            "cert",
+            "key",
+            "ws_path",
+            "allow_anonymous",
+            "password_file",
+            "acl_file",
+            "max_packet_size",
+            "max_inflight",
+            "max_queued_messages",
+            "max_queued_bytes",
+            "queue_qos0_offline",
+            "connect_timeout_ms",
+            "max_keepalive_secs",
+            "max_connections",
+            "max_client_id_len",
+            "max_topic_levels",
+            "max_subscriptions_per_client",
+            "outbound_buffer_bytes",
+            "store",
+            "path",
+            "durability",
+            "flush_interval_ms",
+            "interval_secs",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
+                "example does not set {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "roost",
+            "--port",
+            "1884",
+            "--bind",
+            "0.0.0.0",
+            "--data-dir",
+            "/var/lib/roost",
+            "-vv",
+        ])
+        .expect("cli");
+        let config = Config::from_cli(cli).expect("config");
+        assert_eq!(config.listeners[0].bind, "0.0.0.0:1884".parse().expect("a"));
+        assert_eq!(
+            config.persistence.path.as_deref(),
+            Some(Path::new("/var/lib/roost"))
+        );
+        assert_eq!(config.verbosity, 2);
+        let warnings = config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("anonymous clients from the network")),
+            "{warnings:?}"
+        );
+        assert!(warnings.iter().any(|w| w.contains("--data-dir")));
+
+        let mut config = Config::from_toml_str(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\
+             [[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:8080\"\n",
+        )
+        .expect("two listeners");
+        let cli = Cli::try_parse_from(["roost", "-p", "8080"]).expect("cli");
+        let e = config.apply_cli(&cli).expect_err("clash");
+        assert_eq!(
+            e.to_string(),
+            "listener[1].bind: 127.0.0.1:8080 is already used by listener[0]"
+        );
+    }
+
+    #[test]
+    fn config_file_flag_reads_the_file() {
+        let dir = std::env::temp_dir().join(format!("roost-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("roost.toml");
+        std::fs::write(&path, "[limits]\nmax_inflight = 7\n").expect("write");
+        let cli =
+            Cli::try_parse_from(["roost", "--config", path.to_str().expect("utf8")]).expect("cli");
+        assert_eq!(Config::from_cli(cli).expect("load").limits.max_inflight, 7);
+        std::fs::write(&path, "[limits]\nmax_inflite = 7\n").expect("write");
+        let e = Config::from_file(&path).expect_err("typo").to_string();
+        assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+        assert!(e.contains("max_inflite"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let e = Config::from_file(&dir.join("missing.toml")).expect_err("missing");
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn passwd_subcommands_parse() {
+        let cli = Cli::try_parse_from(["roost", "passwd", "add", "alice", "--password", "pw"])
+            .expect("add");
+        assert_eq!(
+            cli.command,
+            Some(Command::Passwd {
+                action: PasswdCommand::Add {
+                    user: "alice".into(),
+                    password: Some("pw".into()),
+                    file: None
+                }
+            })
+        );
+        let cli =
+            Cli::try_parse_from(["roost", "passwd", "rm", "bob", "--file", "/etc/pw"]).expect("rm");
+        assert_eq!(
+            cli.command,
+            Some(Command::Passwd {
+                action: PasswdCommand::Rm {
+                    user: "bob".into(),
+                    file: Some("/etc/pw".into())
+                }
+            })
+        );
+        assert!(Cli::try_parse_from(["roost", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(err("[limits]\nmax_inflite = 3\n").contains("max_inflite"));
+        assert!(err("colour = \"blue\"\n").contains("colour"));
+        assert!(
+            err("[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1\"\nport = 3\n")
+                .contains("port")
+        );
+        assert!(
+            err("[[listener]]\nprotocol = \"quic\"\nbind = \"127.0.0.1:1\"\n").contains("quic")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            err(
+                "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\
+                 [[listener]]\nprotocol = \"tls\"\nbind = \"127.0.0.1:8883\"\nkey = \"k.pem\"\n"
+            ),
+            "listener[1].cert: required for protocol \"tls\""
+        );
+        assert_eq!(
+            err("[[listener]]\nprotocol = \"wss\"\nbind = \"127.0.0.1:8883\"\ncert = \"c.pem\"\n"),
+            "listener[0].key: required for protocol \"wss\""
+        );
+        assert_eq!(
+            err("[limits]\nmax_inflight = 0\n"),
+            "limits.max_inflight: must be between 1 and 65535"
+        );
+        assert_eq!(
+            err("[limits]\nmax_inflight = 65536\n"),
+            "limits.max_inflight: must be between 1 and 65535"
+        );
+        assert_eq!(
+            err("[limits]\nmax_client_id_len = 5\n"),
+            "limits.max_client_id_len: must be between 23 and 65535"
+        );
+        assert_eq!(
+            err("[sys]\ninterval_secs = -1\n"),
+            "sys.interval_secs: must be between 0 and 86400"
+        );
+        assert!(
+            err("[[listener]]\nprotocol = \"tcp\"\nbind = \"localhost\"\n")
+                .starts_with("listener[0].bind: \"localhost\" is not an address:port")
+        );
+        assert!(
+            err("[[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:80\"\nws_path = \"mqtt\"\n")
+                .starts_with("listener[0].ws_path:")
+        );
+        assert_eq!(
+            err("[limits]\nmax_packet_size = 4000000\n"),
+            "limits.outbound_buffer_bytes: must be at least limits.max_packet_size (4000000)"
+        );
+        assert_eq!(
+            err(
+                "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\
+                 [[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:1883\"\n"
+            ),
+            "listener[1].bind: 127.0.0.1:1883 is already used by listener[0]"
+        );
+        assert!(err("[persistence]\nstore = \"sqlite\"\n").contains("sqlite"));
+    }
+
+    #[test]
+    fn fjall_needs_a_path_from_file_or_flag() {
+        let config = Config::from_toml_str("[persistence]\nstore = \"fjall\"\n").expect("parses");
+        assert_eq!(
+            config.validate().expect_err("no path").to_string(),
+            "persistence.path: required for store \"fjall\" (or pass --data-dir)"
+        );
+        let mut config = config;
+        let cli = Cli::try_parse_from(["roost", "--data-dir", "/d"]).expect("cli");
+        config.apply_cli(&cli).expect("apply");
+        config.validate().expect("path from flag");
+    }
+
+    #[test]
+    fn file_listeners_default_to_no_anonymous_and_warn() {
+        let config =
+            Config::from_toml_str("[[listener]]\nprotocol = \"tcp\"\nbind = \"0.0.0.0:1883\"\n")
+                .expect("parses");
+        assert!(!config.listeners[0].allow_anonymous);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("no client can connect"));
+
+        let config = Config::from_toml_str(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"[::]:1883\"\nallow_anonymous = true\n\
+             password_file = \"/etc/roost/passwd\"\n",
+        )
+        .expect("parses");
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        let config = Config::from_toml_str(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"[::]:1883\"\nallow_anonymous = true\n\
+             ws_path = \"/x\"\n[persistence]\nflush_interval_ms = 5\n",
+        )
+        .expect("parses");
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+    }
+}

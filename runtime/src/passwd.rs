@@ -1,0 +1,592 @@
+//! Password files like Mosquitto's `password_file`: one `user:hash` per line.
+//!
+//! Hashes are Argon2id in PHC string format (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`),
+//! each with its own random salt; a plain-text password is never stored.
+//! Mosquitto's own `$6$`/`$7$` hashes are refused with a clear error rather
+//! than silently never matching: re-create such users with `roost passwd add`.
+//!
+//! Blank lines and lines starting with `#` are ignored on load and dropped on
+//! save. [`PasswordFile::save`] writes a temporary file beside the target and
+//! renames it over, so a crash leaves either the old or the new file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::config::PasswdCommand;
+
+/// Cost parameters for new hashes. Verification always uses the parameters
+/// stored in each hash, so changing the cost affects only users added later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory in KiB (at least 8).
+    pub memory_kib: u32,
+    /// Number of passes (at least 1).
+    pub iterations: u32,
+    /// Lanes (at least 1).
+    pub parallelism: u32,
+}
+
+impl Default for HashCost {
+    /// OWASP's recommended Argon2id minimum (19 MiB, 2 passes, 1 lane).
+    fn default() -> Self {
+        HashCost {
+            memory_kib: Params::DEFAULT_M_COST,
+            iterations: Params::DEFAULT_T_COST,
+            parallelism: Params::DEFAULT_P_COST,
+        }
+    }
+}
+
+/// Upper bounds accepted when loading a hash: a password file is trusted
+/// input, but a typo such as `m=190000000` would otherwise turn every login
+/// into a 190 GB allocation.
+const MAX_MEMORY_KIB: u32 = 1 << 20;
+const MAX_ITERATIONS: u32 = 64;
+const MAX_PARALLELISM: u32 = 16;
+
+/// Why a password file operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PasswdError {
+    /// Reading or writing the file failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A line of the file is malformed.
+    Syntax {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A user name is empty or contains `:` or a control character.
+    InvalidUser(String),
+    /// [`PasswordFile::add`] for a user who already exists.
+    UserExists(String),
+    /// [`PasswordFile::remove`] via a command for a user who does not exist.
+    NoSuchUser(String),
+    /// The hash parameters are out of range or hashing failed.
+    Hash(String),
+    /// A `passwd` command needs a file and none was given.
+    NoFile,
+}
+
+impl fmt::Display for PasswdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswdError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            PasswdError::Syntax {
+                path,
+                line,
+                problem,
+            } => {
+                if let Some(path) = path {
+                    write!(f, "{}:", path.display())?;
+                }
+                write!(f, "line {line}: {problem}")
+            }
+            PasswdError::InvalidUser(user) => write!(
+                f,
+                "invalid user name {user:?}: must be non-empty, without ':' or control characters"
+            ),
+            PasswdError::UserExists(user) => write!(f, "user {user:?} already exists"),
+            PasswdError::NoSuchUser(user) => write!(f, "no user {user:?}"),
+            PasswdError::Hash(why) => write!(f, "password hashing failed: {why}"),
+            PasswdError::NoFile => {
+                f.write_str("no password file: pass --file or set listener.password_file")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PasswdError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PasswdError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The users and password hashes of one password file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PasswordFile {
+    /// Sorted so that saving is deterministic and diffs stay small.
+    entries: BTreeMap<String, String>,
+    cost: HashCost,
+}
+
+/// Whether `user` may appear in a password file (and on a CONNECT's left of `:`).
+pub fn valid_user_name(user: &str) -> bool {
+    !user.is_empty() && !user.contains(':') && !user.chars().any(char::is_control)
+}
+
+impl PasswordFile {
+    /// An empty file with the default hash cost.
+    pub fn new() -> PasswordFile {
+        PasswordFile::default()
+    }
+
+    /// Sets the cost of hashes made from now on.
+    pub fn set_cost(&mut self, cost: HashCost) {
+        self.cost = cost;
+    }
+
+    /// Reads and parses a password file.
+    pub fn load(path: impl AsRef<Path>) -> Result<PasswordFile, PasswdError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PasswdError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        PasswordFile::parse(&text).map_err(|err| match err {
+            PasswdError::Syntax { line, problem, .. } => PasswdError::Syntax {
+                path: Some(path.to_path_buf()),
+                line,
+                problem,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses the text of a password file; errors carry the 1-based line.
+    pub fn parse(text: &str) -> Result<PasswordFile, PasswdError> {
+        let mut file = PasswordFile::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let fail = |problem: String| PasswdError::Syntax {
+                path: None,
+                line: index + 1,
+                problem,
+            };
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(fail("expected user:hash".to_owned()));
+            };
+            if !valid_user_name(user) {
+                return Err(fail(format!("invalid user name {user:?}")));
+            }
+            check_stored_hash(hash).map_err(fail)?;
+            if file
+                .entries
+                .insert(user.to_owned(), hash.to_owned())
+                .is_some()
+            {
+                return Err(fail(format!("user {user:?} appears twice")));
+            }
+        }
+        Ok(file)
+    }
+
+    /// Whether `password` is `user`'s password. Unknown users cost the same
+    /// time as known ones, so timing does not reveal which names exist; the
+    /// hash comparison itself is constant-time (done by `argon2`).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let Some(stored) = self.entries.get(user) else {
+            // Burn the same work as a real check against a default-cost hash.
+            let _ = Argon2::default().hash_password_with_salt(password.as_bytes(), &[0u8; 16]);
+            return false;
+        };
+        match PasswordHash::new(stored) {
+            Ok(hash) => Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Adds a new user; fails if the user exists.
+    pub fn add(&mut self, user: &str, password: &str) -> Result<(), PasswdError> {
+        if self.entries.contains_key(user) {
+            return Err(PasswdError::UserExists(user.to_owned()));
+        }
+        self.set(user, password)
+    }
+
+    /// Adds a user or replaces their password.
+    pub fn set(&mut self, user: &str, password: &str) -> Result<(), PasswdError> {
+        if !valid_user_name(user) {
+            return Err(PasswdError::InvalidUser(user.to_owned()));
+        }
+        let hash = self.hash(password)?;
+        self.entries.insert(user.to_owned(), hash);
+        Ok(())
+    }
+
+    /// Removes a user; returns whether they existed.
+    pub fn remove(&mut self, user: &str) -> bool {
+        self.entries.remove(user).is_some()
+    }
+
+    /// Whether `user` has an entry.
+    pub fn contains(&self, user: &str) -> bool {
+        self.entries.contains_key(user)
+    }
+
+    /// The user names, sorted.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The file's text: one `user:hash` line per user.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (user, hash) in &self.entries {
+            out.push_str(user);
+            out.push(':');
+            out.push_str(hash);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes the file atomically: a temporary file in the same directory,
+    /// flushed to disk, then renamed over `path`. On Unix the file is created
+    /// readable by its owner only.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), PasswdError> {
+        let path = path.as_ref();
+        let io = |source| PasswdError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| io(std::io::Error::other("not a file path")))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let result = (|| {
+            let mut file = options.open(&tmp)?;
+            file.write_all(self.to_text().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(err) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(err));
+        }
+        // Make the rename itself durable; not every platform can open a
+        // directory, and the file is already complete either way.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn hash(&self, password: &str) -> Result<String, PasswdError> {
+        let params = Params::new(
+            self.cost.memory_kib,
+            self.cost.iterations,
+            self.cost.parallelism,
+            None,
+        )
+        .map_err(|e| PasswdError::Hash(e.to_string()))?;
+        let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let hash: PasswordHash = hasher
+            .hash_password(password.as_bytes())
+            .map_err(|e| PasswdError::Hash(e.to_string()))?;
+        Ok(hash.to_string())
+    }
+}
+
+/// Checks that a stored hash is an Argon2 PHC string with sane parameters.
+fn check_stored_hash(hash: &str) -> Result<(), String> {
+    if hash.starts_with("$6$") || hash.starts_with("$7$") {
+        return Err(
+            "Mosquitto hash format is not supported; re-add the user with `roost passwd add`"
+                .to_owned(),
+        );
+    }
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("invalid PHC hash: {e}"))?;
+    if !parsed.algorithm.as_str().starts_with("argon2") {
+        return Err(format!(
+            "unsupported hash algorithm {:?} (expected argon2id)",
+            parsed.algorithm.as_str()
+        ));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("hash lacks a salt or an output".to_owned());
+    }
+    let params =
+        Params::try_from(&parsed).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    if params.m_cost() > MAX_MEMORY_KIB
+        || params.t_cost() > MAX_ITERATIONS
+        || params.p_cost() > MAX_PARALLELISM
+    {
+        return Err(format!(
+            "argon2 parameters too costly (at most m={MAX_MEMORY_KIB}, t={MAX_ITERATIONS}, p={MAX_PARALLELISM})"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a `roost passwd …` command. `default_file` is used when the command
+/// has no `--file` (the runtime passes the configured password file);
+/// `read_password` is asked for the password when `--password` is absent
+/// (the runtime prompts on the terminal). Returns a line to print.
+pub fn run_command(
+    command: &PasswdCommand,
+    default_file: Option<&Path>,
+    read_password: impl FnOnce() -> std::io::Result<String>,
+) -> Result<String, PasswdError> {
+    let file_of = |file: &Option<PathBuf>| {
+        file.as_deref()
+            .or(default_file)
+            .map(Path::to_path_buf)
+            .ok_or(PasswdError::NoFile)
+    };
+    match command {
+        PasswdCommand::Add {
+            user,
+            password,
+            file,
+        } => {
+            let path = file_of(file)?;
+            if !valid_user_name(user) {
+                return Err(PasswdError::InvalidUser(user.clone()));
+            }
+            let mut passwords = match PasswordFile::load(&path) {
+                Ok(existing) => existing,
+                Err(PasswdError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    PasswordFile::new()
+                }
+                Err(err) => return Err(err),
+            };
+            let password = match password {
+                Some(p) => p.clone(),
+                None => read_password().map_err(|source| PasswdError::Io {
+                    path: PathBuf::from("<password prompt>"),
+                    source,
+                })?,
+            };
+            let replaced = passwords.contains(user);
+            passwords.set(user, &password)?;
+            passwords.save(&path)?;
+            let verb = if replaced { "updated" } else { "added" };
+            Ok(format!("{verb} user {user:?} in {}", path.display()))
+        }
+        PasswdCommand::Rm { user, file } => {
+            let path = file_of(file)?;
+            let mut passwords = PasswordFile::load(&path)?;
+            if !passwords.remove(user) {
+                return Err(PasswdError::NoSuchUser(user.clone()));
+            }
+            passwords.save(&path)?;
+            Ok(format!("removed user {user:?} from {}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debug builds hash slowly; tests use the smallest cost argon2 accepts.
+    fn cheap() -> PasswordFile {
+        let mut file = PasswordFile::new();
+        file.set_cost(HashCost {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+        });
+        file
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roost-passwd-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join("passwords")
+    }
+
+    #[test]
+    fn add_verify_remove() {
+        let mut file = cheap();
+        file.add("alice", "s3cret").expect("add");
+        assert!(file.verify("alice", "s3cret"));
+        assert!(!file.verify("alice", "S3cret"));
+        assert!(!file.verify("bob", "s3cret"));
+        assert!(matches!(
+            file.add("alice", "x"),
+            Err(PasswdError::UserExists(_))
+        ));
+        file.set("alice", "new").expect("set");
+        assert!(file.verify("alice", "new"));
+        assert!(!file.verify("alice", "s3cret"));
+        assert!(file.remove("alice"));
+        assert!(!file.remove("alice"));
+        assert!(!file.verify("alice", "new"));
+    }
+
+    #[test]
+    fn hashes_are_salted_phc_strings_never_plain_text() {
+        let mut file = cheap();
+        file.add("a", "same").expect("add");
+        file.add("b", "same").expect("add");
+        let text = file.to_text();
+        assert!(!text.contains("same"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let hash_a = lines[0].strip_prefix("a:").expect("a first");
+        let hash_b = lines[1].strip_prefix("b:").expect("b second");
+        assert!(hash_a.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        assert_ne!(hash_a, hash_b, "each hash has its own salt");
+    }
+
+    #[test]
+    fn default_cost_round_trips() {
+        let mut file = PasswordFile::new();
+        file.add("u", "pw").expect("add");
+        assert!(file.to_text().contains("$argon2id$v=19$m=19456,t=2,p=1$"));
+        let reparsed = PasswordFile::parse(&file.to_text()).expect("parse");
+        assert!(reparsed.verify("u", "pw"));
+    }
+
+    #[test]
+    fn bad_user_names_are_rejected() {
+        let mut file = cheap();
+        for user in ["", "a:b", "a\nb", "tab\t", "nul\0"] {
+            assert!(
+                matches!(file.set(user, "p"), Err(PasswdError::InvalidUser(_))),
+                "{user:?}"
+            );
+        }
+        file.set("ok user ü", "p")
+            .expect("spaces and unicode are fine");
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let mut good = cheap();
+        good.add("alice", "pw").expect("add");
+        let text = format!("# comment\n\n{}bob\n", good.to_text());
+        let err = PasswordFile::parse(&text).expect_err("no colon");
+        assert_eq!(err.to_string(), "line 4: expected user:hash");
+
+        let err = PasswordFile::parse("carol:plaintext\n").expect_err("not a hash");
+        assert!(err.to_string().starts_with("line 1: invalid PHC hash"));
+
+        let err = PasswordFile::parse("dave:$6$abc$def\n").expect_err("mosquitto");
+        assert!(err.to_string().contains("Mosquitto hash format"));
+
+        let dup = format!("{0}{0}", good.to_text());
+        let err = PasswordFile::parse(&dup).expect_err("dup");
+        assert_eq!(err.to_string(), "line 2: user \"alice\" appears twice");
+
+        let huge = good.to_text().replace("m=8,", "m=4000000,");
+        let err = PasswordFile::parse(&huge).expect_err("too costly");
+        assert!(err.to_string().contains("too costly"), "{err}");
+    }
+
+    #[test]
+    fn save_is_atomic_and_load_reads_it_back() {
+        let path = temp_path("save");
+        let mut file = cheap();
+        file.add("alice", "pw1").expect("add");
+        file.add("bob", "pw2").expect("add");
+        file.save(&path).expect("save");
+        let loaded = PasswordFile::load(&path).expect("load");
+        assert!(loaded.verify("alice", "pw1"));
+        assert!(loaded.verify("bob", "pw2"));
+        assert_eq!(loaded.users().collect::<Vec<_>>(), ["alice", "bob"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("passwords")]);
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let err = PasswordFile::load("/nonexistent/pw").expect_err("missing");
+        assert!(err.to_string().starts_with("/nonexistent/pw: "));
+    }
+
+    #[test]
+    fn commands_add_and_remove() {
+        let path = temp_path("cmd");
+        let add = PasswdCommand::Add {
+            user: "eve".into(),
+            password: None,
+            file: Some(path.clone()),
+        };
+        let msg = run_command(&add, None, || Ok("prompted".into())).expect("add");
+        assert!(msg.starts_with("added user \"eve\""));
+        assert!(
+            PasswordFile::load(&path)
+                .expect("load")
+                .verify("eve", "prompted")
+        );
+
+        let add_again = PasswdCommand::Add {
+            user: "eve".into(),
+            password: Some("other".into()),
+            file: None,
+        };
+        let msg = run_command(&add_again, Some(&path), || unreachable!()).expect("update");
+        assert!(msg.starts_with("updated"));
+        assert!(
+            PasswordFile::load(&path)
+                .expect("load")
+                .verify("eve", "other")
+        );
+
+        let rm = PasswdCommand::Rm {
+            user: "eve".into(),
+            file: None,
+        };
+        run_command(&rm, Some(&path), || unreachable!()).expect("rm");
+        assert!(PasswordFile::load(&path).expect("load").is_empty());
+        assert!(matches!(
+            run_command(&rm, Some(&path), || unreachable!()),
+            Err(PasswdError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            run_command(&rm, None, || unreachable!()),
+            Err(PasswdError::NoFile)
+        ));
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
+    }
+}
