@@ -76,6 +76,12 @@ impl MqttStr {
         Self::from_bytes(Bytes::copy_from_slice(text.as_bytes()))
     }
 
+    /// A copy with an allocation of its own, so that a long-lived string does
+    /// not keep alive the (possibly much larger) buffer it was decoded from.
+    pub fn detached(&self) -> Self {
+        MqttStr(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The string's text.
     pub fn as_str(&self) -> &str {
         // The constructor validated the bytes, so this never falls back.

@@ -829,3 +829,34 @@ fn in_process_publish_and_subscribe() {
     assert_eq!(sim.publishes(a).len(), 1);
     assert!(sim.broker.unsubscribe(now, local));
 }
+
+#[test]
+fn blocked_connection_drops_qos0_and_holds_qos1_until_writable() {
+    let mut sim = Sim::quiet();
+    let (s, _) = sim.connect("slow", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    let now = sim.now;
+    sim.broker.handle_blocked(now, s);
+    sim.publish(p, "t", b"zero", QoS::AtMostOnce, 1, false);
+    sim.publish(p, "t", b"one", QoS::AtLeastOnce, 2, false);
+    assert!(
+        sim.publishes(s).is_empty(),
+        "nothing is sent to a blocked connection"
+    );
+    assert_eq!(
+        sim.broker.stats().dropped,
+        1,
+        "the QoS 0 message is dropped and counted"
+    );
+    assert_eq!(
+        sim.broker.queued_count("slow"),
+        1,
+        "the QoS 1 message waits"
+    );
+    sim.broker.handle_writable(now, s);
+    sim.drain();
+    let got = sim.publishes(s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"one");
+}

@@ -172,8 +172,11 @@ pub struct Limits {
     pub queue_qos0_offline: bool,
     /// Time a new connection has to send CONNECT, in milliseconds.
     pub connect_timeout_ms: u64,
-    /// Largest keep-alive granted to a client, in seconds.
-    pub max_keepalive_secs: u16,
+    /// Largest keep-alive granted to a client, in seconds; `None` (the
+    /// default) caps nothing. MQTT 5 clients asking for more (or for none)
+    /// are told this one as Server Keep Alive; MQTT 3 clients asking for more
+    /// are refused, as Mosquitto does.
+    pub max_keepalive_secs: Option<u16>,
     /// Simultaneous connections across all listeners.
     pub max_connections: u32,
     /// Longest client identifier accepted, in bytes.
@@ -196,8 +199,8 @@ impl Default for Limits {
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_offline: false,
             connect_timeout_ms: 10_000,
-            max_keepalive_secs: 65_535,
-            max_connections: 10_000,
+            max_keepalive_secs: None,
+            max_connections: 100_000,
             max_client_id_len: 256,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
@@ -265,6 +268,61 @@ impl Default for Sys {
     }
 }
 
+/// What the broker offers MQTT 5 clients (announced in CONNACK and
+/// enforced), and how it answers refusals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt {
+    /// Inbound QoS 1/2 messages a client may have unacknowledged.
+    pub receive_maximum: u16,
+    /// Highest QoS accepted from clients (0, 1 or 2).
+    pub maximum_qos: u8,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Whether wildcard subscriptions are accepted.
+    pub wildcard_subscriptions: bool,
+    /// Whether subscription identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// Whether `$share/` subscriptions are accepted.
+    pub shared_subscriptions: bool,
+    /// Topic aliases a client may use toward the broker.
+    pub topic_alias_maximum: u16,
+    /// Whether the broker uses topic aliases toward clients that allow them.
+    pub outbound_topic_aliases: bool,
+    /// Whether payloads marked as UTF-8 must be valid UTF-8.
+    pub validate_utf8_payloads: bool,
+    /// SUBACK reason code for a subscription the ACL refuses.
+    pub subscribe_denied: DeniedCode,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Mqtt {
+            receive_maximum: 100,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            topic_alias_maximum: 10,
+            outbound_topic_aliases: true,
+            validate_utf8_payloads: true,
+            subscribe_denied: DeniedCode::NotAuthorized,
+        }
+    }
+}
+
+/// The MQTT 5 reason code for an ACL refusal (MQTT 3 clients always see
+/// 0x80).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeniedCode {
+    /// 0x87 Not authorized (Mosquitto's answer).
+    NotAuthorized,
+    /// 0x80 Unspecified error (what the Paho interoperability suite's MQTT 5
+    /// client accepts).
+    UnspecifiedError,
+}
+
 /// The whole, validated broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -276,6 +334,8 @@ pub struct Config {
     pub persistence: Persistence,
     /// `$SYS` topics.
     pub sys: Sys,
+    /// MQTT capabilities.
+    pub mqtt: Mqtt,
     /// Log verbosity from `-v` flags (0 = info).
     pub verbosity: u8,
     /// Notes found while loading that are not errors (see [`Config::warnings`]).
@@ -289,6 +349,7 @@ impl Default for Config {
             limits: Limits::default(),
             persistence: Persistence::default(),
             sys: Sys::default(),
+            mqtt: Mqtt::default(),
             verbosity: 0,
             notes: Vec::new(),
         }
@@ -382,6 +443,23 @@ struct RawConfig {
     persistence: RawPersistence,
     #[serde(default)]
     sys: RawSys,
+    #[serde(default)]
+    mqtt: RawMqtt,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    receive_maximum: Option<i64>,
+    maximum_qos: Option<i64>,
+    retain_available: Option<bool>,
+    wildcard_subscriptions: Option<bool>,
+    subscription_identifiers: Option<bool>,
+    shared_subscriptions: Option<bool>,
+    topic_alias_maximum: Option<i64>,
+    outbound_topic_aliases: Option<bool>,
+    validate_utf8_payloads: Option<bool>,
+    subscribe_denied: Option<DeniedCode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,13 +657,10 @@ impl Config {
                 3_600_000,
                 d.connect_timeout_ms,
             )?,
-            max_keepalive_secs: ranged(
-                r.max_keepalive_secs,
-                "limits.max_keepalive_secs",
-                1,
-                65_535,
-                d.max_keepalive_secs,
-            )?,
+            max_keepalive_secs: match r.max_keepalive_secs {
+                None => d.max_keepalive_secs,
+                some => Some(ranged(some, "limits.max_keepalive_secs", 1, 65_535, 0u16)?),
+            },
             max_connections: ranged(
                 r.max_connections,
                 "limits.max_connections",
@@ -685,11 +760,41 @@ impl Config {
             )?,
         };
 
+        let d = Mqtt::default();
+        let r = raw.mqtt;
+        let mqtt = Mqtt {
+            receive_maximum: ranged(
+                r.receive_maximum,
+                "mqtt.receive_maximum",
+                1,
+                65_535,
+                d.receive_maximum,
+            )?,
+            maximum_qos: ranged(r.maximum_qos, "mqtt.maximum_qos", 0, 2, d.maximum_qos)?,
+            retain_available: r.retain_available.unwrap_or(d.retain_available),
+            wildcard_subscriptions: r.wildcard_subscriptions.unwrap_or(d.wildcard_subscriptions),
+            subscription_identifiers: r
+                .subscription_identifiers
+                .unwrap_or(d.subscription_identifiers),
+            shared_subscriptions: r.shared_subscriptions.unwrap_or(d.shared_subscriptions),
+            topic_alias_maximum: ranged(
+                r.topic_alias_maximum,
+                "mqtt.topic_alias_maximum",
+                0,
+                65_535,
+                d.topic_alias_maximum,
+            )?,
+            outbound_topic_aliases: r.outbound_topic_aliases.unwrap_or(d.outbound_topic_aliases),
+            validate_utf8_payloads: r.validate_utf8_payloads.unwrap_or(d.validate_utf8_payloads),
+            subscribe_denied: r.subscribe_denied.unwrap_or(d.subscribe_denied),
+        };
+
         let config = Config {
             listeners,
             limits,
             persistence,
             sys,
+            mqtt,
             verbosity: 0,
             notes,
         };

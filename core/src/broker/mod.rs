@@ -302,6 +302,42 @@ impl Broker {
         self.flush();
     }
 
+    /// The runtime's output buffer for `conn` is full: until
+    /// [`Broker::handle_writable`], QoS 0 deliveries to it are dropped (and
+    /// counted in [`Stats::dropped`]) and QoS 1/2 deliveries wait in its
+    /// session queue, within the queue limits. Acknowledgements and other
+    /// control packets are still sent; they are small and bounded by what
+    /// the client itself sends.
+    pub fn handle_blocked(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.blocked = true;
+        }
+    }
+
+    /// The runtime's output buffer for `conn` has drained: deliveries resume,
+    /// starting with what queued up meanwhile.
+    pub fn handle_writable(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !core::mem::replace(&mut c.blocked, false) {
+            return;
+        }
+        if let Some(sid) = c.session() {
+            self.pump(sid);
+        }
+        self.flush();
+    }
+
+    /// Replaces the authorization policy (for example after its ACL file
+    /// was reloaded). Existing subscriptions stay; the new policy decides
+    /// every publish, subscribe and delivery from now on.
+    pub fn set_authorization(&mut self, policy: alloc::boxed::Box<dyn AccessPolicy>) {
+        self.config.authorization = policy;
+    }
+
     /// Deadlines up to `now` have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);

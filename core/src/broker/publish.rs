@@ -309,11 +309,17 @@ impl Broker {
         {
             return;
         }
+        // A retained message lives long: give it bytes of its own rather
+        // than a slice that pins the whole socket read it arrived in.
+        let mut message = message.clone();
+        message.payload = bytes::Bytes::copy_from_slice(&message.payload);
+        message.topic = message.topic.detached();
+        let topic = message.topic.clone();
         let retained = Retained {
-            message: message.clone(),
+            message,
             expires_at,
         };
-        self.retained.insert(&message.topic, retained);
+        self.retained.insert(&topic, retained);
     }
 
     /// Hands one delivery to a session: sent now when its connection is up
@@ -330,11 +336,19 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let blocked = s
+            .conn
+            .is_some_and(|c| self.conns.get(&c).is_some_and(|c| c.blocked));
         match s.conn {
+            Some(_) if blocked && delivery.qos == QoS::AtMostOnce => {
+                self.stats.dropped += 1;
+            }
             Some(conn) if delivery.qos == QoS::AtMostOnce => {
                 self.send_publish(conn, &delivery, None, false);
             }
-            Some(conn) if s.queue.is_empty() && s.inflight.len() < usize::from(s.window) => {
+            Some(conn)
+                if !blocked && s.queue.is_empty() && s.inflight.len() < usize::from(s.window) =>
+            {
                 self.send_new(sid, conn, delivery);
             }
             None if delivery.qos == QoS::AtMostOnce && !self.config.limits.queue_qos0_offline => {}
@@ -400,7 +414,9 @@ impl Broker {
             let Some(conn) = s.conn else {
                 return;
             };
-            if s.inflight.len() >= usize::from(s.window) {
+            if s.inflight.len() >= usize::from(s.window)
+                || self.conns.get(&conn).is_none_or(|c| c.blocked)
+            {
                 return;
             }
             let Some(delivery) = s.queue.pop_front() else {

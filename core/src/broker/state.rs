@@ -79,6 +79,9 @@ pub(crate) struct Conn {
     pub(crate) auth_method: Option<MqttStr>,
     /// A DISCONNECT that asks to publish the will (0x04), or none received.
     pub(crate) graceful: bool,
+    /// The runtime cannot take more output for now (see
+    /// `Broker::handle_blocked`).
+    pub(crate) blocked: bool,
 }
 
 impl Conn {
@@ -103,6 +106,7 @@ impl Conn {
             problem_info: true,
             auth_method: None,
             graceful: false,
+            blocked: false,
         }
     }
 

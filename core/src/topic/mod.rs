@@ -96,6 +96,11 @@ impl TopicName {
         self.0.as_str()
     }
 
+    /// A copy with bytes of its own (see [`MqttStr::detached`]).
+    pub fn detached(&self) -> Self {
+        TopicName(self.0.detached())
+    }
+
     /// The name's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
