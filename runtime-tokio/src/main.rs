@@ -1,10 +1,99 @@
-//! The `roost` broker binary on tokio.
+//! `roost`: the MQTT broker on tokio.
+//!
+//! `roost` with no arguments listens on 127.0.0.1:1883 and allows anonymous
+//! clients, like Mosquitto 2. `roost --help` lists everything.
 
+use roost_runtime::config::{Cli, Command, Config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!(
-        "roost: the broker cannot run yet: the tokio runtime is not built (see the standalone-broker issue)"
-    );
-    ExitCode::FAILURE
+    use clap::Parser;
+    let cli = Cli::parse();
+    if let Some(Command::Passwd { action }) = &cli.command {
+        return passwd(action, cli.config.as_deref());
+    }
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("roost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match config.verbosity {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+    // Idle connections cost a file descriptor each: take all the system
+    // allows.
+    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(limit, "file descriptor limit");
+    }
+    let server = match roost_tokio::start(config.clone(), roost_tokio::Hooks::default()) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("roost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    signals.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            server.join();
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading password and ACL files");
+                    server.reload(config.clone());
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        server.shutdown().await;
+    });
+    ExitCode::SUCCESS
+}
+
+fn passwd(
+    action: &roost_runtime::config::PasswdCommand,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    // The default file is the first listener's password_file, if a config
+    // file names one.
+    let default_file = config
+        .and_then(|path| Config::from_file(path).ok())
+        .and_then(|c| c.listeners.iter().find_map(|l| l.password_file.clone()));
+    let read = || rpassword::prompt_password("Password: ");
+    match roost_runtime::passwd::run_command(action, default_file.as_deref(), read) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("roost passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

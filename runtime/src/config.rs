@@ -105,7 +105,8 @@ impl Protocol {
         matches!(self, Protocol::Ws | Protocol::Wss)
     }
 
-    fn name(self) -> &'static str {
+    /// The name used in configuration files (`tcp`, `tls`, `ws`, `wss`).
+    pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Tls => "tls",

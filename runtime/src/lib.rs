@@ -33,6 +33,7 @@
 
 pub mod acl;
 pub mod config;
+pub mod driver;
 pub mod passwd;
 pub mod tls;
 pub mod ws;

@@ -331,6 +331,12 @@ impl Broker {
         self.flush();
     }
 
+    /// Replaces how CONNECTs are authenticated, for connections that have
+    /// not sent CONNECT yet.
+    pub fn set_authentication(&mut self, authentication: Authentication) {
+        self.config.authentication = authentication;
+    }
+
     /// Replaces the authorization policy (for example after its ACL file
     /// was reloaded). Existing subscriptions stay; the new policy decides
     /// every publish, subscribe and delivery from now on.

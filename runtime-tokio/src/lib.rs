@@ -1,0 +1,451 @@
+//! The roost MQTT broker on tokio.
+//!
+//! One thread runs the engine and every connection on a single-threaded
+//! tokio runtime, like Mosquitto's event loop: no locks, no channels on the
+//! data path, and the other cores stay free for whatever else the machine
+//! does. All protocol, TLS, WebSocket and authentication logic lives in
+//! `roost-core` and `roost-runtime`; this crate only moves bytes and keeps
+//! time:
+//!
+//! ```text
+//!   accept ──► Driver::open          timer ──► Driver::timeout
+//!   read   ──► Driver::input   ──►   wake writers of Driver::take_woken
+//!   write  ◄── Driver::write_to      close ◄── Driver::wants_close
+//! ```
+//!
+//! Embedding: [`start`] runs a broker on its own thread and returns a
+//! [`ServerHandle`] to publish, subscribe in-process and stop it.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let mut config = roost_runtime::config::Config::default();
+//! config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+//! let server = roost_tokio::start(config, roost_tokio::Hooks::default())?;
+//! let mut messages = server.subscribe("sensors/#").await?;
+//! server.publish("sensors/1", "21.5", 0, false).await?;
+//! let message = messages.recv().await;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use bytes::Bytes;
+use roost_core::broker::{
+    AccessPolicy, AuthDecision, AuthRequest, ConnId, LocalSubscription, Message,
+};
+use roost_core::codec::QoS;
+use roost_core::topic::{TopicFilter, TopicName};
+use roost_runtime::config::Config;
+use roost_runtime::driver::{Driver, WriteStatus};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{info, warn};
+
+/// An authentication hook: decides a CONNECT, as late as it likes.
+pub type Authenticator =
+    Arc<dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = AuthDecision> + Send>> + Send + Sync>;
+
+/// Extension points for embedding programs.
+#[derive(Default)]
+pub struct Hooks {
+    /// Decides every CONNECT (replacing the password files).
+    pub authenticate: Option<Authenticator>,
+    /// Decides every publish, subscribe and delivery (replacing the ACLs).
+    pub authorize: Option<Box<dyn AccessPolicy>>,
+}
+
+enum Command {
+    Publish(Message, oneshot::Sender<usize>),
+    Subscribe(
+        TopicFilter,
+        mpsc::UnboundedSender<Message>,
+        oneshot::Sender<()>,
+    ),
+    Reload(Config),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running broker.
+pub struct ServerHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    addrs: Vec<SocketAddr>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the broker has stopped")
+}
+
+impl ServerHandle {
+    /// The address each listener is bound to, in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Publishes a message as the broker itself. Returns how many
+    /// subscriptions it reached.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u8,
+        retain: bool,
+    ) -> io::Result<usize> {
+        let topic = TopicName::copy_from_str(topic)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let qos = QoS::from_u8(qos).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let message = Message {
+            topic,
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: Default::default(),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Publish(message, tx))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Subscribes in-process: matching messages (retained ones first) arrive
+    /// on the returned channel until it is dropped or the broker stops.
+    pub async fn subscribe(&self, filter: &str) -> io::Result<mpsc::UnboundedReceiver<Message>> {
+        let filter = TopicFilter::copy_from_str(filter)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done, ready) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe(filter, tx, done))
+            .map_err(|_| gone())?;
+        ready.await.map_err(|_| gone())?;
+        Ok(rx)
+    }
+
+    /// Re-reads password and ACL files from `config` (what SIGHUP does).
+    pub fn reload(&self, config: Config) {
+        let _ = self.commands.send(Command::Reload(config));
+    }
+
+    /// Stops the broker: closes every connection (MQTT 5 clients get
+    /// DISCONNECT 0x8B), flushes, and waits for its thread to end.
+    pub async fn shutdown(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Blocks the calling thread until the broker stops.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a broker on a thread of its own: binds every listener (errors are
+/// returned here), then serves until [`ServerHandle::shutdown`].
+pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
+    let mut driver = Driver::new(&config)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let authenticator = hooks.authenticate;
+    if authenticator.is_some() {
+        driver.use_external_authentication();
+    }
+    if let Some(policy) = hooks.authorize {
+        driver.set_authorization(policy);
+    }
+    let std_listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let listener = std::net::TcpListener::bind(l.bind).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let addrs = std_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<io::Result<Vec<_>>>()?;
+    for (l, addr) in config.listeners.iter().zip(&addrs) {
+        info!(protocol = l.protocol.name(), %addr, "listening");
+    }
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
+    let (commands, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("roost".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "cannot start the tokio runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, serve(driver, std_listeners, rx, authenticator));
+        })?;
+    Ok(ServerHandle {
+        commands,
+        addrs,
+        thread: Some(thread),
+    })
+}
+
+struct Shared {
+    driver: RefCell<Driver>,
+    notifiers: RefCell<HashMap<ConnId, Rc<Notify>>>,
+    /// Wakes the timer task when the next deadline moved earlier.
+    timer: Notify,
+    armed: Cell<Option<std::time::Instant>>,
+    read_buf: RefCell<Vec<u8>>,
+    woken: RefCell<Vec<ConnId>>,
+    subscribers: RefCell<HashMap<LocalSubscription, mpsc::UnboundedSender<Message>>>,
+    authenticator: Option<Authenticator>,
+}
+
+impl Shared {
+    /// After every call into the driver: wake writers with new output, start
+    /// password checks, hand out in-process deliveries, re-arm the timer.
+    fn after(self: &Rc<Self>) {
+        let mut woken = self.woken.borrow_mut();
+        woken.clear();
+        let mut driver = self.driver.borrow_mut();
+        driver.take_woken(&mut woken);
+        {
+            let notifiers = self.notifiers.borrow();
+            for id in woken.iter() {
+                if let Some(n) = notifiers.get(id) {
+                    n.notify_one();
+                }
+            }
+        }
+        for job in driver.take_auth_jobs() {
+            let shared = self.clone();
+            tokio::task::spawn_local(async move {
+                let token = job.token();
+                let decision = tokio::task::spawn_blocking(move || job.run())
+                    .await
+                    .unwrap_or(AuthDecision::Reject(
+                        roost_core::codec::ReasonCode::UnspecifiedError,
+                    ));
+                shared.driver.borrow_mut().resolve_auth(token, decision);
+                shared.after();
+            });
+        }
+        if let Some(auth) = &self.authenticator {
+            for request in driver.take_auth_requests() {
+                let shared = self.clone();
+                let decide = auth(request.clone());
+                tokio::task::spawn_local(async move {
+                    let decision = decide.await;
+                    shared
+                        .driver
+                        .borrow_mut()
+                        .resolve_auth(request.token, decision);
+                    shared.after();
+                });
+            }
+        }
+        let deliveries = driver.take_deliveries();
+        if !deliveries.is_empty() {
+            let mut subscribers = self.subscribers.borrow_mut();
+            for (sub, message) in deliveries {
+                if let Some(tx) = subscribers.get(&sub) {
+                    if tx.send(message).is_err() {
+                        subscribers.remove(&sub);
+                        driver.unsubscribe(sub);
+                    }
+                }
+            }
+        }
+        let next = driver.next_deadline();
+        if next.is_some() && (self.armed.get().is_none() || next < self.armed.get()) {
+            self.timer.notify_one();
+        }
+    }
+}
+
+async fn serve(
+    driver: Driver,
+    listeners: Vec<std::net::TcpListener>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    authenticator: Option<Authenticator>,
+) {
+    let shared = Rc::new(Shared {
+        driver: RefCell::new(driver),
+        notifiers: RefCell::new(HashMap::new()),
+        timer: Notify::new(),
+        armed: Cell::new(None),
+        read_buf: RefCell::new(vec![0; 64 * 1024]),
+        woken: RefCell::new(Vec::new()),
+        subscribers: RefCell::new(HashMap::new()),
+        authenticator,
+    });
+    let mut accepts = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accepts.push(tokio::task::spawn_local(accept_loop(
+                shared.clone(),
+                listener,
+                index,
+            ))),
+            Err(e) => warn!(error = %e, "listener could not be registered"),
+        }
+    }
+    let timer = tokio::task::spawn_local(timer_loop(shared.clone()));
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Publish(message, done) => {
+                let matched = shared.driver.borrow_mut().publish(message);
+                shared.after();
+                let _ = done.send(matched);
+            }
+            Command::Subscribe(filter, tx, done) => {
+                let sub = shared.driver.borrow_mut().subscribe(filter);
+                shared.subscribers.borrow_mut().insert(sub, tx);
+                shared.after();
+                let _ = done.send(());
+            }
+            Command::Reload(config) => {
+                let errors = shared.driver.borrow_mut().reload(&config);
+                for e in &errors {
+                    warn!("reload: {e}");
+                }
+                if errors.is_empty() {
+                    info!("password and ACL files reloaded");
+                }
+            }
+            Command::Shutdown(done) => {
+                for accept in &accepts {
+                    accept.abort();
+                }
+                shared.driver.borrow_mut().shutdown();
+                shared.after();
+                // Give writers a moment to flush the DISCONNECTs.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while shared.driver.borrow().connection_count() > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                timer.abort();
+                info!("stopped");
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of
+                // spinning, and keep serving the connections we have.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = shared.driver.borrow_mut().open(index, Some(remote));
+        let notify = Rc::new(Notify::new());
+        shared.notifiers.borrow_mut().insert(id, notify.clone());
+        shared.after();
+        tokio::task::spawn_local(connection(shared.clone(), stream, id, notify));
+    }
+}
+
+async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: Rc<Notify>) {
+    loop {
+        let written = shared
+            .driver
+            .borrow_mut()
+            .write_to(id, |bufs| stream.try_write_vectored(bufs));
+        shared.after();
+        let need_writable = match written {
+            Ok(WriteStatus::Drained) => false,
+            Ok(WriteStatus::WouldBlock) => true,
+            Err(_) => break,
+        };
+        let (close, paused) = {
+            let driver = shared.driver.borrow();
+            (driver.wants_close(id), driver.read_paused(id))
+        };
+        if close {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = notify.notified() => {}
+            ready = stream.writable(), if need_writable => {
+                if ready.is_err() {
+                    break;
+                }
+            }
+            ready = stream.readable(), if !paused => {
+                if ready.is_err() {
+                    break;
+                }
+                let mut buf = shared.read_buf.borrow_mut();
+                match stream.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        shared.driver.borrow_mut().input(id, &buf[..n]);
+                        drop(buf);
+                        shared.after();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    shared.notifiers.borrow_mut().remove(&id);
+    shared.driver.borrow_mut().closed(id);
+    shared.after();
+}
+
+async fn timer_loop(shared: Rc<Shared>) {
+    loop {
+        let deadline = shared.driver.borrow().next_deadline();
+        shared.armed.set(deadline);
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        shared.driver.borrow_mut().timeout();
+                        shared.after();
+                    }
+                    _ = shared.timer.notified() => {}
+                }
+            }
+            None => shared.timer.notified().await,
+        }
+    }
+}
