@@ -33,15 +33,26 @@ const TOO_LARGE: u8 = 0x95;
 
 macro_rules! both_versions {
     ($name:literal, $f:path, $limit:expr, $summary:literal) => {
+        both_versions!($name, $f, $limit, $summary, None)
+    };
+    ($name:literal, $f:path, $limit:expr, $summary:literal, $diff:expr) => {
         [
             scenario!(
                 concat!("v311.bad.", $name),
                 Version::V311,
                 $f,
                 $limit,
-                $summary
+                $summary,
+                $diff
             ),
-            scenario!(concat!("v5.bad.", $name), Version::V5, $f, $limit, $summary),
+            scenario!(
+                concat!("v5.bad.", $name),
+                Version::V5,
+                $f,
+                $limit,
+                $summary,
+                $diff
+            ),
         ]
     };
 }
@@ -71,8 +82,10 @@ pub fn scenarios() -> Vec<Scenario> {
             "SUBSCRIBE with packet id 0: close (5.0: 0x81 or 0x82), no SUBACK"),
         both_versions!("oversize-packet", oversize_packet, secs(20),
             "remaining length above the broker's maximum: close before the body arrives (5.0: 0x95)"),
-        both_versions!("half-packet-stall", half_packet_stall, secs(30),
-            "half a PUBLISH then silence: others are served meanwhile; closed within 1.5 x keep alive"),
+        both_versions!("half-packet-stall", half_packet_stall, secs(40),
+            "half a PUBLISH then silence: others are served meanwhile; closed within 1.5 x keep alive",
+            Some("Mosquitto 2.0 checks keep alive on a coarse timer and cuts the client off \
+                  late (seen 4.4 s and 7.8 s for keep alive 2 s; limit 3 s + 1 s slack)")),
         both_versions!("subscribe-flood", subscribe_flood, secs(90),
             "10,000 SUBSCRIBEs without waiting: all answered or disconnected; broker stays up"),
     ]
@@ -247,7 +260,7 @@ async fn half_packet_stall(cx: Ctx) -> ScenarioResult {
         .check()
         .await
         .map_err(|f| f.during("while a client stalls mid-packet"))?;
-    let closed = c.expect_close(secs(6)).await?;
+    let closed = c.expect_close(secs(20)).await?;
     let after = last_packet.elapsed().as_secs_f32();
     let limit = f32::from(KEEP_ALIVE) * 1.5 + 1.0;
     ensure(
@@ -330,7 +343,7 @@ async fn subscribe_flood(cx: Ctx) -> ScenarioResult {
                     " (broker stopped reading)"
                 } else {
                     ""
-                }
+                },
             ),
         ));
     };

@@ -21,7 +21,7 @@ enum VersionArg {
 /// Black-box MQTT conformance suite (Paho interoperability cases plus bad
 /// input) for any broker at HOST:PORT.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(about)]
 struct Args {
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
@@ -108,5 +108,32 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "x",
+            "--port",
+            "18931",
+            "--version",
+            "3.1.1",
+            "--filter",
+            "bad",
+        ])
+        .unwrap();
+        assert_eq!(a.port, 18931);
+        assert!(matches!(a.version, VersionArg::V311));
+        assert!(
+            Args::try_parse_from(["x", "--ca", "f"]).is_err(),
+            "--ca needs --tls"
+        );
     }
 }

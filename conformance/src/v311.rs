@@ -40,7 +40,11 @@ pub fn scenarios() -> Vec<Scenario> {
             V,
             common::overlapping,
             secs(15),
-            "TopicA/# QoS 2 + TopicA/+ QoS 1: one copy at QoS 2 or one per subscription"
+            "TopicA/# QoS 2 + TopicA/+ QoS 1: one copy at QoS 2 or one per subscription",
+            Some(
+                "Mosquitto 2.0.11 sends a 3.1.1 client one copy at QoS 1 (not the maximum \
+                 of the matching subscriptions, [MQTT-3.3.5-1])"
+            )
         ),
         scenario!(
             "v311.keepalive",
