@@ -1,0 +1,139 @@
+//! `roost-conformance`: runs the black-box suite against a broker and prints
+//! one line per scenario, then `N passed, M failed, K skipped`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use roost_conformance::runner::{self, Selection};
+use roost_conformance::scenario::{Config, Outcome};
+use roost_conformance::wire::Version;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VersionArg {
+    #[value(name = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    V5,
+    #[value(name = "all")]
+    All,
+}
+
+/// Black-box MQTT conformance suite (Paho interoperability cases plus bad
+/// input) for any broker at HOST:PORT.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker TCP port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Protocol version(s) to test.
+    #[arg(long, value_enum, default_value = "all")]
+    version: VersionArg,
+    /// Only scenarios whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// List the selected scenarios instead of running them.
+    #[arg(long)]
+    list: bool,
+    /// The broker's maximum packet size in bytes (used by the oversize
+    /// scenarios when the broker announces none).
+    #[arg(long, default_value_t = 268_435_455)]
+    max_packet_size: u32,
+    /// Print each scenario's note (which allowed behaviour was seen) and time.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Connect over TLS (not supported yet).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate for --tls.
+    #[arg(long, requires = "tls")]
+    ca: Option<String>,
+    /// Connect over WebSocket at this path (not supported yet).
+    #[arg(long)]
+    ws: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.tls || args.ws.is_some() {
+        eprintln!(
+            "roost-conformance: --tls and --ws are not supported yet; only plain TCP is implemented"
+        );
+        return ExitCode::from(2);
+    }
+    let selection = Selection {
+        version: match args.version {
+            VersionArg::V311 => Some(Version::V311),
+            VersionArg::V5 => Some(Version::V5),
+            VersionArg::All => None,
+        },
+        filter: args.filter.clone(),
+    };
+    if args.list {
+        for s in runner::all_scenarios()
+            .iter()
+            .filter(|s| selection.matches(s))
+        {
+            let mark = if s.expected_mosquitto_difference.is_some() {
+                " [differs on Mosquitto]"
+            } else {
+                ""
+            };
+            println!("{:<45} {}{mark}", s.name, s.summary);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut config = Config::new(&args.host, args.port);
+    config.max_packet_size = args.max_packet_size;
+    let verbose = args.verbose;
+    let report = runner::run(&config, &selection, |v| {
+        println!("{}", v.line());
+        if verbose {
+            if let Ok(Outcome::PassNoted(note)) = &v.result {
+                println!("    note: {note}");
+            }
+            if let (Err(_), Some(why)) = (&v.result, v.expected_mosquitto_difference) {
+                println!("    known Mosquitto difference: {why}");
+            }
+            println!("    took {:.1} s", v.elapsed.as_secs_f32());
+        }
+    })
+    .await;
+    println!("{}", report.summary());
+    if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "x",
+            "--port",
+            "18931",
+            "--version",
+            "3.1.1",
+            "--filter",
+            "bad",
+        ])
+        .unwrap();
+        assert_eq!(a.port, 18931);
+        assert!(matches!(a.version, VersionArg::V311));
+        assert!(
+            Args::try_parse_from(["x", "--ca", "f"]).is_err(),
+            "--ca needs --tls"
+        );
+    }
+}
