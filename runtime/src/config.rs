@@ -552,19 +552,37 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file. Relative paths in it are taken
+    /// relative to the file's folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml_str(&text).map_err(|err| match err {
+        let mut config = Config::from_toml_str(&text).map_err(|err| match err {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: Some(path.to_path_buf()),
                 source,
             },
             other => other,
-        })
+        })?;
+        // Relative paths in a file mean "next to this file", so a config
+        // works from any working directory.
+        if let Some(dir) = path.parent() {
+            let anchor = |p: &mut Option<PathBuf>| {
+                if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
+                    *p = dir.join(&*p);
+                }
+            };
+            for l in &mut config.listeners {
+                anchor(&mut l.cert);
+                anchor(&mut l.key);
+                anchor(&mut l.password_file);
+                anchor(&mut l.acl_file);
+            }
+            anchor(&mut config.persistence.path);
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text.
