@@ -119,9 +119,14 @@ pub struct Common {
     /// send time, so a stalled broker shows as latency, not as a slower schedule.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Un-acknowledged QoS 1/2 messages per publisher.
+    /// Un-acknowledged QoS 1/2 messages per publisher; also the end-to-end
+    /// window (messages per publisher not yet delivered to every subscriber).
     #[arg(long, default_value_t = 64)]
     pub inflight: usize,
+    /// Do not wait for deliveries: publish as fast as the broker reads (QoS 0)
+    /// or acknowledges (QoS 1/2), letting the broker queue without limit.
+    #[arg(long)]
+    pub open_loop: bool,
     /// Seconds to wait for outstanding deliveries after publishers stop.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,

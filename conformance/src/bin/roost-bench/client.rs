@@ -9,9 +9,10 @@ use std::io::{self, Write as _};
 use std::rc::Rc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::stats::{self, Receiver, STAMP_LEN, Stats, now_ns};
 use crate::wire::{self, Packet, kind};
@@ -178,7 +179,6 @@ impl Conn {
 }
 
 /// State shared by every task of one scenario run.
-#[derive(Default)]
 pub struct Run {
     /// Set when publishers must stop starting new messages (duration elapsed).
     pub stop: Cell<bool>,
@@ -186,6 +186,16 @@ pub struct Run {
     pub sent: Cell<u64>,
     /// Publisher tasks that have finished (successfully or not).
     pub pubs_done: Cell<usize>,
+    /// End-to-end window: deliveries not yet seen by subscribers that
+    /// publishers may have outstanding; 0 means open loop.
+    pub window: Cell<u64>,
+    /// Woken by subscribers after each read batch (publishers wait on it
+    /// when the end-to-end window is full).
+    pub progress: Notify,
+    /// Paced publishers: how late each batch went out relative to schedule (ns).
+    pub send_lag: RefCell<Histogram<u64>>,
+    /// Times a publisher sent anyway after waiting [`STALL`] on a full window.
+    pub stalls: Cell<u64>,
     /// Deliveries expected per sent message (number of matching subscribers).
     pub fanout: Cell<u64>,
     /// If set, the expected delivery count regardless of `sent` (retained).
@@ -205,10 +215,22 @@ pub struct Run {
 impl Run {
     /// A fresh run with empty statistics.
     pub fn new() -> Rc<Self> {
-        let r = Run::default();
-        *r.stats.borrow_mut() = Some(Stats::new());
-        r.fanout.set(1);
-        Rc::new(r)
+        Rc::new(Run {
+            stop: Cell::new(false),
+            sent: Cell::new(0),
+            pubs_done: Cell::new(0),
+            window: Cell::new(0),
+            progress: Notify::new(),
+            send_lag: RefCell::new(stats::histogram()),
+            stalls: Cell::new(0),
+            fanout: Cell::new(1),
+            expected_fixed: Cell::new(None),
+            t_start: Cell::new(0),
+            cpu_start: Cell::new((None, None)),
+            stats: RefCell::new(Some(Stats::new())),
+            extra: RefCell::new(BTreeMap::new()),
+            errors: RefCell::new(Vec::new()),
+        })
     }
 
     /// Deliveries the subscribers should see given what was sent so far.
@@ -229,6 +251,13 @@ impl Run {
         if e.len() < 5 {
             e.push(what.to_string());
         }
+    }
+
+    /// Closes the end-to-end window at `--inflight` messages per publisher
+    /// per subscriber, unless `--open-loop`. Call after setting `fanout`.
+    pub fn close_loop(&self, open_loop: bool, inflight: usize, publishers: usize) {
+        let cap = inflight.max(1) as u64 * publishers.max(1) as u64 * self.fanout.get();
+        self.window.set(if open_loop { 0 } else { cap });
     }
 
     /// Records a scenario-specific number.
@@ -279,8 +308,20 @@ fn sleep_until_ns(t: u64) -> tokio::time::Sleep {
     tokio::time::sleep_until(tokio::time::Instant::from_std(at))
 }
 
+/// How long a publisher blocked on the end-to-end window waits for progress
+/// before sending anyway: a broker that drops QoS 0 messages would otherwise
+/// hold the window shut forever. Each such wait counts as a stall.
+const STALL: Duration = Duration::from_millis(100);
+
 /// Publishes per `spec` until done, then waits for outstanding acknowledgements.
 /// Returns the connection so a caller can keep using it (e.g. a ping barrier).
+///
+/// Two windows bound a publisher: `spec.inflight` un-acknowledged QoS 1/2
+/// packets (broker acks), and, unless the run is open-loop, the run-wide
+/// end-to-end window `Run::window` of deliveries not yet seen by the
+/// subscribers. The second keeps a broker that acknowledges on receipt and
+/// queues without limit from building a backlog that would turn a throughput
+/// test into a test of its queue memory.
 pub async fn publish_loop(mut conn: Conn, spec: PubSpec, run: Rc<Run>) -> io::Result<Conn> {
     let mut payload = vec![0u8; spec.payload.max(STAMP_LEN)];
     let mut topic_buf: Vec<u8> = Vec::with_capacity(256);
@@ -288,17 +329,27 @@ pub async fn publish_loop(mut conn: Conn, spec: PubSpec, run: Rc<Run>) -> io::Re
         topic_buf.extend_from_slice(t);
     }
     let packet_len = 8 + topic_buf.len().max(32) + payload.len();
-    let batch = (WRITE_BATCH_BYTES / packet_len).clamp(1, 1024);
+    let batch = (WRITE_BATCH_BYTES / packet_len).clamp(1, 1024) as u64;
     let window = spec.inflight.clamp(1, 65_000);
     let interval_ns = spec.rate.map(|r| 1e9 / r.max(0.001));
     let t0 = now_ns();
     let (mut seq, mut inflight, mut pid) = (0u64, 0usize, 0u16);
+    let mut force = false;
     let finished = |seq: u64| run.stop.get() || spec.count.is_some_and(|c| seq >= c);
 
     loop {
-        if !finished(seq) {
-            let now = now_ns();
-            let mut n = batch as u64;
+        // Registered before the window is checked, so a delivery between the
+        // check and the wait still wakes us.
+        let progress = run.progress.notified();
+        tokio::pin!(progress);
+        progress.as_mut().enable();
+
+        let done = finished(seq);
+        let now = now_ns();
+        let mut n = 0;
+        let mut blocked_e2e = false;
+        if !done {
+            n = batch;
             if spec.qos > 0 {
                 n = n.min((window - inflight) as u64);
             }
@@ -309,11 +360,29 @@ pub async fn publish_loop(mut conn: Conn, spec: PubSpec, run: Rc<Run>) -> io::Re
                 let due = ((now - t0) as f64 / iv) as u64 + 1;
                 n = n.min(due.saturating_sub(seq));
             }
+            let cap = run.window.get();
+            if cap > 0 && n > 0 && !force {
+                let outstanding = run.expected().saturating_sub(run.unique());
+                let room = cap.saturating_sub(outstanding) / run.fanout.get().max(1);
+                if room == 0 {
+                    blocked_e2e = true;
+                }
+                n = n.min(room);
+            }
+        }
+        if n > 0 {
+            force = false;
+            if let Some(iv) = interval_ns {
+                // The stamp is the real send time: tokio's timer is only
+                // millisecond-grained and its slack is ours, not the broker's.
+                // How far sending fell behind schedule (timer slack, or a
+                // window held shut by the broker) is kept apart as send lag.
+                let intended = t0 + (seq as f64 * iv) as u64;
+                let lag = now.saturating_sub(intended).max(1_000);
+                run.send_lag.borrow_mut().saturating_record(lag);
+            }
             for _ in 0..n {
-                // Paced runs stamp the intended send time, so a stalled
-                // broker shows up as latency instead of as a slower schedule.
-                let ts = interval_ns.map_or(now, |iv| t0 + (seq as f64 * iv) as u64);
-                stats::stamp(&mut payload, ts, spec.id, seq as u32);
+                stats::stamp(&mut payload, now, spec.id, seq as u32);
                 pid = pid % 65_535 + 1;
                 if let Topic::Numbered(prefix) = &spec.topic {
                     topic_buf.clear();
@@ -333,38 +402,39 @@ pub async fn publish_loop(mut conn: Conn, spec: PubSpec, run: Rc<Run>) -> io::Re
                 inflight += n as usize;
             }
             run.sent.set(run.sent.get() + n);
-            if !conn.wbuf.is_empty() {
-                conn.flush().await?;
-            }
+            conn.flush().await?;
+            continue;
         }
-        let done = finished(seq);
         if done && inflight == 0 {
             return Ok(conn);
         }
-        let next_due = interval_ns.map(|iv| t0 + (seq as f64 * iv) as u64);
-        if spec.qos == 0 {
-            if let Some(t) = next_due.filter(|_| !done) {
-                sleep_until_ns(t).await;
-            }
-            continue;
-        }
-        let room = !done && inflight < window;
-        if room && next_due.is_none() {
-            continue;
-        }
+        let next_due = interval_ns.map_or(0, |iv| t0 + (seq as f64 * iv) as u64);
+        let pacing = interval_ns.is_some() && !done && !blocked_e2e;
         tokio::select! {
-            r = conn.rd.fill(&mut conn.stream) => r?,
-            _ = sleep_until_ns(next_due.unwrap_or(0)), if room && next_due.is_some() => continue,
-        }
-        while let Some(p) = conn.rd.next_packet()? {
-            match p {
-                Packet::Puback(_) | Packet::Pubcomp(_) => inflight = inflight.saturating_sub(1),
-                Packet::Pubrec(id) => wire::ack(&mut conn.wbuf, kind::PUBREL, id),
-                _ => {}
+            r = conn.rd.fill(&mut conn.stream), if inflight > 0 => {
+                r?;
+                while let Some(p) = conn.rd.next_packet()? {
+                    match p {
+                        Packet::Puback(_) | Packet::Pubcomp(_) => {
+                            inflight = inflight.saturating_sub(1)
+                        }
+                        Packet::Pubrec(id) => wire::ack(&mut conn.wbuf, kind::PUBREL, id),
+                        _ => {}
+                    }
+                }
+                if !conn.wbuf.is_empty() {
+                    conn.flush().await?;
+                }
             }
-        }
-        if !conn.wbuf.is_empty() {
-            conn.flush().await?;
+            _ = sleep_until_ns(next_due), if pacing && inflight < window => {}
+            _ = &mut progress, if blocked_e2e => {}
+            _ = tokio::time::sleep(STALL), if blocked_e2e => {
+                force = true;
+                run.stalls.set(run.stalls.get() + 1);
+            }
+            // Unreachable by construction (not done ⇒ some wait applies); a
+            // yield keeps a mistake from becoming a busy hang.
+            else => tokio::task::yield_now().await,
         }
     }
 }
@@ -395,6 +465,7 @@ pub async fn subscribe_loop(mut conn: Conn, mut rx: Receiver, run: Rc<Run>) -> i
                 }
             }
         }
+        run.progress.notify_waiters();
         if !conn.wbuf.is_empty() {
             conn.flush().await?;
         }

@@ -176,7 +176,21 @@ fn report(name: &str, c: &Common, run: &Rc<Run>, partial: bool) -> Report {
         broker_cpu_cores: cores(broker0, broker1),
         broker_rss_kb: c.broker_pid.and_then(stats::rss_kb),
         partial,
-        extra: run.extra.borrow().clone(),
+        extra: {
+            let mut e = run.extra.borrow().clone();
+            let lag = run.send_lag.borrow();
+            if !lag.is_empty() {
+                e.insert(
+                    "send_lag_p99_us".into(),
+                    lag.value_at_quantile(0.99) as f64 / 1e3,
+                );
+                e.insert("send_lag_max_us".into(), lag.max() as f64 / 1e3);
+            }
+            if run.stalls.get() > 0 {
+                e.insert("window_stalls".into(), run.stalls.get() as f64);
+            }
+            e
+        },
         errors: run.errors.borrow().clone(),
     }
 }

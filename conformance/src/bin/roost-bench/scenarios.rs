@@ -82,6 +82,7 @@ pub async fn fanin(c: &Common, publishers: usize, run: Rc<Run>) -> io::Result<()
     let qos = c.qos.unwrap_or(0);
     subscriber(c, "rb-fanin-sub", &["bench/fanin/+"], qos, publishers, &run).await?;
     let pubs = client::open_all(&c.addr(), "rb-fanin-pub", publishers, 0).await?;
+    run.close_loop(c.open_loop, c.inflight, publishers);
     run.start_clock(c.broker_pid);
     for (i, conn) in pubs.into_iter().enumerate() {
         let s = spec(c, i as u32, publishers, &format!("bench/fanin/{i}"), qos);
@@ -100,6 +101,7 @@ pub async fn fanout(c: &Common, subscribers: usize, run: Rc<Run>) -> io::Result<
         client::spawn_subscriber(conn, Receiver::new(1), &run);
     }
     run.fanout.set(subscribers as u64);
+    run.close_loop(c.open_loop, c.inflight, 1);
     let conn = Conn::open(&c.addr(), "rb-fanout-pub", 0).await?;
     run.start_clock(c.broker_pid);
     client::spawn_publisher(conn, spec(c, 0, 1, "bench/fanout", qos), &run);
@@ -126,6 +128,7 @@ pub async fn pairs(c: &Common, clients: usize, run: Rc<Run>) -> io::Result<()> {
         p.await.map_err(io::Error::other)??;
     }
     let pubs = client::open_all(&c.addr(), "rb-pairs-pub", clients, 0).await?;
+    run.close_loop(c.open_loop, c.inflight, clients);
     run.start_clock(c.broker_pid);
     for (i, conn) in pubs.into_iter().enumerate() {
         let s = spec(c, i as u32, clients, &format!("bench/pairs/{i}"), qos);
@@ -140,6 +143,7 @@ pub async fn latency(c: &Common, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);
     subscriber(c, "rb-lat-sub", &["bench/latency"], qos, 1, &run).await?;
     let conn = Conn::open(&c.addr(), "rb-lat-pub", 0).await?;
+    run.close_loop(c.open_loop, c.inflight, 1);
     run.start_clock(c.broker_pid);
     let mut s = spec(c, 0, 1, "bench/latency", qos);
     s.rate = Some(c.rate.unwrap_or(10_000.0));
@@ -284,6 +288,7 @@ pub async fn subs(
 
     subscriber(c, "rb-subs-sub", &["bench/subs/hot"], qos, 1, &run).await?;
     let conn = Conn::open(&c.addr(), "rb-subs-pub", 0).await?;
+    run.close_loop(c.open_loop, c.inflight, 1);
     run.start_clock(c.broker_pid);
     client::spawn_publisher(conn, spec(c, 0, 1, "bench/subs/hot", qos), &run);
     drive(&run, 1, c).await;

@@ -57,12 +57,17 @@ pub struct Stats {
     pub last_recv: u64,
 }
 
+/// A latency histogram in ns: 1 µs to one hour at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3)
+        .expect("static histogram bounds are valid")
+}
+
 impl Stats {
-    /// Empty accounting; latencies up to one hour are kept at 3 significant digits.
+    /// Empty accounting.
     pub fn new() -> Self {
         Stats {
-            hist: Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3)
-                .expect("static histogram bounds are valid"),
+            hist: histogram(),
             received: 0,
             duplicates: 0,
             foreign: 0,
