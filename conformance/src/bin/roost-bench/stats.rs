@@ -233,12 +233,18 @@ impl Report {
     /// One human-readable line.
     pub fn human(&self) -> String {
         let mut s = format!(
-            "{} [{}] qos={} payload={}B: {:.0} msg/s delivered, latency p50 {} p99 {} p99.9 {} max {}, sent {} expected {} received {} loss {} dup {}",
+            "{} [{}] qos={} payload={}B: {:.0} {} delivered, latency p50 {} p99 {} p99.9 {} max {}, sent {} expected {} received {} loss {} dup {}",
             self.scenario,
             self.label,
             self.qos,
             self.payload,
             self.delivered_per_s,
+            // In `conns` the unit delivered is a CONNACK.
+            if self.scenario == "conns" {
+                "conn/s"
+            } else {
+                "msg/s"
+            },
             fmt_us(self.latency.p50_us),
             fmt_us(self.latency.p99_us),
             fmt_us(self.latency.p999_us),
