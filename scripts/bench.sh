@@ -118,7 +118,7 @@ start_broker() { # name port
     case "$name" in
         mosquitto) mosquitto -c "$(mosquitto_conf "$port")" > "$WORK/$name.log" 2>&1 & ;;
         # roost's command line is not settled yet; this is the agreed shape.
-        roost*) "target/release/$name" --listen "127.0.0.1:$port" > "$WORK/$name.log" 2>&1 & ;;
+        roost*) "target/release/$name" -c "$PWD/scripts/bench-roost.toml" --port "$port" > "$WORK/$name.log" 2>&1 & ;;
         sink) "$BENCH" sink --port "$port" --deadline $((DEADLINE + 60)) > "$WORK/$name.log" 2>&1 & ;;
     esac
     BROKER_PID=$!
