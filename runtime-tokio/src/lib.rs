@@ -426,9 +426,38 @@ async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: R
             }
         }
     }
+    let lingering = shared.driver.borrow().wants_close(id);
     shared.notifiers.borrow_mut().remove(&id);
     shared.driver.borrow_mut().closed(id);
     shared.after();
+    if lingering {
+        linger(stream).await;
+    }
+}
+
+/// The graceful end of a connection the broker closed (see
+/// [`roost_runtime::driver::LINGER`]).
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut discarded = 0;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(roost_runtime::driver::LINGER, async {
+        while discarded < roost_runtime::driver::LINGER_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 async fn timer_loop(shared: Rc<Shared>) {

@@ -31,6 +31,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
+/// How long a runtime keeps reading (and discarding) after it has written a
+/// connection's last bytes and shut down its write side: a peer that is
+/// still sending when the broker closes would otherwise get a TCP reset,
+/// which can destroy the final DISCONNECT before the peer reads it.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// The most a runtime reads and discards during [`LINGER`].
+pub const LINGER_BYTES: usize = 1024 * 1024;
+
 /// Why a driver could not be built from a configuration.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -483,7 +492,9 @@ impl Driver {
     }
 
     /// Whether the runtime should close `conn`'s socket now: the engine (or
-    /// a stage) ended it and everything has been written.
+    /// a stage) ended it and everything has been written. Close gracefully:
+    /// shut down the write side, read and discard for up to [`LINGER`] (at
+    /// most [`LINGER_BYTES`]) or until the peer closes, then close.
     pub fn wants_close(&self, conn: ConnId) -> bool {
         self.conns
             .get(&conn)
