@@ -2542,3 +2542,13 @@ fn v311_message_reaches_a_v5_subscriber() {
     sim.disconnect(new);
     sim.assert_no_leaks();
 }
+
+#[test]
+fn publish_without_topic_or_alias_is_a_protocol_error() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect("a", V5, true);
+    // PUBLISH QoS 0, empty topic, no properties, payload "x".
+    sim.send_raw(a, &[0x30, 0x04, 0x00, 0x00, 0x00, b'x']);
+    assert_disconnected(&mut sim, a, ReasonCode::ProtocolError);
+    sim.assert_no_leaks();
+}

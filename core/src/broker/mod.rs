@@ -415,7 +415,8 @@ impl Broker {
         };
         let max = c.client_max_packet as usize;
         let stripped;
-        let packet = if packet.encoded_len(c.protocol) > max {
+        // Most clients set no maximum: skip measuring for them.
+        let packet = if max < u32::MAX as usize && packet.encoded_len(c.protocol) > max {
             let mut smaller = packet.clone();
             problem::strip(&mut smaller);
             // A CONNACK goes out regardless: its outcome and capabilities
