@@ -2552,3 +2552,21 @@ fn publish_without_topic_or_alias_is_a_protocol_error() {
     assert_disconnected(&mut sim, a, ReasonCode::ProtocolError);
     sim.assert_no_leaks();
 }
+
+#[test]
+fn reauthentication_while_one_is_in_progress_is_a_protocol_error() {
+    let mut sim = external();
+    let mut auth = ChallengeAuth::new(b"secret");
+    let a = authenticated(&mut sim, &mut auth, "a");
+    sim.send(a, auth_packet(ReasonCode::ReAuthenticate, b""));
+    assert_eq!(sim.auth_requests.len(), 1);
+    sim.send(a, auth_packet(ReasonCode::ReAuthenticate, b""));
+    assert_disconnected(&mut sim, a, ReasonCode::ProtocolError);
+    // The first request's answer comes too late and is ignored.
+    let req = sim.auth_requests.pop_front().unwrap();
+    sim.broker
+        .resolve_auth(sim.now, req.token, AuthDecision::Accept);
+    sim.drain();
+    assert!(sim.recv_all(a).is_empty());
+    sim.assert_no_leaks();
+}
