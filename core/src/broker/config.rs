@@ -68,6 +68,25 @@ impl Default for Limits {
 }
 
 /// The broker's configuration.
+///
+/// # Shared subscriptions
+///
+/// A message matching a `$share/{group}/{filter}` subscription goes to one
+/// member of the group: round-robin over the members whose client is
+/// connected, or (none being connected) over all members, where it waits in
+/// that member's session. It is a delivery of its own, apart from any
+/// copy the same client gets through a non-shared subscription, and no
+/// retained messages are sent on a shared subscribe.
+///
+/// **Redelivery when a member's connection ends:** its deliveries for a
+/// shared subscription that are queued (not yet sent, any QoS) or in flight
+/// at QoS 1 (PUBLISH sent, no PUBACK) move to another connected member of
+/// the same group, as new deliveries with that member's subscription
+/// options, if there is one; otherwise they stay with the member's session
+/// (and end with it). A QoS 2 delivery already sent stays with its member,
+/// who must complete it on reconnecting [MQTT-4.8.2-4]; one the member
+/// refused with a failure code is discarded [MQTT-4.8.2-6]. Moved messages
+/// keep their expiry; the receiving member's queue limits apply.
 pub struct Config {
     /// Limits.
     pub limits: Limits,

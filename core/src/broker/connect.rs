@@ -1,7 +1,7 @@
 //! Connections: CONNECT and its checks, authentication, session takeover and
 //! resumption, wills, and what happens when a connection or session ends.
 
-use super::state::{Conn, ConnState, OutState, PendingWill, Session, SessionId};
+use super::state::{AuthStep, Conn, ConnState, OutState, PendingWill, Session, SessionId};
 use super::{
     Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, CloseReason, ConnId,
     Event, Instant, Message, keep_alive_grace,
@@ -95,6 +95,11 @@ impl Broker {
         let v5 = connect.protocol == Protocol::V5;
         if let Some(c) = self.conns.get_mut(&id) {
             c.protocol = connect.protocol;
+            // Even a refusing CONNACK must fit [MQTT-3.1.2-24].
+            c.client_max_packet = connect
+                .properties
+                .maximum_packet_size
+                .map_or(u32::MAX, |m| m.get());
         }
         let refusal = if self.shutting_down {
             Some(ReasonCode::ServerUnavailable)
@@ -119,6 +124,18 @@ impl Broker {
             // MQTT 3 cannot tell a client to ping more often; like Mosquitto,
             // refuse rather than time it out unexpectedly.
             Some(ReasonCode::ClientIdentifierNotValid)
+        } else if connect.properties.authentication_data.is_some()
+            && connect.properties.authentication_method.is_none()
+        {
+            // Data without a method is a protocol error (section 3.1.2.11.10).
+            Some(ReasonCode::ProtocolError)
+        } else if connect.properties.authentication_method.is_some()
+            && !matches!(self.config.authentication, Authentication::External)
+        {
+            // Only the embedding program knows enhanced authentication
+            // methods; accepting one silently would leave the client
+            // believing it was authenticated by it (section 4.12).
+            Some(ReasonCode::BadAuthenticationMethod)
         } else if let Some(will) = &connect.will {
             if will.qos > self.config.maximum_qos {
                 Some(ReasonCode::QoSNotSupported)
@@ -167,6 +184,7 @@ impl Broker {
                     self.auth_request(id, &connect, connect.properties.authentication_data.clone());
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.auth_method = connect.properties.authentication_method.clone();
+                    c.auth_step = AuthStep::Deciding;
                     c.state = ConnState::Authenticating { connect };
                 }
                 self.actions.push_back(Action::Authenticate(request));
@@ -189,21 +207,43 @@ impl Broker {
         }
     }
 
-    /// An AUTH packet: the next step of enhanced authentication while
-    /// connecting, or a re-authentication once connected (MQTT 5 section 4.12).
+    /// An AUTH packet: the client's answer to a challenge while connecting,
+    /// or the start or next step of a re-authentication once connected
+    /// (MQTT 5 section 4.12). Anything out of turn is a protocol error.
     fn on_auth(&mut self, id: ConnId, auth: Auth) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let connecting = matches!(c.state, ConnState::Authenticating { .. });
+        // The same method throughout, and only if the CONNECT named one
+        // (section 4.12, [MQTT-4.12.0-5]).
+        let method_matches = c.auth_method.is_some()
+            && auth.properties.authentication_method == c.auth_method
+            && matches!(self.config.authentication, Authentication::External);
+        let in_turn = match (auth.reason, c.auth_step) {
+            // The answer to our AUTH 0x18 (section 4.12).
+            (ReasonCode::ContinueAuthentication, AuthStep::Challenged) => true,
+            // A client starts re-authentication only when connected and
+            // not already re-authenticating (section 4.12.1).
+            (ReasonCode::ReAuthenticate, AuthStep::Idle) => !connecting,
+            _ => false,
+        };
+        if !method_matches || !in_turn {
+            self.close_because(
+                id,
+                CloseReason::Protocol(ReasonCode::ProtocolError),
+                Some("AUTH out of turn or with another authentication method"),
+            );
+            return;
+        }
+        c.auth_step = AuthStep::Deciding;
+        let token = AuthToken(self.fresh_id());
+        self.pending_auth.insert(token, id);
         let Some(c) = self.conns.get(&id) else {
             return;
         };
-        let method_matches = auth.properties.authentication_method.is_some()
-            && auth.properties.authentication_method == c.auth_method;
-        let external = matches!(self.config.authentication, Authentication::External);
-        if !method_matches || !external {
-            self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
-            return;
-        }
         let request = AuthRequest {
-            token: AuthToken(0),
+            token,
             conn: id,
             listener: c.listener,
             client_id: c.client_id.clone(),
@@ -212,14 +252,17 @@ impl Broker {
             method: c.auth_method.clone(),
             data: auth.properties.authentication_data,
         };
-        let token = AuthToken(self.fresh_id());
-        self.pending_auth.insert(token, id);
-        self.actions
-            .push_back(Action::Authenticate(AuthRequest { token, ..request }));
+        self.actions.push_back(Action::Authenticate(request));
     }
 
     /// Answers an [`Action::Authenticate`] request. A token that is unknown
     /// (its connection already closed) is ignored.
+    ///
+    /// While connecting: `Accept` sends CONNACK, `Reject` and `Redirect` a
+    /// refusing CONNACK, `Continue` an AUTH challenge (only for a client
+    /// that named an Authentication Method; otherwise it is refused with
+    /// 0x8C). While re-authenticating: `Accept` sends AUTH Success,
+    /// `Continue` another challenge, `Reject` and `Redirect` a DISCONNECT.
     pub fn resolve_auth(&mut self, now: Instant, token: AuthToken, decision: AuthDecision) {
         self.advance(now);
         let Some(id) = self.pending_auth.remove(&token) else {
@@ -228,13 +271,14 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        c.auth_step = AuthStep::Idle;
         let connecting = matches!(c.state, ConnState::Authenticating { .. });
+        let max = self.config.limits.max_packet_size as usize;
         match decision {
             AuthDecision::Accept if connecting => {
                 let state = core::mem::replace(&mut c.state, ConnState::AwaitingConnect);
                 if let ConnState::Authenticating { connect } = state {
                     self.accept(id, connect);
-                    let max = self.config.limits.max_packet_size as usize;
                     self.process_input(id, max);
                 }
             }
@@ -248,7 +292,19 @@ impl Broker {
                 };
                 self.send(id, &Packet::Auth(Box::new(auth)));
             }
+            AuthDecision::Continue { .. } if c.auth_method.is_none() => {
+                // No method, so no AUTH packet the client could read.
+                if connecting {
+                    self.refuse(id, ReasonCode::BadAuthenticationMethod);
+                } else {
+                    self.close(
+                        id,
+                        CloseReason::Protocol(ReasonCode::BadAuthenticationMethod),
+                    );
+                }
+            }
             AuthDecision::Continue { data } => {
+                c.auth_step = AuthStep::Challenged;
                 let auth = Auth {
                     reason: ReasonCode::ContinueAuthentication,
                     properties: AuthProperties {
@@ -258,6 +314,10 @@ impl Broker {
                     },
                 };
                 self.send(id, &Packet::Auth(Box::new(auth)));
+                // The answer may be waiting in the read buffer already.
+                if connecting {
+                    self.process_input(id, max);
+                }
             }
             AuthDecision::Reject(reason) if connecting => self.refuse(id, reason),
             AuthDecision::Reject(reason) => self.close(id, CloseReason::Protocol(reason)),
@@ -279,9 +339,7 @@ impl Broker {
                 } else if connecting {
                     self.refuse(id, reason);
                 } else {
-                    let mut d = crate::codec::Disconnect::new(reason);
-                    d.properties.server_reference = Some(server_reference);
-                    self.send(id, &Packet::Disconnect(d));
+                    c.redirect = Some(server_reference);
                     self.close(id, CloseReason::Protocol(reason));
                 }
             }
@@ -294,7 +352,10 @@ impl Broker {
         let ack = ConnAck {
             session_present: false,
             reason,
-            properties: ConnAckProperties::default(),
+            properties: ConnAckProperties {
+                reason_string: Some(MqttStr::from_static(super::problem::text(reason))),
+                ..ConnAckProperties::default()
+            },
         };
         self.send(id, &Packet::ConnAck(Box::new(ack)));
         self.close(id, CloseReason::ConnectRefused(reason));
@@ -398,6 +459,9 @@ impl Broker {
         if v5 {
             let config = &self.config;
             properties.assigned_client_identifier = assigned;
+            // [MQTT-4.12.0-5]: the CONNECT's method, on success too.
+            properties.authentication_method =
+                self.conns.get(&id).and_then(|c| c.auth_method.clone());
             properties.server_keep_alive = server_keep_alive;
             properties.receive_maximum = NonZeroU16::new(config.receive_maximum);
             properties.maximum_packet_size =
@@ -453,7 +517,13 @@ impl Broker {
             match f.state {
                 OutState::Published => {
                     let delivery = f.delivery.clone();
-                    self.send_publish(id, &delivery, Some(pid), true);
+                    // Too large for this connection's Maximum Packet Size:
+                    // dropped as if delivered, as for a first send.
+                    if !self.send_publish(id, &delivery, Some(pid), true) {
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.inflight.remove(&pid);
+                        }
+                    }
                 }
                 OutState::Released => {
                     self.send(id, &Packet::PubRel(PubResponse::new(pid)));
@@ -491,7 +561,11 @@ impl Broker {
                 return;
             };
             if s.expiry_interval == 0 && expiry != 0 {
-                self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
+                self.close_because(
+                    id,
+                    CloseReason::Protocol(ReasonCode::ProtocolError),
+                    Some("DISCONNECT may not set a Session Expiry Interval when CONNECT set 0"),
+                );
                 return;
             }
             s.expiry_interval = expiry;
@@ -523,7 +597,7 @@ impl Broker {
         if let Some(at) = c.timer.take() {
             self.timers.remove(&(at, super::Timer::Conn(id)));
         }
-        if matches!(c.state, ConnState::Authenticating { .. }) {
+        if c.auth_step == AuthStep::Deciding {
             self.pending_auth.retain(|_, conn| *conn != id);
         }
         let ConnState::Connected { session: sid } = c.state else {
@@ -541,6 +615,7 @@ impl Broker {
             client_id,
             reason,
         });
+        self.move_shared_deliveries(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Some(c);
         };

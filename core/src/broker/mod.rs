@@ -50,6 +50,7 @@
 mod action;
 mod config;
 mod connect;
+mod problem;
 mod publish;
 mod state;
 mod subscribe;
@@ -69,7 +70,7 @@ use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use hashbrown::HashMap;
-use state::{Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
+use state::{AuthStep, Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
 
 /// A retained message and when it stops being retained (MQTT 5 expiry).
 struct Retained {
@@ -257,9 +258,12 @@ impl Broker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if matches!(c.state, ConnState::Authenticating { .. }) {
+            if matches!(c.state, ConnState::Authenticating { .. })
+                && c.auth_step != AuthStep::Challenged
+            {
                 // Packets after CONNECT wait for the decision; one maximum
-                // packet's worth of them at most.
+                // packet's worth of them at most. After a challenge, the
+                // next packet is read: it must be the client's AUTH.
                 if c.read_buf.len() > max.saturating_mul(2) {
                     self.close(conn, CloseReason::Protocol(ReasonCode::QuotaExceeded));
                 }
@@ -442,10 +446,30 @@ impl Broker {
         }
     }
 
-    /// Appends `packet` to the connection's output for this input.
+    /// Appends `packet` to the connection's output for this input. A packet
+    /// larger than the client's Maximum Packet Size loses its reason string
+    /// and user properties, and is not sent if that is not enough
+    /// [MQTT-3.1.2-24, MQTT-3.1.2-25], except a CONNACK. (PUBLISH is checked
+    /// before, so it can count as delivered.)
     fn send(&mut self, id: ConnId, packet: &Packet) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
+        };
+        let max = c.client_max_packet as usize;
+        let stripped;
+        // Most clients set no maximum: skip measuring for them.
+        let packet = if max < u32::MAX as usize && packet.encoded_len(c.protocol) > max {
+            let mut smaller = packet.clone();
+            problem::strip(&mut smaller);
+            // A CONNACK goes out regardless: its outcome and capabilities
+            // matter more than a maximum too small for them.
+            if smaller.encoded_len(c.protocol) > max && !matches!(packet, Packet::ConnAck(_)) {
+                return;
+            }
+            stripped = smaller;
+            &stripped
+        } else {
+            packet
         };
         // Encoding only fails for packets the engine never builds (fields
         // over their size limits); such a packet is not sent.
@@ -473,7 +497,13 @@ impl Broker {
     /// with the reason first (when it is connected), then pending output is
     /// flushed and the runtime is told to close.
     fn close(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(c) = self.conns.get(&id) else {
+        self.close_because(id, reason, None);
+    }
+
+    /// [`Broker::close`], with `detail` as the DISCONNECT's reason string
+    /// (the reason's own explanation otherwise).
+    fn close_because(&mut self, id: ConnId, reason: CloseReason, detail: Option<&'static str>) {
+        let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         if c.protocol == Protocol::V5 && c.session().is_some() {
@@ -485,8 +515,12 @@ impl Broker {
                 CloseReason::ServerShutdown => Some(ReasonCode::ServerShuttingDown),
                 _ => None,
             };
-            if let Some(code) = code {
-                self.send(id, &Packet::Disconnect(Disconnect::new(code)));
+            // A DisconnectWithWillMessage "reason" is the client's own.
+            if let Some(code) = code.filter(|c| c.is_error()) {
+                let mut d = Disconnect::new(code);
+                d.properties.server_reference = c.redirect.take();
+                d.properties.reason_string = Some(Self::disconnect_text(reason, detail));
+                self.send(id, &Packet::Disconnect(d));
             }
         }
         let publish_will = !matches!(reason, CloseReason::ClientDisconnect);

@@ -123,7 +123,7 @@ impl Broker {
         let response = PubResponse {
             packet_id: pid,
             reason,
-            properties: Default::default(),
+            properties: self.ack_properties(id, Some(reason)),
         };
         if qos == QoS::AtLeastOnce {
             self.send(id, &Packet::PubAck(response));
@@ -145,6 +145,7 @@ impl Broker {
         let mut response = PubResponse::new(r.packet_id);
         if !known {
             response.reason = ReasonCode::PacketIdentifierNotFound;
+            response.properties = self.ack_properties(id, Some(response.reason));
         }
         self.send(id, &Packet::PubComp(response));
     }
@@ -184,7 +185,10 @@ impl Broker {
                 }
                 f.state = OutState::Released;
             }
-            _ => response.reason = ReasonCode::PacketIdentifierNotFound,
+            _ => {
+                response.reason = ReasonCode::PacketIdentifierNotFound;
+                response.properties = self.ack_properties(id, Some(response.reason));
+            }
         }
         self.send(id, &Packet::PubRel(response));
     }
@@ -242,13 +246,6 @@ impl Broker {
         targets.clear();
         self.subscriptions
             .for_each_match(&message.topic, |key, entry| targets.push((*key, *entry)));
-        for target in targets.iter_mut() {
-            if let SubKey::Shared(group) = target.0 {
-                if let Some(member) = self.pick_member(group) {
-                    *target = (SubKey::Session(member.0), member.1);
-                }
-            }
-        }
         let matched = targets.len();
         targets.sort_unstable_by_key(|t| t.0);
         let mut i = 0;
@@ -278,8 +275,24 @@ impl Broker {
                         retain: retain_as_published && message.retain,
                         subscription_ids: ids,
                         expires_at,
+                        shared_group: None,
                     };
                     self.deliver(sid, delivery);
+                }
+                // A group is its own delivery, apart from the member's other
+                // subscriptions, so it can move to another member later.
+                SubKey::Shared(group) => {
+                    if let Some((sid, entry)) = self.pick_member(group) {
+                        let delivery = Delivery {
+                            message: message.clone(),
+                            qos: entry.options.qos.min(message.qos),
+                            retain: entry.options.retain_as_published && message.retain,
+                            subscription_ids: entry.id.into_iter().collect(),
+                            expires_at,
+                            shared_group: Some(group),
+                        };
+                        self.deliver(sid, delivery);
+                    }
                 }
                 SubKey::Local(local) => {
                     self.actions.push_back(Action::Deliver {
@@ -290,7 +303,6 @@ impl Broker {
                         },
                     });
                 }
-                SubKey::Shared(_) => {}
             }
         }
         targets.clear();

@@ -44,7 +44,8 @@ pub(crate) struct SharedGroup {
 pub(crate) enum ConnState {
     /// Waiting for CONNECT (the connection's timer is the connect timeout).
     AwaitingConnect,
-    /// CONNECT received; the authentication decision is pending.
+    /// CONNECT received; authentication is under way (see
+    /// [`Conn::auth_step`]).
     Authenticating { connect: Box<Connect> },
     /// CONNACK sent; attached to a session.
     Connected { session: SessionId },
@@ -77,6 +78,12 @@ pub(crate) struct Conn {
     /// failures (MQTT 5 Request Problem Information).
     pub(crate) problem_info: bool,
     pub(crate) auth_method: Option<MqttStr>,
+    /// Where an enhanced authentication exchange stands, while connecting
+    /// or re-authenticating (MQTT 5 section 4.12).
+    pub(crate) auth_step: AuthStep,
+    /// Server Reference for the DISCONNECT that ends a redirected
+    /// re-authentication.
+    pub(crate) redirect: Option<MqttStr>,
     /// A DISCONNECT that asks to publish the will (0x04), or none received.
     pub(crate) graceful: bool,
     /// The runtime cannot take more output for now (see
@@ -105,6 +112,8 @@ impl Conn {
             client_max_packet: u32::MAX,
             problem_info: true,
             auth_method: None,
+            auth_step: AuthStep::Idle,
+            redirect: None,
             graceful: false,
             blocked: false,
         }
@@ -116,6 +125,17 @@ impl Conn {
             _ => None,
         }
     }
+}
+
+/// A step of an authentication exchange (MQTT 5 section 4.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthStep {
+    /// No exchange: connected, or waiting for CONNECT.
+    Idle,
+    /// An [`super::AuthRequest`] is out; the embedding program decides.
+    Deciding,
+    /// AUTH 0x18 was sent; the client's AUTH 0x18 answer is due.
+    Challenged,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -136,6 +156,10 @@ pub(crate) struct Delivery {
     pub(crate) subscription_ids: Vec<NonZeroU32>,
     /// When the message stops being worth delivering (MQTT 5 expiry).
     pub(crate) expires_at: Option<Instant>,
+    /// The shared subscription group it was picked for, if any: such a
+    /// delivery may move to another member when this one's connection
+    /// ends (see [`super::Config`]).
+    pub(crate) shared_group: Option<u64>,
 }
 
 impl Delivery {

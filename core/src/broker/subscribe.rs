@@ -1,15 +1,16 @@
 //! SUBSCRIBE and UNSUBSCRIBE, shared subscription groups, retained messages
 //! on subscribe, and in-process subscriptions.
 
-use super::state::{Delivery, SessionId, SharedGroup, SubEntry, SubKey};
+use super::state::{Delivery, OutState, SessionId, SharedGroup, SubEntry, SubKey};
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, LocalSubscription, Message,
 };
 use crate::codec::{
-    AckProperties, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, Subscription,
-    SubscriptionOptions, UnsubAck, Unsubscribe,
+    AckProperties, Packet, PacketId, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::topic::TopicFilter;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::num::NonZeroU32;
 
@@ -55,10 +56,12 @@ impl Broker {
                 });
             }
         }
+        // One reason string, for the first failure.
+        let failure = reasons.iter().copied().find(|r| r.is_error());
         let ack = SubAck {
             packet_id: sub.packet_id,
             reasons,
-            properties: AckProperties::default(),
+            properties: self.ack_properties(id, failure),
         };
         self.send(id, &Packet::SubAck(ack));
         for (filter, entry) in retained_for {
@@ -198,6 +201,110 @@ impl Broker {
         Some(member)
     }
 
+    /// A connected member of `group` other than `except`, round-robin, for
+    /// a delivery that leaves `except`.
+    fn pick_other_member(
+        &mut self,
+        group: u64,
+        except: SessionId,
+    ) -> Option<(SessionId, SubEntry)> {
+        let g = self.shared_groups.get_mut(&group)?;
+        let n = g.members.len();
+        for step in 0..n {
+            let Some(&(sid, entry)) = g.members.get((g.next + step) % n) else {
+                break;
+            };
+            if sid != except && self.sessions.get(&sid).is_some_and(|s| s.conn.is_some()) {
+                g.next = (g.next + step + 1) % n;
+                return Some((sid, entry));
+            }
+        }
+        None
+    }
+
+    /// The connection of `sid` ended: its shared-subscription deliveries
+    /// that may go elsewhere move to another connected member of their group
+    /// as new deliveries (the policy documented on [`super::Config`]). Those
+    /// with no connected member to go to stay, in their order.
+    pub(super) fn move_shared_deliveries(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        // In flight, QoS 1 may go elsewhere (QoS 1 allows a duplicate if the
+        // client saw it). A QoS 2 delivery once started must be completed
+        // with this client [MQTT-4.8.2-4], so it stays.
+        let mut inflight: Vec<(u64, PacketId)> = s
+            .inflight
+            .iter()
+            .filter(|(_, f)| {
+                f.delivery.shared_group.is_some()
+                    && f.state == OutState::Published
+                    && f.delivery.qos == QoS::AtLeastOnce
+            })
+            .map(|(pid, f)| (f.seq, *pid))
+            .collect();
+        if inflight.is_empty() && !s.queue.iter().any(|d| d.shared_group.is_some()) {
+            return;
+        }
+        // They went out first, so they go first again.
+        inflight.sort_unstable();
+        for (_, pid) in inflight {
+            let Some(d) = self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.inflight.get(&pid))
+                .map(|f| f.delivery.clone())
+            else {
+                continue;
+            };
+            if self.reroute(sid, &d) {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.inflight.remove(&pid);
+                }
+            }
+        }
+        // Queued ones were never sent: free to go anywhere.
+        let queue = match self.sessions.get_mut(&sid) {
+            Some(s) => core::mem::take(&mut s.queue),
+            None => return,
+        };
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for d in queue {
+            if !self.reroute(sid, &d) {
+                kept.push_back(d);
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.queued_bytes = kept.iter().map(Delivery::payload_len).sum();
+            s.queue = kept;
+        }
+    }
+
+    /// Hands a shared-subscription delivery of `from` to another connected
+    /// member of its group, with that member's options. Returns whether it
+    /// left `from` (an expired one is simply dropped).
+    fn reroute(&mut self, from: SessionId, d: &Delivery) -> bool {
+        let Some(group) = d.shared_group else {
+            return false;
+        };
+        if d.expires_at.is_some_and(|at| at <= self.now) {
+            return true;
+        }
+        let Some((target, entry)) = self.pick_other_member(group, from) else {
+            return false;
+        };
+        let moved = Delivery {
+            message: d.message.clone(),
+            qos: entry.options.qos.min(d.message.qos),
+            retain: entry.options.retain_as_published && d.message.retain,
+            subscription_ids: entry.id.into_iter().collect(),
+            expires_at: d.expires_at,
+            shared_group: Some(group),
+        };
+        self.deliver(target, moved);
+        true
+    }
+
     /// Sends the retained messages matching `filter` to a session that just
     /// subscribed, with RETAIN set [MQTT-3.3.1-8].
     fn send_retained(&mut self, sid: SessionId, filter: &TopicFilter, entry: SubEntry) {
@@ -215,6 +322,7 @@ impl Broker {
                 retain: true,
                 subscription_ids: entry.id.into_iter().collect(),
                 expires_at: r.expires_at,
+                shared_group: None,
             });
         });
         for topic in expired {

@@ -104,6 +104,8 @@ impl DecodeError {
         match self {
             DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
             DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UnsupportedProtocolVersion,
+            // A PUBLISH with neither a topic nor an alias (section 3.3.2.1).
+            DecodeError::InvalidTopicName(TopicError::Empty) => ReasonCode::ProtocolError,
             DecodeError::InvalidTopicName(_) => ReasonCode::TopicNameInvalid,
             DecodeError::InvalidTopicFilter(_) => ReasonCode::TopicFilterInvalid,
             DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
