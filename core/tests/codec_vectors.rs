@@ -1143,6 +1143,32 @@ fn frame_header_reports_sizes_before_the_body() {
     );
 }
 
+#[test]
+fn decode_frame_checks_the_frame_against_its_header() {
+    let header = FrameHeader::decode(&[0x40, 0x02], Protocol::V5, MAX)
+        .unwrap()
+        .unwrap();
+    let frame = |b: &'static [u8]| Bytes::from_static(b);
+    assert_eq!(
+        Packet::decode_frame(header, frame(&[0x40, 0x02, 0x00, 0x01]), Protocol::V5),
+        Ok(Packet::PubAck(PubResponse::new(pid(1))))
+    );
+    // Shorter than the header says, even shorter than the header itself:
+    // an error, not a panic.
+    assert_eq!(
+        Packet::decode_frame(header, frame(&[0x40]), Protocol::V5),
+        Err(DecodeError::UnexpectedEnd)
+    );
+    assert_eq!(
+        Packet::decode_frame(header, frame(&[0x40, 0x02, 0x00]), Protocol::V5),
+        Err(DecodeError::UnexpectedEnd)
+    );
+    assert_eq!(
+        Packet::decode_frame(header, frame(&[0x40, 0x02, 0x00, 0x01, 0xC0]), Protocol::V5),
+        Err(DecodeError::TrailingBytes)
+    );
+}
+
 // ---------------------------------------------------------------- encode errors
 
 #[test]

@@ -317,12 +317,19 @@ pub fn decode_slice(
 
 impl Packet {
     /// Decodes a whole packet, fixed header included, whose header has been
-    /// read already.
+    /// read already. A `frame` shorter or longer than `header.total_len()`
+    /// is refused (as [`DecodeError::UnexpectedEnd`] or
+    /// [`DecodeError::TrailingBytes`]).
     pub fn decode_frame(
         header: FrameHeader,
         frame: Bytes,
         protocol: Protocol,
     ) -> Result<Packet, DecodeError> {
+        match frame.len().cmp(&header.total_len()) {
+            core::cmp::Ordering::Less => return Err(DecodeError::UnexpectedEnd),
+            core::cmp::Ordering::Greater => return Err(DecodeError::TrailingBytes),
+            core::cmp::Ordering::Equal => {}
+        }
         let mut r = Reader::new(frame.slice(header.header_len..));
         let flags = header.first_byte & 0x0F;
         let packet = match header.packet {
