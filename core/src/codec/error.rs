@@ -15,7 +15,7 @@ use core::fmt;
 #[non_exhaustive]
 pub enum DecodeError {
     /// The remaining length (or another variable byte integer) uses more than
-    /// four bytes [MQTT-1.5.5-1].
+    /// four bytes, or more bytes than its value needs [MQTT-1.5.5-1].
     MalformedVarInt,
     /// The packet is larger than the configured maximum; it was rejected from
     /// its fixed header alone, before its body was buffered.
@@ -69,9 +69,15 @@ pub enum DecodeError {
     /// SUBSCRIBE or UNSUBSCRIBE without any topic filter [MQTT-3.8.3-3],
     /// [MQTT-3.10.3-2], or SUBACK / UNSUBACK without any reason code.
     NoTopicFilters,
-    /// Reserved bits of subscription options are set, or Retain Handling is 3
-    /// [MQTT-3.8.3-5].
+    /// Reserved bits of subscription options are set [MQTT-3.8.3-5]
+    /// (a Malformed Packet).
     InvalidSubscriptionOptions,
+    /// A subscription's Maximum QoS is 3 (a Protocol Error in MQTT 5,
+    /// section 3.8.3.1; malformed in 3.1.1 [MQTT-3-8.3-4]).
+    InvalidSubscriptionQoS,
+    /// A subscription's Retain Handling is 3 (a Protocol Error, MQTT 5
+    /// section 3.8.3.1).
+    InvalidRetainHandling,
     /// No Local on a shared subscription [MQTT-3.8.3-4].
     NoLocalOnSharedSubscription,
     /// A property appears twice where it may appear once.
@@ -104,7 +110,8 @@ impl DecodeError {
         match self {
             DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
             DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UnsupportedProtocolVersion,
-            // A PUBLISH with neither a topic nor an alias (section 3.3.2.1).
+            // "It is a Protocol Error if the Topic Name is zero length and
+            // there is no Topic Alias" (section 3.3.2.1).
             DecodeError::InvalidTopicName(TopicError::Empty) => ReasonCode::ProtocolError,
             DecodeError::InvalidTopicName(_) => ReasonCode::TopicNameInvalid,
             DecodeError::InvalidTopicFilter(_) => ReasonCode::TopicFilterInvalid,
@@ -114,6 +121,11 @@ impl DecodeError {
             | DecodeError::InvalidReasonCode { .. }
             | DecodeError::ZeroPacketId
             | DecodeError::NoLocalOnSharedSubscription
+            // "A SUBSCRIBE [UNSUBSCRIBE] packet with no Payload is a Protocol
+            // Error" [MQTT-3.8.3-2], [MQTT-3.10.3-2].
+            | DecodeError::NoTopicFilters
+            | DecodeError::InvalidSubscriptionQoS
+            | DecodeError::InvalidRetainHandling
             | DecodeError::InvalidProtocolName
             | DecodeError::InvalidPacketType(_) => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
@@ -124,9 +136,9 @@ impl DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::MalformedVarInt => {
-                f.write_str("variable byte integer longer than 4 bytes [MQTT-1.5.5-1]")
-            }
+            DecodeError::MalformedVarInt => f.write_str(
+                "variable byte integer longer than 4 bytes or not minimal [MQTT-1.5.5-1]",
+            ),
             DecodeError::PacketTooLarge { size, max } => {
                 write!(f, "packet of {size} bytes exceeds the maximum of {max}")
             }
@@ -169,6 +181,12 @@ impl fmt::Display for DecodeError {
             DecodeError::InvalidSubscriptionOptions => {
                 f.write_str("reserved subscription option bits set [MQTT-3.8.3-5]")
             }
+            DecodeError::InvalidSubscriptionQoS => {
+                f.write_str("subscription Maximum QoS is 3 (section 3.8.3.1)")
+            }
+            DecodeError::InvalidRetainHandling => {
+                f.write_str("subscription Retain Handling is 3 (section 3.8.3.1)")
+            }
             DecodeError::NoLocalOnSharedSubscription => {
                 f.write_str("No Local set on a shared subscription [MQTT-3.8.3-4]")
             }
@@ -208,6 +226,9 @@ pub enum EncodeError {
     /// A binary field (password, will payload, correlation or authentication
     /// data) is longer than the 65,535 bytes its length prefix can express.
     FieldTooLong,
+    /// A Subscription Identifier is above 268,435,455, the most a variable
+    /// byte integer can express.
+    SubscriptionIdentifierTooLarge,
 }
 
 impl fmt::Display for EncodeError {
@@ -218,6 +239,9 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::NotInProtocol(p) => write!(f, "{p:?} does not exist before MQTT 5"),
             EncodeError::FieldTooLong => f.write_str("binary field longer than 65535 bytes"),
+            EncodeError::SubscriptionIdentifierTooLarge => {
+                f.write_str("subscription identifier above 268435455")
+            }
         }
     }
 }

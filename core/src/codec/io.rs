@@ -108,6 +108,12 @@ pub(crate) fn decode_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeEr
         };
         value |= u32::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
+            // A last byte of 0 after a continuation byte adds nothing: the
+            // value had a shorter encoding, which is the only one allowed
+            // [MQTT-1.5.5-1].
+            if byte == 0 && i > 0 {
+                return Err(DecodeError::MalformedVarInt);
+            }
             return Ok(Some((value, i + 1)));
         }
     }
@@ -181,5 +187,14 @@ mod tests {
             Err(DecodeError::MalformedVarInt)
         );
         assert_eq!(decode_varint(&[0xFF, 0xFF]), Ok(None));
+        // Non-minimal encodings of 0 and 127.
+        assert_eq!(
+            decode_varint(&[0x80, 0x00]),
+            Err(DecodeError::MalformedVarInt)
+        );
+        assert_eq!(
+            decode_varint(&[0xFF, 0x80, 0x00]),
+            Err(DecodeError::MalformedVarInt)
+        );
     }
 }

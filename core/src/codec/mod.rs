@@ -28,6 +28,7 @@ mod connack;
 mod connect;
 mod disconnect;
 mod error;
+mod fuzz;
 mod io;
 mod properties;
 mod publish;
@@ -40,6 +41,8 @@ pub use connack::ConnAck;
 pub use connect::{Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use error::{DecodeError, EncodeError};
+#[doc(hidden)]
+pub use fuzz::fuzz_decode;
 pub use io::MAX_VARINT;
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
@@ -317,12 +320,19 @@ pub fn decode_slice(
 
 impl Packet {
     /// Decodes a whole packet, fixed header included, whose header has been
-    /// read already.
+    /// read already. A `frame` shorter or longer than `header.total_len()`
+    /// is refused (as [`DecodeError::UnexpectedEnd`] or
+    /// [`DecodeError::TrailingBytes`]).
     pub fn decode_frame(
         header: FrameHeader,
         frame: Bytes,
         protocol: Protocol,
     ) -> Result<Packet, DecodeError> {
+        match frame.len().cmp(&header.total_len()) {
+            core::cmp::Ordering::Less => return Err(DecodeError::UnexpectedEnd),
+            core::cmp::Ordering::Greater => return Err(DecodeError::TrailingBytes),
+            core::cmp::Ordering::Equal => {}
+        }
         let mut r = Reader::new(frame.slice(header.header_len..));
         let flags = header.first_byte & 0x0F;
         let packet = match header.packet {
@@ -408,14 +418,25 @@ impl Packet {
         }
     }
 
-    /// Whether every length-prefixed binary field fits its two-byte prefix.
-    /// Strings cannot be too long ([`crate::MqttStr`] refuses it); `Bytes`
-    /// fields can, when the packet was built in code rather than decoded.
-    fn binary_fields_fit(&self) -> bool {
+    /// Checks the fields whose type admits values the wire format cannot
+    /// carry: length-prefixed binary fields longer than their two-byte
+    /// prefix (strings cannot be, [`crate::MqttStr`] refuses it; `Bytes`
+    /// fields can, when the packet was built in code rather than decoded),
+    /// and subscription identifiers above the variable byte integer range.
+    fn check_fields(&self) -> Result<(), EncodeError> {
         fn fits(b: &Option<Bytes>) -> bool {
             b.as_ref().is_none_or(|b| b.len() <= usize::from(u16::MAX))
         }
-        match self {
+        let id_fits = |id: &core::num::NonZeroU32| id.get() <= MAX_VARINT;
+        let ids_fit = match self {
+            Packet::Publish(p) => p.properties.subscription_identifiers.iter().all(id_fits),
+            Packet::Subscribe(s) => s.properties.subscription_identifier.iter().all(id_fits),
+            _ => true,
+        };
+        if !ids_fit {
+            return Err(EncodeError::SubscriptionIdentifierTooLarge);
+        }
+        let fit = match self {
             Packet::Connect(c) => {
                 fits(&c.password)
                     && fits(&c.properties.authentication_data)
@@ -428,6 +449,11 @@ impl Packet {
             Packet::Publish(p) => fits(&p.properties.correlation_data),
             Packet::Auth(a) => fits(&a.properties.authentication_data),
             _ => true,
+        };
+        if fit {
+            Ok(())
+        } else {
+            Err(EncodeError::FieldTooLong)
         }
     }
 
@@ -448,9 +474,7 @@ impl Packet {
         if matches!(self, Packet::Auth(_)) && protocol != Protocol::V5 {
             return Err(EncodeError::NotInProtocol(PacketType::Auth));
         }
-        if !self.binary_fields_fit() {
-            return Err(EncodeError::FieldTooLong);
-        }
+        self.check_fields()?;
         let body = self.body_len(protocol);
         if body > MAX_VARINT as usize {
             return Err(EncodeError::PacketTooLarge);

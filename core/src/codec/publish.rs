@@ -102,7 +102,9 @@ impl Publish {
 
     pub(crate) fn first_byte(&self) -> u8 {
         let mut b = 0x30 | ((self.qos.qos() as u8) << 1);
-        if self.dup {
+        // DUP is never set on QoS 0 [MQTT-3.3.1-2], even if a QoS 1/2
+        // re-delivery was downgraded to a QoS 0 subscriber.
+        if self.dup && self.qos != QosPid::AtMostOnce {
             b |= 0x08;
         }
         if self.retain {

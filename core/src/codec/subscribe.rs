@@ -44,10 +44,10 @@ impl SubscriptionOptions {
             0 => RetainHandling::SendOnSubscribe,
             1 => RetainHandling::SendIfNew,
             2 => RetainHandling::DoNotSend,
-            _ => return Err(DecodeError::InvalidSubscriptionOptions),
+            _ => return Err(DecodeError::InvalidRetainHandling),
         };
         Ok(SubscriptionOptions {
-            qos: QoS::from_u8(byte & 0x03)?,
+            qos: QoS::from_u8(byte & 0x03).map_err(|_| DecodeError::InvalidSubscriptionQoS)?,
             no_local: byte & 0x04 != 0,
             retain_as_published: byte & 0x08 != 0,
             retain_handling,
