@@ -53,6 +53,7 @@ mod connect;
 mod problem;
 mod publish;
 mod state;
+mod store;
 mod subscribe;
 mod sys;
 mod time;
@@ -62,6 +63,7 @@ pub use action::{
     LocalSubscription, Message, Stats,
 };
 pub use config::{AccessPolicy, AllowAll, Authentication, ClientRef, Config, Limits};
+pub use store::{Recovered, RecoveredMessage, RecoveredSession, StoreId, StoreOp, StoredMessage};
 pub use time::Instant;
 
 use crate::MqttStr;

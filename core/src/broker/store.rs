@@ -1,0 +1,295 @@
+//! Storage actions: what the engine asks a store to make durable, and what a
+//! store gives back at start.
+//!
+//! Only state that must survive a restart produces operations: sessions that
+//! outlive their connection (MQTT 3 clean session 0, MQTT 5 session expiry
+//! above 0), their subscriptions, the QoS 1/2 messages queued or in flight
+//! for them, the inbound QoS 2 packet identifiers awaiting PUBREL, and
+//! retained messages. Clean sessions and QoS 0 traffic never touch the store.
+//!
+//! The engine batches every operation one input produces into one
+//! [`Action::Store`](super::Action::Store) with a [`StoreId`]. The
+//! acknowledgement that promises durability to a publisher (PUBACK, PUBREC,
+//! PUBCOMP) waits until the runtime calls
+//! [`Broker::handle_store_done`](super::Broker::handle_store_done) for that
+//! id. **Batches must be confirmed in the order they were emitted**:
+//! confirming one confirms every earlier one.
+
+use crate::MqttStr;
+use crate::codec::{PacketId, PublishProperties, QoS, SubscriptionOptions};
+use crate::topic::{TopicFilter, TopicName};
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::num::NonZeroU32;
+
+/// A batch of storage operations, as numbered by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoreId(pub(crate) u64);
+
+impl StoreId {
+    /// The number behind the id (batches are numbered from 1, in order).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A message as stored: what is needed to deliver it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The topic.
+    pub topic: TopicName,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it is delivered with (for a session) or was published with
+    /// (retained).
+    pub qos: QoS,
+    /// The RETAIN flag it is delivered with.
+    pub retain: bool,
+    /// Properties to forward. A Message Expiry Interval counts from the
+    /// moment the store gives the message back, so a restart never makes a
+    /// message expire early (it may make it live longer).
+    pub properties: PublishProperties,
+}
+
+/// One durable change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// A session that outlives its connection exists, with this expiry
+    /// interval in seconds (`u32::MAX`: never).
+    SessionPut {
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// Session Expiry Interval.
+        expiry_interval: u32,
+    },
+    /// A session ended: forget it and everything stored for it.
+    SessionDelete {
+        /// Its client identifier.
+        client_id: MqttStr,
+    },
+    /// A subscription was added or replaced.
+    SubscriptionPut {
+        /// The session.
+        client_id: MqttStr,
+        /// The filter as subscribed (including any `$share/` prefix).
+        filter: TopicFilter,
+        /// Its options (QoS is the granted one).
+        options: SubscriptionOptions,
+        /// Its subscription identifier.
+        identifier: Option<NonZeroU32>,
+    },
+    /// A subscription was removed.
+    SubscriptionDelete {
+        /// The session.
+        client_id: MqttStr,
+        /// The filter.
+        filter: TopicFilter,
+    },
+    /// A QoS 1/2 message was queued for a session. `seq` orders a session's
+    /// messages and names this one in later operations.
+    MessagePut {
+        /// The session.
+        client_id: MqttStr,
+        /// Position in the session's order of delivery.
+        seq: u64,
+        /// Subscription identifiers it is delivered with.
+        subscription_ids: Vec<NonZeroU32>,
+        /// The message.
+        message: StoredMessage,
+    },
+    /// A queued message was sent under `packet_id`; `released` once PUBREC
+    /// arrived and PUBREL was sent (QoS 2).
+    MessageSent {
+        /// The session.
+        client_id: MqttStr,
+        /// The message.
+        seq: u64,
+        /// The packet identifier it was sent with.
+        packet_id: PacketId,
+        /// Whether it waits for PUBCOMP rather than PUBACK/PUBREC.
+        released: bool,
+    },
+    /// A message was acknowledged (or dropped): forget it.
+    MessageDelete {
+        /// The session.
+        client_id: MqttStr,
+        /// The message.
+        seq: u64,
+    },
+    /// An inbound QoS 2 PUBLISH was accepted; its packet identifier is in use
+    /// until PUBREL.
+    IncomingPut {
+        /// The session.
+        client_id: MqttStr,
+        /// The packet identifier.
+        packet_id: PacketId,
+    },
+    /// PUBREL arrived for an inbound QoS 2 message.
+    IncomingDelete {
+        /// The session.
+        client_id: MqttStr,
+        /// The packet identifier.
+        packet_id: PacketId,
+    },
+    /// The retained message of `topic` was set.
+    RetainedPut {
+        /// The topic.
+        topic: TopicName,
+        /// The message.
+        message: StoredMessage,
+    },
+    /// The retained message of `topic` was cleared.
+    RetainedDelete {
+        /// The topic.
+        topic: TopicName,
+    },
+}
+
+/// A stored message of a session, as recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredMessage {
+    /// Its position in the session's order of delivery.
+    pub seq: u64,
+    /// Subscription identifiers it is delivered with.
+    pub subscription_ids: Vec<NonZeroU32>,
+    /// The message.
+    pub message: StoredMessage,
+    /// The packet identifier it was last sent with, and whether PUBREL was
+    /// sent; `None` if it was still queued.
+    pub sent: Option<(PacketId, bool)>,
+}
+
+/// A session as recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredSession {
+    /// Its client identifier.
+    pub client_id: MqttStr,
+    /// Its Session Expiry Interval (counted again from the restore).
+    pub expiry_interval: u32,
+    /// Its subscriptions: filter, options, identifier.
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<NonZeroU32>)>,
+    /// Its stored messages, in `seq` order.
+    pub messages: Vec<RecoveredMessage>,
+    /// Inbound QoS 2 packet identifiers awaiting PUBREL.
+    pub incoming: Vec<PacketId>,
+}
+
+/// Everything a store gives back at start, for
+/// [`Broker::restore`](super::Broker::restore).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Sessions.
+    pub sessions: Vec<RecoveredSession>,
+    /// Retained messages.
+    pub retained: Vec<(TopicName, StoredMessage)>,
+}
+
+impl Recovered {
+    /// Applies operations in order, as a store would: the reference
+    /// semantics every store must match (stores test against it).
+    pub fn apply(&mut self, op: &StoreOp) {
+        let session = |sessions: &mut Vec<RecoveredSession>, id: &MqttStr| {
+            sessions.iter().position(|s| &s.client_id == id)
+        };
+        match op {
+            StoreOp::SessionPut {
+                client_id,
+                expiry_interval,
+            } => match session(&mut self.sessions, client_id) {
+                Some(i) => self.sessions[i].expiry_interval = *expiry_interval,
+                None => self.sessions.push(RecoveredSession {
+                    client_id: client_id.clone(),
+                    expiry_interval: *expiry_interval,
+                    subscriptions: Vec::new(),
+                    messages: Vec::new(),
+                    incoming: Vec::new(),
+                }),
+            },
+            StoreOp::SessionDelete { client_id } => {
+                self.sessions.retain(|s| &s.client_id != client_id);
+            }
+            StoreOp::SubscriptionPut {
+                client_id,
+                filter,
+                options,
+                identifier,
+            } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    let subs = &mut self.sessions[i].subscriptions;
+                    match subs.iter_mut().find(|(f, ..)| f == filter) {
+                        Some(entry) => *entry = (filter.clone(), *options, *identifier),
+                        None => subs.push((filter.clone(), *options, *identifier)),
+                    }
+                }
+            }
+            StoreOp::SubscriptionDelete { client_id, filter } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    self.sessions[i].subscriptions.retain(|(f, ..)| f != filter);
+                }
+            }
+            StoreOp::MessagePut {
+                client_id,
+                seq,
+                subscription_ids,
+                message,
+            } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    let messages = &mut self.sessions[i].messages;
+                    messages.retain(|m| m.seq != *seq);
+                    let at = messages.partition_point(|m| m.seq < *seq);
+                    messages.insert(
+                        at,
+                        RecoveredMessage {
+                            seq: *seq,
+                            subscription_ids: subscription_ids.clone(),
+                            message: message.clone(),
+                            sent: None,
+                        },
+                    );
+                }
+            }
+            StoreOp::MessageSent {
+                client_id,
+                seq,
+                packet_id,
+                released,
+            } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    if let Some(m) = self.sessions[i].messages.iter_mut().find(|m| m.seq == *seq) {
+                        m.sent = Some((*packet_id, *released));
+                    }
+                }
+            }
+            StoreOp::MessageDelete { client_id, seq } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    self.sessions[i].messages.retain(|m| m.seq != *seq);
+                }
+            }
+            StoreOp::IncomingPut {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    let incoming = &mut self.sessions[i].incoming;
+                    if !incoming.contains(packet_id) {
+                        incoming.push(*packet_id);
+                    }
+                }
+            }
+            StoreOp::IncomingDelete {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(i) = session(&mut self.sessions, client_id) {
+                    self.sessions[i].incoming.retain(|p| p != packet_id);
+                }
+            }
+            StoreOp::RetainedPut { topic, message } => {
+                self.retained.retain(|(t, _)| t != topic);
+                self.retained.push((topic.clone(), message.clone()));
+            }
+            StoreOp::RetainedDelete { topic } => self.retained.retain(|(t, _)| t != topic),
+        }
+    }
+}
