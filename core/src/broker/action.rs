@@ -237,6 +237,16 @@ pub enum Action {
         /// when subscribing).
         message: Message,
     },
+    /// Make these operations durable, in order, then call
+    /// [`super::Broker::handle_store_done`] with `id` (only with
+    /// [`super::Config::persistence`]). Acknowledgements that promise them
+    /// wait until then.
+    Store {
+        /// The batch number; batches are confirmed in order.
+        id: super::StoreId,
+        /// The operations.
+        ops: alloc::vec::Vec<super::StoreOp>,
+    },
     /// Decide whether this client may connect; answer with
     /// [`super::Broker::resolve_auth`].
     Authenticate(AuthRequest),

@@ -123,6 +123,10 @@ pub struct Config {
     pub events: bool,
     /// Seed for everything the broker picks (assigned client identifiers).
     pub random_seed: u64,
+    /// Whether the engine emits storage actions (see
+    /// [`crate::broker::StoreOp`]) and holds acknowledgements until they are
+    /// durable. Off: nothing survives a restart and nothing waits.
+    pub persistence: bool,
     /// Who may connect.
     pub authentication: Authentication,
     /// What connected clients may publish and subscribe to.
@@ -147,6 +151,7 @@ impl Default for Config {
             version: concat!("roost ", env!("CARGO_PKG_VERSION")),
             events: false,
             random_seed: 0x5eed,
+            persistence: false,
             authentication: Authentication::AllowAll,
             authorization: Box::new(AllowAll),
         }

@@ -4,7 +4,7 @@
 use super::state::{AuthStep, Conn, ConnState, OutState, PendingWill, Session, SessionId};
 use super::{
     Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, CloseReason, ConnId,
-    Event, Instant, Message, keep_alive_grace,
+    Event, Instant, Message, StoreOp, keep_alive_grace,
 };
 use crate::MqttStr;
 use crate::codec::{
@@ -432,6 +432,7 @@ impl Broker {
             // Resuming before a delayed will fires cancels it [MQTT-3.1.3-9].
             s.pending_will = None;
         }
+        self.record_expiry(sid);
         self.arm_session(sid);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -523,6 +524,7 @@ impl Broker {
                         if let Some(s) = self.sessions.get_mut(&sid) {
                             s.inflight.remove(&pid);
                         }
+                        self.record_left(sid, &delivery);
                     }
                 }
                 OutState::Released => {
@@ -569,6 +571,7 @@ impl Broker {
                 return;
             }
             s.expiry_interval = expiry;
+            self.record_expiry(sid);
         }
         if d.reason == ReasonCode::DisconnectWithWillMessage {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -678,6 +681,11 @@ impl Broker {
             self.timers.remove(&(at, super::Timer::Session(sid)));
         }
         self.by_client_id.remove(&s.client_id);
+        if s.stored {
+            self.record(StoreOp::SessionDelete {
+                client_id: s.client_id.clone(),
+            });
+        }
         for (filter, _) in s.subscriptions.drain() {
             self.remove_subscription(sid, &filter);
         }

@@ -50,6 +50,7 @@
 mod action;
 mod config;
 mod connect;
+mod durable;
 mod problem;
 mod publish;
 mod state;
@@ -115,6 +116,13 @@ pub struct Broker {
     /// Reused by routing so matching a message allocates nothing.
     scratch: Vec<(SubKey, SubEntry)>,
     stats: Stats,
+    /// Storage operations of the current input, emitted as one batch.
+    pending_ops: Vec<StoreOp>,
+    /// The last batch number given out, and the last one confirmed durable.
+    last_store_id: u64,
+    durable: u64,
+    /// Connections with held acknowledgements.
+    holding: Vec<ConnId>,
     connected: usize,
     shutting_down: bool,
 }
@@ -143,6 +151,10 @@ impl Broker {
                 started: now,
                 ..Stats::default()
             },
+            pending_ops: Vec::new(),
+            last_store_id: 0,
+            durable: 0,
+            holding: Vec::new(),
             connected: 0,
             shutting_down: false,
         };
@@ -481,8 +493,17 @@ impl Broker {
         }
     }
 
-    /// Turns each connection's pending output into one `Send`.
+    /// Turns the input's storage operations into one `Store` batch and each
+    /// connection's pending output into one `Send`.
     fn flush(&mut self) {
+        if !self.pending_ops.is_empty() {
+            self.last_store_id += 1;
+            let ops = core::mem::take(&mut self.pending_ops);
+            self.actions.push_back(Action::Store {
+                id: StoreId(self.last_store_id),
+                ops,
+            });
+        }
         for id in self.dirty.drain(..) {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.dirty = false;

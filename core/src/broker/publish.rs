@@ -2,7 +2,10 @@
 //! subscription trie, and delivery into each session's window and queue.
 
 use super::state::{Delivery, Inflight, OutState, SessionId, SubKey};
-use super::{Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Retained};
+use super::{
+    Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Retained, StoreOp,
+    StoredMessage,
+};
 use crate::codec::{Packet, PacketId, Protocol, PubResponse, Publish, QoS, QosPid, ReasonCode};
 use crate::topic::TopicName;
 use alloc::vec::Vec;
@@ -57,7 +60,7 @@ impl Broker {
             // A re-sent QoS 2 PUBLISH before PUBREL is acknowledged again
             // but not routed again: exactly once [MQTT-4.3.3-10].
             if s.incoming_qos2.contains(&pid) {
-                self.send(id, &Packet::PubRec(PubResponse::new(pid)));
+                self.send_ack(id, Packet::PubRec(PubResponse::new(pid)));
                 return;
             }
             if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
@@ -126,14 +129,20 @@ impl Broker {
             properties: self.ack_properties(id, Some(reason)),
         };
         if qos == QoS::AtLeastOnce {
-            self.send(id, &Packet::PubAck(response));
+            self.send_ack(id, Packet::PubAck(response));
         } else {
             if !reason.is_error() {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.incoming_qos2.insert(pid);
                 }
+                if let Some(client_id) = self.stored_client(sid) {
+                    self.record(StoreOp::IncomingPut {
+                        client_id,
+                        packet_id: pid,
+                    });
+                }
             }
-            self.send(id, &Packet::PubRec(response));
+            self.send_ack(id, Packet::PubRec(response));
         }
     }
 
@@ -146,8 +155,13 @@ impl Broker {
         if !known {
             response.reason = ReasonCode::PacketIdentifierNotFound;
             response.properties = self.ack_properties(id, Some(response.reason));
+        } else if let Some(client_id) = self.stored_client(sid) {
+            self.record(StoreOp::IncomingDelete {
+                client_id,
+                packet_id: r.packet_id,
+            });
         }
-        self.send(id, &Packet::PubComp(response));
+        self.send_ack(id, Packet::PubComp(response));
     }
 
     pub(super) fn on_puback(&mut self, sid: SessionId, r: PubResponse) {
@@ -159,7 +173,12 @@ impl Broker {
             .get(&r.packet_id)
             .is_some_and(|f| f.state == OutState::Published && f.delivery.qos == QoS::AtLeastOnce);
         if done {
-            s.inflight.remove(&r.packet_id);
+            if let Some(f) = s.inflight.remove(&r.packet_id) {
+                self.record_left(sid, &f.delivery);
+            }
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
             let client_id = s.client_id.clone();
             self.event(Event::Acknowledged {
                 client_id,
@@ -179,11 +198,17 @@ impl Broker {
                 if r.reason.is_error() {
                     // The receiver refused it: the flow ends here (MQTT 5
                     // section 4.3.3).
-                    s.inflight.remove(&r.packet_id);
+                    if let Some(f) = s.inflight.remove(&r.packet_id) {
+                        self.record_left(sid, &f.delivery);
+                    }
                     self.pump(sid);
                     return;
                 }
-                f.state = OutState::Released;
+                if f.state == OutState::Published {
+                    f.state = OutState::Released;
+                    let seq = f.delivery.seq;
+                    self.record_sent(sid, seq, r.packet_id, true);
+                }
             }
             _ => {
                 response.reason = ReasonCode::PacketIdentifierNotFound;
@@ -201,7 +226,12 @@ impl Broker {
             .get(&r.packet_id)
             .is_some_and(|f| f.state == OutState::Released)
         {
-            s.inflight.remove(&r.packet_id);
+            if let Some(f) = s.inflight.remove(&r.packet_id) {
+                self.record_left(sid, &f.delivery);
+            }
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
             let client_id = s.client_id.clone();
             self.event(Event::Acknowledged {
                 client_id,
@@ -276,6 +306,7 @@ impl Broker {
                         subscription_ids: ids,
                         expires_at,
                         shared_group: None,
+                        seq: 0,
                     };
                     self.deliver(sid, delivery);
                 }
@@ -290,6 +321,7 @@ impl Broker {
                             subscription_ids: entry.id.into_iter().collect(),
                             expires_at,
                             shared_group: Some(group),
+                            seq: 0,
                         };
                         self.deliver(sid, delivery);
                     }
@@ -313,7 +345,11 @@ impl Broker {
     fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         if message.payload.is_empty() {
-            self.retained.remove(&message.topic);
+            if self.retained.remove(&message.topic).is_some() {
+                self.record(StoreOp::RetainedDelete {
+                    topic: message.topic.clone(),
+                });
+            }
             return;
         }
         if self.retained.len() >= self.config.limits.max_retained_messages
@@ -327,6 +363,18 @@ impl Broker {
         message.payload = bytes::Bytes::copy_from_slice(&message.payload);
         message.topic = message.topic.detached();
         let topic = message.topic.clone();
+        if self.config.persistence {
+            self.record(StoreOp::RetainedPut {
+                topic: topic.clone(),
+                message: StoredMessage {
+                    topic: topic.clone(),
+                    payload: message.payload.clone(),
+                    qos: message.qos,
+                    retain: true,
+                    properties: message.properties.clone(),
+                },
+            });
+        }
         let retained = Retained {
             message,
             expires_at,
@@ -336,10 +384,11 @@ impl Broker {
 
     /// Hands one delivery to a session: sent now when its connection is up
     /// and the window has room, queued otherwise (within the queue limits).
-    pub(super) fn deliver(&mut self, sid: SessionId, delivery: Delivery) {
+    pub(super) fn deliver(&mut self, sid: SessionId, mut delivery: Delivery) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        delivery.seq = s.next_seq;
         if let Some(conn) = s.conn {
             if !self.delivery_allowed(conn, &delivery.message.topic) {
                 return;
@@ -361,6 +410,8 @@ impl Broker {
             Some(conn)
                 if !blocked && s.queue.is_empty() && s.inflight.len() < usize::from(s.window) =>
             {
+                s.next_seq += 1;
+                self.record_entered(sid, &delivery);
                 self.send_new(sid, conn, delivery);
             }
             None if delivery.qos == QoS::AtMostOnce && !self.config.limits.queue_qos0_offline => {}
@@ -374,8 +425,12 @@ impl Broker {
                     self.event(Event::QueueFull { client_id });
                     return;
                 }
+                s.next_seq += 1;
                 s.queued_bytes += delivery.payload_len();
-                s.queue.push_back(delivery);
+                self.record_entered(sid, &delivery);
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.queue.push_back(delivery);
+                }
             }
         }
     }
@@ -403,7 +458,10 @@ impl Broker {
         s.inflight_seq += 1;
         // A delivery too large for the client is dropped as if delivered
         // (MQTT 5 section 3.1.2.11.4), so it takes no window slot.
-        if self.send_publish(conn, &delivery, Some(pid), false) {
+        if !self.send_publish(conn, &delivery, Some(pid), false) {
+            self.record_left(sid, &delivery);
+        } else {
+            self.record_sent(sid, delivery.seq, pid, false);
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.inflight.insert(
                     pid,
@@ -436,6 +494,7 @@ impl Broker {
             };
             s.queued_bytes -= delivery.payload_len();
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
+                self.record_left(sid, &delivery);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {

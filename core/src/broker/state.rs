@@ -52,6 +52,9 @@ pub(crate) enum ConnState {
 }
 
 pub(crate) struct Conn {
+    /// Acknowledgements waiting for the storage batch they promise (the
+    /// batch number), in the order they must be sent.
+    pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
     pub(crate) state: ConnState,
     pub(crate) listener: u16,
     pub(crate) protocol: Protocol,
@@ -116,6 +119,7 @@ impl Conn {
             redirect: None,
             graceful: false,
             blocked: false,
+            held: VecDeque::new(),
         }
     }
 
@@ -160,6 +164,9 @@ pub(crate) struct Delivery {
     /// delivery may move to another member when this one's connection
     /// ends (see [`super::Config`]).
     pub(crate) shared_group: Option<u64>,
+    /// Its position in the session, given when it enters the session; names
+    /// it in storage operations.
+    pub(crate) seq: u64,
 }
 
 impl Delivery {
@@ -192,6 +199,11 @@ pub(crate) struct Session {
     pub(crate) subscriptions: HashMap<TopicFilter, SubEntry>,
     pub(crate) inflight: HashMap<PacketId, Inflight>,
     pub(crate) inflight_seq: u64,
+    /// The next [`Delivery::seq`].
+    pub(crate) next_seq: u64,
+    /// Whether the store holds this session (it outlives its connection and
+    /// persistence is on).
+    pub(crate) stored: bool,
     pub(crate) queue: VecDeque<Delivery>,
     pub(crate) queued_bytes: usize,
     /// Inbound QoS 2 packet identifiers between PUBREC and PUBREL: a
@@ -215,6 +227,8 @@ impl Session {
             subscriptions: HashMap::new(),
             inflight: HashMap::new(),
             inflight_seq: 0,
+            next_seq: 1,
+            stored: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: HashSet::new(),

@@ -186,6 +186,20 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// Puts everything in a canonical order (sessions by client identifier,
+    /// subscriptions by filter, messages by `seq`, identifiers ascending,
+    /// retained by topic), so two recoveries compare equal when they hold
+    /// the same state.
+    pub fn normalize(&mut self) {
+        self.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        for s in &mut self.sessions {
+            s.subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+            s.messages.sort_by_key(|m| m.seq);
+            s.incoming.sort_unstable();
+        }
+        self.retained.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+
     /// Applies operations in order, as a store would: the reference
     /// semantics every store must match (stores test against it).
     pub fn apply(&mut self, op: &StoreOp) {

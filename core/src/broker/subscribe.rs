@@ -4,6 +4,7 @@
 use super::state::{Delivery, OutState, SessionId, SharedGroup, SubEntry, SubKey};
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, LocalSubscription, Message,
+    StoreOp,
 };
 use crate::codec::{
     AckProperties, Packet, PacketId, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
@@ -121,15 +122,31 @@ impl Broker {
             },
             id: subscription_id,
         };
-        if let Some(session) = self.sessions.get_mut(&sid) {
-            session.subscriptions.insert(s.filter.clone(), entry);
+        self.insert_subscription(sid, &s.filter, entry);
+        if let Some(client_id) = self.stored_client(sid) {
+            self.record(StoreOp::SubscriptionPut {
+                client_id,
+                filter: s.filter.clone(),
+                options: entry.options,
+                identifier: entry.id,
+            });
         }
-        match shared {
-            None => {
-                self.subscriptions
-                    .insert(&s.filter, SubKey::Session(sid), entry);
-            }
-            Some((name, inner)) => {
+        Ok((granted, existed, entry))
+    }
+
+    /// Adds (or replaces) `sid`'s subscription to `filter` in the session and
+    /// the routing structures: the trie, or the filter's shared group.
+    pub(super) fn insert_subscription(
+        &mut self,
+        sid: SessionId,
+        filter: &TopicFilter,
+        entry: SubEntry,
+    ) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.subscriptions.insert(filter.clone(), entry);
+        }
+        match filter.shared() {
+            Ok(Some((name, inner))) => {
                 let key = (name, inner.clone());
                 let group = match self.shared_index.get(&key) {
                     Some(&g) => g,
@@ -154,8 +171,11 @@ impl Broker {
                     }
                 }
             }
+            _ => {
+                self.subscriptions
+                    .insert(filter, SubKey::Session(sid), entry);
+            }
         }
-        Ok((granted, existed, entry))
     }
 
     /// Removes `sid`'s subscription to `filter` from the routing structures
@@ -261,6 +281,7 @@ impl Broker {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.inflight.remove(&pid);
                 }
+                self.record_left(sid, &d);
             }
         }
         // Queued ones were never sent: free to go anywhere.
@@ -270,7 +291,9 @@ impl Broker {
         };
         let mut kept = VecDeque::with_capacity(queue.len());
         for d in queue {
-            if !self.reroute(sid, &d) {
+            if self.reroute(sid, &d) {
+                self.record_left(sid, &d);
+            } else {
                 kept.push_back(d);
             }
         }
@@ -300,6 +323,7 @@ impl Broker {
             subscription_ids: entry.id.into_iter().collect(),
             expires_at: d.expires_at,
             shared_group: Some(group),
+            seq: 0,
         };
         self.deliver(target, moved);
         true
@@ -323,10 +347,12 @@ impl Broker {
                 subscription_ids: entry.id.into_iter().collect(),
                 expires_at: r.expires_at,
                 shared_group: None,
+                seq: 0,
             });
         });
         for topic in expired {
             self.retained.remove(&topic);
+            self.record(StoreOp::RetainedDelete { topic });
         }
         for delivery in found {
             self.deliver(sid, delivery);
@@ -343,6 +369,12 @@ impl Broker {
                 .is_some();
             if removed {
                 self.remove_subscription(sid, filter);
+                if let Some(client_id) = self.stored_client(sid) {
+                    self.record(StoreOp::SubscriptionDelete {
+                        client_id,
+                        filter: filter.clone(),
+                    });
+                }
                 if let Some(client_id) = self.sessions.get(&sid).map(|s| s.client_id.clone()) {
                     self.event(Event::Unsubscribed {
                         client_id,

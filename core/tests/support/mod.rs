@@ -27,6 +27,12 @@ pub struct Sim {
     pub deliveries: Vec<(LocalSubscription, Message)>,
     pub auth_requests: VecDeque<AuthRequest>,
     pub events: Vec<roost_core::broker::Event>,
+    /// Every storage operation, in order.
+    pub stored: Vec<roost_core::broker::StoreOp>,
+    /// Batches not confirmed yet (when `auto_confirm` is off).
+    pub unconfirmed: VecDeque<roost_core::broker::StoreId>,
+    /// Confirm every batch at once, as an in-memory store would.
+    pub auto_confirm: bool,
 }
 
 impl Sim {
@@ -38,6 +44,9 @@ impl Sim {
             deliveries: Vec::new(),
             auth_requests: VecDeque::new(),
             events: Vec::new(),
+            stored: Vec::new(),
+            unconfirmed: VecDeque::new(),
+            auto_confirm: true,
         }
     }
 
@@ -135,9 +144,37 @@ impl Sim {
                 } => self.deliveries.push((subscription, message)),
                 Action::Authenticate(request) => self.auth_requests.push_back(request),
                 Action::Event(event) => self.events.push(event),
+                Action::Store { id, ops } => {
+                    self.stored.extend(ops);
+                    if self.auto_confirm {
+                        self.broker.handle_store_done(self.now, id);
+                    } else {
+                        self.unconfirmed.push_back(id);
+                    }
+                }
                 other => panic!("unexpected action {other:?}"),
             }
         }
+    }
+
+    /// Confirms every batch emitted so far.
+    pub fn confirm_all(&mut self) {
+        // Confirming the last batch confirms every earlier one.
+        if let Some(id) = self.unconfirmed.back().copied() {
+            self.unconfirmed.clear();
+            self.broker.handle_store_done(self.now, id);
+        }
+        self.drain();
+    }
+
+    /// The state a store would hold after applying every operation so far.
+    pub fn replayed(&self) -> roost_core::broker::Recovered {
+        let mut r = roost_core::broker::Recovered::default();
+        for op in &self.stored {
+            r.apply(op);
+        }
+        r.normalize();
+        r
     }
 
     pub fn recv(&mut self, id: ConnId) -> Option<Packet> {

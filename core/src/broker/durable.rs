@@ -1,0 +1,386 @@
+//! Durability: recording storage operations, holding acknowledgements until
+//! the batch they promise is durable, and rebuilding a broker from what a
+//! store recovered. The operations themselves are described in `store.rs`.
+
+use super::state::{Delivery, Inflight, OutState, Session, SessionId, SubEntry};
+use super::{
+    Broker, CloseReason, Config, ConnId, Instant, Message, Recovered, RecoveredMessage,
+    RecoveredSession, Retained, StoreId, StoreOp, StoredMessage,
+};
+use crate::MqttStr;
+use crate::codec::{Packet, QoS, ReasonCode};
+use alloc::vec::Vec;
+use core::time::Duration;
+
+impl Broker {
+    /// The client identifier of `sid` if its state is stored: persistence is
+    /// on and the session outlives its connection.
+    pub(super) fn stored_client(&self, sid: SessionId) -> Option<MqttStr> {
+        let s = self.sessions.get(&sid)?;
+        s.stored.then(|| s.client_id.clone())
+    }
+
+    /// Brings the store in line with a session whose expiry interval was
+    /// just set: a session that now outlives its connection is stored whole
+    /// (or its new expiry recorded), one that no longer does is deleted.
+    pub(super) fn record_expiry(&mut self, sid: SessionId) {
+        if !self.config.persistence {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        match (s.stored, s.expiry_interval > 0) {
+            (false, true) => {
+                s.stored = true;
+                self.record_session(sid);
+            }
+            (true, true) => {
+                let op = StoreOp::SessionPut {
+                    client_id: s.client_id.clone(),
+                    expiry_interval: s.expiry_interval,
+                };
+                self.record(op);
+            }
+            (true, false) => {
+                s.stored = false;
+                let op = StoreOp::SessionDelete {
+                    client_id: s.client_id.clone(),
+                };
+                self.record(op);
+            }
+            (false, false) => {}
+        }
+    }
+
+    pub(super) fn record(&mut self, op: StoreOp) {
+        if self.config.persistence {
+            self.pending_ops.push(op);
+        }
+    }
+
+    /// Records that a QoS 1/2 delivery entered a stored session.
+    pub(super) fn record_entered(&mut self, sid: SessionId, d: &Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            return;
+        }
+        if let Some(client_id) = self.stored_client(sid) {
+            self.record(StoreOp::MessagePut {
+                client_id,
+                seq: d.seq,
+                subscription_ids: d.subscription_ids.clone(),
+                message: stored(d),
+            });
+        }
+    }
+
+    /// Records that a QoS 1/2 delivery of a stored session left it
+    /// (acknowledged, expired, dropped or moved).
+    pub(super) fn record_left(&mut self, sid: SessionId, d: &Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            return;
+        }
+        if let Some(client_id) = self.stored_client(sid) {
+            self.record(StoreOp::MessageDelete {
+                client_id,
+                seq: d.seq,
+            });
+        }
+    }
+
+    /// Records the send state of an in-flight delivery.
+    pub(super) fn record_sent(
+        &mut self,
+        sid: SessionId,
+        seq: u64,
+        packet_id: crate::codec::PacketId,
+        released: bool,
+    ) {
+        if let Some(client_id) = self.stored_client(sid) {
+            self.record(StoreOp::MessageSent {
+                client_id,
+                seq,
+                packet_id,
+                released,
+            });
+        }
+    }
+
+    /// Records everything a session holds, for a session that has just
+    /// become one that outlives its connection.
+    pub(super) fn record_session(&mut self, sid: SessionId) {
+        let Some(client_id) = self.stored_client(sid) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let mut ops = Vec::new();
+        ops.push(StoreOp::SessionPut {
+            client_id: client_id.clone(),
+            expiry_interval: s.expiry_interval,
+        });
+        for (filter, entry) in &s.subscriptions {
+            ops.push(StoreOp::SubscriptionPut {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                options: entry.options,
+                identifier: entry.id,
+            });
+        }
+        let mut inflight: Vec<_> = s.inflight.iter().collect();
+        inflight.sort_unstable_by_key(|(_, f)| f.delivery.seq);
+        for (pid, f) in inflight {
+            if f.delivery.qos == QoS::AtMostOnce {
+                continue;
+            }
+            ops.push(StoreOp::MessagePut {
+                client_id: client_id.clone(),
+                seq: f.delivery.seq,
+                subscription_ids: f.delivery.subscription_ids.clone(),
+                message: stored(&f.delivery),
+            });
+            ops.push(StoreOp::MessageSent {
+                client_id: client_id.clone(),
+                seq: f.delivery.seq,
+                packet_id: *pid,
+                released: f.state == OutState::Released,
+            });
+        }
+        for d in s.queue.iter().filter(|d| d.qos != QoS::AtMostOnce) {
+            ops.push(StoreOp::MessagePut {
+                client_id: client_id.clone(),
+                seq: d.seq,
+                subscription_ids: d.subscription_ids.clone(),
+                message: stored(d),
+            });
+        }
+        for pid in &s.incoming_qos2 {
+            ops.push(StoreOp::IncomingPut {
+                client_id: client_id.clone(),
+                packet_id: *pid,
+            });
+        }
+        self.pending_ops.extend(ops);
+    }
+
+    /// Sends an acknowledgement that promises durability (PUBACK, PUBREC,
+    /// PUBCOMP): at once if nothing this input produced must be stored and
+    /// nothing is held before it, otherwise after the current batch is
+    /// confirmed. Held acknowledgements keep their order, and count against
+    /// the Receive Maximum like unacknowledged publishes do.
+    pub(super) fn send_ack(&mut self, conn: ConnId, packet: Packet) {
+        let pending = !self.pending_ops.is_empty();
+        let limit = usize::from(self.config.receive_maximum);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !pending && c.held.is_empty() {
+            self.send(conn, &packet);
+            return;
+        }
+        if c.held.len() >= limit {
+            self.close(
+                conn,
+                CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
+            );
+            return;
+        }
+        let needs = if pending {
+            self.last_store_id + 1
+        } else {
+            c.held.back().map_or(0, |(needs, _)| *needs)
+        };
+        if c.held.is_empty() {
+            self.holding.push(conn);
+        }
+        c.held.push_back((needs, packet));
+    }
+
+    /// The store made batch `id` (and every earlier one) durable: send the
+    /// acknowledgements that waited for it.
+    pub fn handle_store_done(&mut self, now: Instant, id: StoreId) {
+        self.advance(now);
+        self.durable = self.durable.max(id.0);
+        let holding = core::mem::take(&mut self.holding);
+        let mut still = Vec::new();
+        for conn in holding {
+            while let Some(c) = self.conns.get_mut(&conn) {
+                match c.held.front() {
+                    Some((needs, _)) if *needs <= self.durable => {
+                        if let Some((_, packet)) = c.held.pop_front() {
+                            self.send(conn, &packet);
+                        }
+                    }
+                    Some(_) => {
+                        still.push(conn);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.holding = still;
+        self.flush();
+    }
+
+    /// A broker rebuilt from what a store recovered: sessions (offline, their
+    /// expiry counting from `now`), subscriptions, queued and in-flight
+    /// messages (re-sent with DUP when their client reconnects), inbound
+    /// QoS 2 identifiers awaiting PUBREL, and retained messages. Sessions
+    /// stored with expiry 0 are dropped: they ended with their connection.
+    /// A delivery's shared-subscription group is not stored, so after a
+    /// restore it stays with the member it was given to.
+    pub fn restore(config: Config, now: Instant, recovered: Recovered) -> Broker {
+        let mut broker = Broker::new(config, now);
+        for rs in recovered.sessions {
+            if rs.expiry_interval == 0 || broker.by_client_id.contains_key(&rs.client_id) {
+                continue;
+            }
+            let sid = SessionId(broker.fresh_id());
+            let mut s = Session::new(rs.client_id.clone(), broker.config.limits.max_inflight);
+            s.expiry_interval = rs.expiry_interval;
+            s.stored = broker.config.persistence;
+            s.expires_at = (rs.expiry_interval != u32::MAX)
+                .then(|| now + Duration::from_secs(u64::from(rs.expiry_interval)));
+            for m in rs.messages {
+                s.next_seq = s.next_seq.max(m.seq + 1);
+                let delivery = Delivery {
+                    expires_at: m
+                        .message
+                        .properties
+                        .message_expiry_interval
+                        .map(|secs| now + Duration::from_secs(u64::from(secs))),
+                    message: Message {
+                        topic: m.message.topic,
+                        payload: m.message.payload,
+                        qos: m.message.qos,
+                        retain: m.message.retain,
+                        properties: m.message.properties,
+                    },
+                    qos: m.message.qos,
+                    retain: m.message.retain,
+                    subscription_ids: m.subscription_ids,
+                    shared_group: None,
+                    seq: m.seq,
+                };
+                match m.sent {
+                    Some((pid, released)) => {
+                        let seq = s.inflight_seq;
+                        s.inflight_seq += 1;
+                        s.inflight.insert(
+                            pid,
+                            Inflight {
+                                seq,
+                                state: if released {
+                                    OutState::Released
+                                } else {
+                                    OutState::Published
+                                },
+                                delivery,
+                            },
+                        );
+                    }
+                    None => {
+                        s.queued_bytes += delivery.payload_len();
+                        s.queue.push_back(delivery);
+                    }
+                }
+            }
+            s.incoming_qos2.extend(rs.incoming);
+            broker.sessions.insert(sid, s);
+            broker.by_client_id.insert(rs.client_id, sid);
+            for (filter, options, id) in rs.subscriptions {
+                broker.insert_subscription(sid, &filter, SubEntry { options, id });
+            }
+            broker.arm_session(sid);
+        }
+        for (topic, m) in recovered.retained {
+            let expires_at = m
+                .properties
+                .message_expiry_interval
+                .map(|secs| now + Duration::from_secs(u64::from(secs)));
+            let message = Message {
+                topic: topic.clone(),
+                payload: m.payload,
+                qos: m.qos,
+                retain: true,
+                properties: m.properties,
+            };
+            broker.retained.insert(
+                &topic,
+                Retained {
+                    message,
+                    expires_at,
+                },
+            );
+        }
+        broker
+    }
+
+    /// What a store should hold now for this broker: every session that
+    /// outlives its connection with its subscriptions, stored messages and
+    /// inbound QoS 2 identifiers, and every retained message, in the order
+    /// [`Recovered::normalize`] gives. Replaying the broker's storage
+    /// operations into [`Recovered::apply`] must give the same thing.
+    pub fn durable_state(&self) -> Recovered {
+        let mut out = Recovered::default();
+        for s in self.sessions.values().filter(|s| s.stored) {
+            let mut messages = Vec::new();
+            for (pid, f) in &s.inflight {
+                if f.delivery.qos != QoS::AtMostOnce {
+                    messages.push(RecoveredMessage {
+                        seq: f.delivery.seq,
+                        subscription_ids: f.delivery.subscription_ids.clone(),
+                        message: stored(&f.delivery),
+                        sent: Some((*pid, f.state == OutState::Released)),
+                    });
+                }
+            }
+            for d in s.queue.iter().filter(|d| d.qos != QoS::AtMostOnce) {
+                messages.push(RecoveredMessage {
+                    seq: d.seq,
+                    subscription_ids: d.subscription_ids.clone(),
+                    message: stored(d),
+                    sent: None,
+                });
+            }
+            out.sessions.push(RecoveredSession {
+                client_id: s.client_id.clone(),
+                expiry_interval: s.expiry_interval,
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, e)| (f.clone(), e.options, e.id))
+                    .collect(),
+                messages,
+                incoming: s.incoming_qos2.iter().copied().collect(),
+            });
+        }
+        for (_, r) in self.retained.iter() {
+            out.retained.push((
+                r.message.topic.clone(),
+                StoredMessage {
+                    topic: r.message.topic.clone(),
+                    payload: r.message.payload.clone(),
+                    qos: r.message.qos,
+                    retain: true,
+                    properties: r.message.properties.clone(),
+                },
+            ));
+        }
+        out.normalize();
+        out
+    }
+}
+
+/// A delivery as stored.
+fn stored(d: &Delivery) -> StoredMessage {
+    StoredMessage {
+        topic: d.message.topic.clone(),
+        payload: d.message.payload.clone(),
+        qos: d.qos,
+        retain: d.retain,
+        properties: d.message.properties.clone(),
+    }
+}

@@ -1,0 +1,297 @@
+//! Durability: storage actions, acknowledgements that wait for them, and a
+//! broker rebuilt from what they stored.
+
+mod support;
+
+use roost_core::broker::{Broker, Config, Recovered, StoreOp};
+use roost_core::codec::*;
+use support::*;
+
+const V4: Protocol = Protocol::V3_1_1;
+const V5: Protocol = Protocol::V5;
+
+fn durable() -> Sim {
+    Sim::new(Config {
+        sys_interval: None,
+        persistence: true,
+        ..Config::default()
+    })
+}
+
+fn acks(sim: &mut Sim, id: roost_core::broker::ConnId) -> Vec<Packet> {
+    sim.recv_all(id)
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p,
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn puback_waits_until_the_message_is_durable() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (s, _) = sim.connect("keeper", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.confirm_all();
+    sim.disconnect(s);
+    sim.confirm_all();
+    let (p, _) = sim.connect("p", V4, true);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, 1, false)),
+    );
+    assert!(
+        acks(&mut sim, p).is_empty(),
+        "no PUBACK before the store confirms"
+    );
+    assert!(
+        sim.stored
+            .iter()
+            .any(|op| matches!(op, StoreOp::MessagePut { client_id, .. } if client_id == "keeper")),
+        "the message queued for the offline session is stored"
+    );
+    sim.confirm_all();
+    assert_eq!(acks(&mut sim, p).len(), 1);
+}
+
+#[test]
+fn pubrec_and_pubcomp_wait_for_the_incoming_identifier_to_be_durable() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (p, _) = sim.connect("p", V4, false);
+    sim.confirm_all();
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 9, false)),
+    );
+    assert!(acks(&mut sim, p).is_empty());
+    sim.confirm_all();
+    assert!(matches!(acks(&mut sim, p)[..], [Packet::PubRec(_)]));
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(9).unwrap())),
+    );
+    assert!(
+        acks(&mut sim, p).is_empty(),
+        "PUBCOMP waits for the identifier's release to be stored"
+    );
+    sim.confirm_all();
+    assert!(matches!(acks(&mut sim, p)[..], [Packet::PubComp(_)]));
+}
+
+#[test]
+fn held_acknowledgements_keep_their_order() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (s, _) = sim.connect("keeper", V4, false);
+    sim.subscribe(s, 1, &[("stored", QoS::AtLeastOnce)]);
+    sim.disconnect(s);
+    sim.confirm_all();
+    let (p, _) = sim.connect("p", V4, true);
+    // The first needs the store, the second does not: it still goes second.
+    sim.send(
+        p,
+        Packet::Publish(publish("stored", b"1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.send(
+        p,
+        Packet::Publish(publish("nobody", b"2", QoS::AtLeastOnce, 2, false)),
+    );
+    assert!(acks(&mut sim, p).is_empty());
+    sim.confirm_all();
+    let ids: Vec<u16> = acks(&mut sim, p)
+        .iter()
+        .map(|a| match a {
+            Packet::PubAck(r) => r.packet_id.get(),
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(ids, [1, 2]);
+}
+
+#[test]
+fn clean_sessions_and_qos0_never_touch_the_store() {
+    let mut sim = durable();
+    let (s, _) = sim.connect("clean", V4, true);
+    sim.subscribe(s, 1, &[("t", QoS::ExactlyOnce)]);
+    let (p, _) = sim.connect("p", V4, true);
+    sim.publish(p, "t", b"1", QoS::AtLeastOnce, 1, false);
+    sim.publish(p, "t", b"2", QoS::AtMostOnce, 2, false);
+    let got = sim.publishes(s);
+    sim.ack_all(s, &got);
+    assert!(sim.stored.is_empty(), "stored: {:?}", sim.stored);
+}
+
+/// A scenario that touches every kind of durable state, with the storage
+/// operations confirmed at once.
+fn busy_scenario(sim: &mut Sim) {
+    let (a, _) = sim.connect("a", V4, false);
+    sim.subscribe(
+        a,
+        1,
+        &[("q/#", QoS::ExactlyOnce), ("gone", QoS::AtLeastOnce)],
+    );
+    sim.send(
+        a,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: PacketId::new(2).unwrap(),
+            filters: vec![roost_core::topic::TopicFilter::from_static("gone")],
+            properties: Default::default(),
+        }),
+    );
+    let mut c = connect("b", V5, true, 0);
+    c.properties.session_expiry_interval = Some(3600);
+    let (b, _) = sim.connect_with(c);
+    let mut sub = Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        subscriptions: vec![Subscription {
+            filter: roost_core::topic::TopicFilter::from_static("q/+"),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+        properties: Default::default(),
+    };
+    sub.properties.subscription_identifier = core::num::NonZeroU32::new(7);
+    sim.subscribe_with(b, sub);
+    let (p, _) = sim.connect("p", V4, false);
+    // In flight to a (unacknowledged), released to b, queued after.
+    sim.publish(p, "q/1", b"one", QoS::ExactlyOnce, 1, false);
+    sim.publish(p, "q/2", b"two", QoS::AtLeastOnce, 2, true);
+    let to_b = sim.publishes(b);
+    sim.ack_all(b, &to_b[..1]);
+    sim.disconnect(a);
+    sim.publish(p, "q/3", b"three", QoS::AtLeastOnce, 3, false);
+    // p leaves an inbound QoS 2 message unreleased.
+    sim.send(
+        p,
+        Packet::Publish(publish("q/4", b"four", QoS::ExactlyOnce, 4, false)),
+    );
+    sim.publish(p, "r/1", b"retained", QoS::AtMostOnce, 5, true);
+    sim.publish(p, "r/2", b"cleared", QoS::AtMostOnce, 6, true);
+    sim.publish(p, "r/2", b"", QoS::AtMostOnce, 7, true);
+    sim.drop_transport(p);
+    // A session that ends is deleted with everything it had.
+    let (e, _) = sim.connect("ephemeral", V4, false);
+    sim.subscribe(e, 1, &[("q/#", QoS::AtLeastOnce)]);
+    sim.disconnect(e);
+    let (e, _) = sim.connect("ephemeral", V4, true);
+    sim.disconnect(e);
+    sim.drop_transport(b);
+}
+
+#[test]
+fn replaying_the_storage_operations_gives_the_broker_s_durable_state() {
+    let mut sim = durable();
+    busy_scenario(&mut sim);
+    let replayed = sim.replayed();
+    assert_eq!(replayed, sim.broker.durable_state());
+    let names: Vec<&str> = replayed
+        .sessions
+        .iter()
+        .map(|s| s.client_id.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "p"]);
+    assert_eq!(replayed.retained.len(), 2, "q/2 and r/1");
+    let a = &replayed.sessions[0];
+    assert_eq!(a.subscriptions.len(), 1, "the unsubscribed filter is gone");
+    assert_eq!(a.messages.len(), 4, "two in flight, two queued");
+    assert!(a.messages[0].sent.is_some() && a.messages[2].sent.is_none());
+    assert_eq!(
+        replayed.sessions[2].incoming.len(),
+        1,
+        "p's unreleased QoS 2 id"
+    );
+}
+
+#[test]
+fn a_restored_broker_holds_the_same_state_and_delivers_it() {
+    let mut sim = durable();
+    busy_scenario(&mut sim);
+    let recovered = sim.replayed();
+    let config = Config {
+        sys_interval: None,
+        persistence: true,
+        ..Config::default()
+    };
+    let restored = Broker::restore(config, sim.now, recovered.clone());
+    assert_eq!(restored.durable_state(), recovered);
+
+    let mut sim2 = durable();
+    sim2.broker = restored;
+    // a gets its in-flight messages again (DUP, same ids), then the queue.
+    let (a, ack) = sim2.connect("a", V4, false);
+    assert!(ack.session_present);
+    let got = sim2.publishes(a);
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"one"[..], b"two", b"three", b"four"]);
+    assert!(got[0].dup && got[1].dup && !got[2].dup);
+    let before: Vec<_> = recovered.sessions[0]
+        .messages
+        .iter()
+        .filter_map(|m| m.sent)
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(got[0].qos.packet_id(), Some(before[0]));
+    sim2.ack_all(a, &got);
+    // p's unreleased QoS 2 id is still known: a re-sent PUBLISH is not routed again.
+    let (p, ack) = sim2.connect("p", V4, false);
+    assert!(ack.session_present);
+    let mut again = publish("q/4", b"four", QoS::ExactlyOnce, 4, false);
+    again.dup = true;
+    sim2.send(p, Packet::Publish(again));
+    assert!(
+        sim2.publishes(a).is_empty(),
+        "exactly once across a restart"
+    );
+    // Retained messages came back.
+    let (n, _) = sim2.connect("new", V4, true);
+    sim2.subscribe(n, 1, &[("r/#", QoS::AtMostOnce)]);
+    assert_eq!(sim2.publishes(n).len(), 1);
+    // sim2 started from the restored state: its own operations, applied on
+    // top of what was recovered, still describe it exactly.
+    let mut expected = recovered.clone();
+    for op in &sim2.stored {
+        expected.apply(op);
+    }
+    expected.normalize();
+    assert_eq!(expected, sim2.broker.durable_state());
+}
+
+#[test]
+fn restore_drops_sessions_stored_with_expiry_zero() {
+    let mut recovered = Recovered::default();
+    recovered.apply(&StoreOp::SessionPut {
+        client_id: roost_core::MqttStr::from_static("z"),
+        expiry_interval: 0,
+    });
+    let b = Broker::restore(
+        Config::default(),
+        roost_core::broker::Instant::ZERO,
+        recovered,
+    );
+    assert_eq!(b.session_count(), 0);
+}
+
+#[test]
+fn expiry_changes_are_stored_and_an_ended_session_is_deleted() {
+    let mut sim = durable();
+    let mut c = connect("x", V5, true, 0);
+    c.properties.session_expiry_interval = Some(10);
+    let (x, _) = sim.connect_with(c);
+    let mut d = Disconnect::new(ReasonCode::Success);
+    d.properties.session_expiry_interval = Some(20);
+    sim.send(x, Packet::Disconnect(d));
+    assert_eq!(sim.replayed().sessions[0].expiry_interval, 20);
+    sim.advance(secs(21));
+    assert!(
+        sim.replayed().sessions.is_empty(),
+        "expired sessions are deleted from the store"
+    );
+    assert_eq!(sim.replayed(), sim.broker.durable_state());
+}
