@@ -251,15 +251,14 @@ impl Broker {
         }
         let matched = targets.len();
         targets.sort_unstable_by_key(|t| t.0);
-        let mut i = 0;
-        while i < targets.len() {
-            let key = targets[i].0;
+        for group in targets.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(key, _)) = group.first() else {
+                continue;
+            };
             let mut qos = None;
             let mut retain_as_published = false;
             let mut ids = Vec::new();
-            while i < targets.len() && targets[i].0 == key {
-                let entry = targets[i].1;
-                i += 1;
+            for &(_, entry) in group {
                 // No Local: never back to the publisher [MQTT-3.8.3-3].
                 if entry.options.no_local && matches!(key, SubKey::Session(s) if Some(s) == origin)
                 {
@@ -341,7 +340,8 @@ impl Broker {
             _ => {
                 let limits = &self.config.limits;
                 if s.queue.len() >= limits.max_queued_messages
-                    || s.queued_bytes + delivery.payload_len() > limits.max_queued_bytes
+                    || s.queued_bytes.saturating_add(delivery.payload_len())
+                        > limits.max_queued_bytes
                 {
                     self.stats.dropped += 1;
                     let client_id = s.client_id.clone();
@@ -406,7 +406,7 @@ impl Broker {
             let Some(delivery) = s.queue.pop_front() else {
                 return;
             };
-            s.queued_bytes -= delivery.payload_len();
+            s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
                 continue;
             }
