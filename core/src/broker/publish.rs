@@ -449,31 +449,32 @@ impl Broker {
                     Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
             }
         }
-        let mut publish = Publish {
+        let mut packet = Packet::Publish(Publish {
             dup,
             qos: packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid)),
             retain: delivery.retain,
             topic: delivery.message.topic.clone(),
             payload: delivery.message.payload.clone(),
             properties,
-        };
+        });
         // The size check uses the full topic, so a packet that fits also
         // fits once an alias replaces the topic.
-        if Packet::Publish(publish.clone()).encoded_len(c.protocol) > c.client_max_packet as usize {
+        if packet.encoded_len(c.protocol) > c.client_max_packet as usize {
             self.stats.dropped += 1;
             return false;
         }
-        if v5 && aliases && c.client_alias_max > 0 {
-            if let Some(&alias) = c.aliases_out.get(&publish.topic) {
-                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
-                publish.topic = TopicName::default();
-            } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
-                let alias = c.aliases_out.len() as u16 + 1;
-                c.aliases_out.insert(publish.topic.clone(), alias);
-                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+        if let Packet::Publish(publish) = &mut packet {
+            if v5 && aliases && c.client_alias_max > 0 {
+                if let Some(&alias) = c.aliases_out.get(&publish.topic) {
+                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+                    publish.topic = TopicName::default();
+                } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
+                    let alias = c.aliases_out.len() as u16 + 1;
+                    c.aliases_out.insert(publish.topic.clone(), alias);
+                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+                }
             }
         }
-        let packet = Packet::Publish(publish);
         self.stats.messages_sent += 1;
         self.send(conn, &packet);
         true
