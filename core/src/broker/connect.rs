@@ -606,7 +606,7 @@ impl Broker {
         let ConnState::Connected { session: sid } = c.state else {
             return Some(c);
         };
-        self.connected -= 1;
+        self.connected = self.connected.saturating_sub(1);
         let will = c.will.take().filter(|_| publish_will);
         let client_id = c.client_id.clone();
         if let Some(s) = self.sessions.get_mut(&sid) {

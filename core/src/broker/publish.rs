@@ -278,15 +278,14 @@ impl Broker {
             .for_each_match(&message.topic, |key, entry| targets.push((*key, *entry)));
         let matched = targets.len();
         targets.sort_unstable_by_key(|t| t.0);
-        let mut i = 0;
-        while i < targets.len() {
-            let key = targets[i].0;
+        for group in targets.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(key, _)) = group.first() else {
+                continue;
+            };
             let mut qos = None;
             let mut retain_as_published = false;
             let mut ids = Vec::new();
-            while i < targets.len() && targets[i].0 == key {
-                let entry = targets[i].1;
-                i += 1;
+            for &(_, entry) in group {
                 // No Local: never back to the publisher [MQTT-3.8.3-3].
                 if entry.options.no_local && matches!(key, SubKey::Session(s) if Some(s) == origin)
                 {
@@ -418,7 +417,8 @@ impl Broker {
             _ => {
                 let limits = &self.config.limits;
                 if s.queue.len() >= limits.max_queued_messages
-                    || s.queued_bytes + delivery.payload_len() > limits.max_queued_bytes
+                    || s.queued_bytes.saturating_add(delivery.payload_len())
+                        > limits.max_queued_bytes
                 {
                     self.stats.dropped += 1;
                     let client_id = s.client_id.clone();
@@ -492,7 +492,7 @@ impl Broker {
             let Some(delivery) = s.queue.pop_front() else {
                 return;
             };
-            s.queued_bytes -= delivery.payload_len();
+            s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
                 self.record_left(sid, &delivery);
                 continue;
@@ -536,31 +536,32 @@ impl Broker {
                     Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
             }
         }
-        let mut publish = Publish {
+        let mut packet = Packet::Publish(Publish {
             dup,
             qos: packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid)),
             retain: delivery.retain,
             topic: delivery.message.topic.clone(),
             payload: delivery.message.payload.clone(),
             properties,
-        };
+        });
         // The size check uses the full topic, so a packet that fits also
         // fits once an alias replaces the topic.
-        if Packet::Publish(publish.clone()).encoded_len(c.protocol) > c.client_max_packet as usize {
+        if packet.encoded_len(c.protocol) > c.client_max_packet as usize {
             self.stats.dropped += 1;
             return false;
         }
-        if v5 && aliases && c.client_alias_max > 0 {
-            if let Some(&alias) = c.aliases_out.get(&publish.topic) {
-                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
-                publish.topic = TopicName::default();
-            } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
-                let alias = c.aliases_out.len() as u16 + 1;
-                c.aliases_out.insert(publish.topic.clone(), alias);
-                publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+        if let Packet::Publish(publish) = &mut packet {
+            if v5 && aliases && c.client_alias_max > 0 {
+                if let Some(&alias) = c.aliases_out.get(&publish.topic) {
+                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+                    publish.topic = TopicName::default();
+                } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
+                    let alias = c.aliases_out.len() as u16 + 1;
+                    c.aliases_out.insert(publish.topic.clone(), alias);
+                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
+                }
             }
         }
-        let packet = Packet::Publish(publish);
         self.stats.messages_sent += 1;
         self.send(conn, &packet);
         true

@@ -203,15 +203,12 @@ impl Recovered {
     /// Applies operations in order, as a store would: the reference
     /// semantics every store must match (stores test against it).
     pub fn apply(&mut self, op: &StoreOp) {
-        let session = |sessions: &mut Vec<RecoveredSession>, id: &MqttStr| {
-            sessions.iter().position(|s| &s.client_id == id)
-        };
         match op {
             StoreOp::SessionPut {
                 client_id,
                 expiry_interval,
-            } => match session(&mut self.sessions, client_id) {
-                Some(i) => self.sessions[i].expiry_interval = *expiry_interval,
+            } => match self.session_mut(client_id) {
+                Some(s) => s.expiry_interval = *expiry_interval,
                 None => self.sessions.push(RecoveredSession {
                     client_id: client_id.clone(),
                     expiry_interval: *expiry_interval,
@@ -229,17 +226,17 @@ impl Recovered {
                 options,
                 identifier,
             } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    let subs = &mut self.sessions[i].subscriptions;
-                    match subs.iter_mut().find(|(f, ..)| f == filter) {
-                        Some(entry) => *entry = (filter.clone(), *options, *identifier),
-                        None => subs.push((filter.clone(), *options, *identifier)),
+                if let Some(s) = self.session_mut(client_id) {
+                    let entry = (filter.clone(), *options, *identifier);
+                    match s.subscriptions.iter_mut().find(|(f, ..)| f == filter) {
+                        Some(existing) => *existing = entry,
+                        None => s.subscriptions.push(entry),
                     }
                 }
             }
             StoreOp::SubscriptionDelete { client_id, filter } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    self.sessions[i].subscriptions.retain(|(f, ..)| f != filter);
+                if let Some(s) = self.session_mut(client_id) {
+                    s.subscriptions.retain(|(f, ..)| f != filter);
                 }
             }
             StoreOp::MessagePut {
@@ -248,11 +245,10 @@ impl Recovered {
                 subscription_ids,
                 message,
             } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    let messages = &mut self.sessions[i].messages;
-                    messages.retain(|m| m.seq != *seq);
-                    let at = messages.partition_point(|m| m.seq < *seq);
-                    messages.insert(
+                if let Some(s) = self.session_mut(client_id) {
+                    s.messages.retain(|m| m.seq != *seq);
+                    let at = s.messages.partition_point(|m| m.seq < *seq);
+                    s.messages.insert(
                         at,
                         RecoveredMessage {
                             seq: *seq,
@@ -269,25 +265,24 @@ impl Recovered {
                 packet_id,
                 released,
             } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    if let Some(m) = self.sessions[i].messages.iter_mut().find(|m| m.seq == *seq) {
+                if let Some(s) = self.session_mut(client_id) {
+                    if let Some(m) = s.messages.iter_mut().find(|m| m.seq == *seq) {
                         m.sent = Some((*packet_id, *released));
                     }
                 }
             }
             StoreOp::MessageDelete { client_id, seq } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    self.sessions[i].messages.retain(|m| m.seq != *seq);
+                if let Some(s) = self.session_mut(client_id) {
+                    s.messages.retain(|m| m.seq != *seq);
                 }
             }
             StoreOp::IncomingPut {
                 client_id,
                 packet_id,
             } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    let incoming = &mut self.sessions[i].incoming;
-                    if !incoming.contains(packet_id) {
-                        incoming.push(*packet_id);
+                if let Some(s) = self.session_mut(client_id) {
+                    if !s.incoming.contains(packet_id) {
+                        s.incoming.push(*packet_id);
                     }
                 }
             }
@@ -295,8 +290,8 @@ impl Recovered {
                 client_id,
                 packet_id,
             } => {
-                if let Some(i) = session(&mut self.sessions, client_id) {
-                    self.sessions[i].incoming.retain(|p| p != packet_id);
+                if let Some(s) = self.session_mut(client_id) {
+                    s.incoming.retain(|p| p != packet_id);
                 }
             }
             StoreOp::RetainedPut { topic, message } => {
@@ -305,5 +300,9 @@ impl Recovered {
             }
             StoreOp::RetainedDelete { topic } => self.retained.retain(|(t, _)| t != topic),
         }
+    }
+
+    fn session_mut(&mut self, client_id: &MqttStr) -> Option<&mut RecoveredSession> {
+        self.sessions.iter_mut().find(|s| &s.client_id == client_id)
     }
 }

@@ -210,7 +210,9 @@ impl Broker {
         let g = self.shared_groups.get_mut(&group)?;
         let n = g.members.len();
         for step in 0..n {
-            let (sid, entry) = g.members[(g.next + step) % n];
+            let Some(&(sid, entry)) = g.members.get((g.next + step) % n) else {
+                continue;
+            };
             if self.sessions.get(&sid).is_some_and(|s| s.conn.is_some()) {
                 g.next = (g.next + step + 1) % n;
                 return Some((sid, entry));

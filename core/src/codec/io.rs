@@ -48,7 +48,7 @@ impl Reader {
     }
 
     pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
-        match decode_varint(&self.buf[self.pos..])? {
+        match decode_varint(self.buf.get(self.pos..).unwrap_or_default())? {
             Some((value, len)) => {
                 self.pos += len;
                 Ok(value)

@@ -234,7 +234,7 @@ impl FrameHeader {
             return Ok(None);
         };
         let packet = PacketType::from_first_byte(first_byte, protocol)?;
-        let Some((remaining, len)) = decode_varint(&buf[1..])? else {
+        let Some((remaining, len)) = decode_varint(buf.get(1..).unwrap_or_default())? else {
             return Ok(None);
         };
         let header = FrameHeader {

@@ -154,7 +154,13 @@ impl<Kk: Hash + Eq, Vv> CompactMap<Kk, Vv> {
                         v.len() - 1
                     }
                 };
-                &mut v[i].1
+                // `i` is the position just found, or the last after the
+                // push: always in bounds, and no borrow-checker-friendly
+                // form without an index exists (returning the `find`
+                // borrow conditionally is NLL problem case #3).
+                #[allow(clippy::indexing_slicing)]
+                let entry = &mut v[i];
+                &mut entry.1
             }
             CompactMap::Large(t) => {
                 let hash = hasher.hash_one(key);
