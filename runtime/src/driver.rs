@@ -131,8 +131,10 @@ struct ListenerState {
 
 struct ConnIo {
     listener: usize,
-    tls: Option<TlsStage>,
-    ws: Option<WsStage>,
+    // Boxed: most connections are plain TCP, and an idle connection should
+    // not carry a TLS session's or WebSocket's worth of inline space.
+    tls: Option<Box<TlsStage>>,
+    ws: Option<Box<WsStage>>,
     out: VecDeque<Bytes>,
     out_len: usize,
     /// The engine (or a stage) asked to close once the output is written.
@@ -349,7 +351,7 @@ impl Driver {
             .tls
             .as_ref()
             .and_then(|cfg| match TlsStage::new(cfg.clone()) {
-                Ok(stage) => Some(stage),
+                Ok(stage) => Some(Box::new(stage)),
                 Err(e) => {
                     warn!(error = %e, "TLS session could not be created");
                     None
@@ -357,10 +359,10 @@ impl Driver {
             });
         let failed_tls = l.config.protocol.is_tls() && tls.is_none();
         let ws = l.config.protocol.is_ws().then(|| {
-            WsStage::new(
+            Box::new(WsStage::new(
                 &l.config.ws_path,
                 self.broker.config().limits.max_packet_size as usize,
-            )
+            ))
         });
         let conn = self.broker.handle_open(
             now,

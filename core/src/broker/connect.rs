@@ -440,7 +440,7 @@ impl Broker {
         c.state = ConnState::Connected { session: sid };
         c.client_id = client_id.clone();
         c.username = connect.username.clone();
-        c.will = connect.will;
+        c.will = connect.will.map(Box::new);
         c.keep_alive_ms = u64::from(keep_alive) * 1000;
         c.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         c.client_max_packet = connect
@@ -626,12 +626,12 @@ impl Broker {
         if let Some(will) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             if delay > 0 && expiry > 0 {
-                s.pending_will = Some(PendingWill {
+                s.pending_will = Some(Box::new(PendingWill {
                     at: self.now + Duration::from_secs(u64::from(delay)),
-                    will,
-                });
+                    will: *will,
+                }));
             } else {
-                self.publish_will(will);
+                self.publish_will(*will);
             }
         }
         if expiry == 0 {

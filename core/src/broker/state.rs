@@ -69,7 +69,9 @@ pub(crate) struct Conn {
     pub(crate) timer: Option<Instant>,
     pub(crate) client_id: MqttStr,
     pub(crate) username: Option<MqttStr>,
-    pub(crate) will: Option<Will>,
+    /// Boxed: few clients have a will, and every connection would pay for
+    /// one inline.
+    pub(crate) will: Option<Box<Will>>,
     /// Client → broker topic aliases (MQTT 5).
     pub(crate) aliases_in: HashMap<u16, TopicName>,
     /// Broker → client topic aliases (MQTT 5).
@@ -210,7 +212,7 @@ pub(crate) struct Session {
     /// re-sent PUBLISH with one of these is not routed again.
     pub(crate) incoming_qos2: HashSet<PacketId>,
     pub(crate) next_packet_id: PacketId,
-    pub(crate) pending_will: Option<PendingWill>,
+    pub(crate) pending_will: Option<Box<PendingWill>>,
     /// The window: the smaller of the broker's in-flight limit and the
     /// client's Receive Maximum.
     pub(crate) window: u16,
