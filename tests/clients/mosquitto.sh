@@ -37,6 +37,8 @@ start_sub() {
     # stdbuf: with stdout in a file, -d lines would sit in stdio buffers.
     stdbuf -oL mosquitto_sub -h $H -d "$@" >"$out" 2>&1 &
     sub_pid=$!
+    # Out of the job table, so killing the will victim prints no "Killed".
+    disown "$sub_pid"
     pids+=("$sub_pid")
     wait_for "$out" "received SUBACK" 10
 }
