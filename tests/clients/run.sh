@@ -109,9 +109,30 @@ run_suite() {
 run_suite mosquitto bash ./mosquitto.sh
 run_suite paho python3 ./paho_test.py
 run_suite mqttjs node ./mqttjs_test.mjs
+run_suite ws-raw python3 ./ws_raw_test.py
 run_suite browser node ./browser_test.mjs
 
-if ! kill -0 "$broker_pid" 2>/dev/null; then
+echo "== roost"
+# Every client above misbehaved on purpose at least once (SIGKILL, dropped
+# sockets); the broker must have survived all of it and still stop cleanly.
+if kill -0 "$broker_pid" 2>/dev/null; then
+    echo "ok - roost still running after the clients"
+    passed=$((passed + 1))
+    kill -TERM "$broker_pid"
+    stopped=0
+    for _ in $(seq 100); do
+        kill -0 "$broker_pid" 2>/dev/null || { stopped=1; break; }
+        sleep 0.1
+    done
+    if [ $stopped = 1 ] && wait "$broker_pid"; then
+        echo "ok - roost exits 0 within 10 s of SIGTERM"
+        passed=$((passed + 1))
+        broker_pid=""
+    else
+        echo "not ok - roost exits 0 within 10 s of SIGTERM"
+        failed=$((failed + 1))
+    fi
+else
     echo "not ok - roost still running after the clients"
     failed=$((failed + 1))
 fi
