@@ -443,7 +443,9 @@ async fn linger(mut stream: TcpStream) {
         return;
     }
     let mut discarded = 0;
-    let mut buf = [0u8; 4096];
+    // On the heap: an array here would sit in every connection's future for
+    // its whole life, lingering or not (4 KiB per idle connection).
+    let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(roost_runtime::driver::LINGER, async {
         while discarded < roost_runtime::driver::LINGER_BYTES {
             if stream.readable().await.is_err() {

@@ -396,7 +396,7 @@ impl Broker {
             None => {
                 let sid = SessionId(self.fresh_id());
                 let session = Session::new(client_id.clone(), self.config.limits.max_inflight);
-                self.sessions.insert(sid, session);
+                self.sessions.insert(sid, Box::new(session));
                 self.by_client_id.insert(client_id.clone(), sid);
                 sid
             }
@@ -596,7 +596,7 @@ impl Broker {
         reason: CloseReason,
         publish_will: bool,
     ) -> Option<Conn> {
-        let mut c = self.conns.remove(&id)?;
+        let mut c = *self.conns.remove(&id)?;
         if let Some(at) = c.timer.take() {
             self.timers.remove(&(at, super::Timer::Conn(id)));
         }

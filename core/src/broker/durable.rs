@@ -288,7 +288,7 @@ impl Broker {
                 }
             }
             s.incoming_qos2.extend(rs.incoming);
-            broker.sessions.insert(sid, s);
+            broker.sessions.insert(sid, alloc::boxed::Box::new(s));
             broker.by_client_id.insert(rs.client_id, sid);
             for (filter, options, id) in rs.subscriptions {
                 broker.insert_subscription(sid, &filter, SubEntry { options, id });

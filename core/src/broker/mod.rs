@@ -70,6 +70,7 @@ pub use time::Instant;
 use crate::MqttStr;
 use crate::codec::{Disconnect, Packet, Protocol, ReasonCode, decode};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
+use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use hashbrown::HashMap;
@@ -99,8 +100,10 @@ pub struct Broker {
     config: Config,
     now: Instant,
     next_id: u64,
-    conns: HashMap<ConnId, Conn>,
-    sessions: HashMap<SessionId, Session>,
+    // Boxed values: the tables then hold 16-byte entries, so their
+    // power-of-two slack costs little per idle connection.
+    conns: HashMap<ConnId, Box<Conn>>,
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client_id: HashMap<MqttStr, SessionId>,
     subscriptions: SubscriptionTrie<SubKey, SubEntry>,
     shared_groups: HashMap<u64, SharedGroup>,
@@ -226,7 +229,7 @@ impl Broker {
 
     fn session_by_name(&self, client_id: &str) -> Option<&Session> {
         let id = self.by_client_id.get(client_id.as_bytes())?;
-        self.sessions.get(id)
+        self.sessions.get(id).map(|s| &**s)
     }
 
     /// The next action to apply, or `None` when there is nothing to do.
@@ -248,7 +251,7 @@ impl Broker {
         let deadline = self.now + self.config.limits.connect_timeout;
         let mut conn = Conn::new(info.listener, self.now);
         conn.timer = Some(deadline);
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Box::new(conn));
         self.timers.insert((deadline, Timer::Conn(id)));
         id
     }
