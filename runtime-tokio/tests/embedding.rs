@@ -61,6 +61,10 @@ struct Env {
 }
 
 fn start() -> Env {
+    start_with("")
+}
+
+fn start_with(limits: &str) -> Env {
     let users: Users = Arc::new(RwLock::new(HashMap::from([(
         "alice".to_owned(),
         "alice-pw".to_owned(),
@@ -87,10 +91,10 @@ fn start() -> Env {
             }
         })
     });
-    let config = Config::from_toml_str(
+    let config = Config::from_toml_str(&format!(
         "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\
-         [sys]\ninterval_secs = 0\n",
-    )
+         [sys]\ninterval_secs = 0\n[limits]\n{limits}\n"
+    ))
     .expect("config");
     let server = roost_tokio::start(
         config,
@@ -117,7 +121,7 @@ fn login<'a>(id: &'a str, user: &'a str, password: &'a str) -> Connect<'a> {
     }
 }
 
-async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
+async fn recv(rx: &mut mpsc::Receiver<Message>) -> Message {
     tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("in-process delivery in time")
@@ -274,7 +278,7 @@ async fn in_process_publish_and_subscribe_meet_mqtt_clients() {
 async fn shutdown_and_check(
     server: ServerHandle,
     client: &mut Raw,
-    local: &mut mpsc::UnboundedReceiver<Message>,
+    local: &mut mpsc::Receiver<Message>,
 ) {
     shutdown(server).await;
     let p = client.read_packet().expect("DISCONNECT");
@@ -286,4 +290,32 @@ async fn shutdown_and_check(
         end.is_none(),
         "in-process subscription ends with the broker"
     );
+}
+
+/// An in-process subscriber that stops reading holds at most
+/// `limits.max_queued_messages` messages; the rest are dropped, so it
+/// cannot grow the broker's memory, and it gets messages again once it
+/// reads.
+#[tokio::test]
+async fn in_process_subscription_is_bounded() {
+    let env = start_with("max_queued_messages = 10");
+    let addr = env.server.local_addrs()[0];
+    let mut idle = env.server.subscribe("public/#").await.expect("sub");
+    let mut alice = Raw::connected(addr, V311, &login("a", "alice", "alice-pw"));
+    for i in 0..50u8 {
+        alice.publish("public/n", &[i], 0, false);
+    }
+    // PINGRESP: the broker has handled (and delivered) all fifty.
+    alice.send(&[0xc0, 0]);
+    assert_eq!(alice.read_packet().expect("PINGRESP").kind(), 13);
+    for i in 0..10u8 {
+        assert_eq!(recv(&mut idle).await.payload.as_ref(), [i]);
+    }
+    assert!(
+        matches!(idle.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "more than max_queued_messages were kept"
+    );
+    alice.publish("public/n", b"again", 1, false);
+    assert_eq!(recv(&mut idle).await.payload.as_ref(), b"again");
+    shutdown(env.server).await;
 }
