@@ -66,11 +66,7 @@ pub struct Hooks {
 
 enum Command {
     Publish(Message, oneshot::Sender<usize>),
-    Subscribe(
-        TopicFilter,
-        mpsc::UnboundedSender<Message>,
-        oneshot::Sender<()>,
-    ),
+    Subscribe(TopicFilter, mpsc::Sender<Message>, oneshot::Sender<()>),
     Reload(Config),
     Shutdown(oneshot::Sender<()>),
 }
@@ -79,6 +75,8 @@ enum Command {
 pub struct ServerHandle {
     commands: mpsc::UnboundedSender<Command>,
     addrs: Vec<SocketAddr>,
+    /// Capacity of an in-process subscription's channel.
+    local_queue: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -120,10 +118,15 @@ impl ServerHandle {
 
     /// Subscribes in-process: matching messages (retained ones first) arrive
     /// on the returned channel until it is dropped or the broker stops.
-    pub async fn subscribe(&self, filter: &str) -> io::Result<mpsc::UnboundedReceiver<Message>> {
+    ///
+    /// The channel holds at most `limits.max_queued_messages` messages, like
+    /// a client's session queue: while it is full, further messages for it
+    /// are dropped, so a subscriber that stops reading cannot make the
+    /// broker's memory grow.
+    pub async fn subscribe(&self, filter: &str) -> io::Result<mpsc::Receiver<Message>> {
         let filter = TopicFilter::copy_from_str(filter)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(self.local_queue);
         let (done, ready) = oneshot::channel();
         self.commands
             .send(Command::Subscribe(filter, tx, done))
@@ -190,6 +193,11 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
+    // The configuration keeps this between 1 and 10,000,000; tokio's channel
+    // allocates its slots as they fill, not up front.
+    let local_queue = usize::try_from(config.limits.max_queued_messages)
+        .unwrap_or(1)
+        .max(1);
     let (commands, rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("roost".into())
@@ -210,6 +218,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     Ok(ServerHandle {
         commands,
         addrs,
+        local_queue,
         thread: Some(thread),
     })
 }
@@ -222,7 +231,7 @@ struct Shared {
     armed: Cell<Option<std::time::Instant>>,
     read_buf: RefCell<Vec<u8>>,
     woken: RefCell<Vec<ConnId>>,
-    subscribers: RefCell<HashMap<LocalSubscription, mpsc::UnboundedSender<Message>>>,
+    subscribers: RefCell<HashMap<LocalSubscription, mpsc::Sender<Message>>>,
     authenticator: Option<Authenticator>,
 }
 
@@ -274,9 +283,15 @@ impl Shared {
             let mut subscribers = self.subscribers.borrow_mut();
             for (sub, message) in deliveries {
                 if let Some(tx) = subscribers.get(&sub) {
-                    if tx.send(message).is_err() {
-                        subscribers.remove(&sub);
-                        driver.unsubscribe(sub);
+                    match tx.try_send(message) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::debug!(?sub, "in-process queue full, message dropped");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            subscribers.remove(&sub);
+                            driver.unsubscribe(sub);
+                        }
                     }
                 }
             }

@@ -24,9 +24,14 @@ fn main() -> ExitCode {
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
+    // Logs go to stderr, like Mosquitto's, and are plain text unless stderr
+    // is a terminal (no colour codes in log files and journald).
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Idle connections cost a file descriptor each: take all the system
     // allows.

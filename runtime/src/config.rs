@@ -919,6 +919,11 @@ fn listener_from_raw(
 
 fn check_duplicate_binds(listeners: &[Listener]) -> Result<(), ConfigError> {
     for (i, l) in listeners.iter().enumerate() {
+        // Port 0 asks the system for a free port: every such listener gets
+        // its own, so the same address with port 0 is no clash.
+        if l.bind.port() == 0 {
+            continue;
+        }
         if let Some(j) = listeners[..i].iter().position(|o| o.bind == l.bind) {
             return Err(ConfigError::Invalid {
                 key: format!("listener[{i}].bind"),
@@ -1147,6 +1152,13 @@ mod tests {
             "listener[1].bind: 127.0.0.1:1883 is already used by listener[0]"
         );
         assert!(err("[persistence]\nstore = \"sqlite\"\n").contains("sqlite"));
+        // Port 0 means "any free port": several listeners may ask for it.
+        let config = Config::from_toml_str(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+             [[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\n",
+        )
+        .expect("two listeners on port 0");
+        assert_eq!(config.listeners.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,321 @@
+//! The embedding API: `roost_tokio::start`, in-process publish and
+//! subscribe through `ServerHandle`, an asynchronous authentication hook
+//! and an authorization policy — the behaviours `examples/embed.rs` shows,
+//! with assertions.
+
+mod common;
+
+use common::{Connect, Raw, V5, V311, WAIT};
+use roost_core::broker::{AccessPolicy, AuthDecision, AuthRequest, ClientRef, Message};
+use roost_core::codec::{QoS, ReasonCode};
+use roost_core::topic::{TopicFilter, TopicName};
+use roost_runtime::config::Config;
+use roost_tokio::{Authenticator, Hooks, ServerHandle};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{RwLock, mpsc};
+
+/// Users may use `devices/<their name>/#`; everyone may use `public/#`.
+struct DevicePolicy;
+
+impl DevicePolicy {
+    fn allowed(client: ClientRef<'_>, topic: &str) -> bool {
+        if topic == "public" || topic.starts_with("public/") {
+            return true;
+        }
+        let Some(user) = client.username else {
+            return false;
+        };
+        let own = format!("devices/{}", user.as_str());
+        topic == own || topic.starts_with(&format!("{own}/"))
+    }
+}
+
+impl AccessPolicy for DevicePolicy {
+    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
+        Self::allowed(client, topic.as_str())
+    }
+
+    fn authorize_subscribe(
+        &self,
+        client: ClientRef<'_>,
+        filter: &TopicFilter,
+        qos: QoS,
+    ) -> Result<QoS, ReasonCode> {
+        if Self::allowed(client, filter.as_str()) {
+            Ok(qos)
+        } else {
+            Err(ReasonCode::NotAuthorized)
+        }
+    }
+}
+
+type Users = Arc<RwLock<HashMap<String, String>>>;
+
+struct Env {
+    server: ServerHandle,
+    users: Users,
+    /// How many CONNECTs the hook decided.
+    asked: Arc<AtomicUsize>,
+}
+
+fn start() -> Env {
+    start_with("")
+}
+
+fn start_with(limits: &str) -> Env {
+    let users: Users = Arc::new(RwLock::new(HashMap::from([(
+        "alice".to_owned(),
+        "alice-pw".to_owned(),
+    )])));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (table, count) = (users.clone(), asked.clone());
+    let authenticate: Authenticator = Arc::new(move |request: AuthRequest| {
+        let (table, count) = (table.clone(), count.clone());
+        Box::pin(async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            // The table is behind an async lock, as a database would be
+            // behind a query: the decision comes after an await.
+            let users = table.read().await;
+            match (&request.username, &request.password) {
+                (Some(user), Some(password))
+                    if users
+                        .get(user.as_str())
+                        .is_some_and(|p| p.as_bytes() == password.as_ref()) =>
+                {
+                    AuthDecision::Accept
+                }
+                (Some(_), _) => AuthDecision::Reject(ReasonCode::BadUserNameOrPassword),
+                (None, _) => AuthDecision::Reject(ReasonCode::NotAuthorized),
+            }
+        })
+    });
+    let config = Config::from_toml_str(&format!(
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\
+         [sys]\ninterval_secs = 0\n[limits]\n{limits}\n"
+    ))
+    .expect("config");
+    let server = roost_tokio::start(
+        config,
+        Hooks {
+            authenticate: Some(authenticate),
+            authorize: Some(Box::new(DevicePolicy)),
+        },
+    )
+    .expect("start");
+    Env {
+        server,
+        users,
+        asked,
+    }
+}
+
+fn login<'a>(id: &'a str, user: &'a str, password: &'a str) -> Connect<'a> {
+    Connect {
+        client_id: id,
+        username: Some(user),
+        password: Some(password),
+        keep_alive: 60,
+        ..Connect::default()
+    }
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Message>) -> Message {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in-process delivery in time")
+        .expect("subscription open")
+}
+
+async fn shutdown(server: ServerHandle) {
+    tokio::time::timeout(WAIT, server.shutdown())
+        .await
+        .expect("shutdown in time");
+}
+
+#[tokio::test]
+async fn authenticate_hook_decides_after_an_await() {
+    let env = start();
+    let addr = env.server.local_addrs()[0];
+    assert_eq!(env.server.local_addrs().len(), 1);
+    assert_ne!(addr.port(), 0, "local_addrs reports the bound port");
+
+    Raw::connected(addr, V311, &login("a", "alice", "alice-pw")).disconnect();
+    Raw::connected(addr, V5, &login("a5", "alice", "alice-pw")).disconnect();
+    assert_eq!(
+        Raw::connect(addr, V311, &login("b", "alice", "nope")).1,
+        0x04
+    );
+    assert_eq!(
+        Raw::connect(addr, V5, &login("b5", "alice", "nope")).1,
+        0x86
+    );
+    assert_eq!(
+        Raw::connect(addr, V311, &login("c", "bob", "bob-pw")).1,
+        0x04
+    );
+    let anonymous = Connect {
+        client_id: "anon",
+        keep_alive: 60,
+        ..Connect::default()
+    };
+    // The hook replaces allow_anonymous: it refuses clients without a name.
+    assert_eq!(Raw::connect(addr, V311, &anonymous).1, 0x05);
+    assert_eq!(Raw::connect(addr, V5, &anonymous).1, 0x87);
+    assert_eq!(env.asked.load(Ordering::SeqCst), 7, "every CONNECT asks");
+
+    // The table is read at each CONNECT: a user added now can log in.
+    env.users
+        .write()
+        .await
+        .insert("bob".to_owned(), "bob-pw".to_owned());
+    Raw::connected(addr, V311, &login("c2", "bob", "bob-pw")).disconnect();
+    shutdown(env.server).await;
+}
+
+#[tokio::test]
+async fn authorize_policy_guards_subscribe_and_publish() {
+    let env = start();
+    let addr = env.server.local_addrs()[0];
+    let mut everything = env.server.subscribe("#").await.expect("subscribe");
+    let mut alice = Raw::connected(addr, V311, &login("a", "alice", "alice-pw"));
+    env.users
+        .write()
+        .await
+        .insert("bob".to_owned(), "bob-pw".to_owned());
+    let mut bob = Raw::connected(addr, V5, &login("b", "bob", "bob-pw"));
+
+    assert_eq!(alice.subscribe(1, "devices/alice/#", 1), 1);
+    assert_eq!(
+        alice.subscribe(2, "devices/bob/#", 1),
+        0x80,
+        "3.1.1 refusal"
+    );
+    assert_eq!(alice.subscribe(3, "#", 0), 0x80, "3.1.1 refusal");
+    assert_eq!(bob.subscribe(1, "devices/alice/#", 1), 0x87, "5.0 refusal");
+    assert_eq!(bob.subscribe(2, "public/#", 1), 1);
+
+    // Bob's publish into alice's tree is acknowledged (0x87 in 5.0) but
+    // goes nowhere: the in-process subscriber on '#' sees the next one first.
+    assert_eq!(bob.publish("devices/alice/cmd", b"spoofed", 1, false), 0x87);
+    assert_eq!(bob.publish("devices/bob/temp", b"20", 1, false), 0);
+    let got = recv(&mut everything).await;
+    assert_eq!(got.topic.as_str(), "devices/bob/temp");
+    assert_eq!(got.payload.as_ref(), b"20");
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+
+    alice.publish("public/hello", b"hi", 1, false);
+    let got = bob.expect_publish();
+    assert_eq!(got.topic, "public/hello");
+    assert_eq!(recv(&mut everything).await.topic.as_str(), "public/hello");
+    shutdown(env.server).await;
+}
+
+#[tokio::test]
+async fn in_process_publish_and_subscribe_meet_mqtt_clients() {
+    let env = start();
+    let addr = env.server.local_addrs()[0];
+    let mut reports = env.server.subscribe("devices/+/temp").await.expect("sub");
+    let mut alice = Raw::connected(addr, V311, &login("a", "alice", "alice-pw"));
+    assert_eq!(alice.subscribe(1, "public/#", 2), 2);
+
+    // The program sees client publishes.
+    alice.publish("devices/alice/temp", b"21.5", 1, false);
+    let got = recv(&mut reports).await;
+    assert_eq!(got.topic.as_str(), "devices/alice/temp");
+    assert_eq!(got.payload.as_ref(), b"21.5");
+    assert!(!got.retain);
+
+    // Clients see the program's publishes, at the QoS it asked for; the
+    // return value counts the subscriptions reached.
+    let reached = env
+        .server
+        .publish("public/news", "extra", 1, false)
+        .await
+        .expect("publish");
+    assert_eq!(reached, 1);
+    let got = alice.expect_publish();
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice(), got.qos),
+        ("public/news", &b"extra"[..], 1)
+    );
+    assert_eq!(
+        env.server
+            .publish("nobody/listens", "x", 0, false)
+            .await
+            .expect("publish"),
+        0
+    );
+
+    // A retained in-process publish reaches later subscribers, client and
+    // in-process alike, marked retained.
+    env.server
+        .publish("public/motd", "welcome", 0, true)
+        .await
+        .expect("retained");
+    assert_eq!(alice.expect_publish().topic, "public/motd");
+    let mut late = Raw::connected(addr, V5, &login("a2", "alice", "alice-pw"));
+    assert_eq!(late.subscribe(1, "public/motd", 1), 1);
+    let got = late.expect_publish();
+    assert_eq!(got.payload, b"welcome");
+    assert!(got.retain);
+    let mut local = env.server.subscribe("public/motd").await.expect("sub");
+    let got = recv(&mut local).await;
+    assert_eq!(got.payload.as_ref(), b"welcome");
+    assert!(got.retain);
+
+    // Bad input is an error, not a panic.
+    assert!(env.server.publish("a/+", "x", 0, false).await.is_err());
+    assert!(env.server.publish("a", "x", 3, false).await.is_err());
+    assert!(env.server.subscribe("a/#/b").await.is_err());
+
+    // Shutdown: MQTT 5 clients get DISCONNECT 0x8B, in-process
+    // subscriptions end.
+    shutdown_and_check(env.server, &mut late, &mut reports).await;
+}
+
+async fn shutdown_and_check(
+    server: ServerHandle,
+    client: &mut Raw,
+    local: &mut mpsc::Receiver<Message>,
+) {
+    shutdown(server).await;
+    let p = client.read_packet().expect("DISCONNECT");
+    assert_eq!((p.kind(), p.body.first()), (14, Some(&0x8b)));
+    let end = tokio::time::timeout(WAIT, local.recv())
+        .await
+        .expect("channel closes in time");
+    assert!(
+        end.is_none(),
+        "in-process subscription ends with the broker"
+    );
+}
+
+/// An in-process subscriber that stops reading holds at most
+/// `limits.max_queued_messages` messages; the rest are dropped, so it
+/// cannot grow the broker's memory, and it gets messages again once it
+/// reads.
+#[tokio::test]
+async fn in_process_subscription_is_bounded() {
+    let env = start_with("max_queued_messages = 10");
+    let addr = env.server.local_addrs()[0];
+    let mut idle = env.server.subscribe("public/#").await.expect("sub");
+    let mut alice = Raw::connected(addr, V311, &login("a", "alice", "alice-pw"));
+    for i in 0..50u8 {
+        alice.publish("public/n", &[i], 0, false);
+    }
+    // PINGRESP: the broker has handled (and delivered) all fifty.
+    alice.send(&[0xc0, 0]);
+    assert_eq!(alice.read_packet().expect("PINGRESP").kind(), 13);
+    for i in 0..10u8 {
+        assert_eq!(recv(&mut idle).await.payload.as_ref(), [i]);
+    }
+    assert!(
+        matches!(idle.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "more than max_queued_messages were kept"
+    );
+    alice.publish("public/n", b"again", 1, false);
+    assert_eq!(recv(&mut idle).await.payload.as_ref(), b"again");
+    shutdown(env.server).await;
+}
