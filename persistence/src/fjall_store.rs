@@ -152,7 +152,10 @@ impl FjallStore {
             action,
             source,
         };
+        // Manual: a batch stays in the journal's write buffer until `commit`
+        // says how far to push it, instead of costing a write(2) each.
         let db = Database::builder(&path)
+            .manual_journal_persist(true)
             .open()
             .map_err(|e| db_err("open", e))?;
         let open = |ks: Ks| {
