@@ -595,6 +595,81 @@ impl Store for FjallStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roost_core::broker::StoredMessage;
+    use roost_core::codec::{PublishProperties, QoS};
+    use roost_core::topic::{TopicFilter, TopicName};
+
+    fn session_put(id: &'static str) -> StoreOp {
+        StoreOp::SessionPut {
+            client_id: MqttStr::from_static(id),
+            expiry_interval: 1,
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
+        store.apply(&[session_put("kept")]).unwrap();
+
+        // 8 bytes of session number + 65,530 bytes of filter: too long a key.
+        let filter = "a".repeat(65_530);
+        let err = store
+            .apply(&[
+                session_put("new"),
+                StoreOp::SessionDelete {
+                    client_id: MqttStr::from_static("kept"),
+                },
+                StoreOp::SubscriptionPut {
+                    client_id: MqttStr::from_static("new"),
+                    filter: TopicFilter::copy_from_str(&filter).unwrap(),
+                    options: Default::default(),
+                    identifier: None,
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::KeyTooLong {
+                keyspace: "subscriptions",
+                len: 65_538
+            }
+        ));
+
+        let too_large = StoredMessage {
+            topic: TopicName::from_static("t"),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties {
+                correlation_data: Some(Bytes::from(vec![0; 70_000])),
+                ..PublishProperties::default()
+            },
+        };
+        let err = store
+            .apply(&[
+                session_put("new"),
+                StoreOp::RetainedPut {
+                    topic: TopicName::from_static("t"),
+                    message: too_large,
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Encode { .. }), "{err}");
+
+        // Neither batch happened, on disk or in the session table.
+        store.apply(&[session_put("after")]).unwrap();
+        store.commit().unwrap();
+        let ids: Vec<_> = store
+            .recover()
+            .unwrap()
+            .sessions
+            .into_iter()
+            .map(|s| s.client_id)
+            .collect();
+        assert_eq!(ids, ["after", "kept"]);
+        assert!(!store.sessions.contains_key("new".as_bytes()));
+    }
 
     #[test]
     fn keyspaces_are_opened_in_index_order() {

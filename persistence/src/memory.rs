@@ -13,7 +13,9 @@ use std::num::NonZeroU32;
 ///
 /// [`commit`](Store::commit) returns at once: there is nothing to make
 /// durable. Useful for a broker without persistence and for tests; a restart
-/// loses everything.
+/// loses everything. It never fails: it has none of
+/// [`FjallStore`](crate::FjallStore)'s size limits, and it ignores kinds of
+/// operation it does not know (there is no durability to promise).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     sessions: HashMap<MqttStr, Session>,
