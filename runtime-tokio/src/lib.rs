@@ -331,6 +331,26 @@ async fn serve(
         }
     }
     let timer = tokio::task::spawn_local(timer_loop(shared.clone()));
+    // The store thread wakes this task whenever more batches are durable.
+    let stored = Arc::new(Notify::new());
+    let waker = stored.clone();
+    let started = shared
+        .driver
+        .borrow_mut()
+        .start_store_worker(Arc::new(move || waker.notify_one()));
+    if let Err(e) = started {
+        warn!(error = %e, "store thread could not start; storing inline");
+    }
+    let progress = {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                stored.notified().await;
+                shared.driver.borrow_mut().store_progress();
+                shared.after();
+            }
+        })
+    };
     while let Some(command) = commands.recv().await {
         match command {
             Command::Publish(message, done) => {
@@ -367,6 +387,8 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 timer.abort();
+                progress.abort();
+                shared.driver.borrow_mut().finish_store();
                 info!("stopped");
                 let _ = done.send(());
                 return;

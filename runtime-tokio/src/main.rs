@@ -27,11 +27,29 @@ fn main() -> ExitCode {
     // Logs go to stderr, like Mosquitto's, and are plain text unless stderr
     // is a terminal (no colour codes in log files and journald).
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // roost's own crates at the chosen level; libraries (the store, TLS)
+    // only warn unless -vv asks for everything.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let others = if config.verbosity >= 2 {
+        tracing::Level::TRACE
+    } else {
+        tracing::Level::WARN
+    };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(others)
+        .with_target("roost", level)
+        .with_target("roost_tokio", level)
+        .with_target("roost_runtime", level)
+        .with_target("roost_persistence", level);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
     // Idle connections cost a file descriptor each: take all the system
     // allows.

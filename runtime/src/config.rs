@@ -34,7 +34,8 @@ pub struct Cli {
     /// Address of the first listener (default 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<IpAddr>,
-    /// Directory for persistent state (sets persistence.path).
+    /// Keep sessions, queued and retained messages on disk in DIR, across
+    /// restarts (sets persistence.path and persistence.store = "fjall").
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// More logging: -v for debug, -vv for trace.
@@ -615,13 +616,10 @@ impl Config {
             check_duplicate_binds(&self.listeners)?;
         }
         if let Some(dir) = &cli.data_dir {
+            // A data directory only means something with a store that writes
+            // to it.
             self.persistence.path = Some(dir.clone());
-            if self.persistence.store == Store::Memory {
-                self.notes.push(
-                    "--data-dir is set but persistence.store is \"memory\": nothing is stored there"
-                        .into(),
-                );
-            }
+            self.persistence.store = Store::Fjall;
         }
         Ok(())
     }
@@ -1029,7 +1027,11 @@ mod tests {
                 .any(|w| w.contains("anonymous clients from the network")),
             "{warnings:?}"
         );
-        assert!(warnings.iter().any(|w| w.contains("--data-dir")));
+        assert_eq!(
+            config.persistence.store,
+            Store::Fjall,
+            "--data-dir turns on the disk store"
+        );
 
         let mut config = Config::from_toml_str(
             "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\

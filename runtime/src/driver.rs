@@ -14,6 +14,7 @@
 use crate::acl::{Access, Acl};
 use crate::config::{self, Config, DeniedCode};
 use crate::passwd::PasswordFile;
+use crate::store_worker::{StoreWorker, Wake};
 use crate::tls::{self, TlsStage};
 use crate::ws::WsStage;
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use roost_core::broker::{
 };
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
+use roost_persistence::Store;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -65,8 +67,14 @@ pub enum DriverError {
         /// Why.
         source: crate::acl::AclError,
     },
-    /// A configured feature that this build does not have yet.
+    /// A configured feature that this build does not have, or a setting it
+    /// needs that is missing.
     Unsupported(&'static str),
+    /// The store could not be opened or read.
+    Store {
+        /// Why.
+        source: roost_persistence::StoreError,
+    },
 }
 
 impl fmt::Display for DriverError {
@@ -80,6 +88,7 @@ impl fmt::Display for DriverError {
                 write!(f, "listener[{listener}].acl_file: {source}")
             }
             DriverError::Unsupported(what) => f.write_str(what),
+            DriverError::Store { source } => write!(f, "persistence: {source}"),
         }
     }
 }
@@ -191,6 +200,11 @@ impl AccessPolicy for AclPolicy {
 /// The driver: one engine and the I/O state of its connections.
 pub struct Driver {
     broker: Broker,
+    /// The store until a worker thread takes it (see
+    /// [`Driver::start_store_worker`]); used inline meanwhile.
+    store: Option<Box<dyn Store>>,
+    store_worker: Option<StoreWorker>,
+    flush_every: Option<Duration>,
     epoch: std::time::Instant,
     listeners: Vec<ListenerState>,
     conns: HashMap<ConnId, ConnIo>,
@@ -211,11 +225,6 @@ impl Driver {
     /// Builds the engine and loads every file the configuration names
     /// (certificates, password files, ACLs).
     pub fn new(config: &Config) -> Result<Driver, DriverError> {
-        if config.persistence.store == config::Store::Fjall {
-            return Err(DriverError::Unsupported(
-                "persistence.store = \"fjall\" is not available yet: use \"memory\"",
-            ));
-        }
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
             let tls = match (&l.cert, &l.key) {
@@ -250,9 +259,47 @@ impl Driver {
         let needs_auth = listeners
             .iter()
             .any(|l| l.passwords.is_some() || !l.config.allow_anonymous);
-        let engine = engine_config(config, needs_auth, policy, denied);
+        let mut engine = engine_config(config, needs_auth, policy, denied);
+        // "memory" keeps nothing across restarts, so the engine emits nothing
+        // to store and holds no acknowledgement: no cost at all.
+        let (broker, store) = match (&config.persistence.store, &config.persistence.path) {
+            (config::Store::Fjall, Some(path)) => {
+                let durability = match config.persistence.durability {
+                    config::Durability::Sync => roost_persistence::Durability::Sync,
+                    config::Durability::Periodic => roost_persistence::Durability::Periodic,
+                };
+                let mut store = roost_persistence::FjallStore::open(path, durability)
+                    .map_err(|source| DriverError::Store { source })?;
+                let recovered = store
+                    .recover()
+                    .map_err(|source| DriverError::Store { source })?;
+                info!(
+                    path = %path.display(),
+                    sessions = recovered.sessions.len(),
+                    retained = recovered.retained.len(),
+                    "store opened"
+                );
+                engine.persistence = true;
+                let store: Box<dyn Store> = Box::new(store);
+                (
+                    Broker::restore(engine, Instant::ZERO, recovered),
+                    Some(store),
+                )
+            }
+            (config::Store::Fjall, None) => {
+                return Err(DriverError::Unsupported(
+                    "persistence.store = \"fjall\" needs persistence.path (or --data-dir)",
+                ));
+            }
+            (config::Store::Memory, _) => (Broker::new(engine, Instant::ZERO), None),
+        };
+        let flush_every = (config.persistence.durability == config::Durability::Periodic)
+            .then(|| Duration::from_millis(config.persistence.flush_interval_ms));
         Ok(Driver {
-            broker: Broker::new(engine, Instant::ZERO),
+            broker,
+            store,
+            store_worker: None,
+            flush_every,
             epoch: std::time::Instant::now(),
             listeners,
             conns: HashMap::new(),
@@ -561,6 +608,74 @@ impl Driver {
         Ok(status)
     }
 
+    /// Moves the store to a thread of its own; `wake` is called from that
+    /// thread whenever more batches are durable, and the runtime then calls
+    /// [`Driver::store_progress`]. Without a worker, batches are stored
+    /// inline (correct, but every commit then stalls the event loop).
+    pub fn start_store_worker(&mut self, wake: Wake) -> io::Result<()> {
+        if let Some(store) = self.store.take() {
+            self.store_worker = Some(StoreWorker::start(store, self.flush_every, wake)?);
+        }
+        Ok(())
+    }
+
+    /// Whether this driver persists state (a store is configured).
+    pub fn has_store(&self) -> bool {
+        self.store.is_some() || self.store_worker.is_some()
+    }
+
+    /// Hands the engine what the store worker has made durable, releasing
+    /// the acknowledgements that waited for it.
+    pub fn store_progress(&mut self) {
+        let Some(id) = self
+            .store_worker
+            .as_ref()
+            .and_then(StoreWorker::take_durable)
+        else {
+            return;
+        };
+        let now = self.now();
+        self.broker.handle_store_done(now, id);
+        self.dispatch();
+    }
+
+    /// Stores everything still queued and stops the store worker (at
+    /// shutdown, after [`Driver::shutdown`]).
+    pub fn finish_store(&mut self) {
+        if let Some(worker) = &mut self.store_worker {
+            worker.finish();
+        }
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "store flush at shutdown failed");
+            }
+        }
+    }
+
+    fn store_batch(
+        &mut self,
+        id: roost_core::broker::StoreId,
+        ops: Vec<roost_core::broker::StoreOp>,
+    ) {
+        if let Some(worker) = &self.store_worker {
+            worker.submit(id, ops);
+            return;
+        }
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        match store.apply(&ops).and_then(|()| store.commit()) {
+            Ok(()) => {
+                let now = self.now();
+                self.broker.handle_store_done(now, id);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed; dropping the store: no further acknowledgements will be sent");
+                self.store = None;
+            }
+        }
+    }
+
     /// Password checks to run off the event loop; hand each result to
     /// [`Driver::resolve_auth`].
     pub fn take_auth_jobs(&mut self) -> Vec<AuthJob> {
@@ -691,6 +806,7 @@ impl Driver {
                     message,
                 } => self.deliveries.push((subscription, message)),
                 Action::Event(event) => log_event(&event),
+                Action::Store { id, ops } => self.store_batch(id, ops),
                 _ => {}
             }
         }

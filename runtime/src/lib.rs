@@ -35,5 +35,6 @@ pub mod acl;
 pub mod config;
 pub mod driver;
 pub mod passwd;
+pub mod store_worker;
 pub mod tls;
 pub mod ws;
