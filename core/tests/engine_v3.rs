@@ -860,3 +860,39 @@ fn blocked_connection_drops_qos0_and_holds_qos1_until_writable() {
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"one");
 }
+
+#[test]
+fn over_long_topics_and_filters_are_refused() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            max_topic_length: 16,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect("a", V4, true);
+    let reasons = sim.subscribe(
+        a,
+        1,
+        &[
+            ("0123456789/abcdefgh", QoS::AtMostOnce),
+            ("short/#", QoS::AtMostOnce),
+        ],
+    );
+    assert_eq!(reasons, [ReasonCode::UnspecifiedError, ReasonCode::Success]);
+    sim.send(
+        a,
+        Packet::Publish(publish(
+            "short/0123456789abc",
+            b"x",
+            QoS::AtMostOnce,
+            1,
+            false,
+        )),
+    );
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::Protocol(ReasonCode::TopicNameInvalid))
+    );
+}

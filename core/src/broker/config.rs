@@ -34,6 +34,10 @@ pub struct Limits {
     /// Most levels in a topic name or filter; more is refused (the PUBLISH
     /// closes the connection, the subscription gets a failure code).
     pub max_topic_levels: usize,
+    /// Longest topic name or filter, in bytes: a PUBLISH or will to a longer
+    /// topic is refused like an invalid topic (0x90), a longer filter gets
+    /// SUBACK 0x8F / 0x80. Keeps every stored key within what stores accept.
+    pub max_topic_length: usize,
     /// Subscriptions per session; further ones get SUBACK 0x97 / 0x80.
     pub max_subscriptions_per_client: usize,
     /// Connections at once; a CONNECT beyond it gets CONNACK 0x03 (0x89).
@@ -58,6 +62,7 @@ impl Default for Limits {
             queue_qos0_offline: false,
             max_client_id_len: 65_535,
             max_topic_levels: 128,
+            max_topic_length: 32 * 1024,
             max_subscriptions_per_client: 10_000,
             max_connections: usize::MAX,
             max_retained_messages: 10_000_000,

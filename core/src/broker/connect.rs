@@ -141,7 +141,9 @@ impl Broker {
                 Some(ReasonCode::QoSNotSupported)
             } else if will.retain && !self.config.retain_available {
                 Some(ReasonCode::RetainNotSupported)
-            } else if will.topic.levels().count() > limits.max_topic_levels {
+            } else if will.topic.levels().count() > limits.max_topic_levels
+                || will.topic.len() > limits.max_topic_length
+            {
                 Some(ReasonCode::TopicNameInvalid)
             } else {
                 None

@@ -35,7 +35,10 @@ impl Broker {
             }
         }
         let qos = p.qos.qos();
-        let violation = if p.topic.levels().count() > self.config.limits.max_topic_levels {
+        let limits = &self.config.limits;
+        let violation = if p.topic.levels().count() > limits.max_topic_levels
+            || p.topic.len() > limits.max_topic_length
+        {
             Some(ReasonCode::TopicNameInvalid)
         } else if qos > self.config.maximum_qos {
             Some(ReasonCode::QoSNotSupported)

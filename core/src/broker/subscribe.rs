@@ -90,7 +90,9 @@ impl Broker {
         if selector.has_wildcards() && !self.config.wildcard_subscription_available {
             return Err(ReasonCode::WildcardSubscriptionsNotSupported);
         }
-        if selector.levels().count() > self.config.limits.max_topic_levels {
+        if selector.levels().count() > self.config.limits.max_topic_levels
+            || s.filter.as_bytes().len() > self.config.limits.max_topic_length
+        {
             return Err(ReasonCode::TopicFilterInvalid);
         }
         let session = self
