@@ -1,0 +1,253 @@
+//! Checks shared by the runtime crates' integration tests: each takes the
+//! address of a running broker, whatever runs it. `roost-mio` includes this
+//! file too (`#[path]`), so both runtimes pass the very same checks.
+#![allow(dead_code)]
+
+use roost_runtime::config::Config;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Anonymous access on 127.0.0.1, on a port the system picks.
+pub fn local_config() -> Config {
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// `conformance/paho.toml` (what the suite assumes of a broker) on a port
+/// the system picks.
+pub fn paho_config() -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/paho.toml");
+    let mut config = Config::from_file(&path).expect("conformance/paho.toml loads");
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// A connected rumqttc client; its event loop has seen the CONNACK.
+pub async fn connect(addr: SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    connect_with(options).await
+}
+
+async fn connect_with(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(options, 16);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return (client, events),
+            Ok(Ok(_)) => {}
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// Drives `events` until a PUBLISH arrives (and is acknowledged by rumqttc).
+pub async fn next_publish(events: &mut EventLoop) -> Publish {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return p,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBLISH: {other:?}"),
+        }
+    }
+}
+
+/// Drives `events` until the SUBACK.
+async fn until_suback(events: &mut EventLoop) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+}
+
+/// Drives a publisher's event loop in the background, so its QoS 1/2
+/// handshakes complete.
+fn drive(mut events: EventLoop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while events.poll().await.is_ok() {} })
+}
+
+/// QoS 0, 1 and 2 messages reach a QoS 2 subscriber at their own QoS.
+pub async fn qos_round_trips(addr: SocketAddr) {
+    let (sub, mut sub_events) = connect(addr, "rt-sub").await;
+    sub.subscribe("rt/#", QoS::ExactlyOnce).await.unwrap();
+    until_suback(&mut sub_events).await;
+    let (publisher, pub_events) = connect(addr, "rt-pub").await;
+    let driver = drive(pub_events);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let payload = format!("{qos:?}");
+        publisher
+            .publish("rt/x", qos, false, payload.clone())
+            .await
+            .unwrap();
+        let p = next_publish(&mut sub_events).await;
+        assert_eq!(p.topic, "rt/x");
+        assert_eq!(p.qos, qos);
+        assert_eq!(&p.payload[..], payload.as_bytes());
+    }
+    driver.abort();
+}
+
+/// A retained message reaches a later subscriber, flagged retained.
+pub async fn retained(addr: SocketAddr) {
+    let (publisher, pub_events) = connect(addr, "ret-pub").await;
+    let driver = drive(pub_events);
+    publisher
+        .publish("ret/a", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    // The subscriber retries until the retained message is stored: the
+    // publisher's PUBLISH may still be on its way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (sub, mut events) = connect(addr, "ret-sub").await;
+        sub.subscribe("ret/#", QoS::AtLeastOnce).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), next_publish(&mut events)).await;
+        if let Ok(p) = got {
+            assert!(p.retain);
+            assert_eq!(p.topic, "ret/a");
+            assert_eq!(&p.payload[..], b"kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retained message");
+    }
+    driver.abort();
+}
+
+/// A client that vanishes without DISCONNECT has its will published.
+pub async fn will_on_abrupt_drop(addr: SocketAddr) {
+    let (sub, mut sub_events) = connect(addr, "will-sub").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
+    until_suback(&mut sub_events).await;
+    let mut options = MqttOptions::new("will-dying", addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_last_will(LastWill::new("will/dying", "gone", QoS::AtLeastOnce, false));
+    let (client, events) = connect_with(options).await;
+    // Dropping the event loop closes the socket with no DISCONNECT.
+    drop(events);
+    drop(client);
+    let p = next_publish(&mut sub_events).await;
+    assert_eq!(p.topic, "will/dying");
+    assert_eq!(&p.payload[..], b"gone");
+}
+
+/// An MQTT 3.1.1 CONNECT with clean session, `keepalive` seconds and an
+/// optional QoS 0 will.
+fn connect_311(id: &str, keepalive: u16, will: Option<(&str, &[u8])>) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(4);
+    body.push(if will.is_some() { 0x06 } else { 0x02 });
+    body.extend_from_slice(&keepalive.to_be_bytes());
+    string(&mut body, id.as_bytes());
+    if let Some((topic, message)) = will {
+        string(&mut body, topic.as_bytes());
+        string(&mut body, message);
+    }
+    assert!(body.len() < 128);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// A client that goes silent past 1.5 × its keep alive is disconnected,
+/// and its will is published.
+pub async fn keepalive_expiry(addr: SocketAddr) {
+    let (sub, mut sub_events) = connect(addr, "ka-sub").await;
+    sub.subscribe("ka/#", QoS::AtMostOnce).await.unwrap();
+    until_suback(&mut sub_events).await;
+    let started = Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut silent = TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        silent
+            .write_all(&connect_311(
+                "ka-silent",
+                1,
+                Some(("ka/silent", b"expired")),
+            ))
+            .unwrap();
+        let mut connack = [0u8; 4];
+        silent.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        // Never send again: the broker must close the socket.
+        let mut rest = Vec::new();
+        let _ = silent.read_to_end(&mut rest);
+        started.elapsed()
+    });
+    let p = next_publish(&mut sub_events).await;
+    assert_eq!(p.topic, "ka/silent");
+    assert_eq!(&p.payload[..], b"expired");
+    let elapsed = closed.await.unwrap();
+    assert!(
+        elapsed >= Duration::from_millis(1000) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+}
+
+/// Connects an MQTT 5 client on a plain socket; `wait_disconnect` then
+/// returns the reason code of the DISCONNECT the broker sends on shutdown.
+pub fn connect_v5(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // CONNECT, protocol 5, clean start, keep alive 60, no properties, id "s".
+    stream
+        .write_all(&[
+            0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b's',
+        ])
+        .unwrap();
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], 0x20, "CONNACK");
+    let mut body = vec![0u8; usize::from(header[1])];
+    stream.read_exact(&mut body).unwrap();
+    assert_eq!(body[1], 0, "CONNACK reason code");
+    stream
+}
+
+/// Reads until the broker closes `stream`: the reason code of its
+/// DISCONNECT, if it sent one.
+pub fn wait_disconnect(mut stream: TcpStream) -> Option<u8> {
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    match rest.as_slice() {
+        [0xE0, len, code, ..] if *len > 0 => Some(*code),
+        _ => None,
+    }
+}
+
+/// Runs the whole black-box suite against `addr` (configured as
+/// [`paho_config`]), printing every failure, and returns the failure count.
+pub async fn conformance(addr: SocketAddr) -> usize {
+    use roost_conformance::{runner, scenario};
+    let mut config = scenario::Config::new(&addr.ip().to_string(), addr.port());
+    config.max_packet_size = 10_000;
+    let started = Instant::now();
+    let report = runner::run(&config, &runner::Selection::default(), |v| {
+        if v.result.is_err() {
+            eprintln!("{}", v.line());
+        }
+    })
+    .await;
+    println!(
+        "conformance: {} in {:.0?}",
+        report.summary(),
+        started.elapsed()
+    );
+    report.failed()
+}
