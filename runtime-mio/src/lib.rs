@@ -46,14 +46,16 @@
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use roost_core::broker::{AuthDecision, AuthToken, ConnId, LocalSubscription, Message};
+use roost_core::broker::{
+    AccessPolicy, AuthDecision, AuthRequest, AuthToken, ConnId, LocalSubscription, Message,
+};
 use roost_core::codec::QoS;
 use roost_core::topic::{TopicFilter, TopicName};
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, LINGER, LINGER_BYTES, WriteStatus};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +87,6 @@ struct Conn {
 /// peer still sends is read and discarded until [`LINGER`] ends.
 struct Lingering {
     stream: TcpStream,
-    until: Instant,
     discarded: usize,
 }
 
@@ -117,6 +118,14 @@ pub struct Server {
     conns: HashMap<Token, Conn>,
     tokens: HashMap<ConnId, Token>,
     lingering: HashMap<Token, Lingering>,
+    /// Lingering sockets by deadline: every linger lasts [`LINGER`], so
+    /// start order is deadline order. Entries of sockets that ended early
+    /// are skipped (tokens are never reused).
+    linger_order: VecDeque<(Instant, Token)>,
+    /// Connections whose `readable` is set, so a step visits only those,
+    /// never every connection.
+    to_read: Vec<Token>,
+    ready: Vec<(Token, bool, bool)>,
     next_token: usize,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
@@ -170,6 +179,9 @@ impl Server {
             conns: HashMap::new(),
             tokens: HashMap::new(),
             lingering: HashMap::new(),
+            linger_order: VecDeque::new(),
+            to_read: Vec::new(),
+            ready: Vec::new(),
             waker,
             stop: Arc::new(AtomicBool::new(false)),
             auth_tx,
@@ -232,26 +244,24 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        let ready: Vec<(Token, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable() || e.is_write_closed(),
-                )
-            })
-            .collect();
-        for (token, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable() || e.is_write_closed(),
+            )
+        }));
+        for &(token, readable, writable) in &ready {
             match token {
                 WAKER => self.drain_auth_results(),
                 SIGNALS => self.handle_pending_signals(),
                 Token(i) if i < self.listeners.len() => self.accept(i),
                 token if self.lingering.contains_key(&token) => self.drain_lingering(token),
                 token => {
-                    if let Some(conn) = self.conns.get_mut(&token) {
-                        conn.readable |= readable;
+                    if readable {
+                        self.mark_readable(token);
                     }
                     if writable {
                         self.flush(token);
@@ -259,20 +269,19 @@ impl Server {
                 }
             }
         }
+        self.ready = ready;
         if self.stop.swap(false, Ordering::AcqRel) {
             self.shutdown();
         }
         // Sockets with unread input: read now, so a socket that was paused
         // by backpressure or ran out of turns is not forgotten (no new edge
         // will come for bytes already there).
-        let readable: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.readable)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in readable {
+        let readable = std::mem::take(&mut self.to_read);
+        for &token in &readable {
             self.read(token);
+            if self.conns.get(&token).is_some_and(|c| c.readable) {
+                self.to_read.push(token);
+            }
         }
         if self
             .driver
@@ -364,6 +373,32 @@ impl Server {
         self.driver.take_deliveries()
     }
 
+    /// Decides every publish, subscribe and delivery with `policy` instead
+    /// of the ACL files.
+    pub fn set_authorization(&mut self, policy: Box<dyn AccessPolicy>) {
+        self.driver.set_authorization(policy);
+    }
+
+    /// Hands every CONNECT's authentication to the host instead of the
+    /// password files: take the requests with [`Server::take_auth_requests`]
+    /// after each step and answer with [`Server::resolve_auth`], as late as
+    /// suits (the client waits; its connect timeout still runs).
+    pub fn use_external_authentication(&mut self) {
+        self.driver.use_external_authentication();
+    }
+
+    /// Authentication requests since the last call (only after
+    /// [`Server::use_external_authentication`]).
+    pub fn take_auth_requests(&mut self) -> Vec<AuthRequest> {
+        self.driver.take_auth_requests()
+    }
+
+    /// The host's answer to an authentication request.
+    pub fn resolve_auth(&mut self, token: AuthToken, decision: AuthDecision) {
+        self.driver.resolve_auth(token, decision);
+        self.service();
+    }
+
     /// The driver, for statistics and inspection.
     pub fn driver(&self) -> &Driver {
         &self.driver
@@ -372,10 +407,11 @@ impl Server {
     fn wait_time(&self, timeout: Option<Duration>) -> Option<Duration> {
         if self.stop.load(Ordering::Acquire)
             || self.stopped
-            || self
-                .conns
-                .values()
-                .any(|c| c.readable && !self.driver.read_paused(c.id))
+            || self.to_read.iter().any(|t| {
+                self.conns
+                    .get(t)
+                    .is_some_and(|c| !self.driver.read_paused(c.id))
+            })
         {
             return Some(Duration::ZERO);
         }
@@ -384,7 +420,7 @@ impl Server {
             .driver
             .next_deadline()
             .into_iter()
-            .chain(self.lingering.values().map(|l| l.until))
+            .chain(self.linger_order.front().map(|&(until, _)| until))
             .chain(self.stopping);
         let until_deadline = deadlines.min().map(|at| at.saturating_duration_since(now));
         match (timeout, until_deadline) {
@@ -426,10 +462,20 @@ impl Server {
                     stream,
                     id,
                     writable: false,
-                    // Bytes may have arrived before registration.
-                    readable: true,
+                    readable: false,
                 },
             );
+            // Bytes may have arrived before registration.
+            self.mark_readable(token);
+        }
+    }
+
+    fn mark_readable(&mut self, token: Token) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if !conn.readable {
+                conn.readable = true;
+                self.to_read.push(token);
+            }
         }
     }
 
@@ -577,11 +623,12 @@ impl Server {
             return;
         }
         debug!(conn = %conn.id, "lingering");
+        let until = Instant::now() + LINGER;
+        self.linger_order.push_back((until, token));
         self.lingering.insert(
             token,
             Lingering {
                 stream: conn.stream,
-                until: Instant::now() + LINGER,
                 discarded: 0,
             },
         );
@@ -611,13 +658,11 @@ impl Server {
 
     fn expire_lingering(&mut self) {
         let now = Instant::now();
-        let expired: Vec<Token> = self
-            .lingering
-            .iter()
-            .filter(|(_, l)| l.until <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in expired {
+        while let Some(&(until, token)) = self.linger_order.front() {
+            if until > now && self.lingering.contains_key(&token) {
+                break;
+            }
+            self.linger_order.pop_front();
             self.end_linger(token);
         }
     }
@@ -638,6 +683,8 @@ impl Server {
         for token in tokens {
             self.end_linger(token);
         }
+        self.linger_order.clear();
+        self.to_read.clear();
         self.stopping = None;
         self.stopped = true;
         info!("stopped");

@@ -72,7 +72,7 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
 async fn shutdown_sends_disconnect_0x8b_and_stops() {
     let server = start();
     let addr = server.addr;
-    let stream = tokio::task::spawn_blocking(move || common::connect_v5(addr))
+    let stream = tokio::task::spawn_blocking(move || common::connect_v5(addr, "shut"))
         .await
         .unwrap();
     let client = tokio::task::spawn_blocking(move || common::wait_disconnect(stream));
@@ -140,4 +140,16 @@ fn a_host_steps_the_server_and_exchanges_messages_in_process() {
     server.run().unwrap();
     assert!(server.is_stopped());
     assert_eq!(server.driver().connection_count(), 0);
+}
+
+#[tokio::test]
+async fn password_file_admits_the_right_password_only() {
+    let server = Running::start(common::password_config("mio"));
+    common::password_check(server.addr).await;
+    server.stop();
+}
+
+#[test]
+fn binary_reloads_on_sighup_and_stops_on_sigterm() {
+    common::binary_signals(env!("CARGO_BIN_EXE_roost-mio"));
 }

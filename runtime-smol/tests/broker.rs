@@ -53,7 +53,7 @@ async fn in_process_publish_and_subscribe() {
 async fn shutdown_sends_disconnect_0x8b_and_stops() {
     let server = start();
     let addr = server.local_addrs()[0];
-    let stream = tokio::task::spawn_blocking(move || common::connect_v5(addr))
+    let stream = tokio::task::spawn_blocking(move || common::connect_v5(addr, "shut"))
         .await
         .unwrap();
     let client = tokio::task::spawn_blocking(move || common::wait_disconnect(stream));
@@ -65,4 +65,16 @@ async fn shutdown_sends_disconnect_0x8b_and_stops() {
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test]
+async fn password_file_admits_the_right_password_only() {
+    let server = roost_smol::start(common::password_config("smol")).expect("broker starts");
+    common::password_check(server.local_addrs()[0]).await;
+    server.shutdown().await;
+}
+
+#[test]
+fn binary_reloads_on_sighup_and_stops_on_sigterm() {
+    common::binary_signals(env!("CARGO_BIN_EXE_roost-smol"));
 }

@@ -26,6 +26,41 @@ pub fn paho_config() -> Config {
     config
 }
 
+/// A listener that admits only `alice` with password `secret`, checked
+/// against a password file (so through the runtime's auth jobs).
+pub fn password_config(name: &str) -> Config {
+    use roost_runtime::passwd::PasswordFile;
+    let dir = std::env::temp_dir().join(format!("roost-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("passwd");
+    let mut file = PasswordFile::new();
+    file.add("alice", "secret").unwrap();
+    file.save(&path).unwrap();
+    let mut config = local_config();
+    config.listeners[0].allow_anonymous = false;
+    config.listeners[0].password_file = Some(path);
+    config
+}
+
+/// The right password is accepted and a wrong one refused (the argon2
+/// check runs off the event loop, and its answer comes back to it).
+pub async fn password_check(addr: SocketAddr) {
+    let mut options = MqttOptions::new("auth-good", addr.ip().to_string(), addr.port());
+    options.set_credentials("alice", "secret");
+    let (client, mut events) = connect_with(options).await;
+    client.subscribe("auth/#", QoS::AtMostOnce).await.unwrap();
+    until_suback(&mut events).await;
+    let mut options = MqttOptions::new("auth-bad", addr.ip().to_string(), addr.port());
+    options.set_credentials("alice", "wrong");
+    let (_client, mut events) = AsyncClient::new(options, 16);
+    match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => {
+            assert_eq!(code, rumqttc::ConnectReturnCode::BadUserNamePassword)
+        }
+        other => panic!("wrong password not refused: {other:?}"),
+    }
+}
+
 /// A connected rumqttc client; its event loop has seen the CONNACK.
 pub async fn connect(addr: SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
@@ -200,17 +235,30 @@ pub async fn keepalive_expiry(addr: SocketAddr) {
 
 /// Connects an MQTT 5 client on a plain socket; `wait_disconnect` then
 /// returns the reason code of the DISCONNECT the broker sends on shutdown.
-pub fn connect_v5(addr: SocketAddr) -> TcpStream {
+pub fn connect_v5(addr: SocketAddr, id: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    // CONNECT, protocol 5, clean start, keep alive 60, no properties, id "s".
-    stream
-        .write_all(&[
-            0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b's',
-        ])
-        .unwrap();
+    // CONNECT, protocol 5, clean start, keep alive 60, no properties.
+    let mut connect = vec![
+        0x10,
+        13 + id.len() as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        0x02,
+        0,
+        60,
+        0,
+    ];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    stream.write_all(&connect).unwrap();
     let mut header = [0u8; 2];
     stream.read_exact(&mut header).unwrap();
     assert_eq!(header[0], 0x20, "CONNACK");
@@ -229,6 +277,70 @@ pub fn wait_disconnect(mut stream: TcpStream) -> Option<u8> {
         [0xE0, len, code, ..] if *len > 0 => Some(*code),
         _ => None,
     }
+}
+
+/// Runs a broker binary on a port the system picks, as `roost` would be
+/// run: returns the child and the address it logged.
+pub fn spawn_binary(path: &str) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(path)
+        .args(["--port", "0"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading (and so never block the broker's logging) after the
+    // address line.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(at) = line.find("addr=") {
+                let addr: String = line[at + 5..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the binary logs its address");
+    (child, addr.parse().expect("a socket address"))
+}
+
+/// Sends `signal` (a `kill` name: HUP, TERM, INT) to `child`.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGHUP reloads and keeps serving; SIGTERM sends MQTT 5 clients
+/// DISCONNECT 0x8B and exits with status 0.
+pub fn binary_signals(path: &str) {
+    let (mut child, addr) = spawn_binary(path);
+    let client = connect_v5(addr, "sig-kept");
+    signal(&child, "HUP");
+    let other = connect_v5(addr, "sig-after-hup");
+    drop(other);
+    let waiter = std::thread::spawn(move || wait_disconnect(client));
+    signal(&child, "TERM");
+    assert_eq!(waiter.join().unwrap(), Some(0x8B));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 }
 
 /// Runs the whole black-box suite against `addr` (configured as
