@@ -153,3 +153,10 @@ async fn password_file_admits_the_right_password_only() {
 fn binary_reloads_on_sighup_and_stops_on_sigterm() {
     common::binary_signals(env!("CARGO_BIN_EXE_roost-mio"));
 }
+
+#[tokio::test]
+async fn slow_subscriber_catches_up() {
+    let server = Running::start(common::backlog_config());
+    common::slow_subscriber_catches_up(server.addr).await;
+    server.stop();
+}

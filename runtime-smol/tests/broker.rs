@@ -78,3 +78,10 @@ async fn password_file_admits_the_right_password_only() {
 fn binary_reloads_on_sighup_and_stops_on_sigterm() {
     common::binary_signals(env!("CARGO_BIN_EXE_roost-smol"));
 }
+
+#[tokio::test]
+async fn slow_subscriber_catches_up() {
+    let server = roost_smol::start(common::backlog_config()).expect("broker starts");
+    common::slow_subscriber_catches_up(server.local_addrs()[0]).await;
+    server.shutdown().await;
+}

@@ -173,6 +173,61 @@ pub async fn will_on_abrupt_drop(addr: SocketAddr) {
     assert_eq!(&p.payload[..], b"gone");
 }
 
+/// Room for a backlog far larger than the sockets' buffers, so the slow
+/// subscriber below loses nothing.
+pub fn backlog_config() -> Config {
+    let mut config = local_config();
+    config.limits.max_inflight = 1000;
+    config.limits.max_queued_bytes = 64 * 1024 * 1024;
+    config
+}
+
+/// Messages that reach the broker while their subscriber reads nothing
+/// pile up past every socket buffer; once it reads, all arrive, in order.
+/// Exercises writing until `WouldBlock`, waiting for writability and
+/// resuming the engine's output.
+pub async fn slow_subscriber_catches_up(addr: SocketAddr) {
+    const COUNT: usize = 250;
+    const SIZE: usize = 64 * 1024;
+    let options = |id: &str| {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(60));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o
+    };
+    let (sub, mut sub_events) = connect_with(options("slow-sub")).await;
+    sub.subscribe("slow/#", QoS::AtLeastOnce).await.unwrap();
+    until_suback(&mut sub_events).await;
+    let (publisher, mut pub_events) = connect_with(options("slow-pub")).await;
+    let sending = tokio::spawn(async move {
+        for i in 0..COUNT {
+            let mut payload = vec![0u8; SIZE];
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            publisher
+                .publish("slow/x", QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    // Every PUBACK means the broker holds the message; the subscriber has
+    // read none of them yet.
+    let mut acked = 0;
+    while acked < COUNT {
+        match tokio::time::timeout(Duration::from_secs(20), pub_events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher: {other:?} after {acked} PUBACKs"),
+        }
+    }
+    let _publisher = sending.await.unwrap();
+    for i in 0..COUNT {
+        let p = next_publish(&mut sub_events).await;
+        assert_eq!(p.payload.len(), SIZE);
+        assert_eq!(p.payload[..8], (i as u64).to_be_bytes(), "message {i}");
+    }
+}
+
 /// An MQTT 3.1.1 CONNECT with clean session, `keepalive` seconds and an
 /// optional QoS 0 will.
 fn connect_311(id: &str, keepalive: u16, will: Option<(&str, &[u8])>) -> Vec<u8> {
