@@ -70,6 +70,9 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 /// the rest is read on the next step.
 const READS_PER_TURN: usize = 16;
 
+/// How long to wait before accepting again after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// How long [`Server::shutdown`] waits for the final DISCONNECTs to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -134,6 +137,10 @@ pub struct Server {
     signals: Option<Signals>,
     read_buf: Vec<u8>,
     woken: Vec<ConnId>,
+    /// When to try accepting again after a failed accept (out of file
+    /// descriptors, typically): the listeners are edge-triggered, so the
+    /// connections left in the backlog would otherwise wait for a new one.
+    accept_retry: Option<Instant>,
     /// Set by [`Server::shutdown`]: when the server gives up flushing.
     stopping: Option<Instant>,
     stopped: bool,
@@ -189,6 +196,7 @@ impl Server {
             signals: None,
             read_buf: vec![0; 64 * 1024],
             woken: Vec::new(),
+            accept_retry: None,
             stopping: None,
             stopped: false,
         })
@@ -270,6 +278,12 @@ impl Server {
             }
         }
         self.ready = ready;
+        if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+            self.accept_retry = None;
+            for index in 0..self.listeners.len() {
+                self.accept(index);
+            }
+        }
         if self.stop.swap(false, Ordering::AcqRel) {
             self.shutdown();
         }
@@ -421,6 +435,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.linger_order.front().map(|&(until, _)| until))
+            .chain(self.accept_retry)
             .chain(self.stopping);
         let until_deadline = deadlines.min().map(|at| at.saturating_duration_since(now));
         match (timeout, until_deadline) {
@@ -436,10 +451,10 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of file descriptors, typically: the backlog keeps
-                    // the rest, and a later readiness edge (another
-                    // connection arriving) retries. Keep serving.
+                    // Back off instead of spinning, and keep serving the
+                    // connections we have.
                     warn!(error = %e, "accept failed");
+                    self.accept_retry = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
             };
