@@ -47,6 +47,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
@@ -437,28 +438,42 @@ async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: R
         if close {
             break;
         }
+        // One readiness future for both directions: every idle connection
+        // carries this future's state, so fewer and smaller futures mean
+        // less memory per connection.
+        let mut interest = None;
+        if !paused {
+            interest = Some(Interest::READABLE);
+        }
+        if need_writable {
+            interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
+        }
+        let ready = async {
+            match interest {
+                Some(interest) => stream.ready(interest).await.map(Some),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = notify.notified() => {}
-            ready = stream.writable(), if need_writable => {
-                if ready.is_err() {
-                    break;
-                }
-            }
-            ready = stream.readable(), if !paused => {
-                if ready.is_err() {
-                    break;
-                }
-                let mut buf = shared.read_buf.borrow_mut();
-                match stream.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        shared.driver.borrow_mut().input(id, &buf[..n]);
-                        drop(buf);
-                        shared.after();
+            ready = ready => {
+                let ready = match ready {
+                    Ok(Some(ready)) => ready,
+                    _ => break,
+                };
+                if ready.is_readable() || ready.is_read_closed() {
+                    let mut buf = shared.read_buf.borrow_mut();
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            shared.driver.borrow_mut().input(id, &buf[..n]);
+                            drop(buf);
+                            shared.after();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
                 }
             }
         }
@@ -468,7 +483,9 @@ async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: R
     shared.driver.borrow_mut().closed(id);
     shared.after();
     if lingering {
-        linger(stream).await;
+        // A task of its own: awaited here, linger's timer and buffer would
+        // size every connection's future for its whole life.
+        tokio::task::spawn_local(linger(stream));
     }
 }
 

@@ -597,6 +597,10 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
+        // An idle connection should not keep a queue's worth of capacity.
+        if io.out.is_empty() && io.out.capacity() > 0 {
+            io.out = VecDeque::new();
+        }
         // Resume deliveries once the buffer is half empty again, so a slow
         // reader does not flap between blocked and writable.
         if io.blocked && io.out_len <= self.outbound_limit / 2 {

@@ -374,7 +374,9 @@ impl Broker {
             assigned = Some(fresh.clone());
             fresh
         } else {
-            connect.client_id.clone()
+            // Its own bytes: the identifier lives as long as the session,
+            // and a slice would keep the whole CONNECT packet alive with it.
+            connect.client_id.detached()
         };
 
         // Another connection with this identifier is taken over
@@ -441,7 +443,7 @@ impl Broker {
         };
         c.state = ConnState::Connected { session: sid };
         c.client_id = client_id.clone();
-        c.username = connect.username.clone();
+        c.username = connect.username.as_ref().map(MqttStr::detached);
         c.will = connect.will.map(Box::new);
         c.keep_alive_ms = u64::from(keep_alive) * 1000;
         c.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);

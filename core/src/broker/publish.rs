@@ -23,7 +23,7 @@ impl Broker {
                 return;
             }
             if p.topic.is_empty() {
-                match c.aliases_in.get(&alias.get()) {
+                match c.aliases.as_ref().and_then(|a| a.inbound.get(&alias.get())) {
                     Some(topic) => p.topic = topic.clone(),
                     None => {
                         self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError));
@@ -31,7 +31,10 @@ impl Broker {
                     }
                 }
             } else {
-                c.aliases_in.insert(alias.get(), p.topic.clone());
+                c.aliases
+                    .get_or_insert_with(Default::default)
+                    .inbound
+                    .insert(alias.get(), p.topic.clone());
             }
         }
         let qos = p.qos.qos();
@@ -555,12 +558,13 @@ impl Broker {
         }
         if let Packet::Publish(publish) = &mut packet {
             if v5 && aliases && c.client_alias_max > 0 {
-                if let Some(&alias) = c.aliases_out.get(&publish.topic) {
+                let aliases = c.aliases.get_or_insert_with(Default::default);
+                if let Some(&alias) = aliases.outbound.get(&publish.topic) {
                     publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
                     publish.topic = TopicName::default();
-                } else if c.aliases_out.len() < usize::from(c.client_alias_max) {
-                    let alias = c.aliases_out.len() as u16 + 1;
-                    c.aliases_out.insert(publish.topic.clone(), alias);
+                } else if aliases.outbound.len() < usize::from(c.client_alias_max) {
+                    let alias = aliases.outbound.len() as u16 + 1;
+                    aliases.outbound.insert(publish.topic.clone(), alias);
                     publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
                 }
             }

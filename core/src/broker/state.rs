@@ -72,10 +72,8 @@ pub(crate) struct Conn {
     /// Boxed: few clients have a will, and every connection would pay for
     /// one inline.
     pub(crate) will: Option<Box<Will>>,
-    /// Client → broker topic aliases (MQTT 5).
-    pub(crate) aliases_in: HashMap<u16, TopicName>,
-    /// Broker → client topic aliases (MQTT 5).
-    pub(crate) aliases_out: HashMap<TopicName, u16>,
+    /// Topic aliases in both directions (MQTT 5), made on first use.
+    pub(crate) aliases: Option<Box<TopicAliases>>,
     pub(crate) client_alias_max: u16,
     /// The client's Maximum Packet Size.
     pub(crate) client_max_packet: u32,
@@ -111,8 +109,7 @@ impl Conn {
             client_id: MqttStr::EMPTY,
             username: None,
             will: None,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             client_alias_max: 0,
             client_max_packet: u32::MAX,
             problem_info: true,
@@ -142,6 +139,16 @@ pub(crate) enum AuthStep {
     Deciding,
     /// AUTH 0x18 was sent; the client's AUTH 0x18 answer is due.
     Challenged,
+}
+
+/// MQTT 5 topic aliases of one connection, in both directions. Boxed in
+/// [`Conn`]: only clients that use aliases pay for the tables.
+#[derive(Default)]
+pub(crate) struct TopicAliases {
+    /// Client → broker.
+    pub(crate) inbound: HashMap<u16, TopicName>,
+    /// Broker → client.
+    pub(crate) outbound: HashMap<TopicName, u16>,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
