@@ -226,7 +226,9 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
 
 struct Shared {
     driver: RefCell<Driver>,
-    notifiers: RefCell<HashMap<ConnId, Rc<Notify>>>,
+    /// One wake-up slot per connection: set by whoever produced output for
+    /// it, awaited by its task (see [`woken`]).
+    wakeups: RefCell<HashMap<ConnId, Wakeup>>,
     /// Wakes the timer task when the next deadline moved earlier.
     timer: Notify,
     armed: Cell<Option<std::time::Instant>>,
@@ -245,10 +247,10 @@ impl Shared {
         let mut driver = self.driver.borrow_mut();
         driver.take_woken(&mut woken);
         {
-            let notifiers = self.notifiers.borrow();
+            let mut wakeups = self.wakeups.borrow_mut();
             for id in woken.iter() {
-                if let Some(n) = notifiers.get(id) {
-                    n.notify_one();
+                if let Some(slot) = wakeups.get_mut(id) {
+                    slot.wake();
                 }
             }
         }
@@ -312,7 +314,7 @@ async fn serve(
 ) {
     let shared = Rc::new(Shared {
         driver: RefCell::new(driver),
-        notifiers: RefCell::new(HashMap::new()),
+        wakeups: RefCell::new(HashMap::new()),
         timer: Notify::new(),
         armed: Cell::new(None),
         read_buf: RefCell::new(vec![0; 64 * 1024]),
@@ -412,14 +414,50 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
         };
         let _ = stream.set_nodelay(true);
         let id = shared.driver.borrow_mut().open(index, Some(remote));
-        let notify = Rc::new(Notify::new());
-        shared.notifiers.borrow_mut().insert(id, notify.clone());
+        shared.wakeups.borrow_mut().insert(id, Wakeup::default());
         shared.after();
-        tokio::task::spawn_local(connection(shared.clone(), stream, id, notify));
+        tokio::task::spawn_local(connection(shared.clone(), stream, id));
     }
 }
 
-async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: Rc<Notify>) {
+/// A connection's wake-up: a flag and the waker of its task. Lighter than a
+/// `Notify` (an allocation per connection, and a larger future in every
+/// connection's task) because only one task ever waits on it.
+#[derive(Default)]
+struct Wakeup {
+    woken: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Wakeup {
+    fn wake(&mut self) {
+        self.woken = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Completes once `id`'s slot has been woken (at once if it was woken
+/// since the last time), or if the slot is gone.
+async fn woken(shared: &Shared, id: ConnId) {
+    std::future::poll_fn(|cx| {
+        let mut wakeups = shared.wakeups.borrow_mut();
+        let Some(slot) = wakeups.get_mut(&id) else {
+            return std::task::Poll::Ready(());
+        };
+        if std::mem::take(&mut slot.woken) {
+            return std::task::Poll::Ready(());
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId) {
     loop {
         let written = shared
             .driver
@@ -456,7 +494,7 @@ async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: R
         };
         tokio::select! {
             biased;
-            _ = notify.notified() => {}
+            _ = woken(&shared, id) => {}
             ready = ready => {
                 let ready = match ready {
                     Ok(Some(ready)) => ready,
@@ -479,7 +517,7 @@ async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId, notify: R
         }
     }
     let lingering = shared.driver.borrow().wants_close(id);
-    shared.notifiers.borrow_mut().remove(&id);
+    shared.wakeups.borrow_mut().remove(&id);
     shared.driver.borrow_mut().closed(id);
     shared.after();
     if lingering {
