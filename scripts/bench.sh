@@ -52,8 +52,10 @@ if [ "$QUICK" = 1 ]; then
         "fanin-q1|fanin --publishers 4 --qos 1 --duration 2"
         "fanin-q2|fanin --publishers 4 --qos 2 --duration 2"
         "fanout|fanout --subscribers 100 --qos 0 --duration 2"
+        "fanout-q1|fanout --subscribers 100 --qos 1 --duration 2"
         "pairs|pairs --clients 100 --qos 1 --count 500"
         "latency|latency --rate 10000 --qos 0 --duration 3"
+        "latency-q1|latency --rate 10000 --qos 1 --duration 3"
         "conns|conns --connections 2000"
         "retained|retained --messages 100000"
         "subs|subs --subscriptions 100000 --sub-connections 100 --duration 2"
@@ -61,15 +63,17 @@ if [ "$QUICK" = 1 ]; then
 else
     DEADLINE=600
     SCENARIOS=(
-        "fanin-q0|fanin --publishers 4 --qos 0 --duration 10"
-        "fanin-q1|fanin --publishers 4 --qos 1 --duration 10"
-        "fanin-q2|fanin --publishers 4 --qos 2 --duration 10"
-        "fanout|fanout --subscribers 100 --qos 0 --duration 10"
-        "pairs|pairs --clients 1000 --qos 1 --count 1000"
-        "latency|latency --rate 10000 --qos 0 --duration 10"
+        "fanin-q0|fanin --publishers 4 --qos 0 --duration 5"
+        "fanin-q1|fanin --publishers 4 --qos 1 --duration 5"
+        "fanin-q2|fanin --publishers 4 --qos 2 --duration 5"
+        "fanout|fanout --subscribers 100 --qos 0 --duration 5"
+        "fanout-q1|fanout --subscribers 100 --qos 1 --duration 5"
+        "pairs|pairs --clients 1000 --qos 1 --count 200"
+        "latency|latency --rate 10000 --qos 0 --duration 5"
+        "latency-q1|latency --rate 10000 --qos 1 --duration 5"
         "conns|conns --connections 10000"
         "retained|retained --messages 1000000"
-        "subs|subs --subscriptions 1000000 --sub-connections 1000 --duration 10"
+        "subs|subs --subscriptions 1000000 --sub-connections 1000 --duration 5"
     )
 fi
 
@@ -85,6 +89,9 @@ fi
 for b in roost roost-smol roost-mio; do
     if [ -x "target/release/$b" ]; then
         BROKERS+=("$b")
+        # The tokio runtime once more with its disk store (fjall, fsync'd
+        # group commit): the cost of durability.
+        [ "$b" = roost ] && BROKERS+=(roost-fjall)
     else
         pkg=roost-tokio
         [ "$b" != roost ] && pkg="$b"
@@ -117,7 +124,10 @@ start_broker() { # name port
     local name="$1" port="$2"
     case "$name" in
         mosquitto) mosquitto -c "$(mosquitto_conf "$port")" > "$WORK/$name.log" 2>&1 & ;;
-        # roost's command line is not settled yet; this is the agreed shape.
+        roost-fjall)
+            rm -rf "$WORK/fjall-data"
+            target/release/roost -c "$PWD/scripts/bench-roost.toml" --port "$port" \
+                --data-dir "$WORK/fjall-data" > "$WORK/$name.log" 2>&1 & ;;
         roost*) "target/release/$name" -c "$PWD/scripts/bench-roost.toml" --port "$port" > "$WORK/$name.log" 2>&1 & ;;
         sink) "$BENCH" sink --port "$port" --deadline $((DEADLINE + 60)) > "$WORK/$name.log" 2>&1 & ;;
     esac
