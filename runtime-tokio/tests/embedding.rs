@@ -6,7 +6,10 @@
 mod common;
 
 use common::{Connect, Raw, V5, V311, WAIT};
-use roost_core::broker::{AccessPolicy, AuthDecision, AuthRequest, ClientRef, Message};
+use roost_core::broker::{
+    AccessPolicy, AuthDecision, AuthRequest, ClientRef, Message, PublishDecision,
+    SubscribeDecision, Verdict,
+};
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
 use roost_runtime::config::Config;
@@ -33,8 +36,16 @@ impl DevicePolicy {
 }
 
 impl AccessPolicy for DevicePolicy {
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
-        Self::allowed(client, topic.as_str())
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if Self::allowed(client, topic.as_str()) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 
     fn authorize_subscribe(
@@ -42,12 +53,12 @@ impl AccessPolicy for DevicePolicy {
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if Self::allowed(client, filter.as_str()) {
-            Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if Self::allowed(client, filter.as_str()) {
+            SubscribeDecision::Grant(qos)
         } else {
-            Err(ReasonCode::NotAuthorized)
-        }
+            SubscribeDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 }
 

@@ -20,7 +20,8 @@ use crate::ws::WsStage;
 use bytes::Bytes;
 use roost_core::broker::{
     self, AccessPolicy, Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker,
-    ClientRef, ConnId, ConnInfo, Event, Instant, LocalSubscription, Message,
+    ClientRef, ConnId, ConnInfo, Event, Instant, LocalSubscription, Message, PublishDecision,
+    SubscribeDecision, Verdict,
 };
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
@@ -172,9 +173,18 @@ impl AclPolicy {
     }
 }
 
+// The ACL is in memory: every answer is inline, no round trip.
 impl AccessPolicy for AclPolicy {
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
-        self.check(client, topic.as_str(), Access::Publish)
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if self.check(client, topic.as_str(), Access::Publish) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 
     fn authorize_subscribe(
@@ -182,12 +192,12 @@ impl AccessPolicy for AclPolicy {
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if self.check(client, filter.as_str(), Access::Subscribe) {
-            Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if self.check(client, filter.as_str(), Access::Subscribe) {
+            SubscribeDecision::Grant(qos)
         } else {
-            Err(self.denied)
-        }
+            SubscribeDecision::Deny(self.denied)
+        })
     }
 
     fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
