@@ -95,7 +95,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         Hooks {
             authenticate: Some(authenticator(users.clone())),
-            authorize: Some(Box::new(DevicePolicy)),
+            policy: Some(Box::new(DevicePolicy)),
+            authorize: None,
         },
     )?;
     let addr = server.local_addrs()[0];
