@@ -4,7 +4,9 @@
 
 mod support;
 
-use roost_core::broker::{CloseReason, Config, Limits};
+use roost_core::broker::{
+    CloseReason, Config, Limits, PublishDecision, SubscribeDecision, Verdict,
+};
 use roost_core::codec::*;
 use support::*;
 
@@ -327,20 +329,20 @@ impl roost_core::broker::AccessPolicy for DenyNoSubscribe {
         &self,
         _: roost_core::broker::ClientRef<'_>,
         _: &roost_core::topic::TopicName,
-    ) -> bool {
-        true
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(PublishDecision::Allow)
     }
     fn authorize_subscribe(
         &self,
         _: roost_core::broker::ClientRef<'_>,
         filter: &roost_core::topic::TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if filter.as_str() == "test/nosubscribe" {
-            Err(ReasonCode::UnspecifiedError)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if filter.as_str() == "test/nosubscribe" {
+            SubscribeDecision::Deny(ReasonCode::UnspecifiedError)
         } else {
-            Ok(qos)
-        }
+            SubscribeDecision::Grant(qos)
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use roost_core::MqttStr;
 use roost_core::broker::{
     AccessPolicy, AuthDecision, Authentication, ClientRef, CloseReason, Config, ConnId,
+    PublishDecision, SubscribeDecision, Verdict,
 };
 use roost_core::codec::*;
 use roost_core::topic::{TopicFilter, TopicName};
@@ -372,20 +373,24 @@ fn paho5_redelivery_on_reconnect_resends_unacknowledged_messages() {
 struct Refuse(&'static str);
 
 impl AccessPolicy for Refuse {
-    fn authorize_publish(&self, _: ClientRef<'_>, topic: &TopicName) -> bool {
-        topic.as_str() != self.0
+    fn authorize_publish(&self, _: ClientRef<'_>, topic: &TopicName) -> Verdict<PublishDecision> {
+        Verdict::Decided(if topic.as_str() != self.0 {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
     fn authorize_subscribe(
         &self,
         _: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if filter.as_str() == self.0 {
-            Err(ReasonCode::UnspecifiedError)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if filter.as_str() == self.0 {
+            SubscribeDecision::Deny(ReasonCode::UnspecifiedError)
         } else {
-            Ok(qos)
-        }
+            SubscribeDecision::Grant(qos)
+        })
     }
 }
 

@@ -8,7 +8,9 @@
 //! cargo run -p roost-tokio --example embed
 //! ```
 
-use roost_core::broker::{AccessPolicy, AuthDecision, AuthRequest, ClientRef};
+use roost_core::broker::{
+    AccessPolicy, AuthDecision, AuthRequest, ClientRef, PublishDecision, SubscribeDecision, Verdict,
+};
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
 use roost_runtime::config::Config;
@@ -36,8 +38,16 @@ impl DevicePolicy {
 }
 
 impl AccessPolicy for DevicePolicy {
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
-        Self::allowed(client, topic.as_str())
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if Self::allowed(client, topic.as_str()) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 
     fn authorize_subscribe(
@@ -45,12 +55,12 @@ impl AccessPolicy for DevicePolicy {
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if Self::allowed(client, filter.as_str()) {
-            Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if Self::allowed(client, filter.as_str()) {
+            SubscribeDecision::Grant(qos)
         } else {
-            Err(ReasonCode::NotAuthorized)
-        }
+            SubscribeDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 }
 
@@ -85,7 +95,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         Hooks {
             authenticate: Some(authenticator(users.clone())),
-            authorize: Some(Box::new(DevicePolicy)),
+            policy: Some(Box::new(DevicePolicy)),
+            authorize: None,
         },
     )?;
     let addr = server.local_addrs()[0];

@@ -32,7 +32,8 @@
 
 use bytes::Bytes;
 use roost_core::broker::{
-    AccessPolicy, AuthDecision, AuthRequest, ConnId, LocalSubscription, Message,
+    AccessPolicy, AuthDecision, AuthRequest, AuthorizeDecision, AuthorizeRequest, ConnId,
+    LocalSubscription, Message,
 };
 use roost_core::codec::QoS;
 use roost_core::topic::{TopicFilter, TopicName};
@@ -56,13 +57,37 @@ use tracing::{info, warn};
 pub type Authenticator =
     Arc<dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = AuthDecision> + Send>> + Send + Sync>;
 
+/// An authorization hook: decides a publish or subscribe the policy
+/// deferred, as late as it likes (within `limits.authorize_timeout`, 10 s by
+/// default, after which the client's connection is closed). Answer an
+/// [`roost_core::broker::Operation::Publish`] with a
+/// [`roost_core::broker::PublishDecision`] and an
+/// [`roost_core::broker::Operation::Subscribe`] with a
+/// [`roost_core::broker::SubscribeDecision`], each `.into()` an
+/// [`AuthorizeDecision`].
+pub type Authorizer = Arc<
+    dyn Fn(AuthorizeRequest) -> Pin<Box<dyn Future<Output = AuthorizeDecision> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Extension points for embedding programs.
 #[derive(Default)]
 pub struct Hooks {
     /// Decides every CONNECT (replacing the password files).
     pub authenticate: Option<Authenticator>,
-    /// Decides every publish, subscribe and delivery (replacing the ACLs).
-    pub authorize: Option<Box<dyn AccessPolicy>>,
+    /// Decides every publish, subscribe and delivery inline (replacing the
+    /// ACLs). It may defer publish and subscribe decisions
+    /// ([`roost_core::broker::Verdict::Defer`]) to [`Hooks::authorize`];
+    /// without that hook, a deferred decision is refused.
+    pub policy: Option<Box<dyn AccessPolicy>>,
+    /// Decides publishes and subscribes asynchronously (an ACL in a
+    /// database, say). Alone, it is asked about every PUBLISH and SUBSCRIBE
+    /// (replacing the ACLs); with [`Hooks::policy`], about those the policy
+    /// defers. While a decision is pending, that client's later packets
+    /// wait, in order; other clients are not held up. Deliveries are
+    /// always decided inline, by the policy.
+    pub authorize: Option<Authorizer>,
 }
 
 enum Command {
@@ -170,8 +195,12 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     if authenticator.is_some() {
         driver.use_external_authentication();
     }
-    if let Some(policy) = hooks.authorize {
+    if let Some(policy) = hooks.policy {
         driver.set_authorization(policy);
+    }
+    let authorizer = hooks.authorize;
+    if authorizer.is_some() {
+        driver.use_external_authorization();
     }
     let std_listeners = config
         .listeners
@@ -214,7 +243,10 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, serve(driver, std_listeners, rx, authenticator));
+            local.block_on(
+                &runtime,
+                serve(driver, std_listeners, rx, authenticator, authorizer),
+            );
         })?;
     Ok(ServerHandle {
         commands,
@@ -236,6 +268,7 @@ struct Shared {
     woken: RefCell<Vec<ConnId>>,
     subscribers: RefCell<HashMap<LocalSubscription, mpsc::Sender<Message>>>,
     authenticator: Option<Authenticator>,
+    authorizer: Option<Authorizer>,
 }
 
 impl Shared {
@@ -281,6 +314,21 @@ impl Shared {
                 });
             }
         }
+        if let Some(authorize) = &self.authorizer {
+            for request in driver.take_authorize_requests() {
+                let shared = self.clone();
+                let token = request.token;
+                let decide = authorize(request);
+                tokio::task::spawn_local(async move {
+                    let decision = decide.await;
+                    shared
+                        .driver
+                        .borrow_mut()
+                        .resolve_authorize(token, decision);
+                    shared.after();
+                });
+            }
+        }
         let deliveries = driver.take_deliveries();
         if !deliveries.is_empty() {
             let mut subscribers = self.subscribers.borrow_mut();
@@ -311,6 +359,7 @@ async fn serve(
     listeners: Vec<std::net::TcpListener>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     authenticator: Option<Authenticator>,
+    authorizer: Option<Authorizer>,
 ) {
     let shared = Rc::new(Shared {
         driver: RefCell::new(driver),
@@ -321,6 +370,7 @@ async fn serve(
         woken: RefCell::new(Vec::new()),
         subscribers: RefCell::new(HashMap::new()),
         authenticator,
+        authorizer,
     });
     let mut accepts = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {

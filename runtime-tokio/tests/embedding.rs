@@ -1,20 +1,24 @@
 //! The embedding API: `roost_tokio::start`, in-process publish and
-//! subscribe through `ServerHandle`, an asynchronous authentication hook
-//! and an authorization policy — the behaviours `examples/embed.rs` shows,
-//! with assertions.
+//! subscribe through `ServerHandle`, asynchronous authentication and
+//! authorization hooks and an authorization policy — the behaviours
+//! `examples/embed.rs` shows, with assertions.
 
 mod common;
 
-use common::{Connect, Raw, V5, V311, WAIT};
-use roost_core::broker::{AccessPolicy, AuthDecision, AuthRequest, ClientRef, Message};
+use common::{Connect, Raw, V5, V311, WAIT, publish_packet};
+use roost_core::broker::{
+    AccessPolicy, AuthDecision, AuthRequest, AuthorizeRequest, ClientRef, Message, Operation,
+    PublishDecision, SubscribeDecision, Verdict,
+};
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
 use roost_runtime::config::Config;
-use roost_tokio::{Authenticator, Hooks, ServerHandle};
+use roost_tokio::{Authenticator, Authorizer, Hooks, ServerHandle};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::{RwLock, mpsc};
+use std::time::Duration;
+use tokio::sync::{RwLock, Semaphore, mpsc};
 
 /// Users may use `devices/<their name>/#`; everyone may use `public/#`.
 struct DevicePolicy;
@@ -33,8 +37,16 @@ impl DevicePolicy {
 }
 
 impl AccessPolicy for DevicePolicy {
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
-        Self::allowed(client, topic.as_str())
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if Self::allowed(client, topic.as_str()) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 
     fn authorize_subscribe(
@@ -42,12 +54,12 @@ impl AccessPolicy for DevicePolicy {
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if Self::allowed(client, filter.as_str()) {
-            Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if Self::allowed(client, filter.as_str()) {
+            SubscribeDecision::Grant(qos)
         } else {
-            Err(ReasonCode::NotAuthorized)
-        }
+            SubscribeDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 }
 
@@ -100,7 +112,8 @@ fn start_with(limits: &str) -> Env {
         config,
         Hooks {
             authenticate: Some(authenticate),
-            authorize: Some(Box::new(DevicePolicy)),
+            policy: Some(Box::new(DevicePolicy)),
+            authorize: None,
         },
     )
     .expect("start");
@@ -318,4 +331,107 @@ async fn in_process_subscription_is_bounded() {
     alice.publish("public/n", b"again", 1, false);
     assert_eq!(recv(&mut idle).await.payload.as_ref(), b"again");
     shutdown(env.server).await;
+}
+
+/// The asynchronous authorization hook, alone (no policy): every PUBLISH
+/// and SUBSCRIBE is asked of it, and it answers after awaits — an ACL table
+/// behind an async lock, and for `slow/` topics a gate the test opens. The
+/// client waits meanwhile, and what it sent behind the publish is answered
+/// after it, in order.
+#[tokio::test]
+async fn authorize_hook_decides_after_an_await() {
+    // user -> the topic prefix it may use.
+    let acl: Arc<RwLock<HashMap<String, String>>> = Arc::new(RwLock::new(HashMap::from([(
+        "alice".to_owned(),
+        "devices/alice/".to_owned(),
+    )])));
+    let gate = Arc::new(Semaphore::new(0));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (table, opened, count) = (acl.clone(), gate.clone(), asked.clone());
+    let authorize: Authorizer = Arc::new(move |request: AuthorizeRequest| {
+        let (table, opened, count) = (table.clone(), opened.clone(), count.clone());
+        Box::pin(async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            let prefix = match &request.username {
+                Some(user) => table.read().await.get(user.as_str()).cloned(),
+                None => None,
+            };
+            let own = |t: &str| prefix.as_deref().is_some_and(|p| t.starts_with(p));
+            match request.what {
+                Operation::Publish { topic, .. } if topic.as_str().starts_with("slow/") => {
+                    opened.acquire().await.expect("gate").forget();
+                    PublishDecision::Allow.into()
+                }
+                Operation::Publish { topic, .. } if own(topic.as_str()) => {
+                    PublishDecision::Allow.into()
+                }
+                Operation::Subscribe { filter, qos } if own(filter.as_str()) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Granted, but at most QoS 1.
+                    SubscribeDecision::Grant(qos.min(QoS::AtLeastOnce)).into()
+                }
+                Operation::Subscribe { .. } => {
+                    SubscribeDecision::Deny(ReasonCode::NotAuthorized).into()
+                }
+                _ => PublishDecision::Deny(ReasonCode::NotAuthorized).into(),
+            }
+        })
+    });
+    let authenticate: Authenticator =
+        Arc::new(|_: AuthRequest| Box::pin(async { AuthDecision::Accept }));
+    let config = Config::from_toml_str(
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let server = roost_tokio::start(
+        config,
+        Hooks {
+            authenticate: Some(authenticate),
+            authorize: Some(authorize),
+            ..Hooks::default()
+        },
+    )
+    .expect("start");
+    let addr = server.local_addrs()[0];
+    let mut everything = server.subscribe("#").await.expect("subscribe");
+    let mut alice = Raw::connected(addr, V5, &login("a", "alice", "pw"));
+
+    assert_eq!(alice.subscribe(1, "devices/alice/#", 2), 1, "downgraded");
+    assert_eq!(alice.subscribe(2, "devices/bob/#", 1), 0x87);
+    assert_eq!(alice.publish("devices/bob/cmd", b"no", 1, false), 0x87);
+    // Allowed: routed (alice gets it back at the granted QoS 1, before the
+    // PUBACK) and acknowledged with success.
+    alice.send(&publish_packet(V5, "devices/alice/t", b"21", 1, false, 3));
+    let first = alice.read_packet().expect("PUBLISH");
+    let got = alice.parse_publish(&first);
+    assert_eq!((got.topic.as_str(), got.qos), ("devices/alice/t", 1));
+    let ack = alice.read_packet().expect("PUBACK");
+    assert_eq!((ack.kind(), &ack.body[..2]), (4, &[0, 3][..]));
+    assert_eq!(ack.body.get(2).copied().unwrap_or(0), 0, "success");
+    assert_eq!(
+        recv(&mut everything).await.topic.as_str(),
+        "devices/alice/t"
+    );
+
+    // A publish the hook holds back: the PINGREQ behind it waits too.
+    alice.send(&publish_packet(V5, "slow/x", b"late", 1, false, 7));
+    alice.send(&[0xc0, 0]);
+    let early = alice.read_packet_within(Duration::from_millis(300));
+    assert!(early.is_err(), "answered before the decision: {early:?}");
+    gate.add_permits(1);
+    let ack = alice.read_packet().expect("PUBACK");
+    assert_eq!((ack.kind(), &ack.body[..2]), (4, &7u16.to_be_bytes()[..]));
+    assert_eq!(alice.read_packet().expect("PINGRESP").kind(), 13);
+    let got = recv(&mut everything).await;
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_ref()),
+        ("slow/x", &b"late"[..])
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        5,
+        "every publish and subscribe asks"
+    );
+    alice.disconnect();
+    shutdown(server).await;
 }

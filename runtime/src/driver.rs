@@ -19,8 +19,10 @@ use crate::tls::{self, TlsStage};
 use crate::ws::WsStage;
 use bytes::Bytes;
 use roost_core::broker::{
-    self, AccessPolicy, Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker,
-    ClientRef, ConnId, ConnInfo, Event, Instant, LocalSubscription, Message,
+    self, AccessPolicy, Action, AuthDecision, AuthRequest, AuthToken, Authentication,
+    AuthorizeDecision, AuthorizeRequest, AuthorizeToken, Broker, ClientRef, ConnId, ConnInfo,
+    Event, Instant, LocalSubscription, Message, Operation, PublishDecision, SubscribeDecision,
+    Verdict,
 };
 use roost_core::codec::{QoS, ReasonCode};
 use roost_core::topic::{TopicFilter, TopicName};
@@ -172,9 +174,18 @@ impl AclPolicy {
     }
 }
 
+// The ACL is in memory: every answer is inline, no round trip.
 impl AccessPolicy for AclPolicy {
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
-        self.check(client, topic.as_str(), Access::Publish)
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if self.check(client, topic.as_str(), Access::Publish) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
     }
 
     fn authorize_subscribe(
@@ -182,12 +193,12 @@ impl AccessPolicy for AclPolicy {
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        if self.check(client, filter.as_str(), Access::Subscribe) {
-            Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if self.check(client, filter.as_str(), Access::Subscribe) {
+            SubscribeDecision::Grant(qos)
         } else {
-            Err(self.denied)
-        }
+            SubscribeDecision::Deny(self.denied)
+        })
     }
 
     fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
@@ -214,6 +225,13 @@ pub struct Driver {
     /// program instead of the password files.
     external_auth: bool,
     auth_requests: Vec<AuthRequest>,
+    /// Whether deferred authorization requests go to the embedding program
+    /// (otherwise they are refused: nobody would answer them).
+    external_authorize: bool,
+    authorize_requests: Vec<AuthorizeRequest>,
+    /// The embedding program set the authorization policy: reloading the
+    /// ACL files must not replace it.
+    custom_policy: bool,
     deliveries: Vec<(LocalSubscription, Message)>,
     outbound_limit: usize,
     denied: ReasonCode,
@@ -307,6 +325,9 @@ impl Driver {
             auth_jobs: Vec::new(),
             external_auth: false,
             auth_requests: Vec::new(),
+            external_authorize: false,
+            authorize_requests: Vec::new(),
+            custom_policy: false,
             deliveries: Vec::new(),
             outbound_limit: usize::try_from(config.limits.outbound_buffer_bytes)
                 .unwrap_or(usize::MAX),
@@ -346,9 +367,25 @@ impl Driver {
         self.broker.set_authentication(Authentication::External);
     }
 
-    /// Replaces the authorization policy (for embedding programs).
+    /// Replaces the authorization policy (for embedding programs), and the
+    /// ACL files with it: [`Driver::reload`] leaves it in place.
     pub fn set_authorization(&mut self, policy: Box<dyn AccessPolicy>) {
+        self.custom_policy = true;
         self.broker.set_authorization(policy);
+    }
+
+    /// Sends the publish and subscribe decisions the policy defers to the
+    /// embedding program (see [`Driver::take_authorize_requests`]). Unless a
+    /// policy was set with [`Driver::set_authorization`], every one is
+    /// deferred ([`broker::DeferAll`]), replacing the ACL files.
+    ///
+    /// Without this, a deferred decision has nobody to answer it and is
+    /// refused at once (0x87 Not authorized).
+    pub fn use_external_authorization(&mut self) {
+        self.external_authorize = true;
+        if !self.custom_policy {
+            self.set_authorization(Box::new(broker::DeferAll));
+        }
     }
 
     /// Re-reads the password and ACL files (SIGHUP). A file that fails to
@@ -367,6 +404,7 @@ impl Driver {
             }
         }
         match Self::load_acls(config) {
+            Ok(Some(_)) if self.custom_policy => {}
             Ok(Some(policy)) => self.broker.set_authorization(Box::new(policy)),
             Ok(None) => {}
             Err(e) => errors.push(format!("{e}; keeping the previous ACLs")),
@@ -699,6 +737,27 @@ impl Driver {
         self.dispatch();
     }
 
+    /// Authorization requests for the embedding program (only after
+    /// [`Driver::use_external_authorization`]). Each must be answered with
+    /// [`Driver::resolve_authorize`] within the engine's
+    /// `limits.authorize_timeout`, or its connection is closed.
+    pub fn take_authorize_requests(&mut self) -> Vec<AuthorizeRequest> {
+        std::mem::take(&mut self.authorize_requests)
+    }
+
+    /// The answer to an authorization request: a [`PublishDecision`] or a
+    /// [`SubscribeDecision`]. An answer for a connection that has gone is
+    /// ignored.
+    pub fn resolve_authorize(
+        &mut self,
+        token: AuthorizeToken,
+        decision: impl Into<AuthorizeDecision>,
+    ) {
+        let now = self.now();
+        self.broker.resolve_authorize(now, token, decision);
+        self.dispatch();
+    }
+
     /// Publishes from the embedding program.
     pub fn publish(&mut self, message: Message) -> usize {
         let now = self.now();
@@ -805,6 +864,7 @@ impl Driver {
                     self.wake(conn);
                 }
                 Action::Authenticate(request) => self.authenticate(request),
+                Action::Authorize(request) => self.authorize(request),
                 Action::Deliver {
                     subscription,
                     message,
@@ -881,6 +941,22 @@ impl Driver {
             let now = self.now();
             self.broker.resolve_auth(now, request.token, decision);
         }
+    }
+
+    fn authorize(&mut self, request: AuthorizeRequest) {
+        if self.external_authorize {
+            self.authorize_requests.push(request);
+            return;
+        }
+        warn!(client_id = %request.client_id, "the authorization policy deferred a decision, but no authorizer is set; refusing");
+        let decision: AuthorizeDecision = match request.what {
+            Operation::Subscribe { .. } => {
+                SubscribeDecision::Deny(ReasonCode::NotAuthorized).into()
+            }
+            _ => PublishDecision::Deny(ReasonCode::NotAuthorized).into(),
+        };
+        let now = self.now();
+        self.broker.resolve_authorize(now, request.token, decision);
     }
 
     /// The reason code refused subscriptions get.

@@ -44,6 +44,10 @@ pub struct LocalSubscription(pub(crate) u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AuthToken(pub(crate) u64);
 
+/// A pending authorization decision (see [`super::Verdict::Defer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AuthorizeToken(pub(crate) u64);
+
 /// An application message as the broker routes it: shared, never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -77,6 +81,9 @@ pub enum CloseReason {
     ConnectTimeout,
     /// Nothing arrived for 1.5 times the keep-alive interval.
     KeepAliveTimeout,
+    /// An [`Action::Authorize`] request was not answered within
+    /// [`super::Limits::authorize_timeout`].
+    AuthorizeTimeout,
     /// Another connection took over the session.
     SessionTakenOver,
     /// The broker is shutting down.
@@ -92,6 +99,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ConnectRefused(code) => write!(f, "connect refused ({code:?})"),
             CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::AuthorizeTimeout => f.write_str("no authorization decision in time"),
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
         }
@@ -143,6 +151,105 @@ pub enum AuthDecision {
         /// Authentication Data for the client.
         data: Bytes,
     },
+}
+
+/// A PUBLISH or one filter of a SUBSCRIBE waiting for the embedding
+/// program's decision, because the [`super::AccessPolicy`] answered
+/// [`super::Verdict::Defer`]. Answer with [`super::Broker::resolve_authorize`]
+/// within [`super::Limits::authorize_timeout`]; until then the connection's
+/// later packets wait unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthorizeRequest {
+    /// Hand this back to [`super::Broker::resolve_authorize`].
+    pub token: AuthorizeToken,
+    /// The connection asking.
+    pub conn: ConnId,
+    /// Its client identifier.
+    pub client_id: MqttStr,
+    /// Its authenticated user name, if any.
+    pub username: Option<MqttStr>,
+    /// The listener it came in on (the runtime's numbering).
+    pub listener: u16,
+    /// What it wants to do.
+    pub what: Operation,
+}
+
+/// What an [`AuthorizeRequest`] asks permission for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Publish a message (answer with a [`PublishDecision`]).
+    Publish {
+        /// Its topic (a topic alias already resolved).
+        topic: TopicName,
+        /// Its QoS.
+        qos: QoS,
+        /// Whether it is to be retained.
+        retain: bool,
+    },
+    /// Subscribe to one filter (answer with a [`SubscribeDecision`]). A
+    /// SUBSCRIBE with several filters the policy deferred asks once per
+    /// filter; its SUBACK goes out when every answer is in, in filter order.
+    Subscribe {
+        /// The filter, as sent (`$share/...` included).
+        filter: TopicFilter,
+        /// The QoS asked for.
+        qos: QoS,
+    },
+}
+
+/// Whether a client may publish a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishDecision {
+    /// Route it.
+    Allow,
+    /// Acknowledge it (with this reason code in MQTT 5; a code that is not
+    /// an error counts as 0x87 Not authorized) but do not route it. MQTT 3
+    /// has no way to refuse a PUBLISH: the client sees a normal
+    /// acknowledgement.
+    Deny(ReasonCode),
+}
+
+/// Whether a client may subscribe to a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeDecision {
+    /// Subscribe at this QoS, lowered to what the client asked for and to
+    /// [`super::Config::maximum_qos`].
+    Grant(QoS),
+    /// Refuse with this SUBACK reason code (0x80 Unspecified error or 0x87
+    /// Not authorized typically; a code that is not an error counts as
+    /// 0x87). MQTT 3 clients see 0x80 Failure.
+    Deny(ReasonCode),
+}
+
+/// The embedding program's answer to an [`AuthorizeRequest`]: a
+/// [`PublishDecision`] for [`Operation::Publish`], a [`SubscribeDecision`]
+/// for [`Operation::Subscribe`]. Both convert into it with `into()`.
+///
+/// An answer of the other kind is a bug in the embedding program; the
+/// engine then refuses, with 0x80 Unspecified error, rather than guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthorizeDecision {
+    /// The answer to a publish request.
+    Publish(PublishDecision),
+    /// The answer to a subscribe request.
+    Subscribe(SubscribeDecision),
+}
+
+impl From<PublishDecision> for AuthorizeDecision {
+    fn from(d: PublishDecision) -> Self {
+        AuthorizeDecision::Publish(d)
+    }
+}
+
+impl From<SubscribeDecision> for AuthorizeDecision {
+    fn from(d: SubscribeDecision) -> Self {
+        AuthorizeDecision::Subscribe(d)
+    }
 }
 
 /// Something that happened, for logs, metrics and hooks that only watch.
@@ -250,6 +357,10 @@ pub enum Action {
     /// Decide whether this client may connect; answer with
     /// [`super::Broker::resolve_auth`].
     Authenticate(AuthRequest),
+    /// Decide whether this client may publish or subscribe; answer with
+    /// [`super::Broker::resolve_authorize`]. Its connection reads nothing
+    /// more until then.
+    Authorize(AuthorizeRequest),
     /// Something happened (only with [`super::Config::events`]).
     Event(Event),
 }

@@ -1,8 +1,9 @@
 //! What the embedding program decides about a broker: limits, capabilities
 //! announced to MQTT 5 clients, and the policies that answer hooks.
 
+use super::{PublishDecision, SubscribeDecision};
 use crate::MqttStr;
-use crate::codec::{QoS, ReasonCode};
+use crate::codec::QoS;
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -47,6 +48,14 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Time a new connection has to send CONNECT before it is closed.
     pub connect_timeout: Duration,
+    /// Time the embedding program has to answer an
+    /// [`crate::broker::Action::Authorize`] request. A connection whose
+    /// PUBLISH or SUBSCRIBE is still undecided then is closed
+    /// ([`crate::broker::CloseReason::AuthorizeTimeout`]; DISCONNECT 0x89
+    /// Server busy for MQTT 5), as if its transport had died: its will is
+    /// published. The clock starts when the packet is read, and covers
+    /// every filter of a SUBSCRIBE.
+    pub authorize_timeout: Duration,
     /// Upper bound on the keep-alive interval; a client asking for more (or
     /// for none) gets this one, announced as Server Keep Alive in MQTT 5.
     pub max_keepalive: Option<u16>,
@@ -67,6 +76,7 @@ impl Default for Limits {
             max_connections: usize::MAX,
             max_retained_messages: 10_000_000,
             connect_timeout: Duration::from_secs(10),
+            authorize_timeout: Duration::from_secs(10),
             max_keepalive: None,
         }
     }
@@ -194,26 +204,64 @@ pub struct ClientRef<'a> {
     pub listener: u16,
 }
 
-/// An authorization policy the engine consults inline, for every PUBLISH and
-/// SUBSCRIBE. It must be fast and must not block; an answer that needs I/O
-/// belongs behind [`Authentication::External`] at connect time.
+/// A policy's answer: decided here and now, or to be asked of the embedding
+/// program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<T> {
+    /// The decision, made inline: no round trip.
+    Decided(T),
+    /// Ask the embedding program: the engine emits an
+    /// [`crate::broker::Action::Authorize`] request, pauses the
+    /// connection's input, and carries on when
+    /// [`crate::broker::Broker::resolve_authorize`] answers (or closes the
+    /// connection after [`Limits::authorize_timeout`]).
+    Defer,
+}
+
+/// An authorization policy the engine consults for every PUBLISH and
+/// SUBSCRIBE a client sends, and for every delivery to a client.
+///
+/// The methods run inside the engine and must be fast and must not block.
+/// A policy that needs I/O to decide (an ACL in a database, a remote
+/// service) answers [`Verdict::Defer`] from `authorize_publish` or
+/// `authorize_subscribe`, and the embedding program decides later; a policy
+/// may mix the two, answering what it has cached inline and deferring the
+/// rest. While a decision is outstanding, the connection's later packets
+/// wait unread, in order (at most two maximum-size packets' worth; more
+/// closes the connection with 0x97 Quota exceeded, as during
+/// authentication), so nothing the client sends is reordered around it.
 pub trait AccessPolicy: Send {
     /// Whether `client` may publish to `topic`. A refused QoS 1/2 PUBLISH is
-    /// still acknowledged (with 0x87 in MQTT 5) but not routed.
-    fn authorize_publish(&self, client: ClientRef<'_>, topic: &TopicName) -> bool;
+    /// still acknowledged (with the denial's reason code, 0x87 typically,
+    /// in MQTT 5; as a success in MQTT 3, which cannot say no) but not
+    /// routed.
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision>;
 
-    /// Whether `client` may subscribe to `filter` at `qos`: `Ok` with the
-    /// QoS to grant (at most `qos`), or `Err` with the failure reason for
-    /// SUBACK (MQTT 3 clients see any failure as 0x80).
+    /// Whether `client` may subscribe to `filter` at `qos`: a grant with the
+    /// QoS to grant (at most `qos`; more is lowered to it), or a denial with
+    /// the failure reason for SUBACK (MQTT 3 clients see any failure as
+    /// 0x80).
     fn authorize_subscribe(
         &self,
         client: ClientRef<'_>,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode>;
+    ) -> Verdict<SubscribeDecision>;
 
     /// Whether a message on `topic` may be delivered to `client` (a
     /// subscription that matched). Defaults to yes.
+    ///
+    /// This one is always answered inline: it runs while a message is
+    /// routed, once per matching subscriber, so a round trip would be paid
+    /// for every message times its fan-out, and a delivery held for an
+    /// answer would stall (or reorder) that session's queue. Decide reading
+    /// rights when the client subscribes (through `authorize_subscribe`,
+    /// deferred if need be) and keep this check to in-memory tables, such
+    /// as an ACL that hides topics a wildcard would match.
     fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
         let _ = (client, topic);
         true
@@ -225,8 +273,8 @@ pub trait AccessPolicy: Send {
 pub struct AllowAll;
 
 impl AccessPolicy for AllowAll {
-    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> bool {
-        true
+    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> Verdict<PublishDecision> {
+        Verdict::Decided(PublishDecision::Allow)
     }
 
     fn authorize_subscribe(
@@ -234,7 +282,27 @@ impl AccessPolicy for AllowAll {
         _: ClientRef<'_>,
         _: &TopicFilter,
         qos: QoS,
-    ) -> Result<QoS, ReasonCode> {
-        Ok(qos)
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(SubscribeDecision::Grant(qos))
+    }
+}
+
+/// The policy that asks the embedding program about every PUBLISH and
+/// SUBSCRIBE ([`Verdict::Defer`]) and allows every delivery.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeferAll;
+
+impl AccessPolicy for DeferAll {
+    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> Verdict<PublishDecision> {
+        Verdict::Defer
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        _: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Defer
     }
 }

@@ -607,6 +607,10 @@ impl Broker {
         if c.auth_step == AuthStep::Deciding {
             self.pending_auth.retain(|_, conn| *conn != id);
         }
+        // A late answer to one of its authorization requests is ignored.
+        if let Some(held) = c.authorizing.take() {
+            self.forget_authorization(id, &held);
+        }
         let ConnState::Connected { session: sid } = c.state else {
             return Some(c);
         };

@@ -12,7 +12,8 @@
 //!   [`Broker::poll_timeout`] has passed (early or spurious calls are
 //!   harmless),
 //! - commands: [`Broker::publish`], [`Broker::subscribe`],
-//!   [`Broker::resolve_auth`], [`Broker::shutdown`].
+//!   [`Broker::resolve_auth`], [`Broker::resolve_authorize`],
+//!   [`Broker::shutdown`].
 //!
 //! **After any input, drain [`Broker::poll_action`] until it returns `None`,
 //! then re-arm the timer from [`Broker::poll_timeout`].** Actions for one
@@ -48,6 +49,7 @@
 //! says what happens when it is reached.
 
 mod action;
+mod authorize;
 mod config;
 mod connect;
 mod durable;
@@ -60,10 +62,13 @@ mod sys;
 mod time;
 
 pub use action::{
-    Action, AuthDecision, AuthRequest, AuthToken, CloseReason, ConnId, ConnInfo, Event,
-    LocalSubscription, Message, Stats,
+    Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
+    AuthorizeToken, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message, Operation,
+    PublishDecision, Stats, SubscribeDecision,
 };
-pub use config::{AccessPolicy, AllowAll, Authentication, ClientRef, Config, Limits};
+pub use config::{
+    AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
+};
 pub use store::{Recovered, RecoveredMessage, RecoveredSession, StoreId, StoreOp, StoredMessage};
 pub use time::Instant;
 
@@ -90,6 +95,8 @@ enum Timer {
     Conn(ConnId),
     /// Session expiry or a delayed will.
     Session(SessionId),
+    /// The deadline of a connection's pending authorization.
+    Authorize(ConnId),
     /// The next `$SYS` statistics.
     Sys,
 }
@@ -116,6 +123,9 @@ pub struct Broker {
     actions: VecDeque<Action>,
     dirty: Vec<ConnId>,
     pending_auth: HashMap<AuthToken, ConnId>,
+    /// Outstanding authorization requests: the connection, and which filter
+    /// of its held SUBSCRIBE (0 for a PUBLISH).
+    pending_authorize: HashMap<AuthorizeToken, (ConnId, usize)>,
     /// Reused by routing so matching a message allocates nothing.
     scratch: Vec<(SubKey, SubEntry)>,
     stats: Stats,
@@ -149,6 +159,7 @@ impl Broker {
             actions: VecDeque::new(),
             dirty: Vec::new(),
             pending_auth: HashMap::new(),
+            pending_authorize: HashMap::new(),
             scratch: Vec::new(),
             stats: Stats {
                 started: now,
@@ -206,7 +217,14 @@ impl Broker {
         self.retained.len()
     }
 
-    /// Armed timers (connections, sessions and `$SYS`), for leak checks.
+    /// Authorization requests waiting for [`Broker::resolve_authorize`], for
+    /// leak checks.
+    pub fn pending_authorize_count(&self) -> usize {
+        self.pending_authorize.len()
+    }
+
+    /// Armed timers (connections, sessions, authorizations and `$SYS`), for
+    /// leak checks.
     pub fn timer_count(&self) -> usize {
         self.timers.len()
     }
@@ -275,12 +293,15 @@ impl Broker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if matches!(c.state, ConnState::Authenticating { .. })
-                && c.auth_step != AuthStep::Challenged
+            if c.authorizing.is_some()
+                || (matches!(c.state, ConnState::Authenticating { .. })
+                    && c.auth_step != AuthStep::Challenged)
             {
-                // Packets after CONNECT wait for the decision; one maximum
-                // packet's worth of them at most. After a challenge, the
-                // next packet is read: it must be the client's AUTH.
+                // Packets after CONNECT (or after a PUBLISH or SUBSCRIBE
+                // being authorized) wait for the decision, so nothing is
+                // reordered around it; one maximum packet's worth of them
+                // at most. After a challenge, the next packet is read: it
+                // must be the client's AUTH.
                 if c.read_buf.len() > max.saturating_mul(2) {
                     self.close(conn, CloseReason::Protocol(ReasonCode::QuotaExceeded));
                 }
@@ -376,6 +397,7 @@ impl Broker {
             match timer {
                 Timer::Conn(id) => self.conn_timer(id, at),
                 Timer::Session(id) => self.session_timer(id, at),
+                Timer::Authorize(id) => self.authorize_timer(id, at),
                 Timer::Sys => self.sys_timer(),
             }
         }
@@ -538,6 +560,9 @@ impl Broker {
                 CloseReason::Protocol(code) => Some(code),
                 CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
                 CloseReason::SessionTakenOver => Some(ReasonCode::SessionTakenOver),
+                // The closest code: the broker could not get through the
+                // client's request in time.
+                CloseReason::AuthorizeTimeout => Some(ReasonCode::ServerBusy),
                 CloseReason::ServerShutdown => Some(ReasonCode::ServerShuttingDown),
                 _ => None,
             };

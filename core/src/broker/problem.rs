@@ -75,6 +75,11 @@ impl Broker {
                     .unwrap_or_else(|_| MqttStr::from_static(text(e.reason_code())));
             }
             CloseReason::Protocol(code) => code,
+            // Its DISCONNECT says 0x89 Server busy, whose usual text would
+            // mislead.
+            CloseReason::AuthorizeTimeout => {
+                return MqttStr::from_static("no authorization decision in time");
+            }
             CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
             CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
             CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,

@@ -1,10 +1,11 @@
 //! PUBLISH in both directions: inbound QoS flows, routing through the
 //! subscription trie, and delivery into each session's window and queue.
 
-use super::state::{Delivery, Inflight, OutState, SessionId, SubKey};
+use super::authorize::denial;
+use super::state::{Delivery, HeldPacket, Inflight, OutState, SessionId, SubKey};
 use super::{
-    Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Retained, StoreOp,
-    StoredMessage,
+    Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Operation,
+    PublishDecision, Retained, StoreOp, StoredMessage, Verdict,
 };
 use crate::codec::{Packet, PacketId, Protocol, PubResponse, Publish, QoS, QosPid, ReasonCode};
 use crate::topic::TopicName;
@@ -78,13 +79,6 @@ impl Broker {
             }
         }
 
-        let client_id = c.client_id.clone();
-        let username = c.username.clone();
-        let client = ClientRef {
-            client_id: &client_id,
-            username: username.as_ref(),
-            listener: c.listener,
-        };
         let mut reason = ReasonCode::Success;
         if v5
             && self.config.validate_utf8_payloads
@@ -92,16 +86,56 @@ impl Broker {
             && core::str::from_utf8(&p.payload).is_err()
         {
             reason = ReasonCode::PayloadFormatInvalid;
-        } else if is_sys(&p.topic)
-            || !self
+        } else if is_sys(&p.topic) {
+            reason = ReasonCode::NotAuthorized;
+        } else {
+            let client = ClientRef {
+                client_id: &c.client_id,
+                username: c.username.as_ref(),
+                listener: c.listener,
+            };
+            match self
                 .config
                 .authorization
                 .authorize_publish(client, &p.topic)
-        {
-            // Refused publishes are acknowledged but not routed (3.1.1
-            // has no way to say no; 5.0 says 0x87).
-            reason = ReasonCode::NotAuthorized;
+            {
+                Verdict::Decided(PublishDecision::Allow) => {}
+                Verdict::Decided(PublishDecision::Deny(code)) => reason = denial(code),
+                Verdict::Defer => {
+                    let what = Operation::Publish {
+                        topic: p.topic.clone(),
+                        qos,
+                        retain: p.retain,
+                    };
+                    if let Some(request) = self.authorize_request(id, 0, what) {
+                        let token = request.token;
+                        self.hold_for_authorization(id, HeldPacket::Publish { token, publish: p });
+                        self.emit_authorize(request);
+                    }
+                    return;
+                }
+            }
         }
+        self.finish_publish(id, sid, p, reason);
+    }
+
+    /// Routes an inbound PUBLISH whose checks and authorization are done
+    /// (unless `reason` is a failure), and acknowledges it. Refused
+    /// publishes are acknowledged but not routed: 3.1.1 has no way to say
+    /// no; 5.0 says why.
+    pub(super) fn finish_publish(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        p: Publish,
+        mut reason: ReasonCode,
+    ) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let v5 = c.protocol == Protocol::V5;
+        let client_id = c.client_id.clone();
+        let qos = p.qos.qos();
         let packet_id = p.qos.packet_id();
         if reason == ReasonCode::Success {
             let topic = p.topic.clone();

@@ -1,9 +1,11 @@
 //! Per-connection and per-session state.
 
 use super::Instant;
-use super::action::{ConnId, Message};
+use super::action::{AuthorizeToken, ConnId, Message};
 use crate::MqttStr;
-use crate::codec::{Connect, PacketId, Protocol, QoS, SubscriptionOptions, Will};
+use crate::codec::{
+    Connect, PacketId, Protocol, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Will,
+};
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -92,6 +94,10 @@ pub(crate) struct Conn {
     /// The runtime cannot take more output for now (see
     /// `Broker::handle_blocked`).
     pub(crate) blocked: bool,
+    /// A packet waiting for the embedding program's authorization; while
+    /// there is one, the connection's input is not read. Boxed: rare, and
+    /// it holds a whole packet.
+    pub(crate) authorizing: Option<Box<Authorizing>>,
 }
 
 impl Conn {
@@ -119,6 +125,7 @@ impl Conn {
             graceful: false,
             blocked: false,
             held: VecDeque::new(),
+            authorizing: None,
         }
     }
 
@@ -149,6 +156,37 @@ pub(crate) struct TopicAliases {
     pub(crate) inbound: HashMap<u16, TopicName>,
     /// Broker → client.
     pub(crate) outbound: HashMap<TopicName, u16>,
+}
+
+/// A packet held until the embedding program has decided every
+/// [`super::AuthorizeRequest`] it raised (`Broker::resolve_authorize`).
+pub(crate) struct Authorizing {
+    /// When the connection is closed if a decision is still missing.
+    pub(crate) deadline: Instant,
+    pub(crate) packet: HeldPacket,
+}
+
+pub(crate) enum HeldPacket {
+    /// A PUBLISH, already checked and counted; one request.
+    Publish {
+        token: AuthorizeToken,
+        publish: Publish,
+    },
+    /// A SUBSCRIBE: one slot per filter, in order; `waiting` of them are
+    /// still [`FilterSlot::Waiting`].
+    Subscribe {
+        subscribe: Subscribe,
+        slots: Vec<FilterSlot>,
+        waiting: usize,
+    },
+}
+
+/// The authorization of one filter of a held SUBSCRIBE.
+pub(crate) enum FilterSlot {
+    /// The QoS to grant (before the session's checks), or the failure.
+    Decided(Result<QoS, ReasonCode>),
+    /// Asked of the embedding program under this token.
+    Waiting(AuthorizeToken),
 }
 
 /// Where an outbound QoS 1/2 delivery stands.

@@ -1,10 +1,13 @@
 //! SUBSCRIBE and UNSUBSCRIBE, shared subscription groups, retained messages
 //! on subscribe, and in-process subscriptions.
 
-use super::state::{Delivery, OutState, SessionId, SharedGroup, SubEntry, SubKey};
+use super::authorize::subscribe_decision;
+use super::state::{
+    Delivery, FilterSlot, HeldPacket, OutState, SessionId, SharedGroup, SubEntry, SubKey,
+};
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, LocalSubscription, Message,
-    StoreOp,
+    Operation, StoreOp, Verdict,
 };
 use crate::codec::{
     AckProperties, Packet, PacketId, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
@@ -25,10 +28,85 @@ impl Broker {
             );
             return;
         }
+        // Each filter is decided now (invalid, or the policy answers
+        // inline) or asked of the embedding program; the subscriptions are
+        // made in filter order once every answer is in.
+        let mut slots = Vec::with_capacity(sub.subscriptions.len());
+        let mut requests = Vec::new();
+        let mut new_filters = 0;
+        for (i, s) in sub.subscriptions.iter().enumerate() {
+            let verdict = match self.check_subscription(sid, s, new_filters) {
+                Err(code) => Verdict::Decided(Err(code)),
+                Ok(is_new) => {
+                    let verdict = self.policy_subscribe(id, s);
+                    // Counted against the quota unless refused already, so
+                    // deferred filters cannot raise more requests than the
+                    // session could hold subscriptions.
+                    if is_new && !matches!(verdict, Verdict::Decided(Err(_))) {
+                        new_filters += 1;
+                    }
+                    verdict
+                }
+            };
+            slots.push(match verdict {
+                Verdict::Decided(result) => FilterSlot::Decided(result),
+                Verdict::Defer => {
+                    let what = Operation::Subscribe {
+                        filter: s.filter.clone(),
+                        qos: s.options.qos,
+                    };
+                    match self.authorize_request(id, i, what) {
+                        Some(request) => {
+                            let token = request.token;
+                            requests.push(request);
+                            FilterSlot::Waiting(token)
+                        }
+                        None => FilterSlot::Decided(Err(ReasonCode::UnspecifiedError)),
+                    }
+                }
+            });
+        }
+        if requests.is_empty() {
+            let results = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    FilterSlot::Decided(result) => result,
+                    FilterSlot::Waiting(_) => Err(ReasonCode::UnspecifiedError),
+                })
+                .collect();
+            self.finish_subscribe(id, sid, sub, results);
+            return;
+        }
+        let waiting = requests.len();
+        self.hold_for_authorization(
+            id,
+            HeldPacket::Subscribe {
+                subscribe: sub,
+                slots,
+                waiting,
+            },
+        );
+        for request in requests {
+            self.emit_authorize(request);
+        }
+    }
+
+    /// Makes the subscriptions of a decided SUBSCRIBE, in filter order, and
+    /// answers it: `results` holds, per filter, the QoS the policy granted
+    /// or the failure code. Retained messages follow the SUBACK.
+    pub(super) fn finish_subscribe(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        sub: Subscribe,
+        results: Vec<Result<QoS, ReasonCode>>,
+    ) {
+        let subscription_id = sub.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(sub.subscriptions.len());
         let mut retained_for = Vec::new();
-        for s in &sub.subscriptions {
-            let result = self.add_subscription(id, sid, s, subscription_id);
+        for (s, result) in sub.subscriptions.iter().zip(results) {
+            let result =
+                result.and_then(|granted| self.add_subscription(sid, s, granted, subscription_id));
             reasons.push(match result {
                 Ok((granted, existed, entry)) => {
                     let send_retained = match s.options.retain_handling {
@@ -70,15 +148,16 @@ impl Broker {
         }
     }
 
-    /// Adds or replaces one subscription. Returns the granted QoS, whether
-    /// the subscription existed before, and the entry stored.
-    fn add_subscription(
-        &mut self,
-        conn: ConnId,
+    /// The checks on one filter that need no policy: capabilities, size and
+    /// the subscription quota, counting `new_filters` earlier filters of
+    /// the same SUBSCRIBE that may become subscriptions. Returns whether
+    /// the filter would be a new subscription.
+    fn check_subscription(
+        &self,
         sid: SessionId,
         s: &Subscription,
-        subscription_id: Option<NonZeroU32>,
-    ) -> Result<(QoS, bool, SubEntry), ReasonCode> {
+        new_filters: usize,
+    ) -> Result<bool, ReasonCode> {
         let shared = s
             .filter
             .shared()
@@ -99,24 +178,58 @@ impl Broker {
             .sessions
             .get(&sid)
             .ok_or(ReasonCode::UnspecifiedError)?;
+        let is_new = !session.subscriptions.contains_key(&s.filter);
+        if is_new
+            && session.subscriptions.len().saturating_add(new_filters)
+                >= self.config.limits.max_subscriptions_per_client
+        {
+            return Err(ReasonCode::QuotaExceeded);
+        }
+        Ok(is_new)
+    }
+
+    /// What the policy says about one filter of `conn`'s SUBSCRIBE.
+    fn policy_subscribe(&self, conn: ConnId, s: &Subscription) -> Verdict<Result<QoS, ReasonCode>> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Verdict::Decided(Err(ReasonCode::UnspecifiedError));
+        };
+        let client = ClientRef {
+            client_id: &c.client_id,
+            username: c.username.as_ref(),
+            listener: c.listener,
+        };
+        match self
+            .config
+            .authorization
+            .authorize_subscribe(client, &s.filter, s.options.qos)
+        {
+            Verdict::Decided(decision) => Verdict::Decided(subscribe_decision(decision)),
+            Verdict::Defer => Verdict::Defer,
+        }
+    }
+
+    /// Adds or replaces one authorized subscription, at `granted` lowered
+    /// to what was asked and to the maximum QoS. Returns the QoS granted,
+    /// whether the subscription existed before, and the entry stored. The
+    /// quota is checked again here: this is the authoritative count.
+    fn add_subscription(
+        &mut self,
+        sid: SessionId,
+        s: &Subscription,
+        granted: QoS,
+        subscription_id: Option<NonZeroU32>,
+    ) -> Result<(QoS, bool, SubEntry), ReasonCode> {
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ReasonCode::UnspecifiedError)?;
         let existed = session.subscriptions.contains_key(&s.filter);
         if !existed
             && session.subscriptions.len() >= self.config.limits.max_subscriptions_per_client
         {
             return Err(ReasonCode::QuotaExceeded);
         }
-        let c = self.conns.get(&conn).ok_or(ReasonCode::UnspecifiedError)?;
-        let client = ClientRef {
-            client_id: &c.client_id,
-            username: c.username.as_ref(),
-            listener: c.listener,
-        };
-        let granted = self
-            .config
-            .authorization
-            .authorize_subscribe(client, &s.filter, s.options.qos)?
-            .min(s.options.qos)
-            .min(self.config.maximum_qos);
+        let granted = granted.min(s.options.qos).min(self.config.maximum_qos);
         let entry = SubEntry {
             options: SubscriptionOptions {
                 qos: granted,

@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use roost_core::MqttStr;
 use roost_core::broker::{
-    Action, AuthRequest, Broker, CloseReason, Config, ConnId, ConnInfo, Instant, LocalSubscription,
-    Message,
+    Action, AuthRequest, AuthorizeRequest, Broker, CloseReason, Config, ConnId, ConnInfo, Instant,
+    LocalSubscription, Message,
 };
 use roost_core::codec::*;
 use roost_core::topic::{TopicFilter, TopicName};
@@ -26,6 +26,8 @@ pub struct Sim {
     pub clients: HashMap<ConnId, Client>,
     pub deliveries: Vec<(LocalSubscription, Message)>,
     pub auth_requests: VecDeque<AuthRequest>,
+    /// Authorization requests not answered yet, in the order they came.
+    pub authorize_requests: VecDeque<AuthorizeRequest>,
     pub events: Vec<roost_core::broker::Event>,
     /// Every storage operation, in order.
     pub stored: Vec<roost_core::broker::StoreOp>,
@@ -43,6 +45,7 @@ impl Sim {
             clients: HashMap::new(),
             deliveries: Vec::new(),
             auth_requests: VecDeque::new(),
+            authorize_requests: VecDeque::new(),
             events: Vec::new(),
             stored: Vec::new(),
             unconfirmed: VecDeque::new(),
@@ -143,6 +146,7 @@ impl Sim {
                     message,
                 } => self.deliveries.push((subscription, message)),
                 Action::Authenticate(request) => self.auth_requests.push_back(request),
+                Action::Authorize(request) => self.authorize_requests.push_back(request),
                 Action::Event(event) => self.events.push(event),
                 Action::Store { id, ops } => {
                     self.stored.extend(ops);
@@ -342,6 +346,11 @@ impl Sim {
         assert_eq!(self.broker.subscription_count(), 0, "subscriptions leaked");
         let sys_timer = usize::from(self.broker.config().sys_interval.is_some());
         assert_eq!(self.broker.timer_count(), sys_timer, "timers leaked");
+        assert_eq!(
+            self.broker.pending_authorize_count(),
+            0,
+            "authorization requests leaked"
+        );
     }
 }
 
