@@ -388,3 +388,122 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         self.get_mut().ws.poll_close_unpin(cx).map_err(ws_io_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    /// A WebSocket server on the far end of an in-memory pipe, choosing
+    /// `subprotocol` (or none) in its reply.
+    // The callback's error type is tungstenite's, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    async fn pair(
+        subprotocol: Option<&'static str>,
+    ) -> (
+        Result<WsIo<DuplexStream>, String>,
+        WebSocketStream<DuplexStream>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let accept = tokio_tungstenite::accept_hdr_async(
+            server,
+            move |req: &Request, mut resp: Response| {
+                assert_eq!(req.uri().path(), "/mqtt");
+                assert_eq!(
+                    req.headers()
+                        .get("sec-websocket-protocol")
+                        .map(|v| v.to_str().unwrap()),
+                    Some("mqtt")
+                );
+                if let Some(p) = subprotocol {
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", HeaderValue::from_static(p));
+                }
+                Ok(resp)
+            },
+        );
+        let (client, server) =
+            tokio::join!(WsIo::connect("ws://127.0.0.1:1883/mqtt", client), accept);
+        (client, server.expect("server handshake"))
+    }
+
+    #[tokio::test]
+    async fn ws_bytes_travel_as_binary_messages_of_bounded_size() {
+        let (client, mut server) = pair(Some("mqtt")).await;
+        let mut client = client.expect("client handshake");
+        let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        client.write_all(&big).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < big.len() {
+            match server.next().await.unwrap().unwrap() {
+                Message::Binary(b) => {
+                    assert!(b.len() <= WS_MESSAGE_MAX, "message of {} bytes", b.len());
+                    got.extend_from_slice(&b);
+                }
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+        assert_eq!(got, big);
+
+        // Two messages read back as one byte stream, split as the reader asks.
+        server
+            .send(Message::Binary(Bytes::from_static(b"\x20\x02")))
+            .await
+            .unwrap();
+        server
+            .send(Message::Binary(Bytes::from_static(b"\x00\x00\xd0")))
+            .await
+            .unwrap();
+        server.send(Message::Ping(Bytes::new())).await.unwrap();
+        server
+            .send(Message::Binary(Bytes::from_static(b"\x00")))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 6];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, *b"\x20\x02\x00\x00\xd0\x00");
+
+        // A close frame reads as end of file.
+        server.close(None).await.unwrap();
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn ws_text_message_is_an_error() {
+        let (client, mut server) = pair(Some("mqtt")).await;
+        let mut client = client.expect("client handshake");
+        server.send(Message::text("hello")).await.unwrap();
+        let err = client.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn ws_requires_the_mqtt_subprotocol() {
+        let (client, _server) = pair(None).await;
+        let err = client.err().expect("refused without a subprotocol");
+        assert!(err.contains("subprotocol"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_need_a_readable_certificate() {
+        let err = TlsClient::from_pem(b"not a pem", "localhost", "localhost").unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let err =
+            TlsClient::from_file("/nonexistent/ca.pem", "localhost", "localhost").unwrap_err();
+        assert!(err.starts_with("/nonexistent/ca.pem: "), "{err}");
+    }
+
+    #[test]
+    fn names_and_urls() {
+        let mut t = crate::scenario::Config::new("::1", 8883).target;
+        assert_eq!(t.transport.name(), "tcp");
+        assert_eq!(ws_url(&t, "/mqtt"), "ws://[::1]:8883/mqtt");
+        t.transport.ws_path = Some("/mqtt".into());
+        assert_eq!(t.transport.name(), "ws");
+        let (addr, _, transport) = rumqttc_endpoint(&t);
+        assert_eq!(addr, "ws://[::1]:8883/mqtt");
+        assert!(matches!(transport, rumqttc::Transport::Ws));
+    }
+}
