@@ -1,5 +1,6 @@
-//! The raw-bytes client: one TCP connection, exact bytes out, decoded packets
-//! in, every read bounded by a timeout.
+//! The raw-bytes client: one connection (TCP, TLS, WebSocket or WebSocket
+//! over TLS, see [`crate::transport`]), exact bytes out, decoded packets in,
+//! every read bounded by a timeout.
 //!
 //! Its helpers (`connect`, `subscribe`, `publish`, `next_publish`) speak
 //! ordinary MQTT so scenarios stay short, but nothing stops a scenario from
@@ -10,10 +11,10 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::scenario::{Failure, Target, secs};
+use crate::transport::{self, Io};
 use crate::wire::{
     self, Connack, Connect, Packet, Properties, Publish, Sub, SubAck, Version, kind,
 };
@@ -64,7 +65,7 @@ impl Closed {
 
 /// One raw connection to the broker.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
     version: Version,
     /// Packets read while a helper waited for something else.
@@ -75,14 +76,13 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Opens a TCP connection (no MQTT yet).
+    /// Opens a connection over the target's transport (no MQTT yet).
     pub async fn open(target: &Target, version: Version) -> Result<Self, Failure> {
-        let addr = (target.host.as_str(), target.port);
-        let stream = timeout(REPLY_WAIT, TcpStream::connect(addr))
+        let what = || format!("a {} connection", target.transport.name());
+        let stream = timeout(REPLY_WAIT, transport::connect(target))
             .await
-            .map_err(|_| Failure::new("a TCP connection", "connect timed out"))?
-            .map_err(|e| Failure::new("a TCP connection", e.to_string()))?;
-        stream.set_nodelay(true).ok();
+            .map_err(|_| Failure::new(what(), "connect timed out"))?
+            .map_err(|e| Failure::new(what(), e))?;
         Ok(RawClient {
             stream,
             buf: Vec::new(),
@@ -127,9 +127,14 @@ impl RawClient {
         self.next_pid
     }
 
-    /// Writes bytes as they are.
+    /// Writes bytes as they are (and flushes them: TLS and WebSocket
+    /// buffer).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        match timeout(REPLY_WAIT, self.stream.write_all(bytes)).await {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match timeout(REPLY_WAIT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::new(
                 "the connection to accept our bytes",
@@ -384,7 +389,7 @@ impl RawClient {
     pub async fn disconnect(mut self) -> Result<(), Failure> {
         self.send(&wire::disconnect(self.version, 0, &Properties::new()))
             .await?;
-        self.stream.shutdown().await.ok();
+        timeout(REPLY_WAIT, self.stream.shutdown()).await.ok();
         Ok(())
     }
 
@@ -392,7 +397,7 @@ impl RawClient {
     pub async fn disconnect_with(mut self, code: u8, props: &Properties) -> Result<(), Failure> {
         self.send(&wire::disconnect(self.version, code, props))
             .await?;
-        self.stream.shutdown().await.ok();
+        timeout(REPLY_WAIT, self.stream.shutdown()).await.ok();
         Ok(())
     }
 
@@ -467,8 +472,11 @@ impl RawClient {
     pub async fn flood(&mut self, bytes: &[u8], settle: Duration, limit: Duration) -> Flood {
         let deadline = Instant::now() + limit;
         let mut out = Flood::default();
-        let (mut rd, mut wr) = self.stream.split();
-        let mut write = std::pin::pin!(wr.write_all(bytes));
+        let (mut rd, mut wr) = tokio::io::split(&mut self.stream);
+        let mut write = std::pin::pin!(async move {
+            wr.write_all(bytes).await?;
+            wr.flush().await
+        });
         let mut write_done = false;
         let mut chunk = vec![0u8; 65536];
         loop {

@@ -16,8 +16,9 @@
 //! ```text
 //!  Scenario ──► Ctx (broker address, run id, private topic prefix)
 //!     │
-//!     ├─► RawClient ──► wire::{Connect, Publish, Body, frame} ──► TCP ──► broker
-//!     └─► rumq::{Client311, Client5} (rumqttc) ───────────────────► TCP ──► broker
+//!     ├─► RawClient ──► wire::{Connect, Publish, Body, frame} ──► transport::connect ──► broker
+//!     └─► rumq::{Client311, Client5} (rumqttc) ──► transport::rumqttc_endpoint ──► broker
+//!                          (TCP, TLS, WebSocket or WebSocket over TLS: Target::transport)
 //!  runner::run ──► Verdict per scenario ──► Report ("N passed, M failed, K skipped")
 //! ```
 //!
@@ -63,6 +64,7 @@ mod common;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;
+pub mod transport;
 mod v311;
 mod v5;
 pub mod wire;

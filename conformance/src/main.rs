@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use roost_conformance::runner::{self, Selection};
 use roost_conformance::scenario::{Config, Outcome};
+use roost_conformance::transport::TlsClient;
 use roost_conformance::wire::Version;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -45,26 +46,34 @@ struct Args {
     /// Print each scenario's note (which allowed behaviour was seen) and time.
     #[arg(long, short)]
     verbose: bool,
-    /// Connect over TLS (not supported yet).
-    #[arg(long)]
+    /// Connect over TLS (with --ws: WebSocket over TLS). The broker's
+    /// certificate is always verified, against --ca.
+    #[arg(long, requires = "ca")]
     tls: bool,
-    /// CA certificate for --tls.
-    #[arg(long, requires = "tls")]
+    /// PEM file of the CA (or the broker's self-signed certificate) to
+    /// trust for --tls.
+    #[arg(long, requires = "tls", value_name = "FILE")]
     ca: Option<String>,
-    /// Connect over WebSocket at this path (not supported yet).
-    #[arg(long)]
+    /// The name the broker's certificate must carry (default: --host).
+    #[arg(long, requires = "tls", value_name = "NAME")]
+    sni: Option<String>,
+    /// Connect over WebSocket (subprotocol `mqtt`) at this HTTP path, for
+    /// example /mqtt.
+    #[arg(long, value_name = "PATH", value_parser = ws_path)]
     ws: Option<String>,
+}
+
+fn ws_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("a WebSocket path starts with '/' (try /{s})"))
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if args.tls || args.ws.is_some() {
-        eprintln!(
-            "roost-conformance: --tls and --ws are not supported yet; only plain TCP is implemented"
-        );
-        return ExitCode::from(2);
-    }
     let selection = Selection {
         version: match args.version {
             VersionArg::V311 => Some(Version::V311),
@@ -89,6 +98,17 @@ async fn main() -> ExitCode {
     }
     let mut config = Config::new(&args.host, args.port);
     config.max_packet_size = args.max_packet_size;
+    if let Some(ca) = &args.ca {
+        let name = args.sni.as_deref().unwrap_or(&args.host);
+        match TlsClient::from_file(ca, name, &args.host) {
+            Ok(tls) => config.target.transport.tls = Some(tls),
+            Err(e) => {
+                eprintln!("roost-conformance: --ca {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    config.target.transport.ws_path = args.ws.clone();
     let verbose = args.verbose;
     let report = runner::run(&config, &selection, |v| {
         println!("{}", v.line());
@@ -135,5 +155,32 @@ mod tests {
             Args::try_parse_from(["x", "--ca", "f"]).is_err(),
             "--ca needs --tls"
         );
+        assert!(
+            Args::try_parse_from(["x", "--tls"]).is_err(),
+            "--tls needs --ca"
+        );
+        assert!(
+            Args::try_parse_from(["x", "--sni", "n"]).is_err(),
+            "--sni needs --tls"
+        );
+        assert!(
+            Args::try_parse_from(["x", "--ws", "mqtt"]).is_err(),
+            "a path starts with /"
+        );
+        let a = Args::try_parse_from([
+            "x",
+            "--tls",
+            "--ca",
+            "ca.pem",
+            "--sni",
+            "localhost",
+            "--ws",
+            "/mqtt",
+        ])
+        .unwrap();
+        assert!(a.tls);
+        assert_eq!(a.ca.as_deref(), Some("ca.pem"));
+        assert_eq!(a.sni.as_deref(), Some("localhost"));
+        assert_eq!(a.ws.as_deref(), Some("/mqtt"));
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::client::REPLY_WAIT;
 use crate::scenario::{Failure, Target};
+use crate::transport::rumqttc_endpoint;
 
 /// A message as either rumqttc flavour delivered it.
 #[derive(Clone, Debug)]
@@ -56,7 +57,9 @@ pub struct Client311 {
 impl Client311 {
     /// Connects and returns the CONNACK's session-present flag.
     pub async fn connect(target: &Target, id: &str, clean: bool) -> Result<(Self, bool), Failure> {
-        let mut opts = rumqttc::MqttOptions::new(id, target.host.clone(), target.port);
+        let (addr, port, transport) = rumqttc_endpoint(target);
+        let mut opts = rumqttc::MqttOptions::new(id, addr, port);
+        opts.set_transport(transport);
         opts.set_clean_session(clean);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -249,7 +252,9 @@ fn delivered5(p: &r5::mqttbytes::v5::Publish) -> Delivered {
 impl Client5 {
     /// Connects with clean start and no session expiry.
     pub async fn connect(target: &Target, id: &str) -> Result<Self, Failure> {
-        let mut opts = r5::MqttOptions::new(id, target.host.clone(), target.port);
+        let (addr, port, transport) = rumqttc_endpoint(target);
+        let mut opts = r5::MqttOptions::new(id, addr, port);
+        opts.set_transport(transport);
         opts.set_clean_start(true);
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, events) = r5::AsyncClient::new(opts, 64);

@@ -5,15 +5,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::transport::Transport;
 use crate::wire::Version;
 
-/// Where the broker under test listens.
+/// Where the broker under test listens, and how to reach it.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Host name or address.
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// TCP, TLS, WebSocket or WebSocket over TLS; every scenario runs
+    /// unchanged over any of them.
+    pub transport: Transport,
 }
 
 /// Settings shared by every scenario of one run.
@@ -31,13 +35,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration for `host:port` with a fresh run id and the protocol's
-    /// largest packet size (268,435,455 bytes of remaining length).
+    /// A configuration for `host:port` over plain TCP with a fresh run id
+    /// and the protocol's largest packet size (268,435,455 bytes of
+    /// remaining length). Set `target.transport` for TLS or WebSocket.
     pub fn new(host: &str, port: u16) -> Self {
         Config {
             target: Target {
                 host: host.to_owned(),
                 port,
+                transport: Transport::default(),
             },
             max_packet_size: 268_435_455,
             run_id: fresh_run_id(),
