@@ -213,7 +213,7 @@ from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # Mosquitto and every roost runtime always get a column (blank until measured).
-brokers = ["mosquitto", "roost", "roost-smol", "roost-mio"] + [b for b in sys.argv[3:] if b == "sink"]
+brokers = [b for b in ["mosquitto", "roost", "roost-fjall", "roost-smol", "roost-mio", "sink"] if b in sys.argv[3:]]
 # (label, how to read it from a report, which way is better)
 metrics = {
     "conns": [("connections/s", lambda r: r["delivered_per_s"], "higher"),
