@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod passwd;

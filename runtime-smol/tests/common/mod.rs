@@ -335,22 +335,23 @@ pub fn wait_disconnect(mut stream: TcpStream) -> Option<u8> {
 }
 
 /// Runs a broker binary on a port the system picks, as `roost` would be
-/// run: returns the child and the address it logged.
+/// run: returns the child and the address it logged (on stderr, where every
+/// roost binary logs, like Mosquitto).
 pub fn spawn_binary(path: &str) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut child = Command::new(path)
         .args(["--port", "0"])
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let stdout = child.stdout.take().unwrap();
+    let log = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Keep reading (and so never block the broker's logging) after the
     // address line.
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
+        for line in std::io::BufReader::new(log).lines() {
             let Ok(line) = line else { return };
             if let Some(at) = line.find("addr=") {
                 let addr: String = line[at + 5..]

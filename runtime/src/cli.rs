@@ -1,0 +1,99 @@
+//! What every runtime's binary does before it serves: read the command line,
+//! run the `passwd` subcommand, set up logging, raise the descriptor limit.
+//! A runtime's `main` is then only its own serving loop and signals.
+
+use crate::config::{Cli, Command, Config, PasswdCommand};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// What a binary should do after [`start`].
+pub enum Start {
+    /// Exit with this code (the `passwd` subcommand ran, or the
+    /// configuration is invalid and the reason was printed).
+    Exit(ExitCode),
+    /// Serve with this configuration; logging is set up.
+    Serve(Config),
+}
+
+/// Parses the command line (clap prints help and usage errors itself) and
+/// prepares to serve. `program` names the binary in messages.
+pub fn start(program: &str) -> Start {
+    use clap::Parser;
+    let cli = Cli::parse();
+    if let Some(Command::Passwd { action }) = &cli.command {
+        return Start::Exit(passwd(program, action, cli.config.as_deref()));
+    }
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return Start::Exit(ExitCode::from(2));
+        }
+    };
+    init_logging(config.verbosity);
+    // Idle connections cost a file descriptor each: take all the system
+    // allows.
+    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(limit, "file descriptor limit");
+    }
+    Start::Serve(config)
+}
+
+/// Logs to stderr, like Mosquitto, as plain text unless stderr is a
+/// terminal (no colour codes in files and journald). roost's own crates log
+/// at the level `-v` flags choose (info by default); libraries (the store,
+/// TLS) only warn unless `-vv` asks for everything.
+pub fn init_logging(verbosity: u8) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level = match verbosity {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let others = if verbosity >= 2 {
+        tracing::Level::TRACE
+    } else {
+        tracing::Level::WARN
+    };
+    let mut filter = tracing_subscriber::filter::Targets::new().with_default(others);
+    for ours in [
+        "roost",
+        "roost_tokio",
+        "roost_smol",
+        "roost_mio",
+        "roost_runtime",
+        "roost_persistence",
+    ] {
+        filter = filter.with_target(ours, level);
+    }
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .try_init();
+}
+
+/// `passwd add|rm`: the default file is the first listener's
+/// `password_file`, if the `--config` file names one.
+fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitCode {
+    let default_file = config
+        .and_then(|path| Config::from_file(path).ok())
+        .and_then(|c| c.listeners.iter().find_map(|l| l.password_file.clone()));
+    let read = || rpassword::prompt_password("Password: ");
+    match crate::passwd::run_command(action, default_file.as_deref(), read) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program} passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
