@@ -337,16 +337,18 @@ pub fn wait_disconnect(mut stream: TcpStream) -> Option<u8> {
 /// Runs a broker binary on a port the system picks, as `roost` would be
 /// run: returns the child and the address it logged (on stderr, where every
 /// roost binary logs, like Mosquitto).
-pub fn spawn_binary(path: &str) -> (std::process::Child, SocketAddr) {
+pub fn spawn_binary(path: &str) -> (KillOnDrop, SocketAddr) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(path)
-        .args(["--port", "0"])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let log = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(path)
+            .args(["--port", "0"])
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let log = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Keep reading (and so never block the broker's logging) after the
     // address line.
@@ -368,6 +370,17 @@ pub fn spawn_binary(path: &str) -> (std::process::Child, SocketAddr) {
     (child, addr.parse().expect("a socket address"))
 }
 
+/// A spawned broker that is killed if the test ends early (a failed
+/// assertion), so a failing test never leaves it running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends `signal` (a `kill` name: HUP, TERM, INT) to `child`.
 pub fn signal(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -382,15 +395,15 @@ pub fn signal(child: &std::process::Child, signal: &str) {
 pub fn binary_signals(path: &str) {
     let (mut child, addr) = spawn_binary(path);
     let client = connect_v5(addr, "sig-kept");
-    signal(&child, "HUP");
+    signal(&child.0, "HUP");
     let other = connect_v5(addr, "sig-after-hup");
     drop(other);
     let waiter = std::thread::spawn(move || wait_disconnect(client));
-    signal(&child, "TERM");
+    signal(&child.0, "TERM");
     assert_eq!(waiter.join().unwrap(), Some(0x8B));
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "still running after SIGTERM");
