@@ -161,9 +161,7 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut addrs = Vec::with_capacity(config.listeners.len());
         for (index, l) in config.listeners.iter().enumerate() {
-            let mut listener = TcpListener::bind(l.bind).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?;
+            let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
             poll.registry()
                 .register(&mut listener, Token(index), Interest::READABLE)?;
             let addr = listener.local_addr()?;

@@ -152,10 +152,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     let listeners = config
         .listeners
         .iter()
-        .map(|l| {
-            TcpListener::bind(l.bind)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))
-        })
+        .map(|l| roost_runtime::net::listen(l.bind))
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = listeners
         .iter()

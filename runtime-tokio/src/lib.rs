@@ -47,8 +47,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
@@ -205,13 +205,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let std_listeners = config
         .listeners
         .iter()
-        .map(|l| {
-            let listener = std::net::TcpListener::bind(l.bind).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })
+        .map(|l| roost_runtime::net::listen(l.bind))
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = std_listeners
         .iter()
@@ -272,6 +266,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether `id`'s slot was woken since the last call; if not, `cx`'s
+    /// waker is kept for the next wake-up. `None` if the slot is gone.
+    fn take_wakeup(&self, id: ConnId, cx: &std::task::Context<'_>) -> Option<bool> {
+        let mut wakeups = self.wakeups.borrow_mut();
+        let slot = wakeups.get_mut(&id)?;
+        if std::mem::take(&mut slot.woken) {
+            return Some(true);
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        Some(false)
+    }
+
     /// After every call into the driver: wake writers with new output, start
     /// password checks, hand out in-process deliveries, re-arm the timer.
     fn after(self: &Rc<Self>) {
@@ -466,7 +474,10 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
         let id = shared.driver.borrow_mut().open(index, Some(remote));
         shared.wakeups.borrow_mut().insert(id, Wakeup::default());
         shared.after();
-        tokio::task::spawn_local(connection(shared.clone(), stream, id));
+        tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
+        if std::env::var_os("ROOST_EXP_YIELD").is_some() {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -488,92 +499,125 @@ impl Wakeup {
     }
 }
 
-/// Completes once `id`'s slot has been woken (at once if it was woken
-/// since the last time), or if the slot is gone.
-async fn woken(shared: &Shared, id: ConnId) {
-    std::future::poll_fn(|cx| {
-        let mut wakeups = shared.wakeups.borrow_mut();
-        let Some(slot) = wakeups.get_mut(&id) else {
-            return std::task::Poll::Ready(());
-        };
-        if std::mem::take(&mut slot.woken) {
-            return std::task::Poll::Ready(());
-        }
-        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            slot.waker = Some(cx.waker().clone());
-        }
-        std::task::Poll::Pending
-    })
-    .await
+/// A connection's task: writes what the driver has for it, reads what the
+/// socket has, until either side closes.
+///
+/// Written as a future by hand, not as an `async fn` with `select!`: it
+/// waits through the socket's own readiness slots (`poll_read_ready`,
+/// `poll_write_ready`) and its [`Wakeup`], so it holds no readiness future
+/// and an idle connection's task is a few words, not hundreds of bytes.
+struct Connection {
+    shared: Rc<Shared>,
+    /// Taken when the connection ends (to linger, or to be dropped).
+    stream: Option<TcpStream>,
+    id: ConnId,
 }
 
-async fn connection(shared: Rc<Shared>, stream: TcpStream, id: ConnId) {
-    loop {
-        let written = shared
-            .driver
-            .borrow_mut()
-            .write_to(id, |bufs| stream.try_write_vectored(bufs));
-        shared.after();
-        let need_writable = match written {
-            Ok(WriteStatus::Drained) => false,
-            Ok(WriteStatus::WouldBlock) => true,
-            Err(_) => break,
-        };
-        let (close, paused) = {
-            let driver = shared.driver.borrow();
-            (driver.wants_close(id), driver.read_paused(id))
-        };
-        if close {
-            break;
-        }
-        // One readiness future for both directions: every idle connection
-        // carries this future's state, so fewer and smaller futures mean
-        // less memory per connection.
-        let mut interest = None;
-        if !paused {
-            interest = Some(Interest::READABLE);
-        }
-        if need_writable {
-            interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
-        }
-        let ready = async {
-            match interest {
-                Some(interest) => stream.ready(interest).await.map(Some),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = woken(&shared, id) => {}
-            ready = ready => {
-                let ready = match ready {
-                    Ok(Some(ready)) => ready,
-                    _ => break,
-                };
-                if ready.is_readable() || ready.is_read_closed() {
-                    let mut buf = shared.read_buf.borrow_mut();
-                    match stream.try_read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            shared.driver.borrow_mut().input(id, &buf[..n]);
-                            drop(buf);
-                            shared.after();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => break,
-                    }
-                }
-            }
+impl Connection {
+    fn new(shared: Rc<Shared>, stream: TcpStream, id: ConnId) -> Self {
+        Connection {
+            shared,
+            stream: Some(stream),
+            id,
         }
     }
-    let lingering = shared.driver.borrow().wants_close(id);
-    shared.wakeups.borrow_mut().remove(&id);
-    shared.driver.borrow_mut().closed(id);
-    shared.after();
-    if lingering {
-        // A task of its own: awaited here, linger's timer and buffer would
-        // size every connection's future for its whole life.
-        tokio::task::spawn_local(linger(stream));
+
+    /// Serves until the connection should end.
+    fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Some(stream) = &self.stream else {
+            return Poll::Ready(());
+        };
+        let (shared, id) = (&self.shared, self.id);
+        loop {
+            let written = shared
+                .driver
+                .borrow_mut()
+                .write_to(id, |bufs| stream.try_write_vectored(bufs));
+            shared.after();
+            let need_writable = match written {
+                Ok(WriteStatus::Drained) => false,
+                Ok(WriteStatus::WouldBlock) => true,
+                Err(_) => return Poll::Ready(()),
+            };
+            let (close, paused) = {
+                let driver = shared.driver.borrow();
+                (driver.wants_close(id), driver.read_paused(id))
+            };
+            if close {
+                return Poll::Ready(());
+            }
+            // The wake-up slot first: new output is written before more
+            // input is read, as the output may be what a slow reader waits
+            // for.
+            match shared.take_wakeup(id, cx) {
+                Some(true) => continue,
+                Some(false) => {}
+                None => return Poll::Ready(()),
+            }
+            if need_writable {
+                match stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            if !paused {
+                match stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let mut buf = shared.read_buf.borrow_mut();
+                        match stream.try_read(&mut buf) {
+                            Ok(0) => return Poll::Ready(()),
+                            Ok(n) => {
+                                shared.driver.borrow_mut().input(id, &buf[..n]);
+                                drop(buf);
+                                shared.after();
+                            }
+                            // Readiness was stale; it is cleared now, and
+                            // the next poll waits for the real thing.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => return Poll::Ready(()),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Tells the driver the connection is gone, and lingers if the broker
+    /// was the one to close it.
+    fn finish(&mut self) {
+        let shared = &self.shared;
+        let lingering = shared.driver.borrow().wants_close(self.id);
+        shared.wakeups.borrow_mut().remove(&self.id);
+        shared.driver.borrow_mut().closed(self.id);
+        shared.after();
+        if let Some(stream) = self.stream.take().filter(|_| lingering) {
+            // A task of its own, so linger's timer and buffer are not part
+            // of every connection's task.
+            tokio::task::spawn_local(linger(stream));
+        }
+    }
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.stream.is_none() {
+            return Poll::Ready(());
+        }
+        match this.serve(cx) {
+            Poll::Ready(()) => {
+                this.finish();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

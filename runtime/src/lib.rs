@@ -8,9 +8,12 @@
 //! * [`acl`]: Mosquitto-style ACL files and topic-matching for them.
 //! * [`tls`]: TLS as a sans-IO byte stage on `rustls`.
 //! * [`ws`]: WebSocket as a sans-IO byte stage on `tungstenite`.
-//!
-//! Not built yet: the connection driver that feeds the engine and drains its
-//! actions (it waits for the engine API in `roost-core`).
+//! * [`driver`]: the connection driver every runtime's loop calls: it feeds
+//!   the engine, carries out its actions, and keeps each connection's
+//!   stages and output queue.
+//! * [`store_worker`]: the thread that commits storage batches.
+//! * [`net`]: listening sockets.
+//! * [`cli`]: what every binary does before it serves.
 //!
 //! # Stages
 //!
@@ -35,6 +38,7 @@ pub mod acl;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod net;
 pub mod passwd;
 pub mod store_worker;
 pub mod tls;

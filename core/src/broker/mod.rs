@@ -283,8 +283,20 @@ impl Broker {
         };
         c.read_buf.extend_from_slice(bytes);
         c.last_seen = self.now;
+        let connecting = matches!(c.state, ConnState::AwaitingConnect);
         self.stats.bytes_received += bytes.len() as u64;
         self.process_input(conn, max);
+        if connecting {
+            // The buffer the CONNECT was cut from would stay allocated
+            // (empty, but holding it) for as long as the connection is
+            // idle. Busy connections keep theirs: reusing it saves an
+            // allocation per input.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                if c.read_buf.is_empty() {
+                    c.read_buf = bytes::BytesMut::new();
+                }
+            }
+        }
         self.flush();
     }
 
@@ -316,7 +328,11 @@ impl Broker {
             match decode(&mut c.read_buf, c.protocol, max) {
                 Ok(Some(packet)) => self.handle_packet(conn, packet),
                 Ok(None) => {
-                    // Give back what a large packet left behind.
+                    // An empty buffer still holds on to the allocation its
+                    // packets were cut from: let it go, so an idle
+                    // connection keeps no buffer at all. The next input
+                    // would need a new allocation anyway unless that one
+                    // were free again.
                     if c.read_buf.is_empty() && c.read_buf.capacity() > 64 * 1024 {
                         c.read_buf = bytes::BytesMut::new();
                     }
@@ -533,7 +549,16 @@ impl Broker {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.dirty = false;
                 if !c.out.is_empty() {
-                    let bytes = c.out.split().freeze();
+                    // The first output (the CONNACK, typically) goes as the
+                    // whole buffer: nothing of it stays behind with a
+                    // connection that then idles. Later ones are split off,
+                    // so the buffer is reused once they are written.
+                    let bytes = if c.flushed {
+                        c.out.split().freeze()
+                    } else {
+                        c.flushed = true;
+                        core::mem::take(&mut c.out).freeze()
+                    };
                     self.stats.bytes_sent += bytes.len() as u64;
                     self.actions.push_back(Action::Send { conn: id, bytes });
                 }

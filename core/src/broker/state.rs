@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     /// Packets produced by the current input, flushed as one `Send`.
     pub(crate) out: BytesMut,
     pub(crate) dirty: bool,
+    /// Output has been flushed before (see `Broker::flush`).
+    pub(crate) flushed: bool,
     pub(crate) keep_alive_ms: u64,
     pub(crate) last_seen: Instant,
     /// When this connection's timer is armed, so re-arming can find it.
@@ -107,6 +109,7 @@ impl Conn {
             listener,
             protocol: Protocol::V3_1_1,
             read_buf: BytesMut::new(),
+            flushed: false,
             out: BytesMut::new(),
             dirty: false,
             keep_alive_ms: 0,

@@ -32,12 +32,24 @@ use cli::{Cli, Common, Scenario};
 use client::Run;
 use stats::{Report, now_ns};
 
+/// Sizes the descriptor table for `limit` descriptors now, while this is
+/// the only thread. Grown on demand once tokio's resolver threads exist,
+/// each doubling would stall the generator for an RCU grace period (10-35 ms
+/// here), which the `conns` scenario would report as the broker's latency.
+fn reserve_descriptor_table(limit: u64) {
+    let highest = i32::try_from(limit.min(65_536).saturating_sub(1)).unwrap_or(0);
+    if let Err(e) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), highest) {
+        eprintln!("warning: descriptor table not reserved: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     stats::epoch();
     // Idle-connection tests need many descriptors; the hard limit is the most we may take.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("warning: could not raise RLIMIT_NOFILE: {e}");
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => reserve_descriptor_table(limit),
+        Err(e) => eprintln!("warning: could not raise RLIMIT_NOFILE: {e}"),
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

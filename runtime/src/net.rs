@@ -1,0 +1,53 @@
+//! Listening sockets, made the same way for every runtime.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+/// How many finished handshakes the kernel holds for a listener before the
+/// broker accepts them. Past it, new clients' handshakes are dropped and
+/// retried a second later, so a storm of reconnecting clients needs room:
+/// 1,024 like mio's default (Mosquitto uses 100; Rust's standard library
+/// 128), and Linux caps it at `net.core.somaxconn` anyway.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds a non-blocking TCP listener on `addr` with [`LISTEN_BACKLOG`],
+/// reusing the address so a restarted broker does not wait out TIME_WAIT.
+/// The error names the address.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_address_is_named_in_the_error() {
+        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let err = listen(addr).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn the_listener_accepts() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        assert!(listener.accept().is_ok());
+    }
+}
