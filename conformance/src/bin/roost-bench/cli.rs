@@ -57,6 +57,20 @@ pub enum Scenario {
         /// listen backlog of 100, past which SYNs are dropped and retried after 1 s).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Processes to open them from (this one and `processes - 1`
+        /// children, each opening an equal share with its own
+        /// `--concurrency`), for more connections than one process's
+        /// descriptor limit allows. All are held open together while the
+        /// broker's memory is read.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        processes: u32,
+        /// Seconds to keep every connection open after the measurement.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+        /// Run as a child of `--processes`: open the connections, print one
+        /// JSON line, keep them open until standard input closes.
+        #[arg(long, hide = true)]
+        child: bool,
         #[command(flatten)]
         common: Common,
     },

@@ -102,8 +102,23 @@ fn main() -> ExitCode {
                 Scenario::Conns {
                     connections,
                     concurrency,
+                    processes,
+                    hold,
+                    child: false,
                     ..
-                } => scenarios::conns(&c, *connections, *concurrency, run).await,
+                } => {
+                    let spread = scenarios::Spread {
+                        processes: *processes as usize,
+                        hold: *hold,
+                    };
+                    scenarios::conns(&c, *connections, *concurrency, spread, run).await
+                }
+                Scenario::Conns {
+                    connections,
+                    concurrency,
+                    child: true,
+                    ..
+                } => scenarios::conns_child(&c, *connections, *concurrency).await,
                 Scenario::Retained { messages, .. } => {
                     scenarios::retained(&c, *messages, run).await
                 }
@@ -127,6 +142,10 @@ fn main() -> ExitCode {
         }
         Err(_) => true,
     };
+    if matches!(cli.scenario, Scenario::Conns { child: true, .. }) {
+        // A child's only output is its one line, printed by the scenario.
+        return ExitCode::SUCCESS;
+    }
     let report = report(name, common, &run, partial);
     println!("{}", report.human());
     if common.json {

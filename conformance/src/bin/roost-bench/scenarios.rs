@@ -152,25 +152,55 @@ pub async fn latency(c: &Common, run: Rc<Run>) -> io::Result<()> {
     Ok(())
 }
 
+/// How `conns` spreads its connections over processes, and how long it
+/// keeps them.
+pub struct Spread {
+    /// This process and `processes - 1` children.
+    pub processes: usize,
+    /// Seconds to hold every connection open after measuring.
+    pub hold: f64,
+}
+
+/// What a `conns --child` process reports on its one line of output.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildReport {
+    opened: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
 /// Opens N idle connections; "deliveries" here are CONNACKs and latency is
-/// TCP connect → CONNACK.
-pub async fn conns(c: &Common, n: usize, concurrency: usize, run: Rc<Run>) -> io::Result<()> {
+/// TCP connect → CONNACK (of this process's share, when spread).
+pub async fn conns(
+    c: &Common,
+    n: usize,
+    concurrency: usize,
+    spread: Spread,
+    run: Rc<Run>,
+) -> io::Result<()> {
+    let processes = spread.processes.max(1);
+    let share = n.div_ceil(processes);
+    let own = n - share * (processes - 1);
     let (soft, _) = rlimit::Resource::NOFILE.get()?;
     run.put("fd_limit", soft as f64);
-    if (n as u64) + 32 > soft {
+    if (share as u64) + 32 > soft {
         run.error(format_args!(
-            "RLIMIT_NOFILE {soft} (the hard limit) is below the {n} connections asked for: expect the limit to stop this run"
+            "RLIMIT_NOFILE {soft} (the hard limit) is below the {share} connections each process is asked for: expect the limit to stop this run (add --processes)"
         ));
     }
     let before = c.broker_pid.and_then(stats::rss_kb);
     run.sent.set(n as u64);
     run.start_clock(c.broker_pid);
-    let results = client::open_many(&c.addr(), "rb-conn-", n, concurrency, 0).await;
-    let mut held = Vec::with_capacity(n);
+    let mut children = Vec::with_capacity(processes - 1);
+    for _ in 1..processes {
+        children.push(spawn_child(c, share, concurrency)?);
+    }
+    let results = client::open_many(&c.addr(), "rb-conn-0-", own, concurrency, 0).await;
+    let mut held = Vec::with_capacity(own);
+    let mut failed = 0;
     {
         let mut st = run.stats.borrow_mut();
         let st = st.as_mut().expect("stats live for the whole run");
-        let now = now_ns();
         st.first_recv = run.t_start.get();
         for r in results {
             match r {
@@ -180,23 +210,134 @@ pub async fn conns(c: &Common, n: usize, concurrency: usize, run: Rc<Run>) -> io
                     held.push(conn);
                 }
                 // `Run::error` keeps the first few: later failures repeat the cause.
-                Err(e) => run.error(format_args!("connection {} failed: {e}", held.len())),
+                Err(e) => {
+                    failed += 1;
+                    run.error(format_args!("connection {} failed: {e}", held.len()))
+                }
             }
         }
-        st.last_recv = now;
     }
-    run.put("connections_open", held.len() as f64);
+    let mut opened = held.len();
+    for (index, child) in children.iter_mut().enumerate() {
+        let report = read_child(child).await;
+        match report {
+            Ok(r) => {
+                opened += r.opened;
+                failed += r.failed;
+                if let Some(e) = r.first_error {
+                    run.error(format_args!("process {}: {e}", index + 1));
+                }
+            }
+            Err(e) => run.error(format_args!("process {}: {e}", index + 1)),
+        }
+    }
+    {
+        let mut st = run.stats.borrow_mut();
+        let st = st.as_mut().expect("stats live for the whole run");
+        // Children's connections count as delivered; their latencies stay
+        // with them (the histogram is this process's share).
+        st.received = opened as u64;
+        st.last_recv = now_ns();
+    }
+    run.put("connections_open", opened as f64);
+    if failed > 0 {
+        run.put("connections_failed", failed as f64);
+    }
+    if processes > 1 {
+        run.put("processes", processes as f64);
+    }
     // Let the broker finish whatever it allocates lazily after CONNACK.
     tokio::time::sleep(Duration::from_secs(1)).await;
     if let (Some(pid), Some(b)) = (c.broker_pid, before) {
         let after = stats::rss_kb(pid).unwrap_or(b);
         run.put("rss_before_mib", b as f64 / 1024.0);
         run.put("rss_after_mib", after as f64 / 1024.0);
-        if !held.is_empty() {
-            let per = (after as f64 - b as f64) * 1024.0 / held.len() as f64;
+        if opened > 0 {
+            let per = (after as f64 - b as f64) * 1024.0 / opened as f64;
             run.put("bytes_per_conn", per);
         }
     }
+    if spread.hold > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(spread.hold)).await;
+    }
+    drop(held);
+    for mut child in children {
+        // Closing its standard input is the child's signal to end.
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    Ok(())
+}
+
+fn spawn_child(c: &Common, n: usize, concurrency: usize) -> io::Result<std::process::Child> {
+    use std::process::{Command, Stdio};
+    Command::new(std::env::current_exe()?)
+        .args(["conns", "--child", "--connections", &n.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--host", &c.host, "--port", &c.port.to_string()])
+        .args(["--deadline", &c.deadline.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+}
+
+/// Waits (off this thread) for a child's one line.
+async fn read_child(child: &mut std::process::Child) -> io::Result<ChildReport> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no output"))?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    serde_json::from_str(&line)
+        .map_err(|e| io::Error::other(format!("exited without a report ({e}): {line:?}")))
+}
+
+/// A child's part of a spread `conns`: opens `n` connections, reports them
+/// on one line, and holds them until standard input closes.
+pub async fn conns_child(c: &Common, n: usize, concurrency: usize) -> io::Result<()> {
+    let results = client::open_many(
+        &c.addr(),
+        &format!("rb-conn-{}-", std::process::id()),
+        n,
+        concurrency,
+        0,
+    )
+    .await;
+    let mut report = ChildReport {
+        opened: 0,
+        failed: 0,
+        first_error: None,
+    };
+    let mut held = Vec::with_capacity(n);
+    for r in results {
+        match r {
+            Ok((conn, _)) => held.push(conn),
+            Err(e) => {
+                report.failed += 1;
+                report.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    report.opened = held.len();
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(io::Error::other)?
+    );
+    tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await
+    .map_err(io::Error::other)?;
     drop(held);
     Ok(())
 }
