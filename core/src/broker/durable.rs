@@ -9,6 +9,7 @@ use super::{
 };
 use crate::MqttStr;
 use crate::codec::{Packet, QoS, ReasonCode};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -251,13 +252,13 @@ impl Broker {
                         .properties
                         .message_expiry_interval
                         .map(|secs| now + Duration::from_secs(u64::from(secs))),
-                    message: Message {
+                    message: Arc::new(Message {
                         topic: m.message.topic,
                         payload: m.message.payload,
                         qos: m.message.qos,
                         retain: m.message.retain,
                         properties: m.message.properties,
-                    },
+                    }),
                     qos: m.message.qos,
                     retain: m.message.retain,
                     subscription_ids: m.subscription_ids,
@@ -310,7 +311,7 @@ impl Broker {
             broker.retained.insert(
                 &topic,
                 Retained {
-                    message,
+                    message: Arc::new(message),
                     expires_at,
                 },
             );

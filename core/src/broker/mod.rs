@@ -77,13 +77,15 @@ use crate::codec::{Disconnect, Packet, Protocol, ReasonCode, decode};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hashbrown::HashMap;
 use state::{AuthStep, Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
 
 /// A retained message and when it stops being retained (MQTT 5 expiry).
 struct Retained {
-    message: Message,
+    /// Shared with the deliveries made of it.
+    message: Arc<Message>,
     expires_at: Option<Instant>,
 }
 

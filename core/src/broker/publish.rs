@@ -7,8 +7,11 @@ use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Operation,
     PublishDecision, Retained, StoreOp, StoredMessage, Verdict,
 };
-use crate::codec::{Packet, PacketId, Protocol, PubResponse, Publish, QoS, QosPid, ReasonCode};
+use crate::codec::{
+    Packet, PacketId, Protocol, PubResponse, Publish, PublishRef, QoS, QosPid, ReasonCode,
+};
 use crate::topic::TopicName;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -312,6 +315,7 @@ impl Broker {
         if message.retain && self.config.retain_available {
             self.retain(&message, expires_at);
         }
+        let message = Arc::new(message);
         let mut targets = core::mem::take(&mut self.scratch);
         targets.clear();
         self.subscriptions
@@ -370,7 +374,7 @@ impl Broker {
                         subscription: super::LocalSubscription(local),
                         message: Message {
                             retain: false,
-                            ..message.clone()
+                            ..Message::clone(&message)
                         },
                     });
                 }
@@ -415,7 +419,7 @@ impl Broker {
             });
         }
         let retained = Retained {
-            message,
+            message: Arc::new(message),
             expires_at,
         };
         self.retained.insert(&topic, retained);
@@ -560,51 +564,69 @@ impl Broker {
             return false;
         };
         let v5 = c.protocol == Protocol::V5;
-        let mut properties = if v5 {
-            delivery.message.properties.clone()
-        } else {
-            Default::default()
-        };
+        // Only an MQTT 5 PUBLISH carries properties, and only it needs its
+        // own copy of them (subscription identifiers, expiry left, alias).
+        let mut properties = None;
         if v5 {
-            properties
-                .subscription_identifiers
+            let mut own = delivery.message.properties.clone();
+            own.subscription_identifiers
                 .clone_from(&delivery.subscription_ids);
             if let Some(at) = delivery.expires_at {
                 // Forward what is left of the expiry interval [MQTT-3.3.2-6].
                 let left = at.saturating_duration_since(now).as_millis().div_ceil(1000);
-                properties.message_expiry_interval =
-                    Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
+                own.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
             }
+            properties = Some(own);
         }
-        let mut packet = Packet::Publish(Publish {
+        let qos = packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid));
+        let topic = &delivery.message.topic;
+        let full = PublishRef {
             dup,
-            qos: packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid)),
+            qos,
             retain: delivery.retain,
-            topic: delivery.message.topic.clone(),
-            payload: delivery.message.payload.clone(),
-            properties,
-        });
+            topic: Some(topic),
+            payload: &delivery.message.payload,
+            properties: properties.as_ref(),
+        };
         // The size check uses the full topic, so a packet that fits also
         // fits once an alias replaces the topic.
-        if packet.encoded_len(c.protocol) > c.client_max_packet as usize {
+        if full.encoded_len(c.protocol) > c.client_max_packet as usize {
             self.stats.dropped += 1;
             return false;
         }
-        if let Packet::Publish(publish) = &mut packet {
-            if v5 && aliases && c.client_alias_max > 0 {
-                let aliases = c.aliases.get_or_insert_with(Default::default);
-                if let Some(&alias) = aliases.outbound.get(&publish.topic) {
-                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
-                    publish.topic = TopicName::default();
-                } else if aliases.outbound.len() < usize::from(c.client_alias_max) {
-                    let alias = aliases.outbound.len() as u16 + 1;
-                    aliases.outbound.insert(publish.topic.clone(), alias);
-                    publish.properties.topic_alias = core::num::NonZeroU16::new(alias);
-                }
+        let mut aliased = false;
+        if let Some(properties) = properties
+            .as_mut()
+            .filter(|_| aliases && c.client_alias_max > 0)
+        {
+            let known = c.aliases.get_or_insert_with(Default::default);
+            if let Some(&alias) = known.outbound.get(topic) {
+                properties.topic_alias = core::num::NonZeroU16::new(alias);
+                aliased = true;
+            } else if known.outbound.len() < usize::from(c.client_alias_max) {
+                let alias = known.outbound.len() as u16 + 1;
+                known.outbound.insert(topic.clone(), alias);
+                properties.topic_alias = core::num::NonZeroU16::new(alias);
             }
         }
+        let publish = PublishRef {
+            dup,
+            qos,
+            retain: delivery.retain,
+            topic: (!aliased).then_some(topic),
+            payload: &delivery.message.payload,
+            properties: properties.as_ref(),
+        };
+        // Encoding only fails for fields over their size limits, which the
+        // engine never builds; such a PUBLISH is not sent.
+        if publish.encode(c.protocol, &mut c.out).is_err() {
+            return false;
+        }
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(conn);
+        }
         self.stats.messages_sent += 1;
-        self.send(conn, &packet);
         true
     }
 }

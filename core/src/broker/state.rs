@@ -9,6 +9,7 @@ use crate::codec::{
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::BytesMut;
 use core::num::NonZeroU32;
@@ -204,7 +205,9 @@ pub(crate) enum OutState {
 /// A message for one session, at the QoS and flags it is delivered with.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
-    pub(crate) message: Message,
+    /// Shared by every session the message goes to: a copy per subscriber
+    /// is a reference count, not a topic, a payload and properties.
+    pub(crate) message: Arc<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) subscription_ids: Vec<NonZeroU32>,

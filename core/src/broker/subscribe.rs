@@ -530,7 +530,7 @@ impl Broker {
             if r.expires_at.is_none_or(|at| at > now) {
                 retained.push(Message {
                     retain: true,
-                    ..r.message.clone()
+                    ..Message::clone(&r.message)
                 });
             }
         });

@@ -1,7 +1,7 @@
 //! Primitive fields (section 1.5): integers, variable byte integers, strings
 //! and binary data, read from shared bytes and written into a `BytesMut`.
 
-use super::DecodeError;
+use super::{DecodeError, EncodeError};
 use crate::MqttStr;
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -127,6 +127,22 @@ pub(crate) fn varint_len(value: usize) -> usize {
         16_384..=2_097_151 => 3,
         _ => 4,
     }
+}
+
+/// Writes a fixed header for a body of `body` bytes, with room reserved for
+/// the body, or fails if no remaining length can express it.
+pub(crate) fn put_fixed_header(
+    buf: &mut BytesMut,
+    first_byte: u8,
+    body: usize,
+) -> Result<(), EncodeError> {
+    if body > MAX_VARINT as usize {
+        return Err(EncodeError::PacketTooLarge);
+    }
+    buf.reserve(1 + varint_len(body) + body);
+    buf.put_u8(first_byte);
+    put_varint(buf, body);
+    Ok(())
 }
 
 pub(crate) fn put_varint(buf: &mut BytesMut, mut value: usize) {

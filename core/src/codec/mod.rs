@@ -48,15 +48,15 @@ pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
     PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperty, WillProperties,
 };
-pub use publish::{Publish, QosPid};
+pub use publish::{Publish, PublishRef, QosPid};
 pub use reason::ReasonCode;
 pub use subscribe::{RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions};
 pub use unsubscribe::{UnsubAck, Unsubscribe};
 
 use alloc::boxed::Box;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use core::num::NonZeroU16;
-use io::{Reader, decode_varint, put_varint, varint_len};
+use io::{Reader, decode_varint, varint_len};
 
 /// The protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -392,7 +392,7 @@ impl Packet {
 
     fn first_byte(&self) -> u8 {
         match self {
-            Packet::Publish(p) => p.first_byte(),
+            Packet::Publish(p) => p.parts().first_byte(),
             Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
                 ((self.packet_type() as u8) << 4) | 0x02
             }
@@ -404,7 +404,7 @@ impl Packet {
         match self {
             Packet::Connect(p) => p.body_len(),
             Packet::ConnAck(p) => p.body_len(protocol),
-            Packet::Publish(p) => p.body_len(protocol),
+            Packet::Publish(p) => p.parts().body_len(protocol),
             Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
                 p.body_len(protocol)
             }
@@ -428,8 +428,8 @@ impl Packet {
             b.as_ref().is_none_or(|b| b.len() <= usize::from(u16::MAX))
         }
         let id_fits = |id: &core::num::NonZeroU32| id.get() <= MAX_VARINT;
+        // PUBLISH checks its own (`PublishRef::encode`).
         let ids_fit = match self {
-            Packet::Publish(p) => p.properties.subscription_identifiers.iter().all(id_fits),
             Packet::Subscribe(s) => s.properties.subscription_identifier.iter().all(id_fits),
             _ => true,
         };
@@ -446,7 +446,6 @@ impl Packet {
                     })
             }
             Packet::ConnAck(c) => fits(&c.properties.authentication_data),
-            Packet::Publish(p) => fits(&p.properties.correlation_data),
             Packet::Auth(a) => fits(&a.properties.authentication_data),
             _ => true,
         };
@@ -471,21 +470,19 @@ impl Packet {
     /// before 5.0) are left out, which is the translation the specification
     /// implies for a message forwarded to an older client.
     pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        if let Packet::Publish(p) = self {
+            return p.parts().encode(protocol, buf);
+        }
         if matches!(self, Packet::Auth(_)) && protocol != Protocol::V5 {
             return Err(EncodeError::NotInProtocol(PacketType::Auth));
         }
         self.check_fields()?;
-        let body = self.body_len(protocol);
-        if body > MAX_VARINT as usize {
-            return Err(EncodeError::PacketTooLarge);
-        }
-        buf.reserve(1 + varint_len(body) + body);
-        buf.put_u8(self.first_byte());
-        put_varint(buf, body);
+        io::put_fixed_header(buf, self.first_byte(), self.body_len(protocol))?;
         match self {
             Packet::Connect(p) => p.encode_body(buf),
             Packet::ConnAck(p) => p.encode_body(protocol, buf),
-            Packet::Publish(p) => p.encode_body(protocol, buf),
+            // Encoded above.
+            Packet::Publish(_) => {}
             Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
                 p.encode_body(protocol, buf)
             }

@@ -1,7 +1,7 @@
 //! PUBLISH (section 3.3): an application message, in either direction.
 
-use super::io::{Reader, binary_len, put_binary};
-use super::{DecodeError, PacketId, Protocol, PublishProperties, QoS};
+use super::io::{MAX_VARINT, Reader, binary_len, put_binary, put_fixed_header, varint_len};
+use super::{DecodeError, EncodeError, PacketId, Protocol, PublishProperties, QoS};
 use crate::topic::TopicName;
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -100,6 +100,86 @@ impl Publish {
         })
     }
 
+    /// This packet's parts, borrowed.
+    pub fn parts(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: (!self.topic.is_empty()).then_some(&self.topic),
+            payload: &self.payload,
+            properties: Some(&self.properties),
+        }
+    }
+}
+
+/// A PUBLISH of borrowed parts, to encode.
+///
+/// The engine encodes one message for many subscribers: building a
+/// [`Publish`] for each would clone its topic, payload and properties only
+/// to drop them again. Encodes to the same bytes as the [`Publish`] with
+/// these fields (`Packet::Publish(p).encode` goes through `p.parts()`).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// DUP: this may be a re-delivery.
+    pub dup: bool,
+    /// QoS and packet identifier.
+    pub qos: QosPid,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic Name; `None` (sent as an empty topic) when an MQTT 5 topic
+    /// alias stands in for it.
+    pub topic: Option<&'a TopicName>,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// PUBLISH properties (5.0 only); `None` is an empty block.
+    pub properties: Option<&'a PublishProperties>,
+}
+
+impl PublishRef<'_> {
+    /// The exact number of bytes [`PublishRef::encode`] writes.
+    pub fn encoded_len(&self, protocol: Protocol) -> usize {
+        let body = self.body_len(protocol);
+        1 + varint_len(body) + body
+    }
+
+    /// Appends the PUBLISH, encoded for `protocol`, to `buf` (properties
+    /// are left out before 5.0).
+    pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        if let Some(p) = self.properties {
+            if !p
+                .subscription_identifiers
+                .iter()
+                .all(|id| id.get() <= MAX_VARINT)
+            {
+                return Err(EncodeError::SubscriptionIdentifierTooLarge);
+            }
+            if p.correlation_data
+                .as_ref()
+                .is_some_and(|b| b.len() > usize::from(u16::MAX))
+            {
+                return Err(EncodeError::FieldTooLong);
+            }
+        }
+        put_fixed_header(buf, self.first_byte(), self.body_len(protocol))?;
+        put_binary(buf, self.topic_bytes());
+        if let Some(id) = self.qos.packet_id() {
+            buf.put_u16(id.get());
+        }
+        if protocol == Protocol::V5 {
+            match self.properties {
+                Some(p) => p.encode(buf),
+                None => buf.put_u8(0),
+            }
+        }
+        buf.put_slice(self.payload);
+        Ok(())
+    }
+
+    fn topic_bytes(&self) -> &[u8] {
+        self.topic.map_or(&[], |t| t.as_bytes())
+    }
+
     pub(crate) fn first_byte(&self) -> u8 {
         let mut b = 0x30 | ((self.qos.qos() as u8) << 1);
         // DUP is never set on QoS 0 [MQTT-3.3.1-2], even if a QoS 1/2
@@ -114,24 +194,13 @@ impl Publish {
     }
 
     pub(crate) fn body_len(&self, protocol: Protocol) -> usize {
-        binary_len(self.topic.as_bytes())
+        binary_len(self.topic_bytes())
             + if self.qos.packet_id().is_some() { 2 } else { 0 }
             + if protocol == Protocol::V5 {
-                self.properties.encoded_len()
+                self.properties.map_or(1, |p| p.encoded_len())
             } else {
                 0
             }
             + self.payload.len()
-    }
-
-    pub(crate) fn encode_body(&self, protocol: Protocol, buf: &mut BytesMut) {
-        put_binary(buf, self.topic.as_bytes());
-        if let Some(id) = self.qos.packet_id() {
-            buf.put_u16(id.get());
-        }
-        if protocol == Protocol::V5 {
-            self.properties.encode(buf);
-        }
-        buf.put_slice(&self.payload);
     }
 }
