@@ -863,6 +863,81 @@ fn blocked_connection_drops_qos0_and_holds_qos1_until_writable() {
     assert_eq!(&got[0].payload[..], b"one");
 }
 
+/// A broker whose engine treats 1 KiB of output for one connection as a
+/// full buffer, with 100 retained messages of 100 bytes on `r/0`..`r/99`.
+fn many_retained(max_queued_messages: usize) -> Sim {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            outbound_buffer_bytes: 1024,
+            max_queued_messages,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (p, _) = sim.connect("p", V4, true);
+    for i in 0..100u16 {
+        let topic = format!("r/{i}");
+        sim.publish(p, &topic, &[b'x'; 100], QoS::AtMostOnce, i + 1, true);
+    }
+    assert_eq!(sim.broker.retained_count(), 100);
+    sim
+}
+
+#[test]
+fn retained_messages_beyond_the_output_bound_wait_for_writable() {
+    let mut sim = many_retained(1000);
+    let (s, _) = sim.connect("s", V4, true);
+    sim.subscribe(s, 1, &[("r/#", QoS::AtMostOnce)]);
+    let first = sim.publishes(s);
+    assert!(
+        (1..=10).contains(&first.len()),
+        "one input sends about 1 KiB of 108-byte PUBLISHes, not all 100: {}",
+        first.len()
+    );
+    assert_eq!(sim.broker.queued_count("s"), 100 - first.len());
+    let mut topics: Vec<String> = first.iter().map(|p| p.topic.to_string()).collect();
+    for _ in 0..100 {
+        let now = sim.now;
+        sim.broker.handle_writable(now, s);
+        sim.drain();
+        let more = sim.publishes(s);
+        assert!(more.len() <= 10, "each resumption is bounded too");
+        topics.extend(more.iter().map(|p| p.topic.to_string()));
+        if topics.len() >= 100 {
+            break;
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics.len(), 100, "every retained message arrives once");
+    assert_eq!(sim.broker.stats().dropped, 0);
+    assert_eq!(sim.broker.queued_count("s"), 0);
+}
+
+#[test]
+fn a_subscribe_repeating_a_filter_cannot_pile_up_retained_output() {
+    let mut sim = many_retained(50);
+    let (s, _) = sim.connect("s", V4, true);
+    // One SUBSCRIBE with the same filter 20 times: 2,000 retained sends
+    // asked for, about 210 KB, from 80 bytes of input.
+    let filters = [("r/#", QoS::AtMostOnce); 20];
+    let reasons = sim.subscribe(s, 1, &filters);
+    assert_eq!(reasons.len(), 20);
+    let sent = sim.publishes(s).len();
+    assert!(sent <= 10, "output stays within the bound: {sent}");
+    assert_eq!(
+        sim.broker.queued_count("s"),
+        50,
+        "the queue holds its limit"
+    );
+    assert_eq!(
+        sim.broker.stats().dropped,
+        (2000 - sent - 50) as u64,
+        "the rest is dropped and counted"
+    );
+}
+
 #[test]
 fn over_long_topics_and_filters_are_refused() {
     let mut sim = Sim::new(Config {

@@ -187,8 +187,9 @@ pub struct Limits {
     pub max_topic_levels: u16,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_client: u32,
-    /// Bytes the runtime buffers for writing to one connection before it
-    /// stops asking the engine for more.
+    /// Bytes buffered for writing to one connection before deliveries to
+    /// it stop (QoS 0 dropped, QoS 1/2 and retained queued) until it
+    /// drains to half; the engine holds one input's output to it too.
     pub outbound_buffer_bytes: u64,
 }
 

@@ -1008,6 +1008,7 @@ fn engine_config(
             max_connections: l.max_connections as usize,
             connect_timeout: Duration::from_millis(l.connect_timeout_ms),
             max_keepalive: l.max_keepalive_secs,
+            outbound_buffer_bytes: usize::try_from(l.outbound_buffer_bytes).unwrap_or(usize::MAX),
             ..broker::Limits::default()
         },
         receive_maximum: m.receive_maximum,

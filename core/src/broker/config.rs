@@ -59,6 +59,16 @@ pub struct Limits {
     /// Upper bound on the keep-alive interval; a client asking for more (or
     /// for none) gets this one, announced as Server Keep Alive in MQTT 5.
     pub max_keepalive: Option<u16>,
+    /// Output the engine lets build up for one connection before it treats
+    /// the connection as blocked, as if [`crate::broker::Broker::handle_blocked`]
+    /// had been called: further QoS 0 deliveries are dropped (retained
+    /// ones wait in the session queue instead) and QoS 1/2 ones queue,
+    /// within the queue limits, until
+    /// [`crate::broker::Broker::handle_writable`]. It bounds what one
+    /// input can make the broker hold, such as a SUBSCRIBE to `#` with a
+    /// million retained messages, or the same filter a thousand times in
+    /// one packet. A runtime calls `handle_blocked` at this same bound.
+    pub outbound_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +88,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             authorize_timeout: Duration::from_secs(10),
             max_keepalive: None,
+            outbound_buffer_bytes: 2 * 1024 * 1024,
         }
     }
 }

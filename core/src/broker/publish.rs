@@ -427,7 +427,20 @@ impl Broker {
 
     /// Hands one delivery to a session: sent now when its connection is up
     /// and the window has room, queued otherwise (within the queue limits).
-    pub(super) fn deliver(&mut self, sid: SessionId, mut delivery: Delivery) {
+    /// A QoS 0 delivery for a blocked connection is dropped.
+    pub(super) fn deliver(&mut self, sid: SessionId, delivery: Delivery) {
+        self.deliver_or_queue(sid, delivery, false);
+    }
+
+    /// [`Broker::deliver`], but a QoS 0 delivery for a blocked connection
+    /// waits in the queue like any other: for retained messages, a snapshot
+    /// the subscriber asked for rather than a live stream it fell behind.
+    pub(super) fn deliver_or_queue(
+        &mut self,
+        sid: SessionId,
+        mut delivery: Delivery,
+        queue_qos0: bool,
+    ) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -444,10 +457,16 @@ impl Broker {
             .conn
             .is_some_and(|c| self.conns.get(&c).is_some_and(|c| c.blocked));
         match s.conn {
-            Some(_) if blocked && delivery.qos == QoS::AtMostOnce => {
+            Some(_) if blocked && delivery.qos == QoS::AtMostOnce && !queue_qos0 => {
                 self.stats.dropped += 1;
             }
-            Some(conn) if delivery.qos == QoS::AtMostOnce => {
+            // Queued retained messages keep their order: a new one waits
+            // behind them.
+            Some(conn)
+                if !blocked
+                    && delivery.qos == QoS::AtMostOnce
+                    && (!queue_qos0 || s.queue.is_empty()) =>
+            {
                 self.send_publish(conn, &delivery, None, false);
             }
             Some(conn)
@@ -560,6 +579,7 @@ impl Broker {
     ) -> bool {
         let now = self.now;
         let aliases = self.config.outbound_topic_aliases;
+        let burst = self.config.limits.outbound_buffer_bytes;
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -621,6 +641,11 @@ impl Broker {
         // engine never builds; such a PUBLISH is not sent.
         if publish.encode(c.protocol, &mut c.out).is_err() {
             return false;
+        }
+        if c.out.len() > burst {
+            // The runtime blocks at this bound too once it has the bytes,
+            // and its `handle_writable` resumes from the session queue.
+            c.blocked = true;
         }
         if !c.dirty {
             c.dirty = true;

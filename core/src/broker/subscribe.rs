@@ -472,7 +472,7 @@ impl Broker {
             self.record(StoreOp::RetainedDelete { topic });
         }
         for delivery in found {
-            self.deliver(sid, delivery);
+            self.deliver_or_queue(sid, delivery, true);
         }
     }
 
