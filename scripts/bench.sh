@@ -57,6 +57,8 @@ if [ "$QUICK" = 1 ]; then
         "latency|latency --rate 10000 --qos 0 --duration 3"
         "latency-q1|latency --rate 10000 --qos 1 --duration 3"
         "conns|conns --connections 2000"
+        "conns|conns --connections 2000"
+        "conns|conns --connections 2000"
         "conns-spread|conns --connections 4000 --processes 2"
         "retained|retained --messages 100000"
         "subs|subs --subscriptions 100000 --sub-connections 100 --duration 2"
@@ -72,6 +74,10 @@ else
         "pairs|pairs --clients 1000 --qos 1 --count 200"
         "latency|latency --rate 10000 --qos 0 --duration 5"
         "latency-q1|latency --rate 10000 --qos 1 --duration 5"
+        # Three runs per round: one takes well under a second, and its rate
+        # swings ±20 % from run to run on this machine.
+        "conns|conns --connections 10000"
+        "conns|conns --connections 10000"
         "conns|conns --connections 10000"
         "conns-20k|conns --connections 19900 --processes 2"
         "retained|retained --messages 1000000"
@@ -202,7 +208,10 @@ for b in mosquitto roost roost-smol roost-mio; do
     fi
 done
 COMMANDS=""
+declare -A LISTED
 for entry in "${SCENARIOS[@]}"; do
+    [ -n "${LISTED[$entry]:-}" ] && continue
+    LISTED[$entry]=1
     COMMANDS+="roost-bench ${entry#*|} --port PORT --broker-pid PID --label BROKER --deadline $DEADLINE --json"$'\n'
 done
 
@@ -298,7 +307,7 @@ PY
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) cores (\`nproc\`), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load average before $LOAD_BEFORE, after $LOAD_AFTER"
     echo "- Mosquitto: $MOSQ_VERSION"
-    echo "- rounds: $ROUNDS, brokers alternating within each scenario; every cell is the median over rounds"
+    echo "- rounds: $ROUNDS, brokers alternating within each scenario; every cell is the median over rounds (\`conns\` runs three times a round: the median of $((ROUNDS * 3)))"
     echo "- command: \`scripts/bench.sh $([ "$QUICK" = 1 ] && echo --quick) --rounds $ROUNDS\`"
     echo
     cat "$SECTION"
