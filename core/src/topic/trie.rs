@@ -746,6 +746,14 @@ impl<K: Eq + Hash, V, S: BuildHasher> SubscriptionTrie<K, V, S> {
     /// match (the exact child and the `+` child), plus one call per match.
     /// Allocates nothing unless more than [`STACK_INLINE`] `+` branches are
     /// pending at once.
+    ///
+    /// # DoS
+    /// The nodes visited are the filter prefixes that match a prefix of the
+    /// topic, so filters such as `+/+/+/x1`, `+/+/+/x2`, … cost a lookup each
+    /// even when none matches. A per-client subscription limit bounds this,
+    /// as it bounds the trie's memory. Level hashing uses the trie's hasher:
+    /// keep it keyed by a secret seed so clients cannot choose colliding
+    /// levels.
     pub fn for_each_match(&self, topic: &TopicName, mut f: impl FnMut(&K, &V)) {
         let t = topic.as_bytes();
         let hasher = &self.hasher;
@@ -1068,6 +1076,12 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
     /// each `+` and the whole subtree under a `#`. Allocates nothing unless
     /// more than [`STACK_INLINE`] walks are pending at once (a `#` over a
     /// subtree deeper than that, or that many `+` levels).
+    ///
+    /// # DoS
+    /// A `+` walks every child of its node whether or not anything below
+    /// matches: `+/+/+/nothing` visits every three-level prefix in the map.
+    /// The engine should bound the retained-message work one SUBSCRIBE may
+    /// cause (for example by the number of retained messages it will send).
     pub fn for_each_match(&self, filter: &TopicFilter, mut f: impl FnMut(&TopicName, &V)) {
         let filter = filter.as_bytes();
         let mut stack: Stack<Frame<'_, V>> = Stack::new();
@@ -1420,9 +1434,18 @@ mod tests {
             trie.insert(&filter(f), 7u32, f);
         }
         trie.insert(&filter("a/b"), 8, "a/b");
-        let mut seen = trie_matches(&trie, "a/b");
-        seen.dedup();
-        assert_eq!(seen.len(), 7, "{seen:?}");
+        // Exactly one visit per (filter, key): key 7 through each of its six
+        // filters, key 8 through its one.
+        let mut want = vec![
+            (7, "#"),
+            (7, "+/+"),
+            (7, "+/b"),
+            (7, "a/#"),
+            (7, "a/+"),
+            (7, "a/b"),
+        ];
+        want.push((8, "a/b"));
+        assert_eq!(trie_matches(&trie, "a/b"), want);
         assert_eq!(trie.len(), 7);
     }
 
