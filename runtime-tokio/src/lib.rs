@@ -475,9 +475,6 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
         shared.wakeups.borrow_mut().insert(id, Wakeup::default());
         shared.after();
         tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
-        if std::env::var_os("ROOST_EXP_YIELD").is_some() {
-            tokio::task::yield_now().await;
-        }
     }
 }
 

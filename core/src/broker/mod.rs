@@ -330,11 +330,7 @@ impl Broker {
             match decode(&mut c.read_buf, c.protocol, max) {
                 Ok(Some(packet)) => self.handle_packet(conn, packet),
                 Ok(None) => {
-                    // An empty buffer still holds on to the allocation its
-                    // packets were cut from: let it go, so an idle
-                    // connection keeps no buffer at all. The next input
-                    // would need a new allocation anyway unless that one
-                    // were free again.
+                    // Give back what a large packet left behind.
                     if c.read_buf.is_empty() && c.read_buf.capacity() > 64 * 1024 {
                         c.read_buf = bytes::BytesMut::new();
                     }

@@ -7,9 +7,7 @@ use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Operation,
     PublishDecision, Retained, StoreOp, StoredMessage, Verdict,
 };
-use crate::codec::{
-    Packet, PacketId, Protocol, PubResponse, Publish, PublishRef, QoS, QosPid, ReasonCode,
-};
+use crate::codec::{Packet, PacketId, Protocol, PubResponse, Publish, QoS, QosPid, ReasonCode};
 use crate::topic::TopicName;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -600,17 +598,13 @@ impl Broker {
         }
         let qos = packet_id.map_or(QosPid::AtMostOnce, |pid| QosPid::new(delivery.qos, pid));
         let topic = &delivery.message.topic;
-        let full = PublishRef {
-            dup,
-            qos,
-            retain: delivery.retain,
-            topic: Some(topic),
-            payload: &delivery.message.payload,
-            properties: properties.as_ref(),
-        };
         // The size check uses the full topic, so a packet that fits also
         // fits once an alias replaces the topic.
-        if full.encoded_len(c.protocol) > c.client_max_packet as usize {
+        if delivery
+            .publish(dup, qos, true, properties.as_ref())
+            .encoded_len(c.protocol)
+            > c.client_max_packet as usize
+        {
             self.stats.dropped += 1;
             return false;
         }
@@ -629,17 +623,12 @@ impl Broker {
                 properties.topic_alias = core::num::NonZeroU16::new(alias);
             }
         }
-        let publish = PublishRef {
-            dup,
-            qos,
-            retain: delivery.retain,
-            topic: (!aliased).then_some(topic),
-            payload: &delivery.message.payload,
-            properties: properties.as_ref(),
-        };
         // Encoding only fails for fields over their size limits, which the
         // engine never builds; such a PUBLISH is not sent.
-        if publish.encode(c.protocol, &mut c.out).is_err() {
+        let encoded = delivery
+            .publish(dup, qos, !aliased, properties.as_ref())
+            .encode(c.protocol, &mut c.out);
+        if encoded.is_err() {
             return false;
         }
         if c.out.len() > burst {

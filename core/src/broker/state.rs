@@ -4,7 +4,8 @@ use super::Instant;
 use super::action::{AuthorizeToken, ConnId, Message};
 use crate::MqttStr;
 use crate::codec::{
-    Connect, PacketId, Protocol, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Will,
+    Connect, PacketId, Protocol, Publish, PublishProperties, PublishRef, QoS, QosPid, ReasonCode,
+    Subscribe, SubscriptionOptions, Will,
 };
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
@@ -225,6 +226,25 @@ pub(crate) struct Delivery {
 impl Delivery {
     pub(crate) fn payload_len(&self) -> usize {
         self.message.payload.len()
+    }
+
+    /// The PUBLISH that carries it, borrowing its parts; without the topic
+    /// when an alias stands in for it.
+    pub(crate) fn publish<'a>(
+        &'a self,
+        dup: bool,
+        qos: QosPid,
+        with_topic: bool,
+        properties: Option<&'a PublishProperties>,
+    ) -> PublishRef<'a> {
+        PublishRef {
+            dup,
+            qos,
+            retain: self.retain,
+            topic: with_topic.then_some(&self.message.topic),
+            payload: &self.message.payload,
+            properties,
+        }
     }
 }
 

@@ -36,6 +36,8 @@ use stats::{Report, now_ns};
 /// the only thread. Grown on demand once tokio's resolver threads exist,
 /// each doubling would stall the generator for an RCU grace period (10-35 ms
 /// here), which the `conns` scenario would report as the broker's latency.
+/// (`roost_runtime::cli::reserve_descriptor_table` does the same for the
+/// broker; the generator depends on none of roost's crates.)
 fn reserve_descriptor_table(limit: u64) {
     let highest = i32::try_from(limit.min(65_536).saturating_sub(1)).unwrap_or(0);
     if let Err(e) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), highest) {
