@@ -6,18 +6,20 @@
 //! thread. [`Server::run`] loops until shutdown; a host with an event loop of
 //! its own calls [`Server::poll_once`] instead, with a timeout that suits it,
 //! and uses the in-process [`Server::publish`], [`Server::subscribe`] and
-//! [`Server::take_deliveries`] between steps. Protocol, TLS, WebSocket and
+//! [`Server::take_deliveries`] between steps. Authentication and
+//! authorization can be decided by the host too, poll-style
+//! ([`Server::take_auth_requests`], [`Server::take_authorize_requests`]). Protocol, TLS, WebSocket and
 //! authentication logic all live below; one step is:
 //!
 //! ```text
-//!  poll (readiness, or the next engine/linger deadline)
-//!   ├─ listener readable ──► accept until WouldBlock ──► Driver::open
-//!   ├─ socket readable   ──► read until WouldBlock   ──► Driver::input
-//!   ├─ socket writable   ──► Driver::write_to until drained or WouldBlock
-//!   ├─ waker             ──► password checks done on worker threads ──► Driver::resolve_auth
-//!   └─ deadline passed   ──► Driver::timeout
-//!  then: write for every connection in Driver::take_woken, close what
-//!  Driver::wants_close, start password checks from Driver::take_auth_jobs
+//!  poll (readiness, or the driver's next deadline)
+//!   ├─ listener readable ──► accept until WouldBlock ──► Driver::handle_accept
+//!   ├─ socket readable   ──► read until WouldBlock   ──► Driver::handle_read
+//!   ├─ socket writable   ──► Driver::handle_write until drained or WouldBlock
+//!   ├─ waker             ──► jobs done on the worker pool ──► Driver::handle_job_done
+//!   └─ deadline passed   ──► Driver::handle_timeout
+//!  then drain Driver::poll_event: Wake ──► write, and obey Driver::interest;
+//!  Job ──► the pool; requests and deliveries ──► queues the host takes
 //! ```
 //!
 //! Sockets are edge-triggered: each is read and written until `WouldBlock`,
@@ -47,21 +49,24 @@ use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use roost_core::broker::{
-    AccessPolicy, AuthDecision, AuthRequest, AuthToken, ConnId, LocalSubscription, Message,
+    AccessPolicy, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
+    AuthorizeToken, ConnId, LocalSubscription, Message,
 };
 use roost_core::codec::QoS;
 use roost_core::topic::{TopicFilter, TopicName};
+use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
-use roost_runtime::driver::{Driver, LINGER, LINGER_BYTES, WriteStatus};
+use roost_runtime::driver::{Driver, Event, FileError, Files, WriteStatus};
+use roost_runtime::pool::Pool;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -69,12 +74,6 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 /// Reads of one socket per readiness event before the others get a turn;
 /// the rest is read on the next step.
 const READS_PER_TURN: usize = 16;
-
-/// How long to wait before accepting again after a failed accept.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// How long [`Server::shutdown`] waits for the final DISCONNECTs to drain.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 struct Conn {
     stream: TcpStream,
@@ -84,13 +83,7 @@ struct Conn {
     /// Edge-triggered: readiness was reported and not yet read to
     /// `WouldBlock` (paused by backpressure, or out of turns).
     readable: bool,
-}
-
-/// A connection the broker closed: its write side is shut, and what the
-/// peer still sends is read and discarded until [`LINGER`] ends.
-struct Lingering {
-    stream: TcpStream,
-    discarded: usize,
+    shut_write: bool,
 }
 
 /// Stops a [`Server`] from another thread (see [`Server::stopper`]).
@@ -113,18 +106,15 @@ impl Stopper {
 /// [`Server::poll_once`] or run by [`Server::run`].
 pub struct Server {
     config: Config,
+    clock: Clock,
     poll: Poll,
     events: Events,
     driver: Driver,
-    listeners: Vec<TcpListener>,
+    /// `None` once the driver said to stop listening.
+    listeners: Vec<Option<TcpListener>>,
     addrs: Vec<SocketAddr>,
     conns: HashMap<Token, Conn>,
     tokens: HashMap<ConnId, Token>,
-    lingering: HashMap<Token, Lingering>,
-    /// Lingering sockets by deadline: every linger lasts [`LINGER`], so
-    /// start order is deadline order. Entries of sockets that ended early
-    /// are skipped (tokens are never reused).
-    linger_order: VecDeque<(Instant, Token)>,
     /// Connections whose `readable` is set, so a step visits only those,
     /// never every connection.
     to_read: Vec<Token>,
@@ -132,17 +122,19 @@ pub struct Server {
     next_token: usize,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    auth_tx: mpsc::Sender<(AuthToken, AuthDecision)>,
-    auth_rx: mpsc::Receiver<(AuthToken, AuthDecision)>,
+    pool: Pool,
     signals: Option<Signals>,
     read_buf: Vec<u8>,
-    woken: Vec<ConnId>,
+    /// In-process deliveries until the host takes them, at most the
+    /// driver's local queue capacity per subscription.
+    deliveries: VecDeque<(LocalSubscription, Message)>,
+    queued: HashMap<LocalSubscription, usize>,
+    auth_requests: Vec<AuthRequest>,
+    authorize_requests: Vec<AuthorizeRequest>,
     /// When to try accepting again after a failed accept (out of file
     /// descriptors, typically): the listeners are edge-triggered, so the
     /// connections left in the backlog would otherwise wait for a new one.
     accept_retry: Option<Instant>,
-    /// Set by [`Server::shutdown`]: when the server gives up flushing.
-    stopping: Option<Instant>,
     stopped: bool,
 }
 
@@ -155,7 +147,8 @@ impl Server {
     /// (errors are returned here). Nothing is accepted until the first
     /// [`Server::poll_once`].
     pub fn bind(config: Config) -> io::Result<Server> {
-        let driver = Driver::new(&config).map_err(invalid)?;
+        let clock = Clock::new();
+        let driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -167,15 +160,19 @@ impl Server {
             let addr = listener.local_addr()?;
             info!(protocol = l.protocol.name(), %addr, "listening");
             addrs.push(addr);
-            listeners.push(listener);
+            listeners.push(Some(listener));
         }
         for warning in config.warnings() {
             warn!("{warning}");
         }
-        let (auth_tx, auth_rx) = mpsc::channel();
+        let wake = waker.clone();
+        let pool = Pool::start(Arc::new(move || {
+            let _ = wake.wake();
+        }))?;
         Ok(Server {
             next_token: listeners.len(),
             config,
+            clock,
             poll,
             events: Events::with_capacity(1024),
             driver,
@@ -183,19 +180,18 @@ impl Server {
             addrs,
             conns: HashMap::new(),
             tokens: HashMap::new(),
-            lingering: HashMap::new(),
-            linger_order: VecDeque::new(),
             to_read: Vec::new(),
             ready: Vec::new(),
             waker,
             stop: Arc::new(AtomicBool::new(false)),
-            auth_tx,
-            auth_rx,
+            pool,
             signals: None,
             read_buf: vec![0; 64 * 1024],
-            woken: Vec::new(),
+            deliveries: VecDeque::new(),
+            queued: HashMap::new(),
+            auth_requests: Vec::new(),
+            authorize_requests: Vec::new(),
             accept_retry: None,
-            stopping: None,
             stopped: false,
         })
     }
@@ -205,9 +201,9 @@ impl Server {
         &self.addrs
     }
 
-    /// Handles SIGINT and SIGTERM (shut down) and SIGHUP (reload password
-    /// and ACL files) in this server's loop. For the `roost-mio` binary; an
-    /// embedding program usually handles signals itself.
+    /// Handles SIGINT and SIGTERM (shut down) and SIGHUP (reload) in this
+    /// server's loop. For the `roost-mio` binary; an embedding program
+    /// usually handles signals itself.
     pub fn handle_signals(&mut self) -> io::Result<()> {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll
@@ -234,13 +230,14 @@ impl Server {
         Ok(())
     }
 
-    /// Whether the server has shut down and closed every connection.
+    /// Whether the server has shut down, closed every connection and
+    /// flushed its store.
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
 
-    /// One step: waits for readiness, the next engine or linger deadline,
-    /// or `timeout` (whichever comes first; `None` waits as long as there is
+    /// One step: waits for readiness, the driver's next deadline, or
+    /// `timeout` (whichever comes first; `None` waits as long as there is
     /// nothing to do), then accepts, reads, writes and runs timers. Returns
     /// early, without error, when a signal interrupts the wait.
     pub fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
@@ -261,10 +258,9 @@ impl Server {
         }));
         for &(token, readable, writable) in &ready {
             match token {
-                WAKER => self.drain_auth_results(),
+                WAKER => self.jobs_done(),
                 SIGNALS => self.handle_pending_signals(),
                 Token(i) if i < self.listeners.len() => self.accept(i),
-                token if self.lingering.contains_key(&token) => self.drain_lingering(token),
                 token => {
                     if readable {
                         self.mark_readable(token);
@@ -295,51 +291,33 @@ impl Server {
                 self.to_read.push(token);
             }
         }
-        if self
-            .driver
-            .next_deadline()
-            .is_some_and(|at| at <= Instant::now())
-        {
-            self.driver.timeout();
+        let now = self.clock.now();
+        if self.driver.poll_timeout().is_some_and(|at| at <= now) {
+            self.driver.handle_timeout(now);
         }
         self.service();
-        self.expire_lingering();
-        if let Some(until) = self.stopping {
-            if self.conns.is_empty() && self.lingering.is_empty() || Instant::now() >= until {
-                self.finish();
-            }
-        }
         Ok(())
     }
 
     /// Closes every connection (MQTT 5 clients get DISCONNECT 0x8B) and
     /// stops accepting. Keep stepping (or call [`Server::run`]) to flush:
-    /// the server is stopped once every connection is closed, or after a
-    /// grace period of two seconds.
+    /// the server is stopped once every connection is closed (or the
+    /// driver's grace period is over) and the store is flushed.
     pub fn shutdown(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        info!("shutting down");
-        // Dropping the listeners refuses new connections at once.
-        for mut listener in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        self.stopping = Some(Instant::now() + SHUTDOWN_GRACE);
-        self.driver.shutdown();
+        let now = self.clock.now();
+        self.driver.handle_shutdown(now);
         self.service();
     }
 
-    /// Re-reads the password and ACL files (what SIGHUP does). Returns what
-    /// failed to load; those files keep their previous contents.
-    pub fn reload(&mut self) -> Vec<String> {
-        let errors = self.driver.reload(&self.config);
-        for e in &errors {
-            warn!("reload: {e}");
-        }
+    /// Re-reads certificates, password and ACL files (what SIGHUP does).
+    /// Returns what failed to load; those keep their previous contents.
+    pub fn reload(&mut self) -> Vec<FileError> {
+        let now = self.clock.now();
+        let errors = self.driver.handle_reload(now, Files::load(&self.config));
         if errors.is_empty() {
-            info!("password and ACL files reloaded");
+            info!("certificates, password and ACL files reloaded");
         }
+        self.service();
         errors
     }
 
@@ -360,29 +338,39 @@ impl Server {
             retain,
             properties: Default::default(),
         };
-        let matched = self.driver.publish(message);
+        let now = self.clock.now();
+        let matched = self.driver.handle_publish(now, message);
         self.service();
         Ok(matched)
     }
 
     /// Subscribes in-process: matching messages (retained ones at once)
-    /// come from [`Server::take_deliveries`].
+    /// come from [`Server::take_deliveries`]. At most the session queue
+    /// limit (`limits.max_queued_messages`) wait per subscription; beyond
+    /// it, messages for it are dropped until the host takes some.
     pub fn subscribe(&mut self, filter: &str) -> io::Result<LocalSubscription> {
         let filter = TopicFilter::copy_from_str(filter).map_err(invalid)?;
-        let sub = self.driver.subscribe(filter);
+        let now = self.clock.now();
+        let sub = self.driver.handle_subscribe(now, filter);
         self.service();
         Ok(sub)
     }
 
     /// Ends an in-process subscription. False when it did not exist.
     pub fn unsubscribe(&mut self, subscription: LocalSubscription) -> bool {
-        self.driver.unsubscribe(subscription)
+        let now = self.clock.now();
+        let found = self.driver.handle_unsubscribe(now, subscription);
+        self.queued.remove(&subscription);
+        self.deliveries.retain(|(sub, _)| *sub != subscription);
+        self.service();
+        found
     }
 
     /// Messages for in-process subscriptions since the last call. Call it
-    /// after each step: they accumulate until taken.
+    /// after each step.
     pub fn take_deliveries(&mut self) -> Vec<(LocalSubscription, Message)> {
-        self.driver.take_deliveries()
+        self.queued.clear();
+        self.deliveries.drain(..).collect()
     }
 
     /// Decides every publish, subscribe and delivery with `policy` instead
@@ -402,12 +390,38 @@ impl Server {
     /// Authentication requests since the last call (only after
     /// [`Server::use_external_authentication`]).
     pub fn take_auth_requests(&mut self) -> Vec<AuthRequest> {
-        self.driver.take_auth_requests()
+        std::mem::take(&mut self.auth_requests)
     }
 
     /// The host's answer to an authentication request.
     pub fn resolve_auth(&mut self, token: AuthToken, decision: AuthDecision) {
-        self.driver.resolve_auth(token, decision);
+        let now = self.clock.now();
+        self.driver.handle_auth_decided(now, token, decision);
+        self.service();
+    }
+
+    /// Hands the publish and subscribe decisions the policy defers (all of
+    /// them, without a policy) to the host: take them with
+    /// [`Server::take_authorize_requests`] and answer with
+    /// [`Server::resolve_authorize`] within `limits.authorize_timeout`.
+    pub fn use_external_authorization(&mut self) {
+        self.driver.use_external_authorization();
+    }
+
+    /// Authorization requests since the last call (only after
+    /// [`Server::use_external_authorization`]).
+    pub fn take_authorize_requests(&mut self) -> Vec<AuthorizeRequest> {
+        std::mem::take(&mut self.authorize_requests)
+    }
+
+    /// The host's answer to an authorization request.
+    pub fn resolve_authorize(
+        &mut self,
+        token: AuthorizeToken,
+        decision: impl Into<AuthorizeDecision>,
+    ) {
+        let now = self.clock.now();
+        self.driver.handle_authorize_decided(now, token, decision);
         self.service();
     }
 
@@ -422,7 +436,7 @@ impl Server {
             || self.to_read.iter().any(|t| {
                 self.conns
                     .get(t)
-                    .is_some_and(|c| !self.driver.read_paused(c.id))
+                    .is_some_and(|c| self.driver.interest(c.id).read)
             })
         {
             return Some(Duration::ZERO);
@@ -430,11 +444,10 @@ impl Server {
         let now = Instant::now();
         let deadlines = self
             .driver
-            .next_deadline()
+            .poll_timeout()
+            .map(|at| self.clock.deadline(at))
             .into_iter()
-            .chain(self.linger_order.front().map(|&(until, _)| until))
-            .chain(self.accept_retry)
-            .chain(self.stopping);
+            .chain(self.accept_retry);
         let until_deadline = deadlines.min().map(|at| at.saturating_duration_since(now));
         match (timeout, until_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -444,15 +457,17 @@ impl Server {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let (mut stream, remote) = match self.listeners[index].accept() {
+            let Some(listener) = &self.listeners[index] else {
+                return;
+            };
+            let (mut stream, remote) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Back off instead of spinning, and keep serving the
-                    // connections we have.
-                    warn!(error = %e, "accept failed");
-                    self.accept_retry = Some(Instant::now() + ACCEPT_BACKOFF);
+                    let now = self.clock.now();
+                    let until = self.driver.handle_accept_error(now, index, &e);
+                    self.accept_retry = Some(self.clock.deadline(until));
                     return;
                 }
             };
@@ -467,7 +482,8 @@ impl Server {
                 warn!(error = %e, "connection could not be registered");
                 continue;
             }
-            let id = self.driver.open(index, Some(remote));
+            let now = self.clock.now();
+            let id = self.driver.handle_accept(now, index, Some(remote));
             self.tokens.insert(id, token);
             self.conns.insert(
                 token,
@@ -476,6 +492,7 @@ impl Server {
                     id,
                     writable: false,
                     readable: false,
+                    shut_write: false,
                 },
             );
             // Bytes may have arrived before registration.
@@ -492,19 +509,23 @@ impl Server {
         }
     }
 
-    /// Reads until `WouldBlock`, backpressure, or the end of this turn.
+    /// Reads until `WouldBlock`, the driver pauses reading, or the end of
+    /// this turn.
     fn read(&mut self, token: Token) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         let id = conn.id;
         for _ in 0..READS_PER_TURN {
-            if self.driver.read_paused(id) || self.driver.wants_close(id) {
+            if !self.driver.interest(id).read {
                 return;
             }
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => return self.drop_conn(token),
-                Ok(n) => self.driver.input(id, &self.read_buf[..n]),
+                Ok(n) => {
+                    let now = self.clock.now();
+                    self.driver.handle_read(now, id, &self.read_buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return;
@@ -515,22 +536,33 @@ impl Server {
         }
     }
 
-    /// Writes what the driver has for `token`, then closes it if the driver
-    /// is done with it.
+    /// Writes what the driver has for `token`, then does what its interest
+    /// says.
     fn flush(&mut self, token: Token) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         let id = conn.id;
         let stream = &mut conn.stream;
-        let status = self.driver.write_to(id, |bufs| stream.write_vectored(bufs));
+        let now = self.clock.now();
+        let status = self
+            .driver
+            .handle_write(now, id, |bufs| stream.write_vectored(bufs));
         let want_writable = match status {
             Ok(WriteStatus::Drained) => false,
             Ok(WriteStatus::WouldBlock) => true,
             Err(_) => return self.drop_conn(token),
         };
+        let interest = self.driver.interest(id);
+        if interest.close {
+            return self.release(token);
+        }
+        if interest.shutdown_write && !conn.shut_write {
+            conn.shut_write = true;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
         if want_writable != conn.writable {
-            let interest = if want_writable {
+            let wanted = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
@@ -538,57 +570,60 @@ impl Server {
             if self
                 .poll
                 .registry()
-                .reregister(&mut conn.stream, token, interest)
+                .reregister(&mut conn.stream, token, wanted)
                 .is_err()
             {
                 return self.drop_conn(token);
             }
             conn.writable = want_writable;
         }
-        if self.driver.wants_close(id) {
-            self.start_linger(token);
-        }
     }
 
-    /// Writes for every connection the driver woke, until none is left
-    /// (writing can unblock a client, which produces more output), and
-    /// starts the password checks the driver asked for.
+    /// Carries out the driver's events until there are none.
     fn service(&mut self) {
-        loop {
-            let mut woken = std::mem::take(&mut self.woken);
-            woken.clear();
-            self.driver.take_woken(&mut woken);
-            if woken.is_empty() {
-                self.woken = woken;
-                break;
-            }
-            for id in &woken {
-                if let Some(&token) = self.tokens.get(id) {
-                    self.flush(token);
+        while let Some(event) = self.driver.poll_event() {
+            match event {
+                Event::Wake(id) => {
+                    if let Some(&token) = self.tokens.get(&id) {
+                        self.flush(token);
+                    }
                 }
-            }
-            self.woken = woken;
-        }
-        for job in self.driver.take_auth_jobs() {
-            let tx = self.auth_tx.clone();
-            let waker = self.waker.clone();
-            // A thread per check: CONNECTs with passwords are rare next to
-            // everything else, and argon2 would stall the loop.
-            let spawned = std::thread::Builder::new()
-                .name("roost-auth".into())
-                .spawn(move || {
-                    let _ = tx.send((job.token(), job.run()));
-                    let _ = waker.wake();
-                });
-            if let Err(e) = spawned {
-                warn!(error = %e, "cannot start a password check");
+                Event::Job(job) => self.pool.submit(job),
+                Event::Deliver {
+                    subscription,
+                    message,
+                } => {
+                    let queued = self.queued.entry(subscription).or_default();
+                    if *queued < self.driver.local_queue_capacity() {
+                        *queued += 1;
+                        self.deliveries.push_back((subscription, message));
+                    } else {
+                        tracing::debug!(?subscription, "in-process queue full, message dropped");
+                    }
+                }
+                Event::Authenticate(request) => self.auth_requests.push(request),
+                Event::Authorize(request) => self.authorize_requests.push(request),
+                Event::StopListening => {
+                    // Dropping the listeners refuses new connections at once.
+                    for listener in &mut self.listeners {
+                        if let Some(mut l) = listener.take() {
+                            let _ = self.poll.registry().deregister(&mut l);
+                        }
+                    }
+                }
+                Event::Stopped => {
+                    self.stopped = true;
+                    self.to_read.clear();
+                }
+                _ => {}
             }
         }
     }
 
-    fn drain_auth_results(&mut self) {
-        while let Ok((token, decision)) = self.auth_rx.try_recv() {
-            self.driver.resolve_auth(token, decision);
+    fn jobs_done(&mut self) {
+        while let Some(done) = self.pool.take_done() {
+            let now = self.clock.now();
+            self.driver.handle_job_done(now, done);
         }
     }
 
@@ -599,7 +634,7 @@ impl Server {
         let pending: Vec<i32> = signals.pending().collect();
         for signal in pending {
             if signal == SIGHUP {
-                info!("SIGHUP: reloading password and ACL files");
+                info!("SIGHUP: reloading certificates, password and ACL files");
                 self.reload();
             } else {
                 self.shutdown();
@@ -612,94 +647,16 @@ impl Server {
         if let Some(mut conn) = self.conns.remove(&token) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.tokens.remove(&conn.id);
-            self.driver.closed(conn.id);
+            let now = self.clock.now();
+            self.driver.handle_closed(now, conn.id);
         }
     }
 
-    /// The broker closed the connection and everything is written: shut the
-    /// write side, then read and discard until the peer closes or
-    /// [`LINGER`] ends.
-    fn start_linger(&mut self, token: Token) {
-        let Some(mut conn) = self.conns.remove(&token) else {
-            return;
-        };
-        self.tokens.remove(&conn.id);
-        self.driver.closed(conn.id);
-        if conn.stream.shutdown(Shutdown::Write).is_err()
-            || self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, token, Interest::READABLE)
-                .is_err()
-        {
+    /// The driver let go of the connection: drop the socket.
+    fn release(&mut self, token: Token) {
+        if let Some(mut conn) = self.conns.remove(&token) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
-            return;
+            self.tokens.remove(&conn.id);
         }
-        debug!(conn = %conn.id, "lingering");
-        let until = Instant::now() + LINGER;
-        self.linger_order.push_back((until, token));
-        self.lingering.insert(
-            token,
-            Lingering {
-                stream: conn.stream,
-                discarded: 0,
-            },
-        );
-        self.drain_lingering(token);
-    }
-
-    fn drain_lingering(&mut self, token: Token) {
-        let Some(l) = self.lingering.get_mut(&token) else {
-            return;
-        };
-        let done = loop {
-            if l.discarded >= LINGER_BYTES {
-                break true;
-            }
-            match l.stream.read(&mut self.read_buf) {
-                Ok(0) => break true,
-                Ok(n) => l.discarded += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break true,
-            }
-        };
-        if done {
-            self.end_linger(token);
-        }
-    }
-
-    fn expire_lingering(&mut self) {
-        let now = Instant::now();
-        while let Some(&(until, token)) = self.linger_order.front() {
-            if until > now && self.lingering.contains_key(&token) {
-                break;
-            }
-            self.linger_order.pop_front();
-            self.end_linger(token);
-        }
-    }
-
-    fn end_linger(&mut self, token: Token) {
-        if let Some(mut l) = self.lingering.remove(&token) {
-            let _ = self.poll.registry().deregister(&mut l.stream);
-        }
-    }
-
-    /// The end of a shutdown: whatever is still open is dropped.
-    fn finish(&mut self) {
-        let tokens: Vec<Token> = self.conns.keys().copied().collect();
-        for token in tokens {
-            self.drop_conn(token);
-        }
-        let tokens: Vec<Token> = self.lingering.keys().copied().collect();
-        for token in tokens {
-            self.end_linger(token);
-        }
-        self.linger_order.clear();
-        self.to_read.clear();
-        self.stopping = None;
-        self.stopped = true;
-        info!("stopped");
     }
 }

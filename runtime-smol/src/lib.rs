@@ -7,12 +7,15 @@
 //! crate only moves bytes and keeps time:
 //!
 //! ```text
-//!   accept ──► Driver::open          timer ──► Driver::timeout
-//!   read   ──► Driver::input   ──►   wake writers of Driver::take_woken
-//!   write  ◄── Driver::write_to      close ◄── Driver::wants_close
+//!   accept ──► Driver::handle_accept     timer ──► Driver::handle_timeout
+//!   read   ──► Driver::handle_read       pool  ──► Driver::handle_job_done
+//!   then Driver::poll_event: Wake ──► the connection's task writes
+//!   (Driver::handle_write) and obeys Driver::interest; Job ──► the pool
 //! ```
 //!
-//! Password checks (argon2, slow on purpose) run on smol's blocking pool.
+//! Password checks and store commits run on the driver's worker pool
+//! ([`roost_runtime::pool::Pool`]), bounded by the driver, as on every
+//! runtime. [`start_with`] takes the same [`Hooks`] as `roost-tokio`.
 //!
 //! Embedding: [`start`] runs a broker on its own thread and returns a
 //! [`ServerHandle`] to publish, subscribe in-process and stop it. Its
@@ -37,11 +40,13 @@
 #![deny(missing_docs)]
 
 use bytes::Bytes;
-use roost_core::broker::{ConnId, LocalSubscription, Message};
+use roost_core::broker::{AuthRequest, AuthorizeRequest, ConnId, LocalSubscription, Message};
 use roost_core::codec::QoS;
 use roost_core::topic::{TopicFilter, TopicName};
+use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
-use roost_runtime::driver::{Driver, LINGER, LINGER_BYTES, WriteStatus};
+use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
+use roost_runtime::pool::Pool;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::{Async, LocalExecutor, Task, Timer};
@@ -50,8 +55,10 @@ use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use tracing::{info, warn};
+
+pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
 enum Command {
     Publish(Message, Sender<usize>),
@@ -64,6 +71,8 @@ enum Command {
 pub struct ServerHandle {
     commands: Sender<Command>,
     addrs: Vec<SocketAddr>,
+    /// Capacity of an in-process subscription's channel.
+    local_queue: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -107,9 +116,14 @@ impl ServerHandle {
 
     /// Subscribes in-process: matching messages (retained ones first) arrive
     /// on the returned channel until it is dropped or the broker stops.
+    ///
+    /// The channel holds at most `limits.max_queued_messages` messages, like
+    /// a client's session queue: while it is full, further messages for it
+    /// are dropped, so a subscriber that stops reading cannot make the
+    /// broker's memory grow.
     pub async fn subscribe(&self, filter: &str) -> io::Result<Receiver<Message>> {
         let filter = TopicFilter::copy_from_str(filter).map_err(invalid)?;
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = channel::bounded(self.local_queue);
         let (done, ready) = channel::bounded(1);
         self.commands
             .send(Command::Subscribe(filter, tx, done))
@@ -119,7 +133,8 @@ impl ServerHandle {
         Ok(rx)
     }
 
-    /// Re-reads password and ACL files from `config` (what SIGHUP does).
+    /// Re-reads certificates, password and ACL files from `config` (what
+    /// SIGHUP does); a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
         let _ = self.commands.try_send(Command::Reload(config));
     }
@@ -144,11 +159,29 @@ impl ServerHandle {
     }
 }
 
-/// Starts a broker on a thread of its own: binds every listener (errors are
-/// returned here), then serves until [`ServerHandle::shutdown`].
+/// Starts a broker on a thread of its own with no hooks (see
+/// [`start_with`]).
 pub fn start(config: Config) -> io::Result<ServerHandle> {
-    let driver = Driver::new(&config)
+    start_with(config, Hooks::default())
+}
+
+/// Starts a broker on a thread of its own: loads what the configuration
+/// names and binds every listener (errors are returned here), then serves
+/// until [`ServerHandle::shutdown`]. The hooks' futures run on the broker's
+/// executor.
+pub fn start_with(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
+    let clock = Clock::new();
+    let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    if hooks.authenticate.is_some() {
+        driver.use_external_authentication();
+    }
+    if let Some(policy) = hooks.policy {
+        driver.set_authorization(policy);
+    }
+    if hooks.authorize.is_some() {
+        driver.use_external_authorization();
+    }
     let listeners = config
         .listeners
         .iter()
@@ -164,16 +197,38 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
+    let local_queue = driver.local_queue_capacity();
+    let jobs_done = Notify::new();
+    let wake = jobs_done.clone();
+    let pool = Pool::start(Arc::new(move || wake.notify()))?;
     let (commands, rx) = channel::unbounded();
+    let (authenticator, authorizer) = (hooks.authenticate, hooks.authorize);
     let thread = std::thread::Builder::new()
         .name("roost-smol".into())
         .spawn(move || {
             let ex = Rc::new(LocalExecutor::new());
-            smol::block_on(ex.run(serve(ex.clone(), driver, listeners, rx)));
+            let shared = Rc::new(Shared {
+                ex: ex.clone(),
+                driver: RefCell::new(driver),
+                clock,
+                notifiers: RefCell::new(HashMap::new()),
+                timer: Notify::new(),
+                armed: Cell::new(None),
+                read_buf: RefCell::new(vec![0; 64 * 1024]),
+                subscribers: RefCell::new(HashMap::new()),
+                pool,
+                jobs_done,
+                accepts: RefCell::new(Vec::new()),
+                stopped: Notify::new(),
+                authenticator,
+                authorizer,
+            });
+            smol::block_on(ex.run(serve(shared, listeners, rx)));
         })?;
     Ok(ServerHandle {
         commands,
         addrs,
+        local_queue,
         thread: Some(thread),
     })
 }
@@ -201,119 +256,174 @@ impl Notify {
 struct Shared<'ex> {
     ex: Rc<LocalExecutor<'ex>>,
     driver: RefCell<Driver>,
+    clock: Clock,
     notifiers: RefCell<HashMap<ConnId, Notify>>,
     /// Wakes the timer task when the next deadline moved earlier.
     timer: Notify,
-    armed: Cell<Option<Instant>>,
+    armed: Cell<Option<roost_core::broker::Instant>>,
     read_buf: RefCell<Vec<u8>>,
-    woken: RefCell<Vec<ConnId>>,
     subscribers: RefCell<HashMap<LocalSubscription, Sender<Message>>>,
+    pool: Pool,
+    jobs_done: Notify,
+    accepts: RefCell<Vec<Task<()>>>,
+    stopped: Notify,
+    authenticator: Option<Authenticator>,
+    authorizer: Option<Authorizer>,
 }
 
 impl<'ex> Shared<'ex> {
-    /// After every call into the driver: wake writers with new output, start
-    /// password checks, hand out in-process deliveries, re-arm the timer.
+    /// After every call into the driver: carry out its events, then re-arm
+    /// the timer.
     fn after(self: &Rc<Self>) {
-        let mut woken = self.woken.borrow_mut();
-        woken.clear();
-        let mut driver = self.driver.borrow_mut();
-        driver.take_woken(&mut woken);
-        {
-            let notifiers = self.notifiers.borrow();
-            for id in woken.iter() {
-                if let Some(n) = notifiers.get(id) {
-                    n.notify();
-                }
-            }
-        }
-        for job in driver.take_auth_jobs() {
-            let shared = self.clone();
-            self.ex
-                .spawn(async move {
-                    let token = job.token();
-                    let decision = smol::unblock(move || job.run()).await;
-                    shared.driver.borrow_mut().resolve_auth(token, decision);
-                    shared.after();
-                })
-                .detach();
-        }
-        let deliveries = driver.take_deliveries();
-        if !deliveries.is_empty() {
-            let mut subscribers = self.subscribers.borrow_mut();
-            for (sub, message) in deliveries {
-                if let Some(tx) = subscribers.get(&sub) {
-                    if tx.try_send(message).is_err() {
-                        subscribers.remove(&sub);
-                        driver.unsubscribe(sub);
+        loop {
+            let Some(event) = self.driver.borrow_mut().poll_event() else {
+                break;
+            };
+            match event {
+                Event::Wake(id) => {
+                    if let Some(n) = self.notifiers.borrow().get(&id) {
+                        n.notify();
                     }
                 }
+                Event::Job(job) => self.pool.submit(job),
+                Event::Deliver {
+                    subscription,
+                    message,
+                } => self.deliver(subscription, message),
+                Event::Authenticate(request) => self.authenticate(request),
+                Event::Authorize(request) => self.authorize(request),
+                // Dropping a task cancels it: no new connections from here.
+                Event::StopListening => self.accepts.borrow_mut().clear(),
+                Event::Stopped => self.stopped.notify(),
+                _ => {}
             }
         }
-        let next = driver.next_deadline();
+        let next = self.driver.borrow().poll_timeout();
         if next.is_some() && (self.armed.get().is_none() || next < self.armed.get()) {
             self.timer.notify();
         }
     }
+
+    fn deliver(&self, subscription: LocalSubscription, message: Message) {
+        let mut subscribers = self.subscribers.borrow_mut();
+        let Some(tx) = subscribers.get(&subscription) else {
+            return;
+        };
+        match tx.try_send(message) {
+            Ok(()) => {}
+            Err(channel::TrySendError::Full(_)) => {
+                tracing::debug!(?subscription, "in-process queue full, message dropped");
+            }
+            Err(channel::TrySendError::Closed(_)) => {
+                subscribers.remove(&subscription);
+                drop(subscribers);
+                let now = self.clock.now();
+                self.driver
+                    .borrow_mut()
+                    .handle_unsubscribe(now, subscription);
+            }
+        }
+    }
+
+    fn authenticate(self: &Rc<Self>, request: AuthRequest) {
+        let Some(auth) = &self.authenticator else {
+            return;
+        };
+        let shared = self.clone();
+        let token = request.token;
+        let decide = auth(request);
+        self.ex
+            .spawn(async move {
+                let decision = decide.await;
+                let now = shared.clock.now();
+                shared
+                    .driver
+                    .borrow_mut()
+                    .handle_auth_decided(now, token, decision);
+                shared.after();
+            })
+            .detach();
+    }
+
+    fn authorize(self: &Rc<Self>, request: AuthorizeRequest) {
+        let Some(authorize) = &self.authorizer else {
+            return;
+        };
+        let shared = self.clone();
+        let token = request.token;
+        let decide = authorize(request);
+        self.ex
+            .spawn(async move {
+                let decision = decide.await;
+                let now = shared.clock.now();
+                shared
+                    .driver
+                    .borrow_mut()
+                    .handle_authorize_decided(now, token, decision);
+                shared.after();
+            })
+            .detach();
+    }
 }
 
-async fn serve<'ex>(
-    ex: Rc<LocalExecutor<'ex>>,
-    driver: Driver,
-    listeners: Vec<TcpListener>,
-    commands: Receiver<Command>,
-) {
-    let shared = Rc::new(Shared {
-        ex: ex.clone(),
-        driver: RefCell::new(driver),
-        notifiers: RefCell::new(HashMap::new()),
-        timer: Notify::new(),
-        armed: Cell::new(None),
-        read_buf: RefCell::new(vec![0; 64 * 1024]),
-        woken: RefCell::new(Vec::new()),
-        subscribers: RefCell::new(HashMap::new()),
-    });
-    let mut accepts: Vec<Task<()>> = Vec::new();
+async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: Receiver<Command>) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match Async::new(listener) {
-            Ok(listener) => accepts.push(ex.spawn(accept_loop(shared.clone(), listener, index))),
+            Ok(listener) => {
+                let task = shared
+                    .ex
+                    .spawn(accept_loop(shared.clone(), listener, index));
+                shared.accepts.borrow_mut().push(task);
+            }
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
-    let timer = ex.spawn(timer_loop(shared.clone()));
+    let timer = shared.ex.spawn(timer_loop(shared.clone()));
+    let jobs = {
+        let shared = shared.clone();
+        shared.ex.clone().spawn(async move {
+            loop {
+                shared.jobs_done.notified().await;
+                while let Some(done) = shared.pool.take_done() {
+                    let now = shared.clock.now();
+                    shared.driver.borrow_mut().handle_job_done(now, done);
+                    shared.after();
+                }
+            }
+        })
+    };
+    // The first deadlines ($SYS, periodic flush) are known from the start.
+    shared.after();
     while let Ok(command) = commands.recv().await {
+        let now = shared.clock.now();
         match command {
             Command::Publish(message, done) => {
-                let matched = shared.driver.borrow_mut().publish(message);
+                let matched = shared.driver.borrow_mut().handle_publish(now, message);
                 shared.after();
                 let _ = done.try_send(matched);
             }
             Command::Subscribe(filter, tx, done) => {
-                let sub = shared.driver.borrow_mut().subscribe(filter);
+                let sub = shared.driver.borrow_mut().handle_subscribe(now, filter);
                 shared.subscribers.borrow_mut().insert(sub, tx);
                 shared.after();
                 let _ = done.try_send(());
             }
             Command::Reload(config) => {
-                let errors = shared.driver.borrow_mut().reload(&config);
-                for e in &errors {
-                    warn!("reload: {e}");
-                }
+                let errors = shared
+                    .driver
+                    .borrow_mut()
+                    .handle_reload(now, Files::load(&config));
+                shared.after();
                 if errors.is_empty() {
-                    info!("password and ACL files reloaded");
+                    info!("certificates, password and ACL files reloaded");
                 }
             }
             Command::Shutdown(done) => {
-                // Dropping a task cancels it: no new connections from here.
-                drop(accepts);
-                shared.driver.borrow_mut().shutdown();
+                shared.driver.borrow_mut().handle_shutdown(now);
                 shared.after();
-                // Give writers a moment to flush the DISCONNECTs.
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while shared.driver.borrow().connection_count() > 0 && Instant::now() < deadline {
-                    Timer::after(Duration::from_millis(10)).await;
-                }
+                shared.stopped.notified().await;
                 drop(timer);
-                info!("stopped");
+                drop(jobs);
                 let _ = done.try_send(());
                 return;
             }
@@ -326,15 +436,21 @@ async fn accept_loop(shared: Rc<Shared<'_>>, listener: Async<TcpListener>, index
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors, typically: back off instead of
-                // spinning, and keep serving the connections we have.
-                warn!(error = %e, "accept failed");
-                Timer::after(Duration::from_millis(50)).await;
+                let now = shared.clock.now();
+                let until = shared
+                    .driver
+                    .borrow_mut()
+                    .handle_accept_error(now, index, &e);
+                Timer::at(shared.clock.deadline(until)).await;
                 continue;
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
-        let id = shared.driver.borrow_mut().open(index, Some(remote));
+        let now = shared.clock.now();
+        let id = shared
+            .driver
+            .borrow_mut()
+            .handle_accept(now, index, Some(remote));
         let notify = Notify::new();
         shared.notifiers.borrow_mut().insert(id, notify.clone());
         shared.after();
@@ -352,30 +468,36 @@ enum Wake {
     Readable(io::Result<()>),
 }
 
+/// A connection's task: writes what the driver has for it and reads what
+/// the socket has, as [`Driver::interest`] says, until the driver or the
+/// peer ends it.
 async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId, notify: Notify) {
     // Whether the socket may still hold unread bytes: after a read that
     // filled bytes, read again (after yielding) before waiting for
     // readiness, which costs a reactor round trip.
     let mut maybe_readable = false;
-    loop {
+    let mut shut_write = false;
+    let gone = loop {
+        let now = shared.clock.now();
         let written = shared
             .driver
             .borrow_mut()
-            .write_to(id, |bufs| stream.get_ref().write_vectored(bufs));
+            .handle_write(now, id, |bufs| stream.get_ref().write_vectored(bufs));
         shared.after();
         let need_writable = match written {
             Ok(WriteStatus::Drained) => false,
             Ok(WriteStatus::WouldBlock) => true,
-            Err(_) => break,
+            Err(_) => break true,
         };
-        let (close, paused) = {
-            let driver = shared.driver.borrow();
-            (driver.wants_close(id), driver.read_paused(id))
-        };
-        if close {
-            break;
+        let interest = shared.driver.borrow().interest(id);
+        if interest.close {
+            break false;
         }
-        let wake = if maybe_readable && !paused {
+        if interest.shutdown_write && !shut_write {
+            shut_write = true;
+            let _ = stream.get_ref().shutdown(Shutdown::Write);
+        }
+        let wake = if maybe_readable && interest.read {
             // Let the other connections run between two reads of this one.
             future::yield_now().await;
             Wake::Readable(Ok(()))
@@ -392,10 +514,10 @@ async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId
                 }
             };
             let readable = async {
-                if paused {
-                    future::pending().await
-                } else {
+                if interest.read {
                     Wake::Readable(stream.readable().await)
+                } else {
+                    future::pending().await
                 }
             };
             notified.or(writable).or(readable).await
@@ -404,76 +526,46 @@ async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId
             Wake::Notified => {}
             Wake::Writable(ready) => {
                 if ready.is_err() {
-                    break;
+                    break true;
                 }
             }
             Wake::Readable(ready) => {
                 if ready.is_err() {
-                    break;
+                    break true;
                 }
                 let mut buf = shared.read_buf.borrow_mut();
                 match stream.get_ref().read(&mut buf) {
-                    Ok(0) => break,
+                    Ok(0) => break true,
                     Ok(n) => {
                         maybe_readable = true;
-                        shared.driver.borrow_mut().input(id, &buf[..n]);
+                        let now = shared.clock.now();
+                        shared.driver.borrow_mut().handle_read(now, id, &buf[..n]);
                         drop(buf);
                         shared.after();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => maybe_readable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(_) => break true,
                 }
-            }
-        }
-    }
-    let lingering = shared.driver.borrow().wants_close(id);
-    shared.notifiers.borrow_mut().remove(&id);
-    shared.driver.borrow_mut().closed(id);
-    shared.after();
-    if lingering {
-        linger(stream).await;
-    }
-}
-
-/// The graceful end of a connection the broker closed (see
-/// [`roost_runtime::driver::LINGER`]).
-async fn linger(stream: Async<TcpStream>) {
-    if stream.get_ref().shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let drain = async {
-        let mut discarded = 0;
-        let mut buf = [0u8; 4096];
-        while discarded < LINGER_BYTES {
-            match stream.get_ref().read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => discarded += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if stream.readable().await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
             }
         }
     };
-    drain
-        .or(async {
-            Timer::after(LINGER).await;
-        })
-        .await;
+    shared.notifiers.borrow_mut().remove(&id);
+    if gone {
+        let now = shared.clock.now();
+        shared.driver.borrow_mut().handle_closed(now, id);
+        shared.after();
+    }
 }
 
 async fn timer_loop(shared: Rc<Shared<'_>>) {
     loop {
-        let deadline = shared.driver.borrow().next_deadline();
+        let deadline = shared.driver.borrow().poll_timeout();
         shared.armed.set(deadline);
         match deadline {
             Some(at) => {
                 let fired = async {
-                    Timer::at(at).await;
+                    Timer::at(shared.clock.deadline(at)).await;
                     true
                 }
                 .or(async {
@@ -482,7 +574,8 @@ async fn timer_loop(shared: Rc<Shared<'_>>) {
                 })
                 .await;
                 if fired {
-                    shared.driver.borrow_mut().timeout();
+                    let now = shared.clock.now();
+                    shared.driver.borrow_mut().handle_timeout(now);
                     shared.after();
                 }
             }

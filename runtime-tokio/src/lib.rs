@@ -8,9 +8,10 @@
 //! time:
 //!
 //! ```text
-//!   accept ──► Driver::open          timer ──► Driver::timeout
-//!   read   ──► Driver::input   ──►   wake writers of Driver::take_woken
-//!   write  ◄── Driver::write_to      close ◄── Driver::wants_close
+//!   accept ──► Driver::handle_accept     timer ──► Driver::handle_timeout
+//!   read   ──► Driver::handle_read       pool  ──► Driver::handle_job_done
+//!   then Driver::poll_event: Wake ──► the connection's task writes
+//!   (Driver::handle_write) and obeys Driver::interest; Job ──► the pool
 //! ```
 //!
 //! Embedding: [`start`] runs a broker on its own thread and returns a
@@ -31,14 +32,13 @@
 #![deny(missing_docs)]
 
 use bytes::Bytes;
-use roost_core::broker::{
-    AccessPolicy, AuthDecision, AuthRequest, AuthorizeDecision, AuthorizeRequest, ConnId,
-    LocalSubscription, Message,
-};
+use roost_core::broker::{AuthRequest, AuthorizeRequest, ConnId, LocalSubscription, Message};
 use roost_core::codec::QoS;
 use roost_core::topic::{TopicFilter, TopicName};
+use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
-use roost_runtime::driver::{Driver, WriteStatus};
+use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
+use roost_runtime::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,47 +48,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// An authentication hook: decides a CONNECT, as late as it likes.
-pub type Authenticator =
-    Arc<dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = AuthDecision> + Send>> + Send + Sync>;
-
-/// An authorization hook: decides a publish or subscribe the policy
-/// deferred, as late as it likes (within `limits.authorize_timeout`, 10 s by
-/// default, after which the client's connection is closed). Answer an
-/// [`roost_core::broker::Operation::Publish`] with a
-/// [`roost_core::broker::PublishDecision`] and an
-/// [`roost_core::broker::Operation::Subscribe`] with a
-/// [`roost_core::broker::SubscribeDecision`], each `.into()` an
-/// [`AuthorizeDecision`].
-pub type Authorizer = Arc<
-    dyn Fn(AuthorizeRequest) -> Pin<Box<dyn Future<Output = AuthorizeDecision> + Send>>
-        + Send
-        + Sync,
->;
-
-/// Extension points for embedding programs.
-#[derive(Default)]
-pub struct Hooks {
-    /// Decides every CONNECT (replacing the password files).
-    pub authenticate: Option<Authenticator>,
-    /// Decides every publish, subscribe and delivery inline (replacing the
-    /// ACLs). It may defer publish and subscribe decisions
-    /// ([`roost_core::broker::Verdict::Defer`]) to [`Hooks::authorize`];
-    /// without that hook, a deferred decision is refused.
-    pub policy: Option<Box<dyn AccessPolicy>>,
-    /// Decides publishes and subscribes asynchronously (an ACL in a
-    /// database, say). Alone, it is asked about every PUBLISH and SUBSCRIBE
-    /// (replacing the ACLs); with [`Hooks::policy`], about those the policy
-    /// defers. While a decision is pending, that client's later packets
-    /// wait, in order; other clients are not held up. Deliveries are
-    /// always decided inline, by the policy.
-    pub authorize: Option<Authorizer>,
-}
+pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
 enum Command {
     Publish(Message, oneshot::Sender<usize>),
@@ -161,7 +126,8 @@ impl ServerHandle {
         Ok(rx)
     }
 
-    /// Re-reads password and ACL files from `config` (what SIGHUP does).
+    /// Re-reads certificates, password and ACL files from `config` (what
+    /// SIGHUP does); a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
         let _ = self.commands.send(Command::Reload(config));
     }
@@ -186,10 +152,12 @@ impl ServerHandle {
     }
 }
 
-/// Starts a broker on a thread of its own: binds every listener (errors are
-/// returned here), then serves until [`ServerHandle::shutdown`].
+/// Starts a broker on a thread of its own: loads what the configuration
+/// names and binds every listener (errors are returned here), then serves
+/// until [`ServerHandle::shutdown`].
 pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
-    let mut driver = Driver::new(&config)
+    let clock = Clock::new();
+    let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let authenticator = hooks.authenticate;
     if authenticator.is_some() {
@@ -217,11 +185,11 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    // The configuration keeps this between 1 and 10,000,000; tokio's channel
-    // allocates its slots as they fill, not up front.
-    let local_queue = usize::try_from(config.limits.max_queued_messages)
-        .unwrap_or(1)
-        .max(1);
+    let local_queue = driver.local_queue_capacity();
+    // The workers wake the loop whenever a job is done.
+    let jobs_done = Arc::new(Notify::new());
+    let wake = jobs_done.clone();
+    let pool = Pool::start(Arc::new(move || wake.notify_one()))?;
     let (commands, rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("roost".into())
@@ -236,11 +204,23 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                     return;
                 }
             };
+            let shared = Rc::new(Shared {
+                driver: RefCell::new(driver),
+                clock,
+                wakeups: RefCell::new(HashMap::new()),
+                timer: Notify::new(),
+                armed: Cell::new(None),
+                read_buf: RefCell::new(vec![0; 64 * 1024]),
+                subscribers: RefCell::new(HashMap::new()),
+                pool,
+                jobs_done,
+                accepts: RefCell::new(Vec::new()),
+                stopped: Notify::new(),
+                authenticator,
+                authorizer,
+            });
             let local = tokio::task::LocalSet::new();
-            local.block_on(
-                &runtime,
-                serve(driver, std_listeners, rx, authenticator, authorizer),
-            );
+            local.block_on(&runtime, serve(shared, std_listeners, rx));
         })?;
     Ok(ServerHandle {
         commands,
@@ -252,15 +232,19 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
 
 struct Shared {
     driver: RefCell<Driver>,
-    /// One wake-up slot per connection: set by whoever produced output for
-    /// it, awaited by its task (see [`woken`]).
+    clock: Clock,
+    /// One wake-up slot per connection: set when the driver wakes it,
+    /// awaited by its task (see [`Wakeup`]).
     wakeups: RefCell<HashMap<ConnId, Wakeup>>,
     /// Wakes the timer task when the next deadline moved earlier.
     timer: Notify,
-    armed: Cell<Option<std::time::Instant>>,
+    armed: Cell<Option<roost_core::broker::Instant>>,
     read_buf: RefCell<Vec<u8>>,
-    woken: RefCell<Vec<ConnId>>,
     subscribers: RefCell<HashMap<LocalSubscription, mpsc::Sender<Message>>>,
+    pool: Pool,
+    jobs_done: Arc<Notify>,
+    accepts: RefCell<Vec<JoinHandle<()>>>,
+    stopped: Notify,
     authenticator: Option<Authenticator>,
     authorizer: Option<Authorizer>,
 }
@@ -280,177 +264,159 @@ impl Shared {
         Some(false)
     }
 
-    /// After every call into the driver: wake writers with new output, start
-    /// password checks, hand out in-process deliveries, re-arm the timer.
+    /// After every call into the driver: carry out its events, then re-arm
+    /// the timer.
     fn after(self: &Rc<Self>) {
-        let mut woken = self.woken.borrow_mut();
-        woken.clear();
-        let mut driver = self.driver.borrow_mut();
-        driver.take_woken(&mut woken);
-        {
-            let mut wakeups = self.wakeups.borrow_mut();
-            for id in woken.iter() {
-                if let Some(slot) = wakeups.get_mut(id) {
-                    slot.wake();
-                }
-            }
-        }
-        for job in driver.take_auth_jobs() {
-            let shared = self.clone();
-            tokio::task::spawn_local(async move {
-                let token = job.token();
-                let decision = tokio::task::spawn_blocking(move || job.run())
-                    .await
-                    .unwrap_or(AuthDecision::Reject(
-                        roost_core::codec::ReasonCode::UnspecifiedError,
-                    ));
-                shared.driver.borrow_mut().resolve_auth(token, decision);
-                shared.after();
-            });
-        }
-        if let Some(auth) = &self.authenticator {
-            for request in driver.take_auth_requests() {
-                let shared = self.clone();
-                let decide = auth(request.clone());
-                tokio::task::spawn_local(async move {
-                    let decision = decide.await;
-                    shared
-                        .driver
-                        .borrow_mut()
-                        .resolve_auth(request.token, decision);
-                    shared.after();
-                });
-            }
-        }
-        if let Some(authorize) = &self.authorizer {
-            for request in driver.take_authorize_requests() {
-                let shared = self.clone();
-                let token = request.token;
-                let decide = authorize(request);
-                tokio::task::spawn_local(async move {
-                    let decision = decide.await;
-                    shared
-                        .driver
-                        .borrow_mut()
-                        .resolve_authorize(token, decision);
-                    shared.after();
-                });
-            }
-        }
-        let deliveries = driver.take_deliveries();
-        if !deliveries.is_empty() {
-            let mut subscribers = self.subscribers.borrow_mut();
-            for (sub, message) in deliveries {
-                if let Some(tx) = subscribers.get(&sub) {
-                    match tx.try_send(message) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::debug!(?sub, "in-process queue full, message dropped");
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            subscribers.remove(&sub);
-                            driver.unsubscribe(sub);
-                        }
+        loop {
+            let Some(event) = self.driver.borrow_mut().poll_event() else {
+                break;
+            };
+            match event {
+                Event::Wake(id) => {
+                    if let Some(slot) = self.wakeups.borrow_mut().get_mut(&id) {
+                        slot.wake();
                     }
                 }
+                Event::Job(job) => self.pool.submit(job),
+                Event::Deliver {
+                    subscription,
+                    message,
+                } => self.deliver(subscription, message),
+                Event::Authenticate(request) => self.authenticate(request),
+                Event::Authorize(request) => self.authorize(request),
+                Event::StopListening => {
+                    for accept in self.accepts.borrow_mut().drain(..) {
+                        accept.abort();
+                    }
+                }
+                Event::Stopped => self.stopped.notify_one(),
+                _ => {}
             }
         }
-        let next = driver.next_deadline();
+        let next = self.driver.borrow().poll_timeout();
         if next.is_some() && (self.armed.get().is_none() || next < self.armed.get()) {
             self.timer.notify_one();
         }
     }
+
+    fn deliver(&self, subscription: LocalSubscription, message: Message) {
+        let mut subscribers = self.subscribers.borrow_mut();
+        let Some(tx) = subscribers.get(&subscription) else {
+            return;
+        };
+        match tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(?subscription, "in-process queue full, message dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                subscribers.remove(&subscription);
+                drop(subscribers);
+                let now = self.clock.now();
+                self.driver
+                    .borrow_mut()
+                    .handle_unsubscribe(now, subscription);
+            }
+        }
+    }
+
+    fn authenticate(self: &Rc<Self>, request: AuthRequest) {
+        let Some(auth) = &self.authenticator else {
+            return;
+        };
+        let shared = self.clone();
+        let token = request.token;
+        let decide = auth(request);
+        tokio::task::spawn_local(async move {
+            let decision = decide.await;
+            let now = shared.clock.now();
+            shared
+                .driver
+                .borrow_mut()
+                .handle_auth_decided(now, token, decision);
+            shared.after();
+        });
+    }
+
+    fn authorize(self: &Rc<Self>, request: AuthorizeRequest) {
+        let Some(authorize) = &self.authorizer else {
+            return;
+        };
+        let shared = self.clone();
+        let token = request.token;
+        let decide = authorize(request);
+        tokio::task::spawn_local(async move {
+            let decision = decide.await;
+            let now = shared.clock.now();
+            shared
+                .driver
+                .borrow_mut()
+                .handle_authorize_decided(now, token, decision);
+            shared.after();
+        });
+    }
 }
 
 async fn serve(
-    driver: Driver,
+    shared: Rc<Shared>,
     listeners: Vec<std::net::TcpListener>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    authenticator: Option<Authenticator>,
-    authorizer: Option<Authorizer>,
 ) {
-    let shared = Rc::new(Shared {
-        driver: RefCell::new(driver),
-        wakeups: RefCell::new(HashMap::new()),
-        timer: Notify::new(),
-        armed: Cell::new(None),
-        read_buf: RefCell::new(vec![0; 64 * 1024]),
-        woken: RefCell::new(Vec::new()),
-        subscribers: RefCell::new(HashMap::new()),
-        authenticator,
-        authorizer,
-    });
-    let mut accepts = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(listener) {
-            Ok(listener) => accepts.push(tokio::task::spawn_local(accept_loop(
-                shared.clone(),
-                listener,
-                index,
-            ))),
+            Ok(listener) => {
+                let task = tokio::task::spawn_local(accept_loop(shared.clone(), listener, index));
+                shared.accepts.borrow_mut().push(task);
+            }
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
     let timer = tokio::task::spawn_local(timer_loop(shared.clone()));
-    // The store thread wakes this task whenever more batches are durable.
-    let stored = Arc::new(Notify::new());
-    let waker = stored.clone();
-    let started = shared
-        .driver
-        .borrow_mut()
-        .start_store_worker(Arc::new(move || waker.notify_one()));
-    if let Err(e) = started {
-        warn!(error = %e, "store thread could not start; storing inline");
-    }
-    let progress = {
+    let jobs = {
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
             loop {
-                stored.notified().await;
-                shared.driver.borrow_mut().store_progress();
-                shared.after();
+                shared.jobs_done.notified().await;
+                while let Some(done) = shared.pool.take_done() {
+                    let now = shared.clock.now();
+                    shared.driver.borrow_mut().handle_job_done(now, done);
+                    shared.after();
+                }
             }
         })
     };
+    // The first deadlines ($SYS, periodic flush) are known from the start.
+    shared.after();
     while let Some(command) = commands.recv().await {
+        let now = shared.clock.now();
         match command {
             Command::Publish(message, done) => {
-                let matched = shared.driver.borrow_mut().publish(message);
+                let matched = shared.driver.borrow_mut().handle_publish(now, message);
                 shared.after();
                 let _ = done.send(matched);
             }
             Command::Subscribe(filter, tx, done) => {
-                let sub = shared.driver.borrow_mut().subscribe(filter);
+                let sub = shared.driver.borrow_mut().handle_subscribe(now, filter);
                 shared.subscribers.borrow_mut().insert(sub, tx);
                 shared.after();
                 let _ = done.send(());
             }
             Command::Reload(config) => {
-                let errors = shared.driver.borrow_mut().reload(&config);
-                for e in &errors {
-                    warn!("reload: {e}");
-                }
+                let errors = shared
+                    .driver
+                    .borrow_mut()
+                    .handle_reload(now, Files::load(&config));
+                shared.after();
                 if errors.is_empty() {
-                    info!("password and ACL files reloaded");
+                    info!("certificates, password and ACL files reloaded");
                 }
             }
             Command::Shutdown(done) => {
-                for accept in &accepts {
-                    accept.abort();
-                }
-                shared.driver.borrow_mut().shutdown();
+                shared.driver.borrow_mut().handle_shutdown(now);
                 shared.after();
-                // Give writers a moment to flush the DISCONNECTs.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                while shared.driver.borrow().connection_count() > 0
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                shared.stopped.notified().await;
                 timer.abort();
-                progress.abort();
-                shared.driver.borrow_mut().finish_store();
-                info!("stopped");
+                jobs.abort();
                 let _ = done.send(());
                 return;
             }
@@ -463,18 +429,29 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors, typically: back off instead of
-                // spinning, and keep serving the connections we have.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = shared.clock.now();
+                let until = shared
+                    .driver
+                    .borrow_mut()
+                    .handle_accept_error(now, index, &e);
+                tokio::time::sleep_until(shared.clock.deadline(until).into()).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let id = shared.driver.borrow_mut().open(index, Some(remote));
+        let now = shared.clock.now();
+        let id = shared
+            .driver
+            .borrow_mut()
+            .handle_accept(now, index, Some(remote));
         shared.wakeups.borrow_mut().insert(id, Wakeup::default());
         shared.after();
-        tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
+        tokio::task::spawn_local(Connection {
+            shared: shared.clone(),
+            stream,
+            id,
+            shut_write: false,
+        });
     }
 }
 
@@ -496,8 +473,9 @@ impl Wakeup {
     }
 }
 
-/// A connection's task: writes what the driver has for it, reads what the
-/// socket has, until either side closes.
+/// A connection's task: writes what the driver has for it and reads what
+/// the socket has, as [`Driver::interest`] says, until the driver or the
+/// peer ends it.
 ///
 /// Written as a future by hand, not as an `async fn` with `select!`: it
 /// waits through the socket's own readiness slots (`poll_read_ready`,
@@ -505,97 +483,85 @@ impl Wakeup {
 /// and an idle connection's task is a few words, not hundreds of bytes.
 struct Connection {
     shared: Rc<Shared>,
-    /// Taken when the connection ends (to linger, or to be dropped).
-    stream: Option<TcpStream>,
+    stream: TcpStream,
     id: ConnId,
+    shut_write: bool,
+}
+
+/// How a connection's task ended.
+enum End {
+    /// The driver let go of it: drop the socket.
+    Released,
+    /// The peer closed or the socket failed: tell the driver.
+    Gone,
 }
 
 impl Connection {
-    fn new(shared: Rc<Shared>, stream: TcpStream, id: ConnId) -> Self {
-        Connection {
-            shared,
-            stream: Some(stream),
-            id,
-        }
-    }
-
-    /// Serves until the connection should end.
-    fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let Some(stream) = &self.stream else {
-            return Poll::Ready(());
-        };
+    /// Serves until the connection ends.
+    fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
         let (shared, id) = (&self.shared, self.id);
         loop {
+            let now = shared.clock.now();
+            let stream = &self.stream;
             let written = shared
                 .driver
                 .borrow_mut()
-                .write_to(id, |bufs| stream.try_write_vectored(bufs));
+                .handle_write(now, id, |bufs| stream.try_write_vectored(bufs));
             shared.after();
             let need_writable = match written {
                 Ok(WriteStatus::Drained) => false,
                 Ok(WriteStatus::WouldBlock) => true,
-                Err(_) => return Poll::Ready(()),
+                Err(_) => return Poll::Ready(End::Gone),
             };
-            let (close, paused) = {
-                let driver = shared.driver.borrow();
-                (driver.wants_close(id), driver.read_paused(id))
-            };
-            if close {
-                return Poll::Ready(());
+            let interest = shared.driver.borrow().interest(id);
+            if interest.close {
+                return Poll::Ready(End::Released);
             }
+            if interest.shutdown_write && !self.shut_write {
+                self.shut_write = true;
+                use tokio::io::AsyncWrite;
+                let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
+            }
+            let stream = &self.stream;
             // The wake-up slot first: new output is written before more
             // input is read, as the output may be what a slow reader waits
             // for.
             match shared.take_wakeup(id, cx) {
                 Some(true) => continue,
                 Some(false) => {}
-                None => return Poll::Ready(()),
+                None => return Poll::Ready(End::Released),
             }
             if need_writable {
                 match stream.poll_write_ready(cx) {
                     Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {}
                 }
             }
-            if !paused {
+            if interest.read {
                 match stream.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let mut buf = shared.read_buf.borrow_mut();
                         match stream.try_read(&mut buf) {
-                            Ok(0) => return Poll::Ready(()),
+                            Ok(0) => return Poll::Ready(End::Gone),
                             Ok(n) => {
-                                shared.driver.borrow_mut().input(id, &buf[..n]);
+                                let now = shared.clock.now();
+                                shared.driver.borrow_mut().handle_read(now, id, &buf[..n]);
                                 drop(buf);
                                 shared.after();
                             }
                             // Readiness was stale; it is cleared now, and
                             // the next poll waits for the real thing.
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => return Poll::Ready(()),
+                            Err(_) => return Poll::Ready(End::Gone),
                         }
                         continue;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {}
                 }
             }
             return Poll::Pending;
-        }
-    }
-
-    /// Tells the driver the connection is gone, and lingers if the broker
-    /// was the one to close it.
-    fn finish(&mut self) {
-        let shared = &self.shared;
-        let lingering = shared.driver.borrow().wants_close(self.id);
-        shared.wakeups.borrow_mut().remove(&self.id);
-        shared.driver.borrow_mut().closed(self.id);
-        shared.after();
-        if let Some(stream) = self.stream.take().filter(|_| lingering) {
-            // A task of its own, so linger's timer and buffer are not part
-            // of every connection's task.
-            tokio::task::spawn_local(linger(stream));
         }
     }
 }
@@ -605,12 +571,15 @@ impl Future for Connection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.stream.is_none() {
-            return Poll::Ready(());
-        }
         match this.serve(cx) {
-            Poll::Ready(()) => {
-                this.finish();
+            Poll::Ready(end) => {
+                let shared = &this.shared;
+                shared.wakeups.borrow_mut().remove(&this.id);
+                if let End::Gone = end {
+                    let now = shared.clock.now();
+                    shared.driver.borrow_mut().handle_closed(now, this.id);
+                    shared.after();
+                }
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
@@ -618,42 +587,16 @@ impl Future for Connection {
     }
 }
 
-/// The graceful end of a connection the broker closed (see
-/// [`roost_runtime::driver::LINGER`]).
-async fn linger(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut discarded = 0;
-    // On the heap: an array here would sit in every connection's future for
-    // its whole life, lingering or not (4 KiB per idle connection).
-    let mut buf = vec![0u8; 4096];
-    let _ = tokio::time::timeout(roost_runtime::driver::LINGER, async {
-        while discarded < roost_runtime::driver::LINGER_BYTES {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            match stream.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => discarded += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
-}
-
 async fn timer_loop(shared: Rc<Shared>) {
     loop {
-        let deadline = shared.driver.borrow().next_deadline();
+        let deadline = shared.driver.borrow().poll_timeout();
         shared.armed.set(deadline);
         match deadline {
             Some(at) => {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {
-                        shared.driver.borrow_mut().timeout();
+                    _ = tokio::time::sleep_until(shared.clock.deadline(at).into()) => {
+                        let now = shared.clock.now();
+                        shared.driver.borrow_mut().handle_timeout(now);
                         shared.after();
                     }
                     _ = shared.timer.notified() => {}

@@ -8,10 +8,14 @@
 //! * [`acl`]: Mosquitto-style ACL files and topic-matching for them.
 //! * [`tls`]: TLS as a sans-IO byte stage on `rustls`.
 //! * [`ws`]: WebSocket as a sans-IO byte stage on `tungstenite`.
-//! * [`driver`]: the connection driver every runtime's loop calls: it feeds
-//!   the engine, carries out its actions, and keeps each connection's
-//!   stages and output queue.
-//! * [`store_worker`]: the thread that commits storage batches.
+//! * [`driver`]: the sans-IO driver every runtime's loop calls: it feeds
+//!   the engine, carries out its actions, keeps each connection's stages and
+//!   output queue, and owns every bound and policy that is the same on all
+//!   runtimes (password-check queue, store batching, linger, shutdown).
+//! * [`hooks`]: the embedding program's asynchronous hooks, for every
+//!   runtime.
+//! * [`pool`]: the worker threads that run the driver's blocking jobs.
+//! * [`clock`]: the runtime's clock, as the engine's time.
 //! * [`net`]: listening sockets.
 //! * [`cli`]: what every binary does before it serves.
 //!
@@ -36,10 +40,12 @@
 
 pub mod acl;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod hooks;
 pub mod net;
 pub mod passwd;
-pub mod store_worker;
+pub mod pool;
 pub mod tls;
 pub mod ws;

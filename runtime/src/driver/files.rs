@@ -1,0 +1,207 @@
+//! The files a configuration names (certificates, password files, ACLs),
+//! loaded before they reach the driver: the driver itself never touches the
+//! file system. A runtime loads them at start and again on reload.
+
+use crate::acl::{Access, Acl};
+use crate::config::{Config, DeniedCode};
+use crate::passwd::PasswordFile;
+use crate::tls;
+use roost_core::broker::{AccessPolicy, ClientRef, PublishDecision, SubscribeDecision, Verdict};
+use roost_core::codec::{QoS, ReasonCode};
+use roost_core::topic::{TopicFilter, TopicName};
+use std::fmt;
+use std::sync::Arc;
+
+/// A file of the configuration that could not be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FileError {
+    /// A listener's TLS certificate or key.
+    Tls {
+        /// Which listener (index in the configuration).
+        listener: usize,
+        /// Why.
+        source: tls::TlsError,
+    },
+    /// A listener's password file.
+    Passwd {
+        /// Which listener.
+        listener: usize,
+        /// Why.
+        source: crate::passwd::PasswdError,
+    },
+    /// A listener's ACL file.
+    Acl {
+        /// Which listener.
+        listener: usize,
+        /// Why.
+        source: crate::acl::AclError,
+    },
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::Tls { listener, source } => write!(f, "listener[{listener}]: {source}"),
+            FileError::Passwd { listener, source } => {
+                write!(f, "listener[{listener}].password_file: {source}")
+            }
+            FileError::Acl { listener, source } => {
+                write!(f, "listener[{listener}].acl_file: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FileError::Tls { source, .. } => Some(source),
+            FileError::Passwd { source, .. } => Some(source),
+            FileError::Acl { source, .. } => Some(source),
+        }
+    }
+}
+
+/// One listener's files. Each is `None` when the configuration names none,
+/// and holds the error when it names one that could not be loaded.
+pub(crate) struct ListenerFiles {
+    pub(crate) tls: Option<Result<Arc<rustls::ServerConfig>, FileError>>,
+    pub(crate) passwords: Option<Result<Arc<PasswordFile>, FileError>>,
+    pub(crate) acl: Option<Result<Arc<Acl>, FileError>>,
+}
+
+/// Every file a configuration names, loaded (see [`Files::load`]).
+pub struct Files {
+    pub(crate) listeners: Vec<ListenerFiles>,
+}
+
+impl Files {
+    /// Reads every certificate, password file and ACL file `config` names.
+    /// This is the blocking part of starting or reloading a broker; call it
+    /// off the event loop if the files may be slow to read.
+    pub fn load(config: &Config) -> Files {
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ListenerFiles {
+                tls: match (&l.cert, &l.key) {
+                    (Some(cert), Some(key)) if l.protocol.is_tls() => Some(
+                        tls::load_server_config(cert, key)
+                            .map(Arc::new)
+                            .map_err(|source| FileError::Tls {
+                                listener: i,
+                                source,
+                            }),
+                    ),
+                    _ => None,
+                },
+                passwords: l.password_file.as_ref().map(|path| {
+                    PasswordFile::load(path)
+                        .map(Arc::new)
+                        .map_err(|source| FileError::Passwd {
+                            listener: i,
+                            source,
+                        })
+                }),
+                acl: l.acl_file.as_ref().map(|path| {
+                    Acl::load(path)
+                        .map(Arc::new)
+                        .map_err(|source| FileError::Acl {
+                            listener: i,
+                            source,
+                        })
+                }),
+            })
+            .collect();
+        Files { listeners }
+    }
+
+    /// The first file that failed to load, if any: at start, any failure
+    /// is fatal.
+    pub fn first_error(&self) -> Option<&FileError> {
+        self.listeners.iter().find_map(|l| {
+            l.tls
+                .as_ref()
+                .and_then(|r| r.as_ref().err())
+                .or_else(|| l.passwords.as_ref().and_then(|r| r.as_ref().err()))
+                .or_else(|| l.acl.as_ref().and_then(|r| r.as_ref().err()))
+        })
+    }
+
+    /// Every file that failed to load.
+    pub fn errors(&self) -> impl Iterator<Item = &FileError> {
+        self.listeners.iter().flat_map(|l| {
+            [
+                l.tls.as_ref().and_then(|r| r.as_ref().err()),
+                l.passwords.as_ref().and_then(|r| r.as_ref().err()),
+                l.acl.as_ref().and_then(|r| r.as_ref().err()),
+            ]
+            .into_iter()
+            .flatten()
+        })
+    }
+}
+
+/// The reason code a refused subscription gets.
+pub(crate) fn denied_code(config: &Config) -> ReasonCode {
+    match config.mqtt.subscribe_denied {
+        DeniedCode::NotAuthorized => ReasonCode::NotAuthorized,
+        DeniedCode::UnspecifiedError => ReasonCode::UnspecifiedError,
+    }
+}
+
+/// The ACL files of the listeners, as the engine's authorization policy.
+pub(crate) struct AclPolicy {
+    pub(crate) acls: Vec<Option<Arc<Acl>>>,
+    pub(crate) denied: ReasonCode,
+}
+
+impl AclPolicy {
+    fn check(&self, client: ClientRef<'_>, topic: &str, access: Access) -> bool {
+        match self.acls.get(usize::from(client.listener)) {
+            Some(Some(acl)) => acl.check(
+                client.username.map(|u| u.as_str()),
+                client.client_id.as_str(),
+                topic,
+                access,
+            ),
+            _ => true,
+        }
+    }
+}
+
+// The ACL is in memory: every answer is inline, no round trip.
+impl AccessPolicy for AclPolicy {
+    fn authorize_publish(
+        &self,
+        client: ClientRef<'_>,
+        topic: &TopicName,
+    ) -> Verdict<PublishDecision> {
+        Verdict::Decided(if self.check(client, topic.as_str(), Access::Publish) {
+            PublishDecision::Allow
+        } else {
+            PublishDecision::Deny(ReasonCode::NotAuthorized)
+        })
+    }
+
+    fn authorize_subscribe(
+        &self,
+        client: ClientRef<'_>,
+        filter: &TopicFilter,
+        qos: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(if self.check(client, filter.as_str(), Access::Subscribe) {
+            SubscribeDecision::Grant(qos)
+        } else {
+            SubscribeDecision::Deny(self.denied)
+        })
+    }
+
+    fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
+        // Like Mosquitto: a wildcard subscription does not grant reading a
+        // topic the ACL hides.
+        self.check(client, topic.as_str(), Access::Subscribe)
+    }
+}

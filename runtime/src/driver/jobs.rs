@@ -1,0 +1,151 @@
+//! Blocking work the driver hands to a worker: password checks (argon2 is
+//! slow on purpose) and store batches (fsync). The driver decides how many
+//! run at once; a runtime only runs each [`Job`] it is given somewhere off
+//! its event loop and hands the [`JobDone`] back.
+
+use crate::passwd::PasswordFile;
+use roost_core::broker::{AuthDecision, AuthToken, ConnId, StoreId, StoreOp};
+use roost_core::codec::ReasonCode;
+use roost_persistence::{Store, StoreError};
+use std::fmt;
+use std::sync::Arc;
+
+/// Work to run off the event loop: call [`Job::run`] on a worker thread and
+/// give the result to [`super::Driver::handle_job_done`].
+///
+/// The driver never has more than [`super::MAX_JOBS`] jobs out at once, so
+/// a pool of that many threads never makes one job wait for another.
+#[must_use = "a job must be run and its result handed back to the driver"]
+pub struct Job(pub(crate) JobKind);
+
+pub(crate) enum JobKind {
+    Password(PasswordCheck),
+    Store(StoreJob),
+}
+
+pub(crate) struct PasswordCheck {
+    pub(crate) token: AuthToken,
+    pub(crate) conn: ConnId,
+    pub(crate) passwords: Arc<PasswordFile>,
+    pub(crate) user: String,
+    pub(crate) password: Vec<u8>,
+}
+
+pub(crate) struct StoreJob {
+    pub(crate) store: Box<dyn Store>,
+    pub(crate) batches: Vec<(StoreId, Vec<StoreOp>)>,
+    /// Force everything onto stable storage too (periodic durability, and
+    /// shutdown).
+    pub(crate) flush: bool,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            JobKind::Password(check) => f
+                .debug_struct("Job::Password")
+                .field("conn", &check.conn)
+                .finish(),
+            JobKind::Store(job) => f
+                .debug_struct("Job::Store")
+                .field("batches", &job.batches.len())
+                .field("flush", &job.flush)
+                .finish(),
+        }
+    }
+}
+
+/// The result of a [`Job`], for [`super::Driver::handle_job_done`].
+pub struct JobDone(pub(crate) DoneKind);
+
+pub(crate) enum DoneKind {
+    Password {
+        token: AuthToken,
+        decision: AuthDecision,
+    },
+    Store {
+        store: Box<dyn Store>,
+        /// The batches the job was given, in order.
+        batches: Vec<StoreId>,
+        /// How many of them are durable (all of them on success).
+        durable: usize,
+        error: Option<StoreError>,
+    },
+}
+
+impl fmt::Debug for JobDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            DoneKind::Password { decision, .. } => f
+                .debug_struct("JobDone::Password")
+                .field("decision", decision)
+                .finish(),
+            DoneKind::Store { batches, error, .. } => f
+                .debug_struct("JobDone::Store")
+                .field("batches", &batches.len())
+                .field("error", error)
+                .finish(),
+        }
+    }
+}
+
+impl Job {
+    /// Runs the job, blocking: tens of milliseconds of CPU for a password
+    /// check, an fsync for a store batch.
+    pub fn run(self) -> JobDone {
+        JobDone(match self.0 {
+            JobKind::Password(check) => {
+                let ok = std::str::from_utf8(&check.password)
+                    .is_ok_and(|password| check.passwords.verify(&check.user, password));
+                DoneKind::Password {
+                    token: check.token,
+                    decision: if ok {
+                        AuthDecision::Accept
+                    } else {
+                        AuthDecision::Reject(ReasonCode::BadUserNameOrPassword)
+                    },
+                }
+            }
+            JobKind::Store(job) => job.run(),
+        })
+    }
+
+    /// Whether this is a password check (runtimes may log it).
+    pub fn is_password_check(&self) -> bool {
+        matches!(self.0, JobKind::Password(_))
+    }
+}
+
+impl StoreJob {
+    fn run(mut self) -> DoneKind {
+        let ids: Vec<StoreId> = self.batches.iter().map(|(id, _)| *id).collect();
+        let mut error = None;
+        // Every batch staged, then one commit for all of them: a burst of
+        // messages shares one fsync (group commit).
+        for (_, ops) in &self.batches {
+            if let Err(e) = self.store.apply(ops) {
+                error = Some(e);
+                break;
+            }
+        }
+        if error.is_none() && !ids.is_empty() {
+            if let Err(e) = self.store.commit() {
+                error = Some(e);
+            }
+        }
+        if error.is_none() && self.flush {
+            if let Err(e) = self.store.flush() {
+                error = Some(e);
+            }
+        }
+        // A failed commit may have reached the disk or not: nothing of the
+        // job is confirmed.
+        let durable = if error.is_none() { ids.len() } else { 0 };
+        DoneKind::Store {
+            store: self.store,
+            batches: ids,
+            durable,
+            error,
+        }
+    }
+}
