@@ -973,3 +973,39 @@ fn over_long_topics_and_filters_are_refused() {
         Some(CloseReason::Protocol(ReasonCode::TopicNameInvalid))
     );
 }
+
+// ---- Operator-readable close reasons (issue 11) ----
+
+#[test]
+fn close_reasons_read_as_words_not_rust_names() {
+    let codes = [
+        ReasonCode::ProtocolError,
+        ReasonCode::NotAuthorized,
+        ReasonCode::ReceiveMaximumExceeded,
+        ReasonCode::QuotaExceeded,
+        ReasonCode::DisconnectWithWillMessage,
+        ReasonCode::UnspecifiedError,
+        ReasonCode::ServerMoved,
+    ];
+    for code in codes {
+        for reason in [
+            CloseReason::Protocol(code),
+            CloseReason::ConnectRefused(code),
+        ] {
+            let text = reason.to_string();
+            assert!(
+                !text.contains(&format!("{code:?}")),
+                "{text:?} shows the Rust name of {code:?}"
+            );
+            assert!(
+                text.contains(&format!("0x{:02X}", code as u8)),
+                "{text:?} does not give the code's value"
+            );
+        }
+    }
+    assert_eq!(
+        CloseReason::ConnectRefused(ReasonCode::NotAuthorized).to_string(),
+        "CONNECT refused: not authorized (0x87)"
+    );
+    assert_eq!(ReasonCode::ReceiveMaximumExceeded.to_string(), "receive maximum exceeded (0x93)");
+}

@@ -582,6 +582,8 @@ impl Broker {
                 CloseReason::Decode(e) => Some(e.reason_code()),
                 CloseReason::Protocol(code) => Some(code),
                 CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+                // The closest code: the client went silent mid-packet.
+                CloseReason::PacketTimeout => Some(ReasonCode::KeepAliveTimeout),
                 CloseReason::SessionTakenOver => Some(ReasonCode::SessionTakenOver),
                 // The closest code: the broker could not get through the
                 // client's request in time.
