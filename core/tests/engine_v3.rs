@@ -1007,5 +1007,158 @@ fn close_reasons_read_as_words_not_rust_names() {
         CloseReason::ConnectRefused(ReasonCode::NotAuthorized).to_string(),
         "CONNECT refused: not authorized (0x87)"
     );
-    assert_eq!(ReasonCode::ReceiveMaximumExceeded.to_string(), "receive maximum exceeded (0x93)");
+    assert_eq!(
+        ReasonCode::ReceiveMaximumExceeded.to_string(),
+        "receive maximum exceeded (0x93)"
+    );
+}
+
+// ---- MQTT 3 inbound limits (issue 11) ----
+
+/// A broker with persistence, a stored subscriber session on `t` (offline)
+/// and a connected MQTT 3.1.1 publisher, with storage batches left
+/// unconfirmed so every acknowledgement waits for durability.
+fn slow_store_publisher(limits: Limits) -> (Sim, roost_core::broker::ConnId) {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        persistence: true,
+        limits: Limits {
+            max_queued_messages: 10_000,
+            ..limits
+        },
+        ..Config::default()
+    });
+    let (s, _) = sim.connect("stored-sub", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(s);
+    sim.auto_confirm = false;
+    let (p, _) = sim.connect("pub", V4, true);
+    (sim, p)
+}
+
+#[test]
+fn mqtt3_client_may_pipeline_5000_qos1_publishes_waiting_for_durability() {
+    let (mut sim, p) = slow_store_publisher(Limits::default());
+    for pid in 1..=5_000u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(
+        sim.closed(p),
+        None,
+        "5,000 pipelined QoS 1 publishes are allowed"
+    );
+    assert!(
+        sim.recv_all(p).is_empty(),
+        "acknowledgements wait for the store"
+    );
+    sim.confirm_all();
+    let acks = sim.recv_all(p);
+    assert_eq!(acks.len(), 5_000);
+    assert!(acks.iter().all(|a| matches!(a, Packet::PubAck(_))));
+    assert_eq!(sim.broker.queued_count("stored-sub"), 5_000);
+}
+
+#[test]
+fn mqtt3_client_beyond_5000_pending_acks_is_closed_with_a_reason_naming_it() {
+    let (mut sim, p) = slow_store_publisher(Limits::default());
+    for pid in 1..=5_001u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingAcksExceeded));
+}
+
+#[test]
+fn mqtt3_pending_ack_limit_is_configurable() {
+    let (mut sim, p) = slow_store_publisher(Limits {
+        mqtt3_max_pending_acks: 3,
+        ..Limits::default()
+    });
+    for pid in 1..=3u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), None);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, 4, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingAcksExceeded));
+}
+
+#[test]
+fn mqtt3_client_may_have_1000_unreleased_qos2_publishes_and_one_more_closes_it() {
+    let mut sim = Sim::quiet();
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("t", QoS::AtMostOnce)]);
+    let (p, _) = sim.connect("pub", V4, true);
+    for pid in 1..=1_000u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    assert_eq!(
+        sim.closed(p),
+        None,
+        "1,000 unreleased QoS 2 publishes are allowed"
+    );
+    let recs = sim.recv_all(p);
+    assert_eq!(recs.len(), 1_000);
+    assert!(recs.iter().all(|a| matches!(a, Packet::PubRec(_))));
+    assert_eq!(sim.publishes(w).len(), 1_000);
+
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 1_001, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingQos2Exceeded));
+    assert!(
+        sim.publishes(w).is_empty(),
+        "the one beyond the limit is not routed"
+    );
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn mqtt3_unreleased_qos2_limit_is_configurable_and_releasing_makes_room() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            mqtt3_max_pending_qos2: 2,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (p, _) = sim.connect("pub", V4, true);
+    for pid in 1..=2u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    // Releasing one makes room for another.
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(1).unwrap())),
+    );
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 3, false)),
+    );
+    assert_eq!(sim.closed(p), None);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 4, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingQos2Exceeded));
+    sim.assert_no_leaks();
 }

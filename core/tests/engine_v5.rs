@@ -2575,3 +2575,32 @@ fn reauthentication_while_one_is_in_progress_is_a_protocol_error() {
     assert!(sim.recv_all(a).is_empty());
     sim.assert_no_leaks();
 }
+
+// ---- Inbound limits (issue 11): MQTT 5 keeps its Receive Maximum ----
+
+#[test]
+fn mqtt5_client_beyond_receive_maximum_unreleased_qos2_gets_disconnect_0x93() {
+    let mut sim = sim_with(|c| c.receive_maximum = 2);
+    let (p, _) = sim.connect("pub", V5, true);
+    for pid in 1..=2u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), None);
+    sim.recv_all(p);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 3, false)),
+    );
+    assert_eq!(
+        sim.closed(p),
+        Some(CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded))
+    );
+    match sim.recv(p) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ReceiveMaximumExceeded),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    sim.assert_no_leaks();
+}

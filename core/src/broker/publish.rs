@@ -71,11 +71,21 @@ impl Broker {
                 self.send_ack(id, Packet::PubRec(PubResponse::new(pid)));
                 return;
             }
-            if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
-                self.close(
-                    id,
+            // MQTT 5 clients were told the Receive Maximum; MQTT 3 clients
+            // never are, so they get a larger bound of their own.
+            let (limit, reason) = if v5 {
+                (
+                    usize::from(self.config.receive_maximum),
                     CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
-                );
+                )
+            } else {
+                (
+                    self.config.limits.mqtt3_max_pending_qos2,
+                    CloseReason::PendingQos2Exceeded,
+                )
+            };
+            if s.incoming_qos2.len() >= limit {
+                self.close(id, reason);
                 return;
             }
         }
