@@ -1162,3 +1162,79 @@ fn mqtt3_unreleased_qos2_limit_is_configurable_and_releasing_makes_room() {
     assert_eq!(sim.closed(p), Some(CloseReason::PendingQos2Exceeded));
     sim.assert_no_leaks();
 }
+
+// ---- Keep-alive counts whole packets; unfinished packets time out (issue 11) ----
+
+/// The start of a PUBLISH announcing 100 bytes that will never all come.
+const ENDLESS_PUBLISH: [u8; 2] = [0x30, 100];
+
+#[test]
+fn bytes_of_an_unfinished_packet_do_not_postpone_the_keep_alive() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 10));
+    sim.advance(secs(1));
+    sim.send_raw(a, &ENDLESS_PUBLISH);
+    // One more byte every second: the packet is never finished.
+    for _ in 2..15 {
+        sim.advance(secs(1));
+        sim.send_raw(a, &[0x00]);
+    }
+    sim.advance(std::time::Duration::from_millis(999));
+    assert_eq!(sim.closed(a), None, "not before 1.5 x keep-alive");
+    sim.advance(std::time::Duration::from_millis(1));
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::KeepAliveTimeout),
+        "closed 15 s after the last whole packet (the CONNECT)"
+    );
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn an_unfinished_packet_times_out_even_with_keep_alive_0() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 0));
+    sim.advance(secs(100));
+    assert_eq!(sim.closed(a), None, "keep-alive 0: silence is fine");
+    sim.send_raw(a, &ENDLESS_PUBLISH);
+    let started = sim.now;
+    for _ in 0..29 {
+        sim.advance(secs(1));
+        sim.send_raw(a, &[0x00]);
+    }
+    sim.advance(std::time::Duration::from_millis(999));
+    assert_eq!(sim.closed(a), None, "not before the packet timeout");
+    sim.advance(std::time::Duration::from_millis(1));
+    assert_eq!(sim.now, started + secs(30));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_packet_finished_in_time_clears_its_deadline_and_whole_packets_keep_alive() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            packet_timeout: secs(5),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect_with(connect("a", V4, true, 10));
+    // A PINGREQ in two halves, 4 s apart: within the packet timeout.
+    for _ in 0..10 {
+        sim.advance(secs(2));
+        sim.send_raw(a, &[0xC0]);
+        sim.advance(secs(4));
+        sim.send_raw(a, &[0x00]);
+        assert_eq!(sim.recv(a), Some(Packet::PingResp));
+    }
+    assert_eq!(sim.closed(a), None, "60 s of whole packets");
+    // Half a PINGREQ, then nothing: the packet timeout (5 s) comes first.
+    sim.send_raw(a, &[0xC0]);
+    sim.advance(secs(4));
+    assert_eq!(sim.closed(a), None);
+    sim.advance(secs(1));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    sim.assert_no_leaks();
+}

@@ -2604,3 +2604,23 @@ fn mqtt5_client_beyond_receive_maximum_unreleased_qos2_gets_disconnect_0x93() {
     }
     sim.assert_no_leaks();
 }
+
+#[test]
+fn an_unfinished_packet_times_out_with_disconnect_0x8d() {
+    let mut sim = sim_with(|c| c.limits.packet_timeout = secs(3));
+    let (a, _) = sim.connect("a", V5, true);
+    // The start of a PUBLISH that never ends.
+    sim.send_raw(a, &[0x30, 50, 0x00]);
+    sim.advance(secs(2));
+    sim.send_raw(a, &[0x01]);
+    sim.advance(secs(1));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    match sim.recv(a) {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::KeepAliveTimeout);
+            assert!(d.properties.reason_string.is_some());
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    sim.assert_no_leaks();
+}

@@ -4,7 +4,7 @@
 use super::state::{AuthStep, Conn, ConnState, OutState, PendingWill, Session, SessionId};
 use super::{
     Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, CloseReason, ConnId,
-    Event, Instant, Message, StoreOp, keep_alive_grace,
+    Event, Instant, Message, StoreOp,
 };
 use crate::MqttStr;
 use crate::codec::{
@@ -455,7 +455,7 @@ impl Broker {
             .properties
             .request_problem_information
             .unwrap_or(true);
-        let deadline = (keep_alive > 0).then(|| c.last_seen + keep_alive_grace(c.keep_alive_ms));
+        let deadline = self.conn_deadline(id);
         self.arm_conn(id, deadline);
         self.connected += 1;
         self.stats.connections_total += 1;

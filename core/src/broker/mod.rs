@@ -284,7 +284,6 @@ impl Broker {
             return;
         };
         c.read_buf.extend_from_slice(bytes);
-        c.last_seen = self.now;
         let connecting = matches!(c.state, ConnState::AwaitingConnect);
         self.stats.bytes_received += bytes.len() as u64;
         self.process_input(conn, max);
@@ -328,11 +327,21 @@ impl Broker {
                 }
             }
             match decode(&mut c.read_buf, c.protocol, max) {
-                Ok(Some(packet)) => self.handle_packet(conn, packet),
+                Ok(Some(packet)) => {
+                    // Only whole packets are activity [MQTT-3.1.2-24].
+                    c.last_seen = self.now;
+                    c.packet_started = None;
+                    self.handle_packet(conn, packet);
+                }
                 Ok(None) => {
-                    // Give back what a large packet left behind.
-                    if c.read_buf.is_empty() && c.read_buf.capacity() > 64 * 1024 {
-                        c.read_buf = bytes::BytesMut::new();
+                    if c.read_buf.is_empty() {
+                        // Give back what a large packet left behind.
+                        if c.read_buf.capacity() > 64 * 1024 {
+                            c.read_buf = bytes::BytesMut::new();
+                        }
+                    } else if c.packet_started.is_none() {
+                        c.packet_started = Some(self.now);
+                        self.arm_packet_deadline(conn);
                     }
                     return;
                 }
@@ -486,16 +495,61 @@ impl Broker {
                 self.close(id, CloseReason::ConnectTimeout);
             }
             ConnState::Connected { .. } => {
-                // 1.5 times the keep-alive [MQTT-3.1.2-24]; activity since the
-                // timer was armed moved the real deadline, so check it.
-                let deadline = c.last_seen + keep_alive_grace(c.keep_alive_ms);
-                if c.keep_alive_ms == 0 {
-                } else if deadline <= self.now {
+                if let Some(held) = &c.authorizing {
+                    // Input is paused while the embedding program decides:
+                    // whole packets may be waiting unread. Judge again once
+                    // the decision is in (or its deadline closed the
+                    // connection).
+                    let at = held.deadline.max(self.now);
+                    self.arm_conn(id, Some(at));
+                    return;
+                }
+                // 1.5 times the keep-alive [MQTT-3.1.2-24], and the packet
+                // timeout; activity since the timer was armed moved the real
+                // deadlines, so check them.
+                let keep_alive = keep_alive_deadline(c);
+                let packet = c
+                    .packet_started
+                    .map(|at| at + self.config.limits.packet_timeout);
+                if keep_alive.is_some_and(|at| at <= self.now) {
                     self.close(id, CloseReason::KeepAliveTimeout);
+                } else if packet.is_some_and(|at| at <= self.now) {
+                    self.close(id, CloseReason::PacketTimeout);
                 } else {
-                    self.arm_conn(id, Some(deadline));
+                    self.arm_conn(id, earliest(keep_alive, packet));
                 }
             }
+        }
+    }
+
+    /// The deadline of a connected connection's timer: the keep-alive, or
+    /// the packet timeout of an unfinished packet, whichever comes first.
+    fn conn_deadline(&self, id: ConnId) -> Option<Instant> {
+        let c = self.conns.get(&id)?;
+        let packet = c
+            .packet_started
+            .map(|at| at + self.config.limits.packet_timeout);
+        earliest(keep_alive_deadline(c), packet)
+    }
+
+    /// A packet just started on `id`: make sure its timer fires no later
+    /// than the packet timeout. Until CONNECT is accepted, the connect
+    /// timeout covers it.
+    fn arm_packet_deadline(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        if c.session().is_none() {
+            return;
+        }
+        let current = c.timer;
+        let Some(at) = self.conn_deadline(id) else {
+            return;
+        };
+        // An earlier timer re-arms itself when it fires; only a later one
+        // (or none) must move.
+        if current.is_none_or(|t| at < t) {
+            self.arm_conn(id, Some(at));
         }
     }
 
@@ -629,6 +683,19 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
         *buf.get(header + 1)?,
     ]));
     buf.get(header + 2 + name_len).copied()
+}
+
+/// When the keep-alive of `c` runs out, if it has one.
+fn keep_alive_deadline(c: &Conn) -> Option<Instant> {
+    (c.keep_alive_ms > 0).then(|| c.last_seen + keep_alive_grace(c.keep_alive_ms))
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// 1.5 times the keep-alive interval, in milliseconds.

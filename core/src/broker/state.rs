@@ -70,7 +70,13 @@ pub(crate) struct Conn {
     /// Output has been flushed before (see `Broker::flush`).
     pub(crate) flushed: bool,
     pub(crate) keep_alive_ms: u64,
+    /// When the last whole packet arrived: what the keep-alive counts from.
+    /// Bytes of an unfinished packet do not count, or a client could hold
+    /// the connection open by trickling one packet forever.
     pub(crate) last_seen: Instant,
+    /// When the first bytes of the packet now in `read_buf` arrived, if one
+    /// is unfinished: it must be whole by `Limits::packet_timeout` after.
+    pub(crate) packet_started: Option<Instant>,
     /// When this connection's timer is armed, so re-arming can find it.
     pub(crate) timer: Option<Instant>,
     pub(crate) client_id: MqttStr,
@@ -116,6 +122,7 @@ impl Conn {
             dirty: false,
             keep_alive_ms: 0,
             last_seen: now,
+            packet_started: None,
             timer: None,
             client_id: MqttStr::EMPTY,
             username: None,
