@@ -688,3 +688,202 @@ fn deferred_acknowledgements_still_wait_for_durability_in_order() {
     sim.confirm_all();
     sim.disconnect(a);
 }
+
+// ---- Wills are authorized like PUBLISH (issue 11) ----
+
+/// Denies publishing and delivery on every topic starting with its prefix;
+/// allows the rest inline.
+struct DenyPrefix(&'static str);
+
+impl AccessPolicy for DenyPrefix {
+    fn authorize_publish(&self, _: ClientRef<'_>, topic: &TopicName) -> Verdict<PublishDecision> {
+        if topic.as_str().starts_with(self.0) {
+            Verdict::Decided(PublishDecision::Deny(ReasonCode::NotAuthorized))
+        } else {
+            Verdict::Decided(PublishDecision::Allow)
+        }
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        qos: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(SubscribeDecision::Grant(qos))
+    }
+
+    fn authorize_delivery(&self, _: ClientRef<'_>, topic: &TopicName) -> bool {
+        !topic.as_str().starts_with(self.0)
+    }
+}
+
+fn with_will(client_id: &str, protocol: Protocol, topic: &str, retain: bool) -> Connect {
+    let mut c = connect(client_id, protocol, true, 0);
+    c.will = Some(will(topic, b"last words", QoS::AtLeastOnce, retain));
+    c
+}
+
+#[test]
+fn a_will_the_policy_denies_refuses_the_connect_0x87_and_0x05() {
+    let mut sim = sim_with(DenyPrefix("secret/"));
+    let (a, ack) = sim.connect_with(with_will("a", V5, "secret/x", false));
+    assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized);
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    let (b, ack) = sim.connect_with(with_will("b", V4, "secret/x", false));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    assert_eq!(ack.reason.to_v3_connack(), 0x05);
+    assert_eq!(
+        sim.closed(b),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    // An allowed will connects.
+    let (c, ack) = sim.connect_with(with_will("c", V4, "public/x", false));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.disconnect(c);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_will_on_a_dollar_topic_is_refused_even_when_the_policy_allows_all() {
+    let mut sim = Sim::quiet();
+    for (id, topic, protocol) in [
+        ("a", "$SYS/broker/version", V5),
+        ("b", "$SYS/broker/version", V4),
+        ("c", "$private/x", V4),
+    ] {
+        let (conn, ack) = sim.connect_with(with_will(id, protocol, topic, true));
+        assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized, "{topic}");
+        assert_eq!(
+            sim.closed(conn),
+            Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+        );
+    }
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_retained_will_never_replaces_the_brokers_sys_version() {
+    let mut sim = Sim::new(Config::default());
+    sim.broker.publish_statistics();
+    sim.drain();
+    let (a, ack) = sim.connect_with(with_will("a", V4, "$SYS/broker/version", true));
+    assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized);
+    assert!(sim.closed(a).is_some());
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("$SYS/broker/version", QoS::AtMostOnce)]);
+    let got = sim.publishes(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, sim.broker.config().version.as_bytes());
+    sim.disconnect(w);
+}
+
+#[test]
+fn a_will_denied_when_it_is_published_is_dropped_and_counted() {
+    let mut sim = sim_with(DenyPrefix("nothing/"));
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("#", QoS::AtLeastOnce)]);
+    let (a, ack) = sim.connect_with(with_will("a", V4, "alarms/a", true));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    // The ACL changes while `a` is connected.
+    sim.broker
+        .set_authorization(Box::new(DenyPrefix("alarms/")));
+    let before = sim.broker.stats().wills_denied;
+    sim.drop_transport(a);
+    assert!(sim.publishes(w).is_empty(), "the will is not published");
+    assert_eq!(sim.broker.retained_count(), 0, "nor retained");
+    assert_eq!(sim.broker.stats().wills_denied, before + 1);
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_delayed_will_is_authorized_again_when_its_delay_ends() {
+    let mut sim = sim_with(DenyPrefix("nothing/"));
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("#", QoS::AtLeastOnce)]);
+    let mut c = with_will("a", V5, "alarms/a", false);
+    c.properties.session_expiry_interval = Some(60);
+    c.will.as_mut().unwrap().properties.will_delay_interval = Some(5);
+    let (a, ack) = sim.connect_with(c);
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.drop_transport(a);
+    sim.advance(secs(2));
+    sim.broker
+        .set_authorization(Box::new(DenyPrefix("alarms/")));
+    sim.advance(secs(4));
+    assert!(
+        sim.publishes(w).is_empty(),
+        "denied at the moment it is due"
+    );
+    assert_eq!(sim.broker.stats().wills_denied, 1);
+    sim.advance(secs(60));
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_deferred_will_waits_for_the_decision_before_connack() {
+    let mut sim = deferred();
+    let (a, ack) = sim.connect_with(with_will("a", V5, "alarms/a", true));
+    assert!(ack.is_none(), "no CONNACK before the decision");
+    let req = request(&mut sim);
+    assert_eq!(req.conn, a);
+    assert_eq!(req.client_id.as_str(), "a");
+    assert_eq!(
+        req.what,
+        Operation::Publish {
+            topic: TopicName::from_static("alarms/a"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
+    );
+    // A PINGREQ sent meanwhile waits for the decision.
+    sim.send(a, Packet::PingReq);
+    assert!(sim.recv_all(a).is_empty());
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    match sim.recv(a) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_eq!(sim.recv(a), Some(Packet::PingResp));
+    sim.disconnect(a);
+
+    let (b, ack) = sim.connect_with(with_will("b", V4, "alarms/b", false));
+    assert!(ack.is_none());
+    let req = request(&mut sim);
+    sim.broker.resolve_authorize(
+        sim.now,
+        req.token,
+        PublishDecision::Deny(ReasonCode::NotAuthorized),
+    );
+    sim.drain();
+    match sim.recv(b) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_eq!(
+        sim.closed(b),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_connection_closed_while_its_will_is_decided_leaves_nothing() {
+    let mut sim = deferred();
+    let (a, _) = sim.connect_with(with_will("a", V5, "alarms/a", false));
+    let req = request(&mut sim);
+    sim.drop_transport(a);
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    assert!(sim.recv_all(a).is_empty());
+    sim.assert_no_leaks();
+}

@@ -419,4 +419,11 @@ pub struct Stats {
     pub dropped: u64,
     /// Connections ever accepted (CONNACK 0).
     pub connections_total: u64,
+    /// Wills not published because the authorization policy denied them
+    /// when they were due (it allowed them at CONNECT).
+    pub wills_denied: u64,
+    /// Deliveries not made because the policy's
+    /// [`super::AccessPolicy::authorize_delivery`] said no: when the message
+    /// was routed, or later, when it left the session's queue.
+    pub deliveries_denied: u64,
 }

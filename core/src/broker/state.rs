@@ -184,6 +184,15 @@ pub(crate) enum HeldPacket {
         token: AuthorizeToken,
         publish: Publish,
     },
+    /// A CONNECT whose will the policy deferred; one request. The
+    /// connection is not connected yet: CONNACK waits for the answer.
+    Will {
+        token: AuthorizeToken,
+        connect: Box<Connect>,
+        /// Its client identifier (assigned by the broker if `assigned`).
+        client_id: MqttStr,
+        assigned: bool,
+    },
     /// A SUBSCRIBE: one slot per filter, in order; `waiting` of them are
     /// still [`FilterSlot::Waiting`].
     Subscribe {
@@ -266,6 +275,15 @@ pub(crate) struct Inflight {
 pub(crate) struct PendingWill {
     pub(crate) will: Will,
     pub(crate) at: Instant,
+    pub(crate) from: WillFrom,
+}
+
+/// Who a will is published for: it is authorized again, as that client,
+/// when it is due.
+pub(crate) struct WillFrom {
+    pub(crate) client_id: MqttStr,
+    pub(crate) username: Option<MqttStr>,
+    pub(crate) listener: u16,
 }
 
 pub(crate) struct Session {
