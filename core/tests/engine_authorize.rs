@@ -887,3 +887,128 @@ fn a_connection_closed_while_its_will_is_decided_leaves_nothing() {
     assert!(sim.recv_all(a).is_empty());
     sim.assert_no_leaks();
 }
+
+// ---- Queued messages are authorized again when they leave the queue (issue 11) ----
+
+/// Hides topics under `prefix` from client `client` (delivery only); allows
+/// everything else inline.
+struct HideFrom {
+    client: &'static str,
+    prefix: &'static str,
+}
+
+impl AccessPolicy for HideFrom {
+    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> Verdict<PublishDecision> {
+        Verdict::Decided(PublishDecision::Allow)
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        qos: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(SubscribeDecision::Grant(qos))
+    }
+
+    fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
+        !(client.client_id.as_str() == self.client && topic.as_str().starts_with(self.prefix))
+    }
+}
+
+const HIDE_SECRET: HideFrom = HideFrom {
+    client: "alice",
+    prefix: "sensors/secret",
+};
+
+/// alice has a stored session subscribed to `sensors/#` and is offline;
+/// bob publishes `sensors/secret` and `sensors/temp` at QoS 1.
+fn alice_offline_with_two_queued(sim: &mut Sim) {
+    let (alice, _) = sim.connect("alice", V4, false);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    sim.disconnect(alice);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 1, false);
+    sim.publish(bob, "sensors/temp", b"21", QoS::AtLeastOnce, 2, false);
+    sim.disconnect(bob);
+    assert_eq!(sim.broker.queued_count("alice"), 2);
+}
+
+fn topics(got: &[Publish]) -> Vec<&str> {
+    got.iter().map(|p| p.topic.as_str()).collect()
+}
+
+#[test]
+fn a_queued_message_the_acl_denies_since_is_dropped_on_reconnect() {
+    let mut sim = sim_with(roost_core::broker::AllowAll);
+    alice_offline_with_two_queued(&mut sim);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    let (alice, ack) = sim.connect("alice", V4, false);
+    assert!(ack.session_present);
+    let got = sim.publishes(alice);
+    assert_eq!(topics(&got), ["sensors/temp"]);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+    assert_eq!(sim.broker.queued_count("alice"), 0);
+    sim.ack_all(alice, &got);
+    assert_eq!(sim.broker.inflight_count("alice"), 0);
+}
+
+#[test]
+fn a_message_queued_offline_through_a_wildcard_is_checked_when_sent() {
+    // The policy hides sensors/secret from alice from the start, but her
+    // wildcard subscription matched it while she was offline.
+    let mut sim = sim_with(HIDE_SECRET);
+    alice_offline_with_two_queued(&mut sim);
+    let (alice, _) = sim.connect("alice", V4, false);
+    let got = sim.publishes(alice);
+    assert_eq!(topics(&got), ["sensors/temp"]);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+}
+
+#[test]
+fn a_message_queued_behind_the_window_is_checked_when_the_window_opens() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: roost_core::broker::Limits {
+            max_inflight: 1,
+            ..Default::default()
+        },
+        ..Config::default()
+    });
+    let (alice, _) = sim.connect("alice", V4, true);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/temp", b"21", QoS::AtLeastOnce, 1, false);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 2, false);
+    sim.publish(bob, "sensors/temp", b"22", QoS::AtLeastOnce, 3, false);
+    let first = sim.publishes(alice);
+    assert_eq!(topics(&first), ["sensors/temp"]);
+    assert_eq!(sim.broker.queued_count("alice"), 2);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    sim.ack_all(alice, &first);
+    let next = sim.publishes(alice);
+    assert_eq!(topics(&next), ["sensors/temp"]);
+    assert_eq!(&next[0].payload[..], b"22");
+    sim.ack_all(alice, &next);
+    assert!(sim.publishes(alice).is_empty());
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+    sim.disconnect(alice);
+    sim.disconnect(bob);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn an_unacknowledged_message_the_acl_denies_since_is_not_sent_again() {
+    let mut sim = sim_with(roost_core::broker::AllowAll);
+    let (alice, _) = sim.connect("alice", V4, false);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 1, false);
+    assert_eq!(sim.publishes(alice).len(), 1, "sent, never acknowledged");
+    sim.drop_transport(alice);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    let (alice, _) = sim.connect("alice", V4, false);
+    assert!(sim.publishes(alice).is_empty());
+    assert_eq!(sim.broker.inflight_count("alice"), 0);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+}

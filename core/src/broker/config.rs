@@ -315,6 +315,14 @@ pub trait AccessPolicy: Send {
     /// Whether a message on `topic` may be delivered to `client` (a
     /// subscription that matched). Defaults to yes.
     ///
+    /// Asked when the message is routed to a connected client, and again
+    /// whenever a message leaves the session's queue to be sent (queued
+    /// while the client was offline or beyond its in-flight window) or is
+    /// sent again on reconnect: the answer of that moment counts, so a
+    /// changed ACL (see [`crate::broker::Broker::set_authorization`]) is
+    /// never bypassed by what was queued before. Denied messages are
+    /// dropped and counted in [`crate::broker::Stats::deliveries_denied`].
+    ///
     /// This one is always answered inline: it runs while a message is
     /// routed, once per matching subscriber, so a round trip would be paid
     /// for every message times its fan-out, and a delivery held for an

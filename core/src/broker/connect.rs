@@ -578,7 +578,9 @@ impl Broker {
     }
 
     /// Re-sends what was in flight, in its original order and with DUP set
-    /// [MQTT-4.4.0-1], then fills the window from the queue.
+    /// [MQTT-4.4.0-1], then fills the window from the queue. Every PUBLISH
+    /// is authorized again (`authorize_delivery`) first; a denied one is
+    /// dropped. A PUBREL carries no message and always goes.
     fn resume(&mut self, id: ConnId, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else {
             return;
@@ -593,6 +595,17 @@ impl Broker {
             match f.state {
                 OutState::Published => {
                     let delivery = f.delivery.clone();
+                    // Not yet acknowledged, so sent again: only if the
+                    // policy still allows it (it may have changed, or the
+                    // session been restored from a store).
+                    if !self.delivery_allowed(id, &delivery.message.topic) {
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.inflight.remove(&pid);
+                        }
+                        self.stats.deliveries_denied += 1;
+                        self.record_left(sid, &delivery);
+                        continue;
+                    }
                     // Too large for this connection's Maximum Packet Size:
                     // dropped as if delivered, as for a first send.
                     if !self.send_publish(id, &delivery, Some(pid), true) {
