@@ -1238,3 +1238,204 @@ fn a_packet_finished_in_time_clears_its_deadline_and_whole_packets_keep_alive() 
     assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
     sim.assert_no_leaks();
 }
+
+// ---- Sessions belong to an identity (issue 11) ----
+
+use roost_core::broker::{Authentication, Broker, ConnInfo, Recovered, SessionOwner};
+
+/// alice and bob with passwords; anonymous clients allowed.
+fn with_users(share: bool, persistence: bool) -> Sim {
+    Sim::new(users_config(share, persistence))
+}
+
+fn users_config(share: bool, persistence: bool) -> Config {
+    Config {
+        sys_interval: None,
+        persistence,
+        share_sessions_across_identities: share,
+        authentication: Authentication::Static {
+            allow_anonymous: true,
+            users: vec![
+                (
+                    roost_core::MqttStr::from_static("alice"),
+                    bytes::Bytes::from_static(b"a-pw"),
+                ),
+                (
+                    roost_core::MqttStr::from_static("bob"),
+                    bytes::Bytes::from_static(b"b-pw"),
+                ),
+            ],
+        },
+        ..Config::default()
+    }
+}
+
+/// A persistent-session CONNECT with client id `id` as `user` (or
+/// anonymous).
+fn as_user(id: &str, user: Option<&str>) -> Connect {
+    let mut c = connect(id, V4, false, 0);
+    if let Some(user) = user {
+        c.username = Some(roost_core::MqttStr::copy_from_str(user).unwrap());
+        c.password = Some(bytes::Bytes::from(format!("{}-pw", &user[..1])));
+    }
+    c
+}
+
+fn class(auth_class: u16) -> ConnInfo {
+    ConnInfo {
+        auth_class,
+        ..ConnInfo::default()
+    }
+}
+
+/// alice (class 1) has a session with `sensors/#`, is offline, and one
+/// message waits for her.
+fn alice_with_a_queued_message(sim: &mut Sim) {
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.subscribe(a, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    sim.disconnect(a);
+    let (p, _) = sim.connect("publisher", V4, true);
+    sim.publish(p, "sensors/temp", b"21", QoS::AtLeastOnce, 1, false);
+    sim.disconnect(p);
+    assert_eq!(sim.broker.queued_count("alice"), 1);
+}
+
+/// Publishes a live message on alice's topic.
+fn publish_live(sim: &mut Sim) {
+    let (p, _) = sim.connect("publisher", V4, true);
+    sim.publish(p, "sensors/temp", b"22", QoS::AtLeastOnce, 1, false);
+    sim.disconnect(p);
+}
+
+#[test]
+fn another_user_with_the_same_client_id_gets_a_fresh_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "bob does not get alice's session");
+    assert!(sim.publishes(b).is_empty(), "nor her queued message");
+    publish_live(&mut sim);
+    assert!(sim.publishes(b).is_empty(), "nor her subscriptions");
+    sim.disconnect(b);
+    // alice's session is gone: she starts afresh too.
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(!ack.unwrap().session_present);
+    assert!(sim.publishes(a).is_empty());
+}
+
+#[test]
+fn another_identity_takes_over_a_live_connection_but_not_the_session() {
+    let mut sim = with_users(false, false);
+    let (a, _) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    sim.subscribe(a, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(!ack.unwrap().session_present);
+    assert_eq!(sim.closed(a), Some(CloseReason::SessionTakenOver));
+    publish_live(&mut sim);
+    assert!(sim.publishes(b).is_empty());
+}
+
+#[test]
+fn an_anonymous_client_on_another_class_gets_none_of_alices_messages() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (anon, ack) = sim.connect_on(as_user("alice", None), class(0));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    assert!(sim.publishes(anon).is_empty(), "no queued message");
+    publish_live(&mut sim);
+    assert!(sim.publishes(anon).is_empty(), "no live message");
+}
+
+#[test]
+fn the_same_user_on_another_class_gets_a_fresh_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(2));
+    assert!(!ack.unwrap().session_present);
+    assert!(sim.publishes(a).is_empty());
+}
+
+#[test]
+fn the_same_identity_resumes_its_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present);
+    let got = sim.publishes(a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"21");
+}
+
+#[test]
+fn sharing_sessions_across_identities_restores_the_old_behaviour() {
+    let mut sim = with_users(true, false);
+    alice_with_a_queued_message(&mut sim);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(ack.unwrap().session_present);
+    assert_eq!(sim.publishes(b).len(), 1);
+}
+
+/// A broker restored from `recovered`, with the same users.
+fn restored(share: bool, recovered: Recovered) -> Sim {
+    let mut sim = with_users(share, true);
+    sim.broker = Broker::restore(users_config(share, true), sim.now, recovered);
+    sim
+}
+
+#[test]
+fn the_owner_of_a_session_survives_a_restart() {
+    let mut sim = with_users(false, true);
+    alice_with_a_queued_message(&mut sim);
+    let recovered = sim.replayed();
+    assert_eq!(recovered, sim.broker.durable_state());
+    let owner = recovered.sessions[0].owner.clone();
+    assert_eq!(
+        owner,
+        Some(SessionOwner {
+            class: 1,
+            username: Some(roost_core::MqttStr::from_static("alice")),
+        })
+    );
+
+    let mut sim = restored(false, recovered.clone());
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(
+        !ack.unwrap().session_present,
+        "bob: fresh session after a restart too"
+    );
+    assert!(sim.publishes(b).is_empty());
+
+    let mut sim = restored(false, recovered);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present, "alice resumes hers");
+    assert_eq!(sim.publishes(a).len(), 1);
+}
+
+#[test]
+fn a_restored_session_of_unknown_owner_is_resumed_by_no_one() {
+    let mut sim = with_users(false, true);
+    alice_with_a_queued_message(&mut sim);
+    let mut recovered = sim.replayed();
+    // As stored before owners were recorded.
+    recovered.sessions[0].owner = None;
+
+    for (user, info) in [(Some("alice"), class(1)), (None, class(0))] {
+        let mut sim = restored(false, recovered.clone());
+        let (a, ack) = sim.connect_on(as_user("alice", user), info);
+        assert!(!ack.unwrap().session_present, "{user:?}");
+        assert!(sim.publishes(a).is_empty());
+    }
+
+    // Sharing on: anyone resumes it, and becomes its owner.
+    let mut sim = restored(true, recovered);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present);
+    assert_eq!(sim.publishes(a).len(), 1);
+    let owner = sim.broker.durable_state().sessions[0].owner.clone();
+    assert_eq!(owner.map(|o| o.class), Some(1));
+}

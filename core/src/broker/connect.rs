@@ -6,7 +6,7 @@ use super::state::{
 };
 use super::{
     Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, ClientRef, CloseReason,
-    ConnId, Event, Instant, Message, Operation, PublishDecision, StoreOp, Verdict,
+    ConnId, Event, Instant, Message, Operation, PublishDecision, SessionOwner, StoreOp, Verdict,
 };
 use crate::MqttStr;
 use crate::codec::{
@@ -457,13 +457,30 @@ impl Broker {
                 self.close(old, CloseReason::SessionTakenOver);
             }
         }
+        // A session belongs to who created it: another identity with the
+        // same client identifier gets a fresh one, never the old one's
+        // subscriptions and messages (unless sessions are shared).
+        let identity = SessionOwner {
+            class: self.conns.get(&id).map_or(0, |c| c.auth_class),
+            username: connect.username.as_ref().map(MqttStr::detached),
+        };
+        let share = self.config.share_sessions_across_identities;
         let existing = self.by_client_id.get(&client_id).copied();
         let session_present = match existing {
             Some(sid) if connect.clean_start => {
                 self.end_session(sid);
                 false
             }
-            Some(_) => true,
+            Some(sid) => {
+                let owned = self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.owner.as_ref() == Some(&identity));
+                if !owned && !share {
+                    self.end_session(sid);
+                }
+                owned || share
+            }
             None => false,
         };
         let sid = match existing.filter(|_| session_present) {
@@ -501,6 +518,9 @@ impl Broker {
 
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.conn = Some(id);
+            // Recorded with the expiry just below: a session shared across
+            // identities belongs to whoever resumed it last.
+            s.owner = Some(identity);
             s.expiry_interval = expiry;
             s.expires_at = None;
             s.window = window;

@@ -40,6 +40,7 @@ impl Broker {
                 let op = StoreOp::SessionPut {
                     client_id: s.client_id.clone(),
                     expiry_interval: s.expiry_interval,
+                    owner: s.owner.clone(),
                 };
                 self.record(op);
             }
@@ -120,6 +121,7 @@ impl Broker {
         ops.push(StoreOp::SessionPut {
             client_id: client_id.clone(),
             expiry_interval: s.expiry_interval,
+            owner: s.owner.clone(),
         });
         for (filter, entry) in &s.subscriptions {
             ops.push(StoreOp::SubscriptionPut {
@@ -251,6 +253,7 @@ impl Broker {
             let sid = SessionId(broker.fresh_id());
             let mut s = Session::new(rs.client_id.clone(), broker.config.limits.max_inflight);
             s.expiry_interval = rs.expiry_interval;
+            s.owner = rs.owner;
             s.stored = broker.config.persistence;
             s.expires_at = (rs.expiry_interval != u32::MAX)
                 .then(|| now + Duration::from_secs(u64::from(rs.expiry_interval)));
@@ -359,6 +362,7 @@ impl Broker {
             out.sessions.push(RecoveredSession {
                 client_id: s.client_id.clone(),
                 expiry_interval: s.expiry_interval,
+                owner: s.owner.clone(),
                 subscriptions: s
                     .subscriptions
                     .iter()

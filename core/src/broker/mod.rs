@@ -69,7 +69,9 @@ pub use action::{
 pub use config::{
     AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
 };
-pub use store::{Recovered, RecoveredMessage, RecoveredSession, StoreId, StoreOp, StoredMessage};
+pub use store::{
+    Recovered, RecoveredMessage, RecoveredSession, SessionOwner, StoreId, StoreOp, StoredMessage,
+};
 pub use time::Instant;
 
 use crate::MqttStr;
@@ -270,6 +272,7 @@ impl Broker {
         let id = ConnId(self.fresh_id());
         let deadline = self.now + self.config.limits.connect_timeout;
         let mut conn = Conn::new(info.listener, self.now);
+        conn.auth_class = info.auth_class;
         conn.timer = Some(deadline);
         self.conns.insert(id, Box::new(conn));
         self.timers.insert((deadline, Timer::Conn(id)));

@@ -1,7 +1,7 @@
 //! Per-connection and per-session state.
 
-use super::Instant;
 use super::action::{AuthorizeToken, ConnId, Message};
+use super::{Instant, SessionOwner};
 use crate::MqttStr;
 use crate::codec::{
     Connect, PacketId, Protocol, Publish, PublishProperties, PublishRef, QoS, QosPid, ReasonCode,
@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
     pub(crate) state: ConnState,
     pub(crate) listener: u16,
+    /// The listener's authentication class (see `ConnInfo::auth_class`).
+    pub(crate) auth_class: u16,
     pub(crate) protocol: Protocol,
     /// Bytes received but not yet a whole packet.
     pub(crate) read_buf: BytesMut,
@@ -115,6 +117,7 @@ impl Conn {
         Conn {
             state: ConnState::AwaitingConnect,
             listener,
+            auth_class: 0,
             protocol: Protocol::V3_1_1,
             read_buf: BytesMut::new(),
             flushed: false,
@@ -288,6 +291,10 @@ pub(crate) struct WillFrom {
 
 pub(crate) struct Session {
     pub(crate) client_id: MqttStr,
+    /// The identity that created it (or last resumed it, when sessions are
+    /// shared across identities); `None` when unknown (restored from a
+    /// record without one): then no identity matches it.
+    pub(crate) owner: Option<SessionOwner>,
     pub(crate) conn: Option<ConnId>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
@@ -318,6 +325,7 @@ impl Session {
     pub(crate) fn new(client_id: MqttStr, window: u16) -> Self {
         Session {
             client_id,
+            owner: None,
             conn: None,
             expiry_interval: 0,
             timer: None,
