@@ -1012,3 +1012,27 @@ fn an_unacknowledged_message_the_acl_denies_since_is_not_sent_again() {
     assert_eq!(sim.broker.inflight_count("alice"), 0);
     assert_eq!(sim.broker.stats().deliveries_denied, 1);
 }
+
+#[test]
+fn packets_waiting_behind_a_decision_are_not_held_against_the_keep_alive() {
+    let mut sim = deferred();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 2));
+    send_publish(&mut sim, a, "t/1", QoS::AtLeastOnce, 1);
+    let req = request(&mut sim);
+    // The client keeps itself alive, but its PINGREQs wait unread.
+    for _ in 0..3 {
+        sim.advance(secs(2));
+        sim.send(a, Packet::PingReq);
+    }
+    assert_eq!(sim.closed(a), None, "the broker, not the client, is slow");
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    let got = sim.recv_all(a);
+    assert_eq!(got.len(), 4, "PUBACK and three PINGRESP: {got:?}");
+    // Silent from now on: closed 1.5 x keep-alive after the last PINGREQ
+    // was read.
+    sim.advance(secs(3));
+    assert_eq!(sim.closed(a), Some(CloseReason::KeepAliveTimeout));
+    sim.assert_no_leaks();
+}

@@ -158,6 +158,12 @@ impl Broker {
         }
         // What the client sent while it waited.
         self.process_input(id, max);
+        // Its timer was put off while input was paused (see `conn_timer`):
+        // bring it back to the real deadline.
+        if self.conns.get(&id).is_some_and(|c| c.authorizing.is_none()) {
+            let at = self.conn_deadline(id);
+            self.arm_conn(id, at);
+        }
         self.flush();
     }
 

@@ -45,8 +45,21 @@
 //! Everything a client can grow is bounded by [`Limits`]: packet size (the
 //! read buffer never holds more than one maximum-size packet), in-flight
 //! window, queue length and bytes per session, subscriptions per session,
-//! topic depth, retained messages, connections. Each limit's documentation
-//! says what happens when it is reached.
+//! topic depth, retained messages, connections, the time a started packet
+//! may take to arrive whole, and what an MQTT 3 client may pipeline (QoS 1
+//! acknowledgements waiting for durability, unreleased QoS 2). Each limit's
+//! documentation says what happens when it is reached, and every close
+//! carries a [`CloseReason`] naming why, readable in a log through its
+//! `Display`.
+//!
+//! # Identity and authorization
+//!
+//! A session belongs to the identity that created it (listener class from
+//! [`ConnInfo::auth_class`] and authenticated user name; see
+//! [`Config::share_sessions_across_identities`]). A will is authorized like
+//! a PUBLISH at CONNECT and again when it is due; queued messages are
+//! authorized again ([`AccessPolicy::authorize_delivery`]) when they leave
+//! the queue.
 
 mod action;
 mod authorize;
