@@ -688,3 +688,351 @@ fn deferred_acknowledgements_still_wait_for_durability_in_order() {
     sim.confirm_all();
     sim.disconnect(a);
 }
+
+// ---- Wills are authorized like PUBLISH (issue 11) ----
+
+/// Denies publishing and delivery on every topic starting with its prefix;
+/// allows the rest inline.
+struct DenyPrefix(&'static str);
+
+impl AccessPolicy for DenyPrefix {
+    fn authorize_publish(&self, _: ClientRef<'_>, topic: &TopicName) -> Verdict<PublishDecision> {
+        if topic.as_str().starts_with(self.0) {
+            Verdict::Decided(PublishDecision::Deny(ReasonCode::NotAuthorized))
+        } else {
+            Verdict::Decided(PublishDecision::Allow)
+        }
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        qos: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(SubscribeDecision::Grant(qos))
+    }
+
+    fn authorize_delivery(&self, _: ClientRef<'_>, topic: &TopicName) -> bool {
+        !topic.as_str().starts_with(self.0)
+    }
+}
+
+fn with_will(client_id: &str, protocol: Protocol, topic: &str, retain: bool) -> Connect {
+    let mut c = connect(client_id, protocol, true, 0);
+    c.will = Some(will(topic, b"last words", QoS::AtLeastOnce, retain));
+    c
+}
+
+#[test]
+fn a_will_the_policy_denies_refuses_the_connect_0x87_and_0x05() {
+    let mut sim = sim_with(DenyPrefix("secret/"));
+    let (a, ack) = sim.connect_with(with_will("a", V5, "secret/x", false));
+    assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized);
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    let (b, ack) = sim.connect_with(with_will("b", V4, "secret/x", false));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    assert_eq!(ack.reason.to_v3_connack(), 0x05);
+    assert_eq!(
+        sim.closed(b),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    // An allowed will connects.
+    let (c, ack) = sim.connect_with(with_will("c", V4, "public/x", false));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.disconnect(c);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_will_on_a_dollar_topic_is_refused_even_when_the_policy_allows_all() {
+    let mut sim = Sim::quiet();
+    for (id, topic, protocol) in [
+        ("a", "$SYS/broker/version", V5),
+        ("b", "$SYS/broker/version", V4),
+        ("c", "$private/x", V4),
+    ] {
+        let (conn, ack) = sim.connect_with(with_will(id, protocol, topic, true));
+        assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized, "{topic}");
+        assert_eq!(
+            sim.closed(conn),
+            Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+        );
+    }
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_retained_will_never_replaces_the_brokers_sys_version() {
+    let mut sim = Sim::new(Config::default());
+    sim.broker.publish_statistics();
+    sim.drain();
+    let (a, ack) = sim.connect_with(with_will("a", V4, "$SYS/broker/version", true));
+    assert_eq!(ack.unwrap().reason, ReasonCode::NotAuthorized);
+    assert!(sim.closed(a).is_some());
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("$SYS/broker/version", QoS::AtMostOnce)]);
+    let got = sim.publishes(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, sim.broker.config().version.as_bytes());
+    sim.disconnect(w);
+}
+
+#[test]
+fn a_will_denied_when_it_is_published_is_dropped_and_counted() {
+    let mut sim = sim_with(DenyPrefix("nothing/"));
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("#", QoS::AtLeastOnce)]);
+    let (a, ack) = sim.connect_with(with_will("a", V4, "alarms/a", true));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    // The ACL changes while `a` is connected.
+    sim.broker
+        .set_authorization(Box::new(DenyPrefix("alarms/")));
+    let before = sim.broker.stats().wills_denied;
+    sim.drop_transport(a);
+    assert!(sim.publishes(w).is_empty(), "the will is not published");
+    assert_eq!(sim.broker.retained_count(), 0, "nor retained");
+    assert_eq!(sim.broker.stats().wills_denied, before + 1);
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_delayed_will_is_authorized_again_when_its_delay_ends() {
+    let mut sim = sim_with(DenyPrefix("nothing/"));
+    let (w, _) = sim.connect("w", V4, true);
+    sim.subscribe(w, 1, &[("#", QoS::AtLeastOnce)]);
+    let mut c = with_will("a", V5, "alarms/a", false);
+    c.properties.session_expiry_interval = Some(60);
+    c.will.as_mut().unwrap().properties.will_delay_interval = Some(5);
+    let (a, ack) = sim.connect_with(c);
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.drop_transport(a);
+    sim.advance(secs(2));
+    sim.broker
+        .set_authorization(Box::new(DenyPrefix("alarms/")));
+    sim.advance(secs(4));
+    assert!(
+        sim.publishes(w).is_empty(),
+        "denied at the moment it is due"
+    );
+    assert_eq!(sim.broker.stats().wills_denied, 1);
+    sim.advance(secs(60));
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_deferred_will_waits_for_the_decision_before_connack() {
+    let mut sim = deferred();
+    let (a, ack) = sim.connect_with(with_will("a", V5, "alarms/a", true));
+    assert!(ack.is_none(), "no CONNACK before the decision");
+    let req = request(&mut sim);
+    assert_eq!(req.conn, a);
+    assert_eq!(req.client_id.as_str(), "a");
+    assert_eq!(
+        req.what,
+        Operation::Publish {
+            topic: TopicName::from_static("alarms/a"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
+    );
+    // A PINGREQ sent meanwhile waits for the decision.
+    sim.send(a, Packet::PingReq);
+    assert!(sim.recv_all(a).is_empty());
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    match sim.recv(a) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_eq!(sim.recv(a), Some(Packet::PingResp));
+    sim.disconnect(a);
+
+    let (b, ack) = sim.connect_with(with_will("b", V4, "alarms/b", false));
+    assert!(ack.is_none());
+    let req = request(&mut sim);
+    sim.broker.resolve_authorize(
+        sim.now,
+        req.token,
+        PublishDecision::Deny(ReasonCode::NotAuthorized),
+    );
+    sim.drain();
+    match sim.recv(b) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_eq!(
+        sim.closed(b),
+        Some(CloseReason::ConnectRefused(ReasonCode::NotAuthorized))
+    );
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_connection_closed_while_its_will_is_decided_leaves_nothing() {
+    let mut sim = deferred();
+    let (a, _) = sim.connect_with(with_will("a", V5, "alarms/a", false));
+    let req = request(&mut sim);
+    sim.drop_transport(a);
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    assert!(sim.recv_all(a).is_empty());
+    sim.assert_no_leaks();
+}
+
+// ---- Queued messages are authorized again when they leave the queue (issue 11) ----
+
+/// Hides topics under `prefix` from client `client` (delivery only); allows
+/// everything else inline.
+struct HideFrom {
+    client: &'static str,
+    prefix: &'static str,
+}
+
+impl AccessPolicy for HideFrom {
+    fn authorize_publish(&self, _: ClientRef<'_>, _: &TopicName) -> Verdict<PublishDecision> {
+        Verdict::Decided(PublishDecision::Allow)
+    }
+
+    fn authorize_subscribe(
+        &self,
+        _: ClientRef<'_>,
+        _: &TopicFilter,
+        qos: QoS,
+    ) -> Verdict<SubscribeDecision> {
+        Verdict::Decided(SubscribeDecision::Grant(qos))
+    }
+
+    fn authorize_delivery(&self, client: ClientRef<'_>, topic: &TopicName) -> bool {
+        !(client.client_id.as_str() == self.client && topic.as_str().starts_with(self.prefix))
+    }
+}
+
+const HIDE_SECRET: HideFrom = HideFrom {
+    client: "alice",
+    prefix: "sensors/secret",
+};
+
+/// alice has a stored session subscribed to `sensors/#` and is offline;
+/// bob publishes `sensors/secret` and `sensors/temp` at QoS 1.
+fn alice_offline_with_two_queued(sim: &mut Sim) {
+    let (alice, _) = sim.connect("alice", V4, false);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    sim.disconnect(alice);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 1, false);
+    sim.publish(bob, "sensors/temp", b"21", QoS::AtLeastOnce, 2, false);
+    sim.disconnect(bob);
+    assert_eq!(sim.broker.queued_count("alice"), 2);
+}
+
+fn topics(got: &[Publish]) -> Vec<&str> {
+    got.iter().map(|p| p.topic.as_str()).collect()
+}
+
+#[test]
+fn a_queued_message_the_acl_denies_since_is_dropped_on_reconnect() {
+    let mut sim = sim_with(roost_core::broker::AllowAll);
+    alice_offline_with_two_queued(&mut sim);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    let (alice, ack) = sim.connect("alice", V4, false);
+    assert!(ack.session_present);
+    let got = sim.publishes(alice);
+    assert_eq!(topics(&got), ["sensors/temp"]);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+    assert_eq!(sim.broker.queued_count("alice"), 0);
+    sim.ack_all(alice, &got);
+    assert_eq!(sim.broker.inflight_count("alice"), 0);
+}
+
+#[test]
+fn a_message_queued_offline_through_a_wildcard_is_checked_when_sent() {
+    // The policy hides sensors/secret from alice from the start, but her
+    // wildcard subscription matched it while she was offline.
+    let mut sim = sim_with(HIDE_SECRET);
+    alice_offline_with_two_queued(&mut sim);
+    let (alice, _) = sim.connect("alice", V4, false);
+    let got = sim.publishes(alice);
+    assert_eq!(topics(&got), ["sensors/temp"]);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+}
+
+#[test]
+fn a_message_queued_behind_the_window_is_checked_when_the_window_opens() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: roost_core::broker::Limits {
+            max_inflight: 1,
+            ..Default::default()
+        },
+        ..Config::default()
+    });
+    let (alice, _) = sim.connect("alice", V4, true);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/temp", b"21", QoS::AtLeastOnce, 1, false);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 2, false);
+    sim.publish(bob, "sensors/temp", b"22", QoS::AtLeastOnce, 3, false);
+    let first = sim.publishes(alice);
+    assert_eq!(topics(&first), ["sensors/temp"]);
+    assert_eq!(sim.broker.queued_count("alice"), 2);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    sim.ack_all(alice, &first);
+    let next = sim.publishes(alice);
+    assert_eq!(topics(&next), ["sensors/temp"]);
+    assert_eq!(&next[0].payload[..], b"22");
+    sim.ack_all(alice, &next);
+    assert!(sim.publishes(alice).is_empty());
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+    sim.disconnect(alice);
+    sim.disconnect(bob);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn an_unacknowledged_message_the_acl_denies_since_is_not_sent_again() {
+    let mut sim = sim_with(roost_core::broker::AllowAll);
+    let (alice, _) = sim.connect("alice", V4, false);
+    sim.subscribe(alice, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (bob, _) = sim.connect("bob", V4, true);
+    sim.publish(bob, "sensors/secret", b"s", QoS::AtLeastOnce, 1, false);
+    assert_eq!(sim.publishes(alice).len(), 1, "sent, never acknowledged");
+    sim.drop_transport(alice);
+    sim.broker.set_authorization(Box::new(HIDE_SECRET));
+    let (alice, _) = sim.connect("alice", V4, false);
+    assert!(sim.publishes(alice).is_empty());
+    assert_eq!(sim.broker.inflight_count("alice"), 0);
+    assert_eq!(sim.broker.stats().deliveries_denied, 1);
+}
+
+#[test]
+fn packets_waiting_behind_a_decision_are_not_held_against_the_keep_alive() {
+    let mut sim = deferred();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 2));
+    send_publish(&mut sim, a, "t/1", QoS::AtLeastOnce, 1);
+    let req = request(&mut sim);
+    // The client keeps itself alive, but its PINGREQs wait unread.
+    for _ in 0..3 {
+        sim.advance(secs(2));
+        sim.send(a, Packet::PingReq);
+    }
+    assert_eq!(sim.closed(a), None, "the broker, not the client, is slow");
+    sim.broker
+        .resolve_authorize(sim.now, req.token, PublishDecision::Allow);
+    sim.drain();
+    let got = sim.recv_all(a);
+    assert_eq!(got.len(), 4, "PUBACK and three PINGRESP: {got:?}");
+    // Silent from now on: closed 1.5 x keep-alive after the last PINGREQ
+    // was read.
+    sim.advance(secs(3));
+    assert_eq!(sim.closed(a), Some(CloseReason::KeepAliveTimeout));
+    sim.assert_no_leaks();
+}

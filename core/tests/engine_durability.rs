@@ -268,6 +268,7 @@ fn restore_drops_sessions_stored_with_expiry_zero() {
     let mut recovered = Recovered::default();
     recovered.apply(&StoreOp::SessionPut {
         client_id: roost_core::MqttStr::from_static("z"),
+        owner: None,
         expiry_interval: 0,
     });
     let b = Broker::restore(

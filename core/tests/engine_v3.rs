@@ -973,3 +973,469 @@ fn over_long_topics_and_filters_are_refused() {
         Some(CloseReason::Protocol(ReasonCode::TopicNameInvalid))
     );
 }
+
+// ---- Operator-readable close reasons (issue 11) ----
+
+#[test]
+fn close_reasons_read_as_words_not_rust_names() {
+    let codes = [
+        ReasonCode::ProtocolError,
+        ReasonCode::NotAuthorized,
+        ReasonCode::ReceiveMaximumExceeded,
+        ReasonCode::QuotaExceeded,
+        ReasonCode::DisconnectWithWillMessage,
+        ReasonCode::UnspecifiedError,
+        ReasonCode::ServerMoved,
+    ];
+    for code in codes {
+        for reason in [
+            CloseReason::Protocol(code),
+            CloseReason::ConnectRefused(code),
+        ] {
+            let text = reason.to_string();
+            assert!(
+                !text.contains(&format!("{code:?}")),
+                "{text:?} shows the Rust name of {code:?}"
+            );
+            assert!(
+                text.contains(&format!("0x{:02X}", code as u8)),
+                "{text:?} does not give the code's value"
+            );
+        }
+    }
+    assert_eq!(
+        CloseReason::ConnectRefused(ReasonCode::NotAuthorized).to_string(),
+        "CONNECT refused: not authorized (0x87)"
+    );
+    assert_eq!(
+        ReasonCode::ReceiveMaximumExceeded.to_string(),
+        "receive maximum exceeded (0x93)"
+    );
+}
+
+// ---- MQTT 3 inbound limits (issue 11) ----
+
+/// A broker with persistence, a stored subscriber session on `t` (offline)
+/// and a connected MQTT 3.1.1 publisher, with storage batches left
+/// unconfirmed so every acknowledgement waits for durability.
+fn slow_store_publisher(limits: Limits) -> (Sim, roost_core::broker::ConnId) {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        persistence: true,
+        limits: Limits {
+            max_queued_messages: 10_000,
+            ..limits
+        },
+        ..Config::default()
+    });
+    let (s, _) = sim.connect("stored-sub", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(s);
+    sim.auto_confirm = false;
+    let (p, _) = sim.connect("pub", V4, true);
+    (sim, p)
+}
+
+#[test]
+fn mqtt3_client_may_pipeline_5000_qos1_publishes_waiting_for_durability() {
+    let (mut sim, p) = slow_store_publisher(Limits::default());
+    for pid in 1..=5_000u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(
+        sim.closed(p),
+        None,
+        "5,000 pipelined QoS 1 publishes are allowed"
+    );
+    assert!(
+        sim.recv_all(p).is_empty(),
+        "acknowledgements wait for the store"
+    );
+    sim.confirm_all();
+    let acks = sim.recv_all(p);
+    assert_eq!(acks.len(), 5_000);
+    assert!(acks.iter().all(|a| matches!(a, Packet::PubAck(_))));
+    assert_eq!(sim.broker.queued_count("stored-sub"), 5_000);
+}
+
+#[test]
+fn mqtt3_client_beyond_5000_pending_acks_is_closed_with_a_reason_naming_it() {
+    let (mut sim, p) = slow_store_publisher(Limits::default());
+    for pid in 1..=5_001u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingAcksExceeded));
+}
+
+#[test]
+fn mqtt3_pending_ack_limit_is_configurable() {
+    let (mut sim, p) = slow_store_publisher(Limits {
+        mqtt3_max_pending_acks: 3,
+        ..Limits::default()
+    });
+    for pid in 1..=3u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), None);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, 4, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingAcksExceeded));
+}
+
+#[test]
+fn mqtt3_client_may_have_1000_unreleased_qos2_publishes_and_one_more_closes_it() {
+    let mut sim = Sim::quiet();
+    let (w, _) = sim.connect("watcher", V4, true);
+    sim.subscribe(w, 1, &[("t", QoS::AtMostOnce)]);
+    let (p, _) = sim.connect("pub", V4, true);
+    for pid in 1..=1_000u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    assert_eq!(
+        sim.closed(p),
+        None,
+        "1,000 unreleased QoS 2 publishes are allowed"
+    );
+    let recs = sim.recv_all(p);
+    assert_eq!(recs.len(), 1_000);
+    assert!(recs.iter().all(|a| matches!(a, Packet::PubRec(_))));
+    assert_eq!(sim.publishes(w).len(), 1_000);
+
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 1_001, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingQos2Exceeded));
+    assert!(
+        sim.publishes(w).is_empty(),
+        "the one beyond the limit is not routed"
+    );
+    sim.disconnect(w);
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn mqtt3_unreleased_qos2_limit_is_configurable_and_releasing_makes_room() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            mqtt3_max_pending_qos2: 2,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (p, _) = sim.connect("pub", V4, true);
+    for pid in 1..=2u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    // Releasing one makes room for another.
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(1).unwrap())),
+    );
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 3, false)),
+    );
+    assert_eq!(sim.closed(p), None);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 4, false)),
+    );
+    assert_eq!(sim.closed(p), Some(CloseReason::PendingQos2Exceeded));
+    sim.assert_no_leaks();
+}
+
+// ---- Keep-alive counts whole packets; unfinished packets time out (issue 11) ----
+
+/// The start of a PUBLISH announcing 100 bytes that will never all come.
+const ENDLESS_PUBLISH: [u8; 2] = [0x30, 100];
+
+#[test]
+fn bytes_of_an_unfinished_packet_do_not_postpone_the_keep_alive() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 10));
+    sim.advance(secs(1));
+    sim.send_raw(a, &ENDLESS_PUBLISH);
+    // One more byte every second: the packet is never finished.
+    for _ in 2..15 {
+        sim.advance(secs(1));
+        sim.send_raw(a, &[0x00]);
+    }
+    sim.advance(std::time::Duration::from_millis(999));
+    assert_eq!(sim.closed(a), None, "not before 1.5 x keep-alive");
+    sim.advance(std::time::Duration::from_millis(1));
+    assert_eq!(
+        sim.closed(a),
+        Some(CloseReason::KeepAliveTimeout),
+        "closed 15 s after the last whole packet (the CONNECT)"
+    );
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn an_unfinished_packet_times_out_even_with_keep_alive_0() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("a", V4, true, 0));
+    sim.advance(secs(100));
+    assert_eq!(sim.closed(a), None, "keep-alive 0: silence is fine");
+    sim.send_raw(a, &ENDLESS_PUBLISH);
+    let started = sim.now;
+    for _ in 0..29 {
+        sim.advance(secs(1));
+        sim.send_raw(a, &[0x00]);
+    }
+    sim.advance(std::time::Duration::from_millis(999));
+    assert_eq!(sim.closed(a), None, "not before the packet timeout");
+    sim.advance(std::time::Duration::from_millis(1));
+    assert_eq!(sim.now, started + secs(30));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn a_packet_finished_in_time_clears_its_deadline_and_whole_packets_keep_alive() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        limits: Limits {
+            packet_timeout: secs(5),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let (a, _) = sim.connect_with(connect("a", V4, true, 10));
+    // A PINGREQ in two halves, 4 s apart: within the packet timeout.
+    for _ in 0..10 {
+        sim.advance(secs(2));
+        sim.send_raw(a, &[0xC0]);
+        sim.advance(secs(4));
+        sim.send_raw(a, &[0x00]);
+        assert_eq!(sim.recv(a), Some(Packet::PingResp));
+    }
+    assert_eq!(sim.closed(a), None, "60 s of whole packets");
+    // Half a PINGREQ, then nothing: the packet timeout (5 s) comes first.
+    sim.send_raw(a, &[0xC0]);
+    sim.advance(secs(4));
+    assert_eq!(sim.closed(a), None);
+    sim.advance(secs(1));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    sim.assert_no_leaks();
+}
+
+// ---- Sessions belong to an identity (issue 11) ----
+
+use roost_core::broker::{Authentication, Broker, ConnInfo, Recovered, SessionOwner};
+
+/// alice and bob with passwords; anonymous clients allowed.
+fn with_users(share: bool, persistence: bool) -> Sim {
+    Sim::new(users_config(share, persistence))
+}
+
+fn users_config(share: bool, persistence: bool) -> Config {
+    Config {
+        sys_interval: None,
+        persistence,
+        share_sessions_across_identities: share,
+        authentication: Authentication::Static {
+            allow_anonymous: true,
+            users: vec![
+                (
+                    roost_core::MqttStr::from_static("alice"),
+                    bytes::Bytes::from_static(b"a-pw"),
+                ),
+                (
+                    roost_core::MqttStr::from_static("bob"),
+                    bytes::Bytes::from_static(b"b-pw"),
+                ),
+            ],
+        },
+        ..Config::default()
+    }
+}
+
+/// A persistent-session CONNECT with client id `id` as `user` (or
+/// anonymous).
+fn as_user(id: &str, user: Option<&str>) -> Connect {
+    let mut c = connect(id, V4, false, 0);
+    if let Some(user) = user {
+        c.username = Some(roost_core::MqttStr::copy_from_str(user).unwrap());
+        c.password = Some(bytes::Bytes::from(format!("{}-pw", &user[..1])));
+    }
+    c
+}
+
+fn class(auth_class: u16) -> ConnInfo {
+    ConnInfo {
+        auth_class,
+        ..ConnInfo::default()
+    }
+}
+
+/// alice (class 1) has a session with `sensors/#`, is offline, and one
+/// message waits for her.
+fn alice_with_a_queued_message(sim: &mut Sim) {
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.subscribe(a, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    sim.disconnect(a);
+    let (p, _) = sim.connect("publisher", V4, true);
+    sim.publish(p, "sensors/temp", b"21", QoS::AtLeastOnce, 1, false);
+    sim.disconnect(p);
+    assert_eq!(sim.broker.queued_count("alice"), 1);
+}
+
+/// Publishes a live message on alice's topic.
+fn publish_live(sim: &mut Sim) {
+    let (p, _) = sim.connect("publisher", V4, true);
+    sim.publish(p, "sensors/temp", b"22", QoS::AtLeastOnce, 1, false);
+    sim.disconnect(p);
+}
+
+#[test]
+fn another_user_with_the_same_client_id_gets_a_fresh_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "bob does not get alice's session");
+    assert!(sim.publishes(b).is_empty(), "nor her queued message");
+    publish_live(&mut sim);
+    assert!(sim.publishes(b).is_empty(), "nor her subscriptions");
+    sim.disconnect(b);
+    // alice's session is gone: she starts afresh too.
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(!ack.unwrap().session_present);
+    assert!(sim.publishes(a).is_empty());
+}
+
+#[test]
+fn another_identity_takes_over_a_live_connection_but_not_the_session() {
+    let mut sim = with_users(false, false);
+    let (a, _) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    sim.subscribe(a, 1, &[("sensors/#", QoS::AtLeastOnce)]);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(!ack.unwrap().session_present);
+    assert_eq!(sim.closed(a), Some(CloseReason::SessionTakenOver));
+    publish_live(&mut sim);
+    assert!(sim.publishes(b).is_empty());
+}
+
+#[test]
+fn an_anonymous_client_on_another_class_gets_none_of_alices_messages() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (anon, ack) = sim.connect_on(as_user("alice", None), class(0));
+    let ack = ack.unwrap();
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    assert!(sim.publishes(anon).is_empty(), "no queued message");
+    publish_live(&mut sim);
+    assert!(sim.publishes(anon).is_empty(), "no live message");
+}
+
+#[test]
+fn the_same_user_on_another_class_gets_a_fresh_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(2));
+    assert!(!ack.unwrap().session_present);
+    assert!(sim.publishes(a).is_empty());
+}
+
+#[test]
+fn the_same_identity_resumes_its_session() {
+    let mut sim = with_users(false, false);
+    alice_with_a_queued_message(&mut sim);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present);
+    let got = sim.publishes(a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"21");
+}
+
+#[test]
+fn sharing_sessions_across_identities_restores_the_old_behaviour() {
+    let mut sim = with_users(true, false);
+    alice_with_a_queued_message(&mut sim);
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(ack.unwrap().session_present);
+    assert_eq!(sim.publishes(b).len(), 1);
+}
+
+/// A broker restored from `recovered`, with the same users.
+fn restored(share: bool, recovered: Recovered) -> Sim {
+    let mut sim = with_users(share, true);
+    sim.broker = Broker::restore(users_config(share, true), sim.now, recovered);
+    sim
+}
+
+#[test]
+fn the_owner_of_a_session_survives_a_restart() {
+    let mut sim = with_users(false, true);
+    alice_with_a_queued_message(&mut sim);
+    let recovered = sim.replayed();
+    assert_eq!(recovered, sim.broker.durable_state());
+    let owner = recovered.sessions[0].owner.clone();
+    assert_eq!(
+        owner,
+        Some(SessionOwner {
+            class: 1,
+            username: Some(roost_core::MqttStr::from_static("alice")),
+        })
+    );
+
+    let mut sim = restored(false, recovered.clone());
+    let (b, ack) = sim.connect_on(as_user("alice", Some("bob")), class(1));
+    assert!(
+        !ack.unwrap().session_present,
+        "bob: fresh session after a restart too"
+    );
+    assert!(sim.publishes(b).is_empty());
+
+    let mut sim = restored(false, recovered);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present, "alice resumes hers");
+    assert_eq!(sim.publishes(a).len(), 1);
+}
+
+#[test]
+fn a_restored_session_of_unknown_owner_is_resumed_by_no_one() {
+    let mut sim = with_users(false, true);
+    alice_with_a_queued_message(&mut sim);
+    let mut recovered = sim.replayed();
+    // As stored before owners were recorded.
+    recovered.sessions[0].owner = None;
+
+    for (user, info) in [(Some("alice"), class(1)), (None, class(0))] {
+        let mut sim = restored(false, recovered.clone());
+        let (a, ack) = sim.connect_on(as_user("alice", user), info);
+        assert!(!ack.unwrap().session_present, "{user:?}");
+        assert!(sim.publishes(a).is_empty());
+    }
+
+    // Sharing on: anyone resumes it, and becomes its owner.
+    let mut sim = restored(true, recovered);
+    let (a, ack) = sim.connect_on(as_user("alice", Some("alice")), class(1));
+    assert!(ack.unwrap().session_present);
+    assert_eq!(sim.publishes(a).len(), 1);
+    let owner = sim.broker.durable_state().sessions[0].owner.clone();
+    assert_eq!(owner.map(|o| o.class), Some(1));
+}

@@ -2575,3 +2575,52 @@ fn reauthentication_while_one_is_in_progress_is_a_protocol_error() {
     assert!(sim.recv_all(a).is_empty());
     sim.assert_no_leaks();
 }
+
+// ---- Inbound limits (issue 11): MQTT 5 keeps its Receive Maximum ----
+
+#[test]
+fn mqtt5_client_beyond_receive_maximum_unreleased_qos2_gets_disconnect_0x93() {
+    let mut sim = sim_with(|c| c.receive_maximum = 2);
+    let (p, _) = sim.connect("pub", V5, true);
+    for pid in 1..=2u16 {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, pid, false)),
+        );
+    }
+    assert_eq!(sim.closed(p), None);
+    sim.recv_all(p);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 3, false)),
+    );
+    assert_eq!(
+        sim.closed(p),
+        Some(CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded))
+    );
+    match sim.recv(p) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ReceiveMaximumExceeded),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    sim.assert_no_leaks();
+}
+
+#[test]
+fn an_unfinished_packet_times_out_with_disconnect_0x8d() {
+    let mut sim = sim_with(|c| c.limits.packet_timeout = secs(3));
+    let (a, _) = sim.connect("a", V5, true);
+    // The start of a PUBLISH that never ends.
+    sim.send_raw(a, &[0x30, 50, 0x00]);
+    sim.advance(secs(2));
+    sim.send_raw(a, &[0x01]);
+    sim.advance(secs(1));
+    assert_eq!(sim.closed(a), Some(CloseReason::PacketTimeout));
+    match sim.recv(a) {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::KeepAliveTimeout);
+            assert!(d.properties.reason_string.is_some());
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    sim.assert_no_leaks();
+}

@@ -41,6 +41,7 @@ fn group_commit(c: &mut Criterion) {
                 .apply(&[StoreOp::SessionPut {
                     client_id: client_id.clone(),
                     expiry_interval: u32::MAX,
+                    owner: None,
                 }])
                 .unwrap();
             store.commit().unwrap();

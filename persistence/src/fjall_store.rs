@@ -243,10 +243,11 @@ impl FjallStore {
             StoreOp::SessionPut {
                 client_id,
                 expiry_interval,
+                owner,
             } => {
-                let old = self.sessions.get(client_id).copied();
+                let old = self.sessions.get(client_id).cloned();
                 let session = SessionRecord {
-                    num: match old {
+                    num: match &old {
                         Some(s) => s.num,
                         None => {
                             let num = self.next_num;
@@ -255,6 +256,7 @@ impl FjallStore {
                         }
                     },
                     expiry_interval: *expiry_interval,
+                    owner: owner.clone(),
                 };
                 // Detached: a key kept for the session's lifetime must not
                 // pin the whole packet it was decoded from.
@@ -269,9 +271,9 @@ impl FjallStore {
             }
             StoreOp::SessionDelete { client_id } => {
                 if let Some(old) = self.sessions.remove(client_id) {
+                    let prefix = record::session_prefix(old.num);
                     staged.undo.push((client_id.clone(), Some(old)));
                     staged.delete(Ks::Sessions, client_id.as_bytes().to_vec());
-                    let prefix = record::session_prefix(old.num);
                     for ks in Ks::PER_SESSION {
                         for key in self.ks(ks).prefix(prefix) {
                             let key = key.key().map_err(|e| self.db_err("read", e))?;
@@ -522,6 +524,7 @@ impl Store for FjallStore {
             sessions.push(RecoveredSession {
                 client_id,
                 expiry_interval: session.expiry_interval,
+                owner: session.owner,
                 subscriptions: Vec::new(),
                 messages: Vec::new(),
                 incoming: Vec::new(),
@@ -603,6 +606,7 @@ mod tests {
         StoreOp::SessionPut {
             client_id: MqttStr::from_static(id),
             expiry_interval: 1,
+            owner: None,
         }
     }
 

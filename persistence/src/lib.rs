@@ -55,7 +55,7 @@
 //! let mut store = MemoryStore::new();
 //! let client_id = MqttStr::from_static("sensor-1");
 //! // One batch, as one Action::Store carries it.
-//! store.apply(&[StoreOp::SessionPut { client_id, expiry_interval: 3600 }])?;
+//! store.apply(&[StoreOp::SessionPut { client_id, expiry_interval: 3600, owner: None }])?;
 //! store.commit()?; // now confirm the batch's id to the engine
 //! let recovered = store.recover()?;
 //! assert_eq!(recovered.sessions.len(), 1);

@@ -2,7 +2,9 @@
 
 use crate::{Store, StoreError};
 use roost_core::MqttStr;
-use roost_core::broker::{Recovered, RecoveredMessage, RecoveredSession, StoreOp, StoredMessage};
+use roost_core::broker::{
+    Recovered, RecoveredMessage, RecoveredSession, SessionOwner, StoreOp, StoredMessage,
+};
 use roost_core::codec::{PacketId, SubscriptionOptions};
 use roost_core::topic::{TopicFilter, TopicName};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +27,7 @@ pub struct MemoryStore {
 #[derive(Debug, Clone)]
 struct Session {
     expiry_interval: u32,
+    owner: Option<SessionOwner>,
     subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<NonZeroU32>)>,
     messages: BTreeMap<u64, RecoveredMessage>,
     incoming: HashSet<PacketId>,
@@ -41,8 +44,12 @@ impl MemoryStore {
             StoreOp::SessionPut {
                 client_id,
                 expiry_interval,
+                owner,
             } => match self.sessions.get_mut(client_id) {
-                Some(s) => s.expiry_interval = *expiry_interval,
+                Some(s) => {
+                    s.expiry_interval = *expiry_interval;
+                    s.owner.clone_from(owner);
+                }
                 None => {
                     // Detached: a key kept for the session's lifetime must not
                     // pin the whole packet it was decoded from.
@@ -50,6 +57,7 @@ impl MemoryStore {
                         client_id.detached(),
                         Session {
                             expiry_interval: *expiry_interval,
+                            owner: owner.clone(),
                             subscriptions: HashMap::new(),
                             messages: BTreeMap::new(),
                             incoming: HashSet::new(),
@@ -174,6 +182,7 @@ impl Store for MemoryStore {
                 RecoveredSession {
                     client_id: client_id.clone(),
                     expiry_interval: s.expiry_interval,
+                    owner: s.owner.clone(),
                     subscriptions,
                     messages: s.messages.values().cloned().collect(),
                     incoming,

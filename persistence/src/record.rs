@@ -14,16 +14,21 @@
 //! the caller knows which key the value came from.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use roost_core::MqttStr;
+use roost_core::broker::{SessionOwner, StoredMessage};
 use roost_core::codec::{
     self, EncodeError, Packet, PacketId, Protocol, Publish, QoS, QosPid, RetainHandling,
     SubscriptionOptions,
 };
 use roost_core::topic::TopicFilter;
-use roost_core::{MqttStr, broker::StoredMessage};
 use std::num::NonZeroU32;
 
-/// The only format written so far.
+/// The format of every record but sessions'.
 pub(crate) const FORMAT_V1: u8 = 1;
+
+/// Session records since they name their owner. Version 1 session records
+/// (no owner) are still read: their owner is unknown.
+pub(crate) const FORMAT_V2: u8 = 2;
 
 /// Why a record could not be decoded.
 pub(crate) type Reason = &'static str;
@@ -79,34 +84,90 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A session: its number and expiry interval. Keyed by client identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A session: its number, expiry interval and owner. Keyed by client
+/// identifier.
+///
+/// Format 2: `[2] num:u64 expiry:u32 owner`, where `owner` is `[0]` for
+/// unknown or `[1] class:u16 user`, and `user` is `[0]` for anonymous or
+/// `[1] len:u16 bytes`. Format 1 (`[1] num:u64 expiry:u32`, written before
+/// owners were stored) reads as an unknown owner, which the engine lets no
+/// one resume (see `Config::share_sessions_across_identities`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionRecord {
     /// Names the session in the keys of everything stored for it; unique
     /// among live sessions, never reused while the store is open.
     pub num: u64,
     /// Session Expiry Interval.
     pub expiry_interval: u32,
+    /// Who the session belongs to; `None` if unknown.
+    pub owner: Option<SessionOwner>,
 }
 
 impl SessionRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(13);
-        v.push(FORMAT_V1);
+        let user = self.owner.as_ref().and_then(|o| o.username.as_ref());
+        let mut v = Vec::with_capacity(18 + user.map_or(0, |u| u.len()));
+        v.push(FORMAT_V2);
         v.extend_from_slice(&self.num.to_be_bytes());
         v.extend_from_slice(&self.expiry_interval.to_be_bytes());
+        match &self.owner {
+            None => v.push(0),
+            Some(owner) => {
+                v.push(1);
+                v.extend_from_slice(&owner.class.to_be_bytes());
+                match &owner.username {
+                    None => v.push(0),
+                    Some(user) => {
+                        v.push(1);
+                        // An MQTT string is at most 65,535 bytes.
+                        let len = u16::try_from(user.len()).unwrap_or(u16::MAX);
+                        v.extend_from_slice(&len.to_be_bytes());
+                        v.extend_from_slice(&user.as_bytes()[..usize::from(len)]);
+                    }
+                }
+            }
+        }
         v
     }
 
     pub fn decode(value: &[u8]) -> Result<Self, Reason> {
         let mut r = Reader(value);
-        r.format()?;
-        let record = SessionRecord {
-            num: r.u64()?,
-            expiry_interval: r.u32()?,
+        let format = r.u8()?;
+        if format != FORMAT_V1 && format != FORMAT_V2 {
+            return Err("unknown format version");
+        }
+        let num = r.u64()?;
+        let expiry_interval = r.u32()?;
+        let owner = if format == FORMAT_V1 {
+            None
+        } else {
+            match r.u8()? {
+                0 => None,
+                1 => {
+                    let class = r.u16()?;
+                    let username = match r.u8()? {
+                        0 => None,
+                        1 => {
+                            let len = usize::from(r.u16()?);
+                            let bytes = Bytes::copy_from_slice(r.take(len)?);
+                            Some(
+                                MqttStr::from_bytes(bytes)
+                                    .map_err(|_| "owner user name is not an MQTT string")?,
+                            )
+                        }
+                        _ => return Err("invalid owner user name flag"),
+                    };
+                    Some(SessionOwner { class, username })
+                }
+                _ => return Err("invalid owner flag"),
+            }
         };
         r.end()?;
-        Ok(record)
+        Ok(SessionRecord {
+            num,
+            expiry_interval,
+            owner,
+        })
     }
 }
 
@@ -381,6 +442,53 @@ mod tests {
             decode_message(&Bytes::from(newer)),
             Err("unknown format version")
         );
+    }
+
+    #[test]
+    fn session_records_round_trip_with_and_without_an_owner() {
+        for owner in [
+            None,
+            Some(SessionOwner {
+                class: 0,
+                username: None,
+            }),
+            Some(SessionOwner {
+                class: 7,
+                username: Some(MqttStr::from_static("alice")),
+            }),
+        ] {
+            let record = SessionRecord {
+                num: 42,
+                expiry_interval: 3600,
+                owner,
+            };
+            let bytes = record.encode();
+            assert_eq!(SessionRecord::decode(&bytes), Ok(record.clone()));
+            for len in 0..bytes.len() {
+                assert!(SessionRecord::decode(&bytes[..len]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(SessionRecord::decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn a_session_record_of_format_1_reads_with_an_unknown_owner() {
+        // As written before owners were stored.
+        let mut v = vec![FORMAT_V1];
+        v.extend_from_slice(&9u64.to_be_bytes());
+        v.extend_from_slice(&60u32.to_be_bytes());
+        assert_eq!(
+            SessionRecord::decode(&v),
+            Ok(SessionRecord {
+                num: 9,
+                expiry_interval: 60,
+                owner: None,
+            })
+        );
+        v[0] = 3;
+        assert_eq!(SessionRecord::decode(&v), Err("unknown format version"));
     }
 
     #[test]

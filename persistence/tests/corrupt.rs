@@ -30,6 +30,10 @@ fn populated() -> tempfile::TempDir {
             StoreOp::SessionPut {
                 client_id: client_id.clone(),
                 expiry_interval: 10,
+                owner: Some(roost_core::broker::SessionOwner {
+                    class: 1,
+                    username: Some(MqttStr::from_static("u")),
+                }),
             },
             StoreOp::SubscriptionPut {
                 client_id: client_id.clone(),

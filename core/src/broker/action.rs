@@ -33,6 +33,15 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// Which listener accepted it (the runtime's numbering), for policies.
     pub listener: u16,
+    /// The listener's authentication class: listeners that authenticate
+    /// clients the same way (the same password file, the same external
+    /// authenticator, or both anonymous) share a number; an anonymous
+    /// listener never shares one with an authenticating listener. A session
+    /// belongs to the class and authenticated user name that created it (see
+    /// [`super::Config::share_sessions_across_identities`]), so the same
+    /// client identifier on a differently authenticated listener never
+    /// resumes it. A runtime with a single authentication setup leaves it 0.
+    pub auth_class: u16,
 }
 
 /// An in-process subscription made with [`super::Broker::subscribe`].
@@ -79,27 +88,54 @@ pub enum CloseReason {
     ConnectRefused(ReasonCode),
     /// No CONNECT arrived within the connect timeout.
     ConnectTimeout,
-    /// Nothing arrived for 1.5 times the keep-alive interval.
+    /// No whole packet arrived for 1.5 times the keep-alive interval (bytes
+    /// of an unfinished packet do not count).
     KeepAliveTimeout,
+    /// A packet whose first byte arrived was not complete within
+    /// [`super::Limits::packet_timeout`] (DISCONNECT 0x8D Keep alive timeout
+    /// for MQTT 5, the closest code).
+    PacketTimeout,
     /// An [`Action::Authorize`] request was not answered within
     /// [`super::Limits::authorize_timeout`].
     AuthorizeTimeout,
+    /// An MQTT 3.1/3.1.1 client had more QoS 1/2 acknowledgements waiting
+    /// for durability than [`super::Limits::mqtt3_max_pending_acks`].
+    PendingAcksExceeded,
+    /// An MQTT 3.1/3.1.1 client had more QoS 2 PUBLISHes unreleased (PUBREC
+    /// sent, no PUBREL yet) than [`super::Limits::mqtt3_max_pending_qos2`].
+    PendingQos2Exceeded,
     /// Another connection took over the session.
     SessionTakenOver,
     /// The broker is shutting down.
     ServerShutdown,
 }
 
+/// A sentence an operator can read in a log line, such as `CONNECT refused:
+/// not authorized (0x87)`.
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::ClientDisconnect => f.write_str("client disconnected"),
             CloseReason::Decode(e) => write!(f, "bad packet: {e}"),
-            CloseReason::Protocol(code) => write!(f, "protocol violation ({code:?})"),
-            CloseReason::ConnectRefused(code) => write!(f, "connect refused ({code:?})"),
+            CloseReason::Protocol(ReasonCode::DisconnectWithWillMessage) => {
+                f.write_str("client disconnected, asking for its will (0x04)")
+            }
+            CloseReason::Protocol(code) => write!(f, "closed with reason {code}"),
+            CloseReason::ConnectRefused(code) => write!(f, "CONNECT refused: {code}"),
             CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
-            CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::KeepAliveTimeout => {
+                f.write_str("keep-alive timeout: no whole packet for 1.5 times the keep-alive")
+            }
+            CloseReason::PacketTimeout => {
+                f.write_str("packet timeout: a packet was started but not finished in time")
+            }
             CloseReason::AuthorizeTimeout => f.write_str("no authorization decision in time"),
+            CloseReason::PendingAcksExceeded => f.write_str(
+                "too many QoS 1/2 publishes waiting for their acknowledgement (MQTT 3 limit)",
+            ),
+            CloseReason::PendingQos2Exceeded => {
+                f.write_str("too many unreleased QoS 2 publishes (MQTT 3 limit)")
+            }
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
         }
@@ -383,4 +419,11 @@ pub struct Stats {
     pub dropped: u64,
     /// Connections ever accepted (CONNACK 0).
     pub connections_total: u64,
+    /// Wills not published because the authorization policy denied them
+    /// when they were due (it allowed them at CONNECT).
+    pub wills_denied: u64,
+    /// Deliveries not made because the policy's
+    /// [`super::AccessPolicy::authorize_delivery`] said no: when the message
+    /// was routed, or later, when it left the session's queue.
+    pub deliveries_denied: u64,
 }

@@ -49,7 +49,7 @@ impl Broker {
     pub(super) fn forget_authorization(&mut self, id: ConnId, held: &Authorizing) {
         self.timers.remove(&(held.deadline, Timer::Authorize(id)));
         match &held.packet {
-            HeldPacket::Publish { token, .. } => {
+            HeldPacket::Publish { token, .. } | HeldPacket::Will { token, .. } => {
                 self.pending_authorize.remove(token);
             }
             HeldPacket::Subscribe { slots, .. } => {
@@ -91,7 +91,7 @@ impl Broker {
             return;
         };
         let complete = match &mut held.packet {
-            HeldPacket::Publish { token: t, .. } => *t == token,
+            HeldPacket::Publish { token: t, .. } | HeldPacket::Will { token: t, .. } => *t == token,
             HeldPacket::Subscribe { slots, waiting, .. } => match slots.get_mut(index) {
                 Some(slot) if matches!(*slot, FilterSlot::Waiting(t) if t == token) => {
                     *slot = FilterSlot::Decided(subscribe_result(decision));
@@ -109,6 +109,25 @@ impl Broker {
             return;
         };
         self.timers.remove(&(held.deadline, Timer::Authorize(id)));
+        let max = self.config.limits.max_packet_size as usize;
+        if let HeldPacket::Will {
+            connect,
+            client_id,
+            assigned,
+            ..
+        } = held.packet
+        {
+            // Any answer but an allowed publish refuses: the will may not be
+            // published, so the CONNECT that carries it may not succeed.
+            if decision == AuthorizeDecision::Publish(PublishDecision::Allow) {
+                self.admit(id, connect, client_id, assigned);
+                self.process_input(id, max);
+            } else {
+                self.refuse(id, ReasonCode::NotAuthorized);
+            }
+            self.flush();
+            return;
+        }
         let Some(sid) = session else {
             return;
         };
@@ -134,10 +153,17 @@ impl Broker {
                     .collect();
                 self.finish_subscribe(id, sid, subscribe, results);
             }
+            // Handled above.
+            HeldPacket::Will { .. } => {}
         }
         // What the client sent while it waited.
-        let max = self.config.limits.max_packet_size as usize;
         self.process_input(id, max);
+        // Its timer was put off while input was paused (see `conn_timer`):
+        // bring it back to the real deadline.
+        if self.conns.get(&id).is_some_and(|c| c.authorizing.is_none()) {
+            let at = self.conn_deadline(id);
+            self.arm_conn(id, at);
+        }
         self.flush();
     }
 

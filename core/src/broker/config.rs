@@ -56,6 +56,32 @@ pub struct Limits {
     /// published. The clock starts when the packet is read, and covers
     /// every filter of a SUBSCRIBE.
     pub authorize_timeout: Duration,
+    /// Time a packet has to arrive whole once its first byte has. A
+    /// connection whose packet is still unfinished then is closed
+    /// ([`crate::broker::CloseReason::PacketTimeout`]; DISCONNECT 0x8D Keep
+    /// alive timeout for MQTT 5) and its will published. Applies also to
+    /// clients with keep-alive 0, so a client cannot hold a connection (and
+    /// a read buffer) open by trickling a packet that never ends. Bytes of
+    /// an unfinished packet never count as keep-alive activity.
+    pub packet_timeout: Duration,
+    /// QoS 1/2 acknowledgements (PUBACK, PUBREC, PUBCOMP) an MQTT 3.1/3.1.1
+    /// connection may have waiting for durability (see
+    /// [`crate::broker::Broker::handle_store_done`]) at once. MQTT 3 has no
+    /// Receive Maximum to tell a client how far it may pipeline, so this is
+    /// generous. One more closes the connection
+    /// ([`crate::broker::CloseReason::PendingAcksExceeded`]) and publishes
+    /// its will; the publishes already taken are kept, but their
+    /// acknowledgements are lost with the connection, so the client sends
+    /// them again. MQTT 5 clients are held to [`Config::receive_maximum`]
+    /// instead (DISCONNECT 0x93).
+    pub mqtt3_max_pending_acks: usize,
+    /// Inbound QoS 2 PUBLISHes an MQTT 3.1/3.1.1 session may have
+    /// unreleased (PUBREC sent, PUBREL not yet received) at once; as
+    /// Mosquitto. The PUBLISH one beyond it closes the connection
+    /// ([`crate::broker::CloseReason::PendingQos2Exceeded`]) without being
+    /// routed. MQTT 5 clients are held to [`Config::receive_maximum`]
+    /// instead (DISCONNECT 0x93).
+    pub mqtt3_max_pending_qos2: usize,
     /// Upper bound on the keep-alive interval; a client asking for more (or
     /// for none) gets this one, announced as Server Keep Alive in MQTT 5.
     pub max_keepalive: Option<u16>,
@@ -87,6 +113,9 @@ impl Default for Limits {
             max_retained_messages: 10_000_000,
             connect_timeout: Duration::from_secs(10),
             authorize_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(30),
+            mqtt3_max_pending_acks: 5_000,
+            mqtt3_max_pending_qos2: 1_000,
             max_keepalive: None,
             outbound_buffer_bytes: 2 * 1024 * 1024,
         }
@@ -118,7 +147,9 @@ pub struct Config {
     pub limits: Limits,
     /// Receive Maximum announced to MQTT 5 clients: inbound QoS 1/2
     /// PUBLISHes a client may have unacknowledged. One more is DISCONNECT
-    /// 0x93. MQTT 3 clients are held to it too (closing the connection).
+    /// 0x93. MQTT 3 clients, who are never told it, are held to
+    /// [`Limits::mqtt3_max_pending_acks`] and
+    /// [`Limits::mqtt3_max_pending_qos2`] instead.
     pub receive_maximum: u16,
     /// Highest QoS accepted (announced as Maximum QoS when below 2).
     pub maximum_qos: QoS,
@@ -153,6 +184,23 @@ pub struct Config {
     /// [`crate::broker::StoreOp`]) and holds acknowledgements until they are
     /// durable. Off: nothing survives a restart and nothing waits.
     pub persistence: bool,
+    /// Whether a CONNECT may resume a session another identity created.
+    ///
+    /// A session belongs to the identity that created it: the listener
+    /// class ([`crate::broker::ConnInfo::auth_class`]) and the authenticated
+    /// user name. Off (the default), a CONNECT with the same client
+    /// identifier but another identity still takes over the connection (the
+    /// old one is closed as [`crate::broker::CloseReason::SessionTakenOver`],
+    /// its will handled as for any takeover), but gets a fresh session:
+    /// session present 0, and the old session's subscriptions, queued and
+    /// in-flight messages are discarded, never delivered to the newcomer.
+    /// A session restored from a store record written before owners were
+    /// stored has no known owner and is resumed by no one: it is replaced
+    /// by a fresh session at the first CONNECT for its client identifier.
+    ///
+    /// On: any identity resumes the session (Mosquitto's behaviour), and
+    /// becomes its owner.
+    pub share_sessions_across_identities: bool,
     /// Who may connect.
     pub authentication: Authentication,
     /// What connected clients may publish and subscribe to.
@@ -178,6 +226,7 @@ impl Default for Config {
             events: false,
             random_seed: 0x5eed,
             persistence: false,
+            share_sessions_across_identities: false,
             authentication: Authentication::AllowAll,
             authorization: Box::new(AllowAll),
         }
@@ -265,6 +314,14 @@ pub trait AccessPolicy: Send {
 
     /// Whether a message on `topic` may be delivered to `client` (a
     /// subscription that matched). Defaults to yes.
+    ///
+    /// Asked when the message is routed to a connected client, and again
+    /// whenever a message leaves the session's queue to be sent (queued
+    /// while the client was offline or beyond its in-flight window) or is
+    /// sent again on reconnect: the answer of that moment counts, so a
+    /// changed ACL (see [`crate::broker::Broker::set_authorization`]) is
+    /// never bypassed by what was queued before. Denied messages are
+    /// dropped and counted in [`crate::broker::Stats::deliveries_denied`].
     ///
     /// This one is always answered inline: it runs while a message is
     /// routed, once per matching subscriber, so a round trip would be paid

@@ -1,10 +1,12 @@
 //! Connections: CONNECT and its checks, authentication, session takeover and
 //! resumption, wills, and what happens when a connection or session ends.
 
-use super::state::{AuthStep, Conn, ConnState, OutState, PendingWill, Session, SessionId};
+use super::state::{
+    AuthStep, Conn, ConnState, HeldPacket, OutState, PendingWill, Session, SessionId, WillFrom,
+};
 use super::{
-    Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, CloseReason, ConnId,
-    Event, Instant, Message, StoreOp, keep_alive_grace,
+    Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, ClientRef, CloseReason,
+    ConnId, Event, Instant, Message, Operation, PublishDecision, SessionOwner, StoreOp, Verdict,
 };
 use crate::MqttStr;
 use crate::codec::{
@@ -350,7 +352,7 @@ impl Broker {
     }
 
     /// Sends CONNACK with a failure and closes [MQTT-3.2.2-5].
-    fn refuse(&mut self, id: ConnId, reason: ReasonCode) {
+    pub(super) fn refuse(&mut self, id: ConnId, reason: ReasonCode) {
         let ack = ConnAck {
             session_present: false,
             reason,
@@ -363,21 +365,90 @@ impl Broker {
         self.close(id, CloseReason::ConnectRefused(reason));
     }
 
-    /// Admits an authenticated CONNECT: takes over or creates the session,
-    /// sends CONNACK, and resumes what the session had in flight.
+    /// An authenticated CONNECT: its will, if any, is authorized like a
+    /// PUBLISH by the connecting client, then the CONNECT is admitted.
+    ///
+    /// A will on a `$` topic is refused whatever the policy says (clients
+    /// never publish there), as is one the policy denies: CONNACK 0x87 Not
+    /// authorized (MQTT 3: return code 0x05). A policy that defers is asked
+    /// with an [`super::AuthorizeRequest`] for [`super::Operation::Publish`]
+    /// of the will's topic, QoS and retain flag, exactly as for a PUBLISH:
+    /// CONNACK waits for [`Broker::resolve_authorize`] (anything but
+    /// `PublishDecision::Allow` refuses with 0x87), the connection reads
+    /// nothing meanwhile, and [`super::Limits::authorize_timeout`] closes it
+    /// without CONNACK ([`CloseReason::AuthorizeTimeout`]).
     fn accept(&mut self, id: ConnId, connect: Box<Connect>) {
-        let connect = *connect;
-        let v5 = connect.protocol == Protocol::V5;
-        let mut assigned = None;
-        let client_id = if connect.client_id.is_empty() {
-            let fresh = self.assign_client_id();
-            assigned = Some(fresh.clone());
-            fresh
+        let (client_id, assigned) = if connect.client_id.is_empty() {
+            (self.assign_client_id(), true)
         } else {
             // Its own bytes: the identifier lives as long as the session,
             // and a slice would keep the whole CONNECT packet alive with it.
-            connect.client_id.detached()
+            (connect.client_id.detached(), false)
         };
+        let Some(will) = &connect.will else {
+            self.admit(id, connect, client_id, assigned);
+            return;
+        };
+        if will.topic.as_bytes().first() == Some(&b'$') {
+            self.refuse(id, ReasonCode::NotAuthorized);
+            return;
+        }
+        let listener = self.conns.get(&id).map_or(0, |c| c.listener);
+        let client = ClientRef {
+            client_id: &client_id,
+            username: connect.username.as_ref(),
+            listener,
+        };
+        match self
+            .config
+            .authorization
+            .authorize_publish(client, &will.topic)
+        {
+            Verdict::Decided(PublishDecision::Allow) => {
+                self.admit(id, connect, client_id, assigned);
+            }
+            Verdict::Decided(PublishDecision::Deny(_)) => {
+                self.refuse(id, ReasonCode::NotAuthorized);
+            }
+            Verdict::Defer => {
+                let what = Operation::Publish {
+                    topic: will.topic.clone(),
+                    qos: will.qos,
+                    retain: will.retain,
+                };
+                // The request names the client as it will be known.
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.client_id = client_id.clone();
+                    c.username = connect.username.as_ref().map(MqttStr::detached);
+                }
+                if let Some(request) = self.authorize_request(id, 0, what) {
+                    let token = request.token;
+                    let held = HeldPacket::Will {
+                        token,
+                        connect,
+                        client_id,
+                        assigned,
+                    };
+                    self.hold_for_authorization(id, held);
+                    self.emit_authorize(request);
+                }
+            }
+        }
+    }
+
+    /// Admits an authenticated and authorized CONNECT: takes over or
+    /// creates the session, sends CONNACK, and resumes what the session had
+    /// in flight. `assigned`: the broker made up `client_id`.
+    pub(super) fn admit(
+        &mut self,
+        id: ConnId,
+        connect: Box<Connect>,
+        client_id: MqttStr,
+        assigned: bool,
+    ) {
+        let connect = *connect;
+        let v5 = connect.protocol == Protocol::V5;
+        let assigned = assigned.then(|| client_id.clone());
 
         // Another connection with this identifier is taken over
         // [MQTT-3.1.4-3]; its will goes out as for any server-side close.
@@ -386,13 +457,30 @@ impl Broker {
                 self.close(old, CloseReason::SessionTakenOver);
             }
         }
+        // A session belongs to who created it: another identity with the
+        // same client identifier gets a fresh one, never the old one's
+        // subscriptions and messages (unless sessions are shared).
+        let identity = SessionOwner {
+            class: self.conns.get(&id).map_or(0, |c| c.auth_class),
+            username: connect.username.as_ref().map(MqttStr::detached),
+        };
+        let share = self.config.share_sessions_across_identities;
         let existing = self.by_client_id.get(&client_id).copied();
         let session_present = match existing {
             Some(sid) if connect.clean_start => {
                 self.end_session(sid);
                 false
             }
-            Some(_) => true,
+            Some(sid) => {
+                let owned = self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.owner.as_ref() == Some(&identity));
+                if !owned && !share {
+                    self.end_session(sid);
+                }
+                owned || share
+            }
             None => false,
         };
         let sid = match existing.filter(|_| session_present) {
@@ -430,6 +518,9 @@ impl Broker {
 
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.conn = Some(id);
+            // Recorded with the expiry just below: a session shared across
+            // identities belongs to whoever resumed it last.
+            s.owner = Some(identity);
             s.expiry_interval = expiry;
             s.expires_at = None;
             s.window = window;
@@ -455,7 +546,7 @@ impl Broker {
             .properties
             .request_problem_information
             .unwrap_or(true);
-        let deadline = (keep_alive > 0).then(|| c.last_seen + keep_alive_grace(c.keep_alive_ms));
+        let deadline = self.conn_deadline(id);
         self.arm_conn(id, deadline);
         self.connected += 1;
         self.stats.connections_total += 1;
@@ -507,7 +598,9 @@ impl Broker {
     }
 
     /// Re-sends what was in flight, in its original order and with DUP set
-    /// [MQTT-4.4.0-1], then fills the window from the queue.
+    /// [MQTT-4.4.0-1], then fills the window from the queue. Every PUBLISH
+    /// is authorized again (`authorize_delivery`) first; a denied one is
+    /// dropped. A PUBREL carries no message and always goes.
     fn resume(&mut self, id: ConnId, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else {
             return;
@@ -522,6 +615,17 @@ impl Broker {
             match f.state {
                 OutState::Published => {
                     let delivery = f.delivery.clone();
+                    // Not yet acknowledged, so sent again: only if the
+                    // policy still allows it (it may have changed, or the
+                    // session been restored from a store).
+                    if !self.delivery_allowed(id, &delivery.message.topic) {
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.inflight.remove(&pid);
+                        }
+                        self.stats.deliveries_denied += 1;
+                        self.record_left(sid, &delivery);
+                        continue;
+                    }
                     // Too large for this connection's Maximum Packet Size:
                     // dropped as if delivered, as for a first send.
                     if !self.send_publish(id, &delivery, Some(pid), true) {
@@ -617,6 +721,11 @@ impl Broker {
         self.connected = self.connected.saturating_sub(1);
         let will = c.will.take().filter(|_| publish_will);
         let client_id = c.client_id.clone();
+        let from = WillFrom {
+            client_id: client_id.clone(),
+            username: c.username.clone(),
+            listener: c.listener,
+        };
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.conn = None;
         }
@@ -637,9 +746,10 @@ impl Broker {
                 s.pending_will = Some(Box::new(PendingWill {
                     at: self.now + Duration::from_secs(u64::from(delay)),
                     will: *will,
+                    from,
                 }));
             } else {
-                self.publish_will(*will);
+                self.publish_will(*will, &from);
             }
         }
         if expiry == 0 {
@@ -664,7 +774,7 @@ impl Broker {
         s.timer = None;
         if s.pending_will.as_ref().is_some_and(|w| w.at <= self.now) {
             if let Some(pending) = s.pending_will.take() {
-                self.publish_will(pending.will);
+                self.publish_will(pending.will, &pending.from);
             }
         }
         let expired = self
@@ -698,11 +808,32 @@ impl Broker {
             self.remove_subscription(sid, &filter);
         }
         if let Some(pending) = s.pending_will.take() {
-            self.publish_will(pending.will);
+            self.publish_will(pending.will, &pending.from);
         }
     }
 
-    fn publish_will(&mut self, will: Will) {
+    /// Publishes a will that is due, if the policy still allows `from` to
+    /// publish on its topic: the ACL may have changed since CONNECT. A
+    /// denied will is dropped and counted in [`super::Stats::wills_denied`].
+    /// A policy that defers cannot be asked now (the connection is gone, and
+    /// a will does not wait): the decision made at CONNECT stands.
+    fn publish_will(&mut self, will: Will, from: &WillFrom) {
+        let client = ClientRef {
+            client_id: &from.client_id,
+            username: from.username.as_ref(),
+            listener: from.listener,
+        };
+        let denied = will.topic.as_bytes().first() == Some(&b'$')
+            || matches!(
+                self.config
+                    .authorization
+                    .authorize_publish(client, &will.topic),
+                Verdict::Decided(PublishDecision::Deny(_))
+            );
+        if denied {
+            self.stats.wills_denied += 1;
+            return;
+        }
         let message = Message {
             topic: will.topic,
             payload: will.payload,

@@ -8,7 +8,7 @@ use super::{
     RecoveredSession, Retained, StoreId, StoreOp, StoredMessage,
 };
 use crate::MqttStr;
-use crate::codec::{Packet, QoS, ReasonCode};
+use crate::codec::{Packet, Protocol, QoS, ReasonCode};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -40,6 +40,7 @@ impl Broker {
                 let op = StoreOp::SessionPut {
                     client_id: s.client_id.clone(),
                     expiry_interval: s.expiry_interval,
+                    owner: s.owner.clone(),
                 };
                 self.record(op);
             }
@@ -120,6 +121,7 @@ impl Broker {
         ops.push(StoreOp::SessionPut {
             client_id: client_id.clone(),
             expiry_interval: s.expiry_interval,
+            owner: s.owner.clone(),
         });
         for (filter, entry) in &s.subscriptions {
             ops.push(StoreOp::SubscriptionPut {
@@ -172,7 +174,6 @@ impl Broker {
     /// the Receive Maximum like unacknowledged publishes do.
     pub(super) fn send_ack(&mut self, conn: ConnId, packet: Packet) {
         let pending = !self.pending_ops.is_empty();
-        let limit = usize::from(self.config.receive_maximum);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -180,11 +181,22 @@ impl Broker {
             self.send(conn, &packet);
             return;
         }
-        if c.held.len() >= limit {
-            self.close(
-                conn,
+        // An MQTT 5 client that waits for more acknowledgements than the
+        // Receive Maximum it was told broke it; an MQTT 3 client was never
+        // told one, and may pipeline up to a larger bound of its own.
+        let (limit, reason) = if c.protocol == Protocol::V5 {
+            (
+                usize::from(self.config.receive_maximum),
                 CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
-            );
+            )
+        } else {
+            (
+                self.config.limits.mqtt3_max_pending_acks,
+                CloseReason::PendingAcksExceeded,
+            )
+        };
+        if c.held.len() >= limit {
+            self.close(conn, reason);
             return;
         }
         let needs = if pending {
@@ -241,6 +253,7 @@ impl Broker {
             let sid = SessionId(broker.fresh_id());
             let mut s = Session::new(rs.client_id.clone(), broker.config.limits.max_inflight);
             s.expiry_interval = rs.expiry_interval;
+            s.owner = rs.owner;
             s.stored = broker.config.persistence;
             s.expires_at = (rs.expiry_interval != u32::MAX)
                 .then(|| now + Duration::from_secs(u64::from(rs.expiry_interval)));
@@ -349,6 +362,7 @@ impl Broker {
             out.sessions.push(RecoveredSession {
                 client_id: s.client_id.clone(),
                 expiry_interval: s.expiry_interval,
+                owner: s.owner.clone(),
                 subscriptions: s
                     .subscriptions
                     .iter()

@@ -45,8 +45,21 @@
 //! Everything a client can grow is bounded by [`Limits`]: packet size (the
 //! read buffer never holds more than one maximum-size packet), in-flight
 //! window, queue length and bytes per session, subscriptions per session,
-//! topic depth, retained messages, connections. Each limit's documentation
-//! says what happens when it is reached.
+//! topic depth, retained messages, connections, the time a started packet
+//! may take to arrive whole, and what an MQTT 3 client may pipeline (QoS 1
+//! acknowledgements waiting for durability, unreleased QoS 2). Each limit's
+//! documentation says what happens when it is reached, and every close
+//! carries a [`CloseReason`] naming why, readable in a log through its
+//! `Display`.
+//!
+//! # Identity and authorization
+//!
+//! A session belongs to the identity that created it (listener class from
+//! [`ConnInfo::auth_class`] and authenticated user name; see
+//! [`Config::share_sessions_across_identities`]). A will is authorized like
+//! a PUBLISH at CONNECT and again when it is due; queued messages are
+//! authorized again ([`AccessPolicy::authorize_delivery`]) when they leave
+//! the queue.
 
 mod action;
 mod authorize;
@@ -69,7 +82,9 @@ pub use action::{
 pub use config::{
     AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
 };
-pub use store::{Recovered, RecoveredMessage, RecoveredSession, StoreId, StoreOp, StoredMessage};
+pub use store::{
+    Recovered, RecoveredMessage, RecoveredSession, SessionOwner, StoreId, StoreOp, StoredMessage,
+};
 pub use time::Instant;
 
 use crate::MqttStr;
@@ -270,6 +285,7 @@ impl Broker {
         let id = ConnId(self.fresh_id());
         let deadline = self.now + self.config.limits.connect_timeout;
         let mut conn = Conn::new(info.listener, self.now);
+        conn.auth_class = info.auth_class;
         conn.timer = Some(deadline);
         self.conns.insert(id, Box::new(conn));
         self.timers.insert((deadline, Timer::Conn(id)));
@@ -284,7 +300,6 @@ impl Broker {
             return;
         };
         c.read_buf.extend_from_slice(bytes);
-        c.last_seen = self.now;
         let connecting = matches!(c.state, ConnState::AwaitingConnect);
         self.stats.bytes_received += bytes.len() as u64;
         self.process_input(conn, max);
@@ -328,11 +343,21 @@ impl Broker {
                 }
             }
             match decode(&mut c.read_buf, c.protocol, max) {
-                Ok(Some(packet)) => self.handle_packet(conn, packet),
+                Ok(Some(packet)) => {
+                    // Only whole packets are activity [MQTT-3.1.2-24].
+                    c.last_seen = self.now;
+                    c.packet_started = None;
+                    self.handle_packet(conn, packet);
+                }
                 Ok(None) => {
-                    // Give back what a large packet left behind.
-                    if c.read_buf.is_empty() && c.read_buf.capacity() > 64 * 1024 {
-                        c.read_buf = bytes::BytesMut::new();
+                    if c.read_buf.is_empty() {
+                        // Give back what a large packet left behind.
+                        if c.read_buf.capacity() > 64 * 1024 {
+                            c.read_buf = bytes::BytesMut::new();
+                        }
+                    } else if c.packet_started.is_none() {
+                        c.packet_started = Some(self.now);
+                        self.arm_packet_deadline(conn);
                     }
                     return;
                 }
@@ -486,16 +511,61 @@ impl Broker {
                 self.close(id, CloseReason::ConnectTimeout);
             }
             ConnState::Connected { .. } => {
-                // 1.5 times the keep-alive [MQTT-3.1.2-24]; activity since the
-                // timer was armed moved the real deadline, so check it.
-                let deadline = c.last_seen + keep_alive_grace(c.keep_alive_ms);
-                if c.keep_alive_ms == 0 {
-                } else if deadline <= self.now {
+                if let Some(held) = &c.authorizing {
+                    // Input is paused while the embedding program decides:
+                    // whole packets may be waiting unread. Judge again once
+                    // the decision is in (or its deadline closed the
+                    // connection).
+                    let at = held.deadline.max(self.now);
+                    self.arm_conn(id, Some(at));
+                    return;
+                }
+                // 1.5 times the keep-alive [MQTT-3.1.2-24], and the packet
+                // timeout; activity since the timer was armed moved the real
+                // deadlines, so check them.
+                let keep_alive = keep_alive_deadline(c);
+                let packet = c
+                    .packet_started
+                    .map(|at| at + self.config.limits.packet_timeout);
+                if keep_alive.is_some_and(|at| at <= self.now) {
                     self.close(id, CloseReason::KeepAliveTimeout);
+                } else if packet.is_some_and(|at| at <= self.now) {
+                    self.close(id, CloseReason::PacketTimeout);
                 } else {
-                    self.arm_conn(id, Some(deadline));
+                    self.arm_conn(id, earliest(keep_alive, packet));
                 }
             }
+        }
+    }
+
+    /// The deadline of a connected connection's timer: the keep-alive, or
+    /// the packet timeout of an unfinished packet, whichever comes first.
+    fn conn_deadline(&self, id: ConnId) -> Option<Instant> {
+        let c = self.conns.get(&id)?;
+        let packet = c
+            .packet_started
+            .map(|at| at + self.config.limits.packet_timeout);
+        earliest(keep_alive_deadline(c), packet)
+    }
+
+    /// A packet just started on `id`: make sure its timer fires no later
+    /// than the packet timeout. Until CONNECT is accepted, the connect
+    /// timeout covers it.
+    fn arm_packet_deadline(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        if c.session().is_none() {
+            return;
+        }
+        let current = c.timer;
+        let Some(at) = self.conn_deadline(id) else {
+            return;
+        };
+        // An earlier timer re-arms itself when it fires; only a later one
+        // (or none) must move.
+        if current.is_none_or(|t| at < t) {
+            self.arm_conn(id, Some(at));
         }
     }
 
@@ -582,6 +652,8 @@ impl Broker {
                 CloseReason::Decode(e) => Some(e.reason_code()),
                 CloseReason::Protocol(code) => Some(code),
                 CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+                // The closest code: the client went silent mid-packet.
+                CloseReason::PacketTimeout => Some(ReasonCode::KeepAliveTimeout),
                 CloseReason::SessionTakenOver => Some(ReasonCode::SessionTakenOver),
                 // The closest code: the broker could not get through the
                 // client's request in time.
@@ -627,6 +699,19 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
         *buf.get(header + 1)?,
     ]));
     buf.get(header + 2 + name_len).copied()
+}
+
+/// When the keep-alive of `c` runs out, if it has one.
+fn keep_alive_deadline(c: &Conn) -> Option<Instant> {
+    (c.keep_alive_ms > 0).then(|| c.last_seen + keep_alive_grace(c.keep_alive_ms))
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// 1.5 times the keep-alive interval, in milliseconds.

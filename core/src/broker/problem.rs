@@ -81,6 +81,10 @@ impl Broker {
                 return MqttStr::from_static("no authorization decision in time");
             }
             CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
+            // Its DISCONNECT says 0x8D Keep alive timeout, the closest code.
+            CloseReason::PacketTimeout => {
+                return MqttStr::from_static("a packet was started but not finished in time");
+            }
             CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
             CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,
             _ => ReasonCode::UnspecifiedError,

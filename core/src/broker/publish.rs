@@ -71,11 +71,21 @@ impl Broker {
                 self.send_ack(id, Packet::PubRec(PubResponse::new(pid)));
                 return;
             }
-            if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
-                self.close(
-                    id,
+            // MQTT 5 clients were told the Receive Maximum; MQTT 3 clients
+            // never are, so they get a larger bound of their own.
+            let (limit, reason) = if v5 {
+                (
+                    usize::from(self.config.receive_maximum),
                     CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
-                );
+                )
+            } else {
+                (
+                    self.config.limits.mqtt3_max_pending_qos2,
+                    CloseReason::PendingQos2Exceeded,
+                )
+            };
+            if s.incoming_qos2.len() >= limit {
+                self.close(id, reason);
                 return;
             }
         }
@@ -445,6 +455,7 @@ impl Broker {
         delivery.seq = s.next_seq;
         if let Some(conn) = s.conn {
             if !self.delivery_allowed(conn, &delivery.message.topic) {
+                self.stats.deliveries_denied += 1;
                 return;
             }
         }
@@ -496,7 +507,7 @@ impl Broker {
         }
     }
 
-    fn delivery_allowed(&self, conn: ConnId, topic: &TopicName) -> bool {
+    pub(super) fn delivery_allowed(&self, conn: ConnId, topic: &TopicName) -> bool {
         let Some(c) = self.conns.get(&conn) else {
             return true;
         };
@@ -536,7 +547,9 @@ impl Broker {
         }
     }
 
-    /// Moves queued deliveries into the window while it has room.
+    /// Moves queued deliveries into the window while it has room, each
+    /// authorized again for the connection as it leaves the queue (a denied
+    /// one is dropped and counted in [`super::Stats::deliveries_denied`]).
     pub(super) fn pump(&mut self, sid: SessionId) {
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
@@ -555,6 +568,14 @@ impl Broker {
             };
             s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
+                self.record_left(sid, &delivery);
+                continue;
+            }
+            // Checked again as it leaves the queue: it may have been queued
+            // while the session was offline (nobody to ask about), or the
+            // policy may have changed since.
+            if !self.delivery_allowed(conn, &delivery.message.topic) {
+                self.stats.deliveries_denied += 1;
                 self.record_left(sid, &delivery);
                 continue;
             }

@@ -1,7 +1,7 @@
 //! Per-connection and per-session state.
 
-use super::Instant;
 use super::action::{AuthorizeToken, ConnId, Message};
+use super::{Instant, SessionOwner};
 use crate::MqttStr;
 use crate::codec::{
     Connect, PacketId, Protocol, Publish, PublishProperties, PublishRef, QoS, QosPid, ReasonCode,
@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
     pub(crate) state: ConnState,
     pub(crate) listener: u16,
+    /// The listener's authentication class (see `ConnInfo::auth_class`).
+    pub(crate) auth_class: u16,
     pub(crate) protocol: Protocol,
     /// Bytes received but not yet a whole packet.
     pub(crate) read_buf: BytesMut,
@@ -70,7 +72,13 @@ pub(crate) struct Conn {
     /// Output has been flushed before (see `Broker::flush`).
     pub(crate) flushed: bool,
     pub(crate) keep_alive_ms: u64,
+    /// When the last whole packet arrived: what the keep-alive counts from.
+    /// Bytes of an unfinished packet do not count, or a client could hold
+    /// the connection open by trickling one packet forever.
     pub(crate) last_seen: Instant,
+    /// When the first bytes of the packet now in `read_buf` arrived, if one
+    /// is unfinished: it must be whole by `Limits::packet_timeout` after.
+    pub(crate) packet_started: Option<Instant>,
     /// When this connection's timer is armed, so re-arming can find it.
     pub(crate) timer: Option<Instant>,
     pub(crate) client_id: MqttStr,
@@ -109,6 +117,7 @@ impl Conn {
         Conn {
             state: ConnState::AwaitingConnect,
             listener,
+            auth_class: 0,
             protocol: Protocol::V3_1_1,
             read_buf: BytesMut::new(),
             flushed: false,
@@ -116,6 +125,7 @@ impl Conn {
             dirty: false,
             keep_alive_ms: 0,
             last_seen: now,
+            packet_started: None,
             timer: None,
             client_id: MqttStr::EMPTY,
             username: None,
@@ -176,6 +186,15 @@ pub(crate) enum HeldPacket {
     Publish {
         token: AuthorizeToken,
         publish: Publish,
+    },
+    /// A CONNECT whose will the policy deferred; one request. The
+    /// connection is not connected yet: CONNACK waits for the answer.
+    Will {
+        token: AuthorizeToken,
+        connect: Box<Connect>,
+        /// Its client identifier (assigned by the broker if `assigned`).
+        client_id: MqttStr,
+        assigned: bool,
     },
     /// A SUBSCRIBE: one slot per filter, in order; `waiting` of them are
     /// still [`FilterSlot::Waiting`].
@@ -259,10 +278,23 @@ pub(crate) struct Inflight {
 pub(crate) struct PendingWill {
     pub(crate) will: Will,
     pub(crate) at: Instant,
+    pub(crate) from: WillFrom,
+}
+
+/// Who a will is published for: it is authorized again, as that client,
+/// when it is due.
+pub(crate) struct WillFrom {
+    pub(crate) client_id: MqttStr,
+    pub(crate) username: Option<MqttStr>,
+    pub(crate) listener: u16,
 }
 
 pub(crate) struct Session {
     pub(crate) client_id: MqttStr,
+    /// The identity that created it (or last resumed it, when sessions are
+    /// shared across identities); `None` when unknown (restored from a
+    /// record without one): then no identity matches it.
+    pub(crate) owner: Option<SessionOwner>,
     pub(crate) conn: Option<ConnId>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
@@ -293,6 +325,7 @@ impl Session {
     pub(crate) fn new(client_id: MqttStr, window: u16) -> Self {
         Session {
             client_id,
+            owner: None,
             conn: None,
             expiry_interval: 0,
             timer: None,

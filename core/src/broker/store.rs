@@ -51,6 +51,17 @@ pub struct StoredMessage {
     pub properties: PublishProperties,
 }
 
+/// Who a session belongs to: the identity that created it (see
+/// [`super::Config::share_sessions_across_identities`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionOwner {
+    /// The authentication class of the listener it connected through
+    /// ([`super::ConnInfo::auth_class`]).
+    pub class: u16,
+    /// Its authenticated user name; `None` for an anonymous client.
+    pub username: Option<MqttStr>,
+}
+
 /// One durable change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -62,6 +73,9 @@ pub enum StoreOp {
         client_id: MqttStr,
         /// Session Expiry Interval.
         expiry_interval: u32,
+        /// Who it belongs to; `None` only for a session of unknown owner
+        /// (restored from a store that did not record owners).
+        owner: Option<SessionOwner>,
     },
     /// A session ended: forget it and everything stored for it.
     SessionDelete {
@@ -167,6 +181,11 @@ pub struct RecoveredSession {
     pub client_id: MqttStr,
     /// Its Session Expiry Interval (counted again from the restore).
     pub expiry_interval: u32,
+    /// Who it belongs to. `None`: unknown (a record written before owners
+    /// were stored); such a session is resumed by no one unless
+    /// [`super::Config::share_sessions_across_identities`] is on, because
+    /// it cannot be told whose messages it holds.
+    pub owner: Option<SessionOwner>,
     /// Its subscriptions: filter, options, identifier.
     pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<NonZeroU32>)>,
     /// Its stored messages, in `seq` order.
@@ -207,11 +226,16 @@ impl Recovered {
             StoreOp::SessionPut {
                 client_id,
                 expiry_interval,
+                owner,
             } => match self.session_mut(client_id) {
-                Some(s) => s.expiry_interval = *expiry_interval,
+                Some(s) => {
+                    s.expiry_interval = *expiry_interval;
+                    s.owner.clone_from(owner);
+                }
                 None => self.sessions.push(RecoveredSession {
                     client_id: client_id.clone(),
                     expiry_interval: *expiry_interval,
+                    owner: owner.clone(),
                     subscriptions: Vec::new(),
                     messages: Vec::new(),
                     incoming: Vec::new(),

@@ -207,6 +207,56 @@ impl ReasonCode {
         }
     }
 
+    /// The specification's name of the code, in lower case words (for
+    /// logs: `Display` adds the value).
+    pub fn name(self) -> &'static str {
+        match self {
+            Success => "success",
+            GrantedQoS1 => "granted QoS 1",
+            GrantedQoS2 => "granted QoS 2",
+            DisconnectWithWillMessage => "disconnect with will message",
+            NoMatchingSubscribers => "no matching subscribers",
+            NoSubscriptionExisted => "no subscription existed",
+            ContinueAuthentication => "continue authentication",
+            ReAuthenticate => "re-authenticate",
+            UnspecifiedError => "unspecified error",
+            MalformedPacket => "malformed packet",
+            ProtocolError => "protocol error",
+            ImplementationSpecificError => "implementation specific error",
+            UnsupportedProtocolVersion => "unsupported protocol version",
+            ClientIdentifierNotValid => "client identifier not valid",
+            BadUserNameOrPassword => "bad user name or password",
+            NotAuthorized => "not authorized",
+            ServerUnavailable => "server unavailable",
+            ServerBusy => "server busy",
+            Banned => "banned",
+            ServerShuttingDown => "server shutting down",
+            BadAuthenticationMethod => "bad authentication method",
+            KeepAliveTimeout => "keep alive timeout",
+            SessionTakenOver => "session taken over",
+            TopicFilterInvalid => "topic filter invalid",
+            TopicNameInvalid => "topic name invalid",
+            PacketIdentifierInUse => "packet identifier in use",
+            PacketIdentifierNotFound => "packet identifier not found",
+            ReceiveMaximumExceeded => "receive maximum exceeded",
+            TopicAliasInvalid => "topic alias invalid",
+            PacketTooLarge => "packet too large",
+            MessageRateTooHigh => "message rate too high",
+            QuotaExceeded => "quota exceeded",
+            AdministrativeAction => "administrative action",
+            PayloadFormatInvalid => "payload format invalid",
+            RetainNotSupported => "retain not supported",
+            QoSNotSupported => "QoS not supported",
+            UseAnotherServer => "use another server",
+            ServerMoved => "server moved",
+            SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+            ConnectionRateExceeded => "connection rate exceeded",
+            MaximumConnectTime => "maximum connect time",
+            SubscriptionIdentifiersNotSupported => "subscription identifiers not supported",
+            WildcardSubscriptionsNotSupported => "wildcard subscriptions not supported",
+        }
+    }
+
     /// The MQTT 3.1/3.1.1 CONNACK return code closest to this reason
     /// (section 3.2.2.3 of 3.1.1); codes without an equivalent become
     /// 0x03 Server unavailable.
@@ -232,6 +282,13 @@ impl ReasonCode {
             0x05 => NotAuthorized,
             _ => return None,
         })
+    }
+}
+
+/// The name and the value, as `not authorized (0x87)`.
+impl core::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} (0x{:02X})", self.name(), *self as u8)
     }
 }
 

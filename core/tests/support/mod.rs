@@ -63,7 +63,12 @@ impl Sim {
     }
 
     pub fn open(&mut self, protocol: Protocol) -> ConnId {
-        let id = self.broker.handle_open(self.now, ConnInfo::default());
+        self.open_on(protocol, ConnInfo::default())
+    }
+
+    /// Opens a connection as the runtime describes it (listener, class).
+    pub fn open_on(&mut self, protocol: Protocol, info: ConnInfo) -> ConnId {
+        let id = self.broker.handle_open(self.now, info);
         self.clients.insert(
             id,
             Client {
@@ -79,7 +84,12 @@ impl Sim {
 
     /// Opens a connection, sends CONNECT, and returns it with the CONNACK.
     pub fn connect_with(&mut self, connect: Connect) -> (ConnId, Option<ConnAck>) {
-        let id = self.open(connect.protocol);
+        self.connect_on(connect, ConnInfo::default())
+    }
+
+    /// [`Sim::connect_with`] on a connection the runtime describes.
+    pub fn connect_on(&mut self, connect: Connect, info: ConnInfo) -> (ConnId, Option<ConnAck>) {
+        let id = self.open_on(connect.protocol, info);
         self.send(id, Packet::Connect(Box::new(connect)));
         let ack = match self.recv(id) {
             Some(Packet::ConnAck(ack)) => Some(*ack),

@@ -116,11 +116,21 @@ fn options() -> impl Strategy<Value = SubscriptionOptions> {
         })
 }
 
+/// A session owner: unknown, anonymous, or a user, on a few classes.
+pub fn owner() -> impl Strategy<Value = Option<roost_core::broker::SessionOwner>> {
+    prop::option::of(
+        (0u16..3, prop::option::of(client_id()))
+            .prop_map(|(class, username)| roost_core::broker::SessionOwner { class, username }),
+    )
+}
+
 /// Any valid operation, deletes of missing things included.
 pub fn op() -> impl Strategy<Value = StoreOp> {
     prop_oneof![
-        3 => (client_id(), prop_oneof![Just(0u32), Just(60), Just(u32::MAX)])
-            .prop_map(|(client_id, expiry_interval)| StoreOp::SessionPut { client_id, expiry_interval }),
+        3 => (client_id(), prop_oneof![Just(0u32), Just(60), Just(u32::MAX)], owner())
+            .prop_map(|(client_id, expiry_interval, owner)| StoreOp::SessionPut {
+                client_id, expiry_interval, owner,
+            }),
         1 => client_id().prop_map(|client_id| StoreOp::SessionDelete { client_id }),
         2 => (client_id(), filter(), options(), prop::option::of(sub_id())).prop_map(
             |(client_id, filter, options, identifier)| StoreOp::SubscriptionPut {
