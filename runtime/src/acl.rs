@@ -309,7 +309,10 @@ fn strip_share(filter: &str) -> &str {
 /// would add levels, `+` or `#` would turn into wildcards, and NUL or another
 /// control character cannot appear in a topic a client may use anyway.
 fn substitutable(id: &str) -> bool {
-    !id.is_empty() && !id.chars().any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
 }
 
 /// Replaces `%u` and `%c` in one pass over `pattern`, so text that came from
@@ -541,16 +544,15 @@ pattern readwrite users/%u/#
         // Sanity: the plain identities are granted.
         assert!(acl.check(Some("ann"), "d1", "users/ann/t", Access::Publish));
         assert!(acl.check(Some("ann"), "d1", "dev/d1/t", Access::Publish));
-        for bad in ["/", "+", "#", "\0", "\n", "\r", "\t", "\x01", "\x7f", "\u{85}"] {
+        for bad in [
+            "/", "+", "#", "\0", "\n", "\r", "\t", "\x01", "\x7f", "\u{85}",
+        ] {
             let name = format!("a{bad}b");
             // The topic the substituted rule would have granted, made of
             // what the identity looks like. None may be granted.
             let as_user = format!("users/{name}/t");
             let as_client = format!("dev/{name}/t");
-            for (topic, access) in [
-                (&as_user, Access::Publish),
-                (&as_user, Access::Subscribe),
-            ] {
+            for (topic, access) in [(&as_user, Access::Publish), (&as_user, Access::Subscribe)] {
                 assert!(
                     !acl.check(Some(&name), "d1", topic, access),
                     "user {name:?} on {topic:?}"

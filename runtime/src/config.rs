@@ -62,7 +62,8 @@ pub enum Command {
 pub enum PasswdCommand {
     /// Add a user, or change their password.
     Add {
-        /// User name (no ':' or control characters).
+        /// User name: not empty, no ':' or control characters, not starting
+        /// with '#', no leading or trailing spaces.
         user: String,
         /// The password; prompted for when absent (keeps it out of shell history).
         #[arg(long)]
