@@ -5,6 +5,12 @@
 //! listens with plain TCP on `127.0.0.1:1883` and allows anonymous clients,
 //! so a fresh install is reachable only from the same machine. Listeners
 //! written in a file default to `allow_anonymous = false`, as Mosquitto's do.
+//! A listener bound to a non-loopback address accepts anonymous clients only
+//! when `allow_anonymous = true` is written for it: moving the built-in
+//! listener with `--bind 0.0.0.0` does not open it to anonymous clients from
+//! the network, and [`Config::warnings`] says so, once per listener, with
+//! how to allow them (Mosquitto 2's rule). [`Listener::allows_anonymous`] is
+//! the answer the runtime uses.
 //!
 //! Flags win over the file: `--port`/`--bind` change the first listener (the
 //! built-in one when the file has none), `--data-dir` sets
@@ -31,7 +37,9 @@ pub struct Cli {
     /// Port of the first listener (default 1883).
     #[arg(short, long, value_name = "N")]
     pub port: Option<u16>,
-    /// Address of the first listener (default 127.0.0.1).
+    /// Address of the first listener (default 127.0.0.1). On any other than
+    /// a loopback address, anonymous clients are refused unless the
+    /// --config file writes allow_anonymous = true for that listener.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<IpAddr>,
     /// Keep sessions, queued and retained messages on disk in DIR, across
@@ -131,8 +139,17 @@ pub struct Listener {
     pub key: Option<PathBuf>,
     /// HTTP path of the WebSocket endpoint (ws and wss only).
     pub ws_path: String,
-    /// Whether clients without a user name may connect.
+    /// Whether clients without a user name may connect: the value written
+    /// in the file, or else the default (true only for the built-in local
+    /// listener). Loading clears it for a listener on a non-loopback address
+    /// unless it was written ([`Listener::allow_anonymous_explicit`]); ask
+    /// [`Listener::allows_anonymous`], which applies that rule whatever was
+    /// changed since.
     pub allow_anonymous: bool,
+    /// Whether the configuration file wrote `allow_anonymous` for this
+    /// listener. Only a written `true` opens a non-loopback listener to
+    /// anonymous clients.
+    pub allow_anonymous_explicit: bool,
     /// Password file for clients with a user name.
     pub password_file: Option<PathBuf>,
     /// ACL file; when set, anything it does not grant is denied.
@@ -151,9 +168,40 @@ impl Listener {
             key: None,
             ws_path: DEFAULT_WS_PATH.to_owned(),
             allow_anonymous: true,
+            allow_anonymous_explicit: false,
             password_file: None,
             acl_file: None,
         }
+    }
+
+    /// Whether this listener accepts clients that send no user name. A
+    /// listener on a non-loopback address (`0.0.0.0`, `::`, or any address
+    /// but `127.0.0.0/8` and `::1`) does only when `allow_anonymous = true`
+    /// was written for it; otherwise this is [`Listener::allow_anonymous`].
+    /// The runtime refuses an anonymous CONNECT on a listener where this is
+    /// false (CONNACK 0x87 Not authorized / 3.1.1 return code 0x05).
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous && (self.allow_anonymous_explicit || self.is_loopback())
+    }
+
+    /// Whether the listener is bound to a loopback address, reachable only
+    /// from this machine (an IPv4-mapped `::ffff:127.0.0.1` counts).
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().to_canonical().is_loopback()
+    }
+
+    /// Applies the non-loopback rule to the stored value, so that
+    /// [`Listener::allow_anonymous`] reads as what [`Listener::allows_anonymous`]
+    /// answers right after loading.
+    fn settle_anonymous(&mut self) {
+        self.allow_anonymous = self.allows_anonymous();
+    }
+
+    /// Whether the non-loopback rule turned anonymous clients away here:
+    /// they would be allowed on loopback, but the address is not and
+    /// `allow_anonymous` was not written.
+    fn anonymous_refused_by_address(&self) -> bool {
+        !self.allow_anonymous_explicit && !self.is_loopback()
     }
 }
 
@@ -615,6 +663,9 @@ impl Config {
             if let Some(ip) = cli.bind {
                 first.bind.set_ip(ip);
             }
+            // `--bind 0.0.0.0` on the built-in listener must not open it to
+            // anonymous clients from the network.
+            first.settle_anonymous();
             check_duplicate_binds(&self.listeners)?;
         }
         if let Some(dir) = &cli.data_dir {
@@ -634,6 +685,9 @@ impl Config {
         }
         if listeners.is_empty() {
             listeners.push(Listener::default_local());
+        }
+        for l in &mut listeners {
+            l.settle_anonymous();
         }
         check_duplicate_binds(&listeners)?;
 
@@ -837,21 +891,30 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = self.notes.clone();
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.allow_anonymous && l.password_file.is_none() && !l.bind.ip().is_loopback() {
+            let name = format!("listener[{i}] ({} on {})", l.protocol.name(), l.bind);
+            let anonymous = l.allows_anonymous();
+            if anonymous && l.password_file.is_none() && !l.is_loopback() {
                 out.push(format!(
-                    "listener[{i}] ({} on {}) accepts anonymous clients from the network \
-                     and has no password_file",
-                    l.protocol.name(),
-                    l.bind
+                    "{name} accepts anonymous clients from the network and has no password_file"
                 ));
-            }
-            if !l.allow_anonymous && l.password_file.is_none() {
+            } else if !anonymous && l.anonymous_refused_by_address() {
+                // One line per listener: why, and how to allow them.
+                let mut line = format!(
+                    "{name} refuses anonymous clients: it is bound to a non-loopback address \
+                     and allow_anonymous is not set; to accept them, write \
+                     allow_anonymous = true in its [[listener]] table (with --config)"
+                );
+                if l.password_file.is_none() {
+                    line.push_str(
+                        "; it has no password_file either: no client can connect unless \
+                         the embedding program authenticates",
+                    );
+                }
+                out.push(line);
+            } else if !anonymous && l.password_file.is_none() {
                 out.push(format!(
-                    "listener[{i}] ({} on {}) refuses anonymous clients and has no \
-                     password_file: no client can connect unless the embedding program \
-                     authenticates",
-                    l.protocol.name(),
-                    l.bind
+                    "{name} refuses anonymous clients and has no password_file: no client \
+                     can connect unless the embedding program authenticates"
                 ));
             }
         }
@@ -912,6 +975,7 @@ fn listener_from_raw(
         key: raw.key,
         ws_path,
         allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+        allow_anonymous_explicit: raw.allow_anonymous.is_some(),
         password_file: raw.password_file,
         acl_file: raw.acl_file,
     })
@@ -1022,13 +1086,9 @@ mod tests {
             Some(Path::new("/var/lib/roost"))
         );
         assert_eq!(config.verbosity, 2);
-        let warnings = config.warnings();
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("anonymous clients from the network")),
-            "{warnings:?}"
-        );
+        // Moved off loopback, the built-in listener no longer takes
+        // anonymous clients (see anonymous_needs_an_explicit_yes_off_loopback).
+        assert!(!config.listeners[0].allows_anonymous());
         assert_eq!(
             config.persistence.store,
             Store::Fjall,
@@ -1176,6 +1236,95 @@ mod tests {
         let cli = Cli::try_parse_from(["roost", "--data-dir", "/d"]).expect("cli");
         config.apply_cli(&cli).expect("apply");
         config.validate().expect("path from flag");
+    }
+
+    fn cli(args: &[&str]) -> Config {
+        let cli =
+            Cli::try_parse_from(std::iter::once("roost").chain(args.iter().copied())).expect("cli");
+        Config::from_cli(cli).expect("config")
+    }
+
+    #[test]
+    fn anonymous_needs_an_explicit_yes_off_loopback() {
+        // The built-in listener on loopback allows anonymous clients.
+        let config = cli(&[]);
+        assert!(config.listeners[0].allows_anonymous());
+        assert!(config.warnings().is_empty());
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            let config = cli(&["--bind", ip]);
+            assert!(config.listeners[0].allows_anonymous(), "{ip}");
+            assert!(
+                config.warnings().is_empty(),
+                "{ip}: {:?}",
+                config.warnings()
+            );
+        }
+        // `--bind` off loopback: refused, and said once, with the remedy.
+        for ip in [
+            "0.0.0.0",
+            "::",
+            "192.168.1.5",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let config = cli(&["--bind", ip]);
+            let l = &config.listeners[0];
+            assert!(!l.allows_anonymous(), "{ip}");
+            assert!(!l.allow_anonymous, "{ip}: the stored value is settled too");
+            let warnings = config.warnings();
+            assert_eq!(warnings.len(), 1, "{ip}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(&format!("listener[0] (tcp on {})", l.bind))
+                    && warnings[0].contains("refuses anonymous clients")
+                    && warnings[0].contains("non-loopback")
+                    && warnings[0].contains("allow_anonymous = true"),
+                "{ip}: {warnings:?}"
+            );
+        }
+
+        let file = |text: &str| Config::from_toml_str(text).expect("parses");
+        // Written true opens a listener anywhere; not written keeps it shut.
+        let config = file(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n\
+             [[listener]]\nprotocol = \"ws\"\nbind = \"[::]:8080\"\n\
+             password_file = \"/etc/roost/passwd\"\n\
+             [[listener]]\nprotocol = \"tcp\"\nbind = \"10.1.2.3:1883\"\nallow_anonymous = false\n\
+             password_file = \"/etc/roost/passwd\"\n\
+             [[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1884\"\n\
+             password_file = \"/etc/roost/passwd\"\n",
+        );
+        let allows: Vec<bool> = config
+            .listeners
+            .iter()
+            .map(Listener::allows_anonymous)
+            .collect();
+        assert_eq!(allows, [true, false, false, false]);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("listener[0]"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("accepts anonymous clients from the network"),
+            "{warnings:?}"
+        );
+        // Only the listener whose default the address changed gets the
+        // note; it has a password file, so no "no client can connect".
+        assert!(
+            warnings[1].starts_with("listener[1] (ws on [::]:8080) refuses anonymous")
+                && !warnings[1].contains("no client can connect"),
+            "{warnings:?}"
+        );
+
+        // A written `true` survives `--bind`; the rule follows the address
+        // if the embedding program moves a listener after loading.
+        let mut config = file(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\nallow_anonymous = true\n",
+        );
+        let flags = Cli::try_parse_from(["roost", "--bind", "0.0.0.0"]).expect("cli");
+        config.apply_cli(&flags).expect("apply");
+        assert!(config.listeners[0].allows_anonymous());
+        let mut local = Listener::default_local();
+        local.bind.set_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert!(local.allow_anonymous && !local.allows_anonymous());
     }
 
     #[test]
