@@ -681,6 +681,7 @@ impl WsStage {
     /// Moves the MQTT bytes received so far to the end of `out`.
     pub fn take_inbound(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.inbound);
+        release(&mut self.inbound);
     }
 
     /// Sends `data` as one binary message.
@@ -730,6 +731,7 @@ impl WsStage {
     /// the frames written, then the pending pong or close frame.
     pub fn take_outbound_wire(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.wire);
+        release(&mut self.wire);
         match self.reply.take() {
             Some(Reply::Pong(payload)) => put_frame(out, OP_PONG, &payload),
             Some(Reply::Close(payload)) => put_frame(out, OP_CLOSE, &payload),
@@ -767,6 +769,17 @@ impl WsStage {
             State::Open(framing) => framing.head.len() + framing.control.len(),
             State::Done => 0,
         }
+    }
+}
+
+/// Capacity an emptied buffer keeps: one large message must not leave a
+/// connection holding its size for good.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Frees an empty buffer's memory when it is more than [`KEEP_CAPACITY`].
+fn release(buffer: &mut Vec<u8>) {
+    if buffer.is_empty() && buffer.capacity() > KEEP_CAPACITY {
+        *buffer = Vec::new();
     }
 }
 
@@ -1402,6 +1415,19 @@ mod tests {
         got.clear();
         server.take_inbound(&mut got);
         assert_eq!(got, [9; 500]);
+
+        // One large message each way leaves no large buffer behind.
+        let mut server = open_stage(4 << 20);
+        server
+            .feed(&client_frame(0x82, &vec![5; 3 << 20]))
+            .expect("3 MiB in");
+        server.write_outbound(&vec![6; 3 << 20]).expect("3 MiB out");
+        assert!(held_capacity(&server) >= 6 << 20);
+        got.clear();
+        server.take_inbound(&mut got);
+        assert_eq!(got.len(), 3 << 20);
+        assert_eq!(taken(&mut server)[0].1.len(), 3 << 20);
+        assert!(held_capacity(&server) <= 1024, "{}", held_capacity(&server));
     }
 
     #[test]
