@@ -21,10 +21,12 @@
 //! * Anything not granted is denied. A matching `deny` rule wins over any
 //!   grant, whatever the order of the lines (Mosquitto's result depends on the
 //!   order; roost's does not).
-//! * `%u` is the user name and `%c` the client id. A `pattern` rule is skipped
-//!   when the identity it needs is missing (`%u` for an anonymous client) or
-//!   contains `+`, `#` or `/`, so a client cannot widen its own access by
-//!   choosing its name.
+//! * `%u` is the user name and `%c` the client id, both replaced in one pass
+//!   (a user named `%c` is not given the client id's rights). A `pattern`
+//!   rule is skipped when the identity it needs is missing (`%u` for an
+//!   anonymous client) or contains `+`, `#`, `/`, NUL or another control
+//!   character, so a client cannot widen its own access by choosing its
+//!   name.
 //! * Subscriptions are allowed when the rule covers every topic the filter can
 //!   match: rule `a/#` allows `a/+/b`, rule `a/+` does not allow `a/#`.
 //!   Rules starting with a wildcard never cover `$`-topics, as in
@@ -302,20 +304,45 @@ fn strip_share(filter: &str) -> &str {
         .map_or(filter, |(_, inner)| inner)
 }
 
-/// Replaces `%u` and `%c`; `None` when the rule cannot apply to this client.
+/// Whether `id` may be put into a pattern: substituting it must never make
+/// the rule cover more than the one level its placeholder stands for. A `/`
+/// would add levels, `+` or `#` would turn into wildcards, and NUL or another
+/// control character cannot appear in a topic a client may use anyway.
+fn substitutable(id: &str) -> bool {
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+}
+
+/// Replaces `%u` and `%c` in one pass over `pattern`, so text that came from
+/// one identity is never scanned for the other's placeholder (a user named
+/// `%c` must not become the client id). `None` when the rule cannot apply to
+/// this client: it needs an identity that is missing (`%u` for an anonymous
+/// client) or not [`substitutable`].
 fn substitute(pattern: &str, user: Option<&str>, client_id: &str) -> Option<String> {
-    let safe = |id: &str| !id.is_empty() && !id.contains(['+', '#', '/']);
-    let mut out = pattern.to_owned();
-    if out.contains("%u") {
-        let user = user.filter(|u| safe(u))?;
-        out = out.replace("%u", user);
-    }
-    if out.contains("%c") {
-        if !safe(client_id) {
-            return None;
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let value = match after.as_bytes().first() {
+            Some(b'u') => Some(user.filter(|u| substitutable(u))?),
+            Some(b'c') => Some(Some(client_id).filter(|c| substitutable(c))?),
+            _ => None,
+        };
+        match value {
+            Some(value) => {
+                out.push_str(value);
+                rest = &after[1..];
+            }
+            None => {
+                out.push('%');
+                rest = after;
+            }
         }
-        out = out.replace("%c", client_id);
     }
+    out.push_str(rest);
     Some(out)
 }
 
@@ -485,6 +512,69 @@ pattern readwrite users/%u/#
         assert!(!acl.check(Some("a/b"), "x", "users/a/b/c", Access::Publish));
         assert!(!acl.check(Some("c"), "+", "clients/x/status", Access::Publish));
         assert!(!acl.check(Some("c"), "#", "clients/#", Access::Subscribe));
+    }
+
+    #[test]
+    fn substitution_is_one_pass() {
+        // A user named `%c` must not pick up the client id's level: before
+        // one-pass substitution, `users/%u/#` became `users/%c/#`, then
+        // `users/bob/#`.
+        let acl = Acl::parse("pattern readwrite users/%u/#\n").expect("parses");
+        assert!(!acl.check(Some("%c"), "bob", "users/bob/x", Access::Publish));
+        assert!(!acl.check(Some("%c"), "bob", "users/bob/#", Access::Subscribe));
+        // The name is taken literally instead.
+        assert!(acl.check(Some("%c"), "bob", "users/%c/x", Access::Publish));
+
+        // Both placeholders in one rule, each identity looking like the other.
+        let acl = Acl::parse("pattern write %c/%u/x\n").expect("parses");
+        assert!(acl.check(Some("%c"), "%u", "%u/%c/x", Access::Publish));
+        assert!(!acl.check(Some("%c"), "%u", "%u/%u/x", Access::Publish));
+        assert!(!acl.check(Some("%u"), "%c", "%c/%c/x", Access::Publish));
+        assert!(acl.check(Some("ann"), "dev", "dev/ann/x", Access::Publish));
+
+        // A `%` before anything else is literal.
+        let acl = Acl::parse("pattern write a%b/%%u/%\n").expect("parses");
+        assert!(acl.check(Some("ann"), "c", "a%b/%ann/%", Access::Publish));
+    }
+
+    #[test]
+    fn identities_with_topic_syntax_or_control_characters_never_match_patterns() {
+        let acl = Acl::parse("pattern readwrite users/%u/#\npattern readwrite dev/%c/#\n")
+            .expect("parses");
+        // Sanity: the plain identities are granted.
+        assert!(acl.check(Some("ann"), "d1", "users/ann/t", Access::Publish));
+        assert!(acl.check(Some("ann"), "d1", "dev/d1/t", Access::Publish));
+        for bad in [
+            "/", "+", "#", "\0", "\n", "\r", "\t", "\x01", "\x7f", "\u{85}",
+        ] {
+            let name = format!("a{bad}b");
+            // The topic the substituted rule would have granted, made of
+            // what the identity looks like. None may be granted.
+            let as_user = format!("users/{name}/t");
+            let as_client = format!("dev/{name}/t");
+            for (topic, access) in [(&as_user, Access::Publish), (&as_user, Access::Subscribe)] {
+                assert!(
+                    !acl.check(Some(&name), "d1", topic, access),
+                    "user {name:?} on {topic:?}"
+                );
+            }
+            for (topic, access) in [
+                (&as_client, Access::Publish),
+                (&as_client, Access::Subscribe),
+            ] {
+                assert!(
+                    !acl.check(Some("ann"), &name, topic, access),
+                    "client id {name:?} on {topic:?}"
+                );
+            }
+            // The whole rule is skipped, not just the odd topic: the same
+            // client is not granted its plain level either.
+            assert!(!acl.check(Some(&name), "d1", "users/a/t", Access::Publish));
+            assert!(!acl.check(Some("ann"), &name, "dev/a/t", Access::Publish));
+            // The other rule, whose identity is fine, still applies.
+            assert!(acl.check(Some(&name), "d1", "dev/d1/t", Access::Publish));
+            assert!(acl.check(Some("ann"), &name, "users/ann/t", Access::Publish));
+        }
     }
 
     #[test]

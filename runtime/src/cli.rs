@@ -125,3 +125,35 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `roost passwd add '#'` once printed success and wrote a line that
+    /// read back as a comment; now it fails, exits non-zero, and writes
+    /// nothing.
+    #[test]
+    fn passwd_add_refuses_a_name_that_reads_back_as_a_comment() {
+        let dir = std::env::temp_dir().join(format!("roost-cli-passwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("passwords");
+        for user in ["#", "#admin", "", "a:b", "a\nb", " a", "a "] {
+            let add = PasswdCommand::Add {
+                user: user.into(),
+                password: Some("pw".into()),
+                file: Some(path.clone()),
+            };
+            assert_eq!(passwd("roost", &add, None), ExitCode::FAILURE, "{user:?}");
+            assert!(!path.exists(), "{user:?}: file written");
+        }
+        let add = PasswdCommand::Add {
+            user: "alice".into(),
+            password: Some("pw".into()),
+            file: Some(path.clone()),
+        };
+        assert_eq!(passwd("roost", &add, None), ExitCode::SUCCESS);
+        assert!(path.exists());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -5,6 +5,12 @@
 //! listens with plain TCP on `127.0.0.1:1883` and allows anonymous clients,
 //! so a fresh install is reachable only from the same machine. Listeners
 //! written in a file default to `allow_anonymous = false`, as Mosquitto's do.
+//! A listener bound to a non-loopback address accepts anonymous clients only
+//! when `allow_anonymous = true` is written for it: moving the built-in
+//! listener with `--bind 0.0.0.0` does not open it to anonymous clients from
+//! the network, and [`Config::warnings`] says so, once per listener, with
+//! how to allow them (Mosquitto 2's rule). [`Listener::allows_anonymous`] is
+//! the answer the runtime uses.
 //!
 //! Flags win over the file: `--port`/`--bind` change the first listener (the
 //! built-in one when the file has none), `--data-dir` sets
@@ -17,9 +23,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
+
+use roost_core::broker::Limits as EngineLimits;
 
 /// Command-line flags (`roost --help`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
@@ -31,7 +40,9 @@ pub struct Cli {
     /// Port of the first listener (default 1883).
     #[arg(short, long, value_name = "N")]
     pub port: Option<u16>,
-    /// Address of the first listener (default 127.0.0.1).
+    /// Address of the first listener (default 127.0.0.1). On any other than
+    /// a loopback address, anonymous clients are refused unless the
+    /// --config file writes allow_anonymous = true for that listener.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<IpAddr>,
     /// Keep sessions, queued and retained messages on disk in DIR, across
@@ -62,7 +73,8 @@ pub enum Command {
 pub enum PasswdCommand {
     /// Add a user, or change their password.
     Add {
-        /// User name (no ':' or control characters).
+        /// User name: not empty, no ':' or control characters, not starting
+        /// with '#', no leading or trailing spaces.
         user: String,
         /// The password; prompted for when absent (keeps it out of shell history).
         #[arg(long)]
@@ -130,8 +142,17 @@ pub struct Listener {
     pub key: Option<PathBuf>,
     /// HTTP path of the WebSocket endpoint (ws and wss only).
     pub ws_path: String,
-    /// Whether clients without a user name may connect.
+    /// Whether clients without a user name may connect: the value written
+    /// in the file, or else the default (true only for the built-in local
+    /// listener). Loading clears it for a listener on a non-loopback address
+    /// unless it was written ([`Listener::allow_anonymous_explicit`]); ask
+    /// [`Listener::allows_anonymous`], which applies that rule whatever was
+    /// changed since.
     pub allow_anonymous: bool,
+    /// Whether the configuration file wrote `allow_anonymous` for this
+    /// listener. Only a written `true` opens a non-loopback listener to
+    /// anonymous clients.
+    pub allow_anonymous_explicit: bool,
     /// Password file for clients with a user name.
     pub password_file: Option<PathBuf>,
     /// ACL file; when set, anything it does not grant is denied.
@@ -150,16 +171,56 @@ impl Listener {
             key: None,
             ws_path: DEFAULT_WS_PATH.to_owned(),
             allow_anonymous: true,
+            allow_anonymous_explicit: false,
             password_file: None,
             acl_file: None,
         }
+    }
+
+    /// Whether this listener accepts clients that send no user name. A
+    /// listener on a non-loopback address (`0.0.0.0`, `::`, or any address
+    /// but `127.0.0.0/8` and `::1`) does only when `allow_anonymous = true`
+    /// was written for it; otherwise this is [`Listener::allow_anonymous`].
+    /// The runtime refuses an anonymous CONNECT on a listener where this is
+    /// false (CONNACK 0x87 Not authorized / 3.1.1 return code 0x05).
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous && (self.allow_anonymous_explicit || self.is_loopback())
+    }
+
+    /// Whether the listener is bound to a loopback address, reachable only
+    /// from this machine (an IPv4-mapped `::ffff:127.0.0.1` counts).
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().to_canonical().is_loopback()
+    }
+
+    /// Applies the non-loopback rule to the stored value, so that
+    /// [`Listener::allow_anonymous`] reads as what [`Listener::allows_anonymous`]
+    /// answers right after loading.
+    fn settle_anonymous(&mut self) {
+        self.allow_anonymous = self.allows_anonymous();
+    }
+
+    /// Whether the non-loopback rule turned anonymous clients away here:
+    /// they would be allowed on loopback, but the address is not and
+    /// `allow_anonymous` was not written.
+    fn anonymous_refused_by_address(&self) -> bool {
+        !self.allow_anonymous_explicit && !self.is_loopback()
     }
 }
 
 const DEFAULT_WS_PATH: &str = "/mqtt";
 
-/// Resource limits. What happens at each limit is the engine's to document;
-/// these are the numbers.
+/// Resource limits: every field of the engine's [`EngineLimits`], in the
+/// units the `[limits]` table uses (`*_ms`, `*_secs`, fixed-width integers).
+/// What happens at each limit is the engine's to document; these are the
+/// numbers. The defaults are the engine's ([`EngineLimits::default`]), so
+/// there is one source of truth, and [`Limits::to_engine`] is the one
+/// conversion back.
+///
+/// A new engine field is mapped in four places, one line each: a field
+/// here, [`Limits::from_engine`], [`Limits::to_engine`] (both exhaustive,
+/// so the build fails until it is), and a key in `RawLimits` read in
+/// `Config::from_raw`; then `roost.example.toml` documents the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest MQTT packet accepted, in bytes (whole packet).
@@ -174,40 +235,98 @@ pub struct Limits {
     pub queue_qos0_offline: bool,
     /// Time a new connection has to send CONNECT, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Time the embedding program has to answer an authorization request
+    /// (a PUBLISH or SUBSCRIBE it decides), in milliseconds.
+    pub authorize_timeout_ms: u64,
     /// Largest keep-alive granted to a client, in seconds; `None` (the
     /// default) caps nothing. MQTT 5 clients asking for more (or for none)
     /// are told this one as Server Keep Alive; MQTT 3 clients asking for more
     /// are refused, as Mosquitto does.
     pub max_keepalive_secs: Option<u16>,
-    /// Simultaneous connections across all listeners.
-    pub max_connections: u32,
+    /// Simultaneous connections across all listeners (the default, the
+    /// engine's, is no limit).
+    pub max_connections: u64,
     /// Longest client identifier accepted, in bytes.
     pub max_client_id_len: u16,
     /// Most levels in a topic name or filter.
     pub max_topic_levels: u16,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: u32,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_client: u32,
+    /// Retained messages the broker keeps; a new retained topic beyond it is
+    /// delivered but not retained.
+    pub max_retained_messages: u64,
     /// Bytes buffered for writing to one connection before deliveries to
     /// it stop (QoS 0 dropped, QoS 1/2 and retained queued) until it
-    /// drains to half; the engine holds one input's output to it too.
+    /// drains to half; the engine holds one input's output to it too. A
+    /// packet larger than this is still written whole, after which the
+    /// connection counts as blocked.
     pub outbound_buffer_bytes: u64,
 }
 
 impl Default for Limits {
+    /// The engine's defaults, [`EngineLimits::default`].
     fn default() -> Self {
+        Limits::from_engine(&EngineLimits::default())
+    }
+}
+
+/// `value` as `T`, or `max` when it does not fit (only "no limit" values
+/// such as `usize::MAX` are that large).
+fn saturate<T: TryFrom<U>, U>(value: U, max: T) -> T {
+    T::try_from(value).unwrap_or(max)
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    saturate(d.as_millis(), u64::MAX)
+}
+
+impl Limits {
+    /// The engine's limits in configuration terms. Values too large for a
+    /// field's type (only "no limit" defaults) saturate, and
+    /// [`Limits::to_engine`] maps them back to the engine's maximum.
+    pub fn from_engine(e: &EngineLimits) -> Limits {
         Limits {
-            max_packet_size: 1024 * 1024,
-            max_inflight: 32,
-            max_queued_messages: 1000,
-            max_queued_bytes: 16 * 1024 * 1024,
-            queue_qos0_offline: false,
-            connect_timeout_ms: 10_000,
-            max_keepalive_secs: None,
-            max_connections: 100_000,
-            max_client_id_len: 256,
-            max_topic_levels: 128,
-            max_subscriptions_per_client: 1000,
-            outbound_buffer_bytes: 2 * 1024 * 1024,
+            max_packet_size: e.max_packet_size,
+            max_inflight: e.max_inflight,
+            max_queued_messages: saturate(e.max_queued_messages, u32::MAX),
+            max_queued_bytes: saturate(e.max_queued_bytes, u64::MAX),
+            queue_qos0_offline: e.queue_qos0_offline,
+            connect_timeout_ms: millis(e.connect_timeout),
+            authorize_timeout_ms: millis(e.authorize_timeout),
+            max_keepalive_secs: e.max_keepalive,
+            max_connections: saturate(e.max_connections, u64::MAX),
+            max_client_id_len: saturate(e.max_client_id_len, u16::MAX),
+            max_topic_levels: saturate(e.max_topic_levels, u16::MAX),
+            max_topic_length: saturate(e.max_topic_length, u32::MAX),
+            max_subscriptions_per_client: saturate(e.max_subscriptions_per_client, u32::MAX),
+            max_retained_messages: saturate(e.max_retained_messages, u64::MAX),
+            outbound_buffer_bytes: saturate(e.outbound_buffer_bytes, u64::MAX),
+        }
+    }
+
+    /// The engine's [`EngineLimits`] for these numbers: every field, so the
+    /// runtime builds `roost_core::broker::Config::limits` from this call
+    /// alone.
+    pub fn to_engine(&self) -> EngineLimits {
+        EngineLimits {
+            max_packet_size: self.max_packet_size,
+            max_inflight: self.max_inflight,
+            max_queued_messages: saturate(self.max_queued_messages, usize::MAX),
+            max_queued_bytes: saturate(self.max_queued_bytes, usize::MAX),
+            queue_qos0_offline: self.queue_qos0_offline,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            authorize_timeout: Duration::from_millis(self.authorize_timeout_ms),
+            max_keepalive: self.max_keepalive_secs,
+            max_connections: saturate(self.max_connections, usize::MAX),
+            max_client_id_len: usize::from(self.max_client_id_len),
+            max_topic_levels: usize::from(self.max_topic_levels),
+            max_topic_length: saturate(self.max_topic_length, usize::MAX),
+            max_subscriptions_per_client: saturate(self.max_subscriptions_per_client, usize::MAX),
+            max_retained_messages: saturate(self.max_retained_messages, usize::MAX),
+            outbound_buffer_bytes: saturate(self.outbound_buffer_bytes, usize::MAX),
         }
     }
 }
@@ -487,11 +606,14 @@ struct RawLimits {
     max_queued_bytes: Option<i64>,
     queue_qos0_offline: Option<bool>,
     connect_timeout_ms: Option<i64>,
+    authorize_timeout_ms: Option<i64>,
     max_keepalive_secs: Option<i64>,
     max_connections: Option<i64>,
     max_client_id_len: Option<i64>,
     max_topic_levels: Option<i64>,
+    max_topic_length: Option<i64>,
     max_subscriptions_per_client: Option<i64>,
+    max_retained_messages: Option<i64>,
     outbound_buffer_bytes: Option<i64>,
 }
 
@@ -534,6 +656,7 @@ fn ranged<T: TryFrom<i64>>(
 
 const MAX_MQTT_PACKET: i64 = 268_435_460; // 1 + 4 + 268_435_455
 const MIB: i64 = 1024 * 1024;
+const U32_MAX: i64 = u32::MAX as i64;
 
 impl Config {
     /// Parses the process's command line and loads the configuration.
@@ -614,6 +737,9 @@ impl Config {
             if let Some(ip) = cli.bind {
                 first.bind.set_ip(ip);
             }
+            // `--bind 0.0.0.0` on the built-in listener must not open it to
+            // anonymous clients from the network.
+            first.settle_anonymous();
             check_duplicate_binds(&self.listeners)?;
         }
         if let Some(dir) = &cli.data_dir {
@@ -633,6 +759,9 @@ impl Config {
         }
         if listeners.is_empty() {
             listeners.push(Listener::default_local());
+        }
+        for l in &mut listeners {
+            l.settle_anonymous();
         }
         check_duplicate_binds(&listeners)?;
 
@@ -675,6 +804,13 @@ impl Config {
                 3_600_000,
                 d.connect_timeout_ms,
             )?,
+            authorize_timeout_ms: ranged(
+                r.authorize_timeout_ms,
+                "limits.authorize_timeout_ms",
+                100,
+                3_600_000,
+                d.authorize_timeout_ms,
+            )?,
             max_keepalive_secs: match r.max_keepalive_secs {
                 None => d.max_keepalive_secs,
                 some => Some(ranged(some, "limits.max_keepalive_secs", 1, 65_535, 0u16)?),
@@ -683,7 +819,7 @@ impl Config {
                 r.max_connections,
                 "limits.max_connections",
                 1,
-                10_000_000,
+                U32_MAX,
                 d.max_connections,
             )?,
             // MQTT servers must accept ids of 1 to 23 bytes [MQTT-3.1.3-5].
@@ -701,12 +837,27 @@ impl Config {
                 65_535,
                 d.max_topic_levels,
             )?,
+            // A topic is an MQTT string: at most 65,535 bytes.
+            max_topic_length: ranged(
+                r.max_topic_length,
+                "limits.max_topic_length",
+                1,
+                65_535,
+                d.max_topic_length,
+            )?,
             max_subscriptions_per_client: ranged(
                 r.max_subscriptions_per_client,
                 "limits.max_subscriptions_per_client",
                 1,
                 1_000_000,
                 d.max_subscriptions_per_client,
+            )?,
+            max_retained_messages: ranged(
+                r.max_retained_messages,
+                "limits.max_retained_messages",
+                0,
+                U32_MAX,
+                d.max_retained_messages,
             )?,
             outbound_buffer_bytes: ranged(
                 r.outbound_buffer_bytes,
@@ -716,17 +867,10 @@ impl Config {
                 d.outbound_buffer_bytes,
             )?,
         };
-        // A packet the broker accepted must fit the writer of whoever
-        // subscribes to it, or it could never be delivered.
-        if limits.outbound_buffer_bytes < u64::from(limits.max_packet_size) {
-            return Err(ConfigError::Invalid {
-                key: "limits.outbound_buffer_bytes".into(),
-                problem: format!(
-                    "must be at least limits.max_packet_size ({})",
-                    limits.max_packet_size
-                ),
-            });
-        }
+        // No rule ties outbound_buffer_bytes to max_packet_size: the engine
+        // writes a packet larger than the buffer whole and only then counts
+        // the connection as blocked (the engine's own defaults are 2 MiB and
+        // 16 MiB).
         if limits.max_queued_bytes < u64::from(limits.max_packet_size) {
             notes.push(format!(
                 "limits.max_queued_bytes ({}) is below limits.max_packet_size ({}): \
@@ -836,21 +980,30 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = self.notes.clone();
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.allow_anonymous && l.password_file.is_none() && !l.bind.ip().is_loopback() {
+            let name = format!("listener[{i}] ({} on {})", l.protocol.name(), l.bind);
+            let anonymous = l.allows_anonymous();
+            if anonymous && l.password_file.is_none() && !l.is_loopback() {
                 out.push(format!(
-                    "listener[{i}] ({} on {}) accepts anonymous clients from the network \
-                     and has no password_file",
-                    l.protocol.name(),
-                    l.bind
+                    "{name} accepts anonymous clients from the network and has no password_file"
                 ));
-            }
-            if !l.allow_anonymous && l.password_file.is_none() {
+            } else if !anonymous && l.anonymous_refused_by_address() {
+                // One line per listener: why, and how to allow them.
+                let mut line = format!(
+                    "{name} refuses anonymous clients: it is bound to a non-loopback address \
+                     and allow_anonymous is not set; to accept them, write \
+                     allow_anonymous = true in its [[listener]] table (with --config)"
+                );
+                if l.password_file.is_none() {
+                    line.push_str(
+                        "; it has no password_file either: no client can connect unless \
+                         the embedding program authenticates",
+                    );
+                }
+                out.push(line);
+            } else if !anonymous && l.password_file.is_none() {
                 out.push(format!(
-                    "listener[{i}] ({} on {}) refuses anonymous clients and has no \
-                     password_file: no client can connect unless the embedding program \
-                     authenticates",
-                    l.protocol.name(),
-                    l.bind
+                    "{name} refuses anonymous clients and has no password_file: no client \
+                     can connect unless the embedding program authenticates"
                 ));
             }
         }
@@ -911,6 +1064,7 @@ fn listener_from_raw(
         key: raw.key,
         ws_path,
         allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+        allow_anonymous_explicit: raw.allow_anonymous.is_some(),
         password_file: raw.password_file,
         acl_file: raw.acl_file,
     })
@@ -966,6 +1120,14 @@ mod tests {
         assert_eq!(config.listeners[2].ws_path, "/mqtt");
         assert_eq!(config.persistence.store, Store::Fjall);
         config.validate().expect("example validates");
+        // The limits shown are the defaults, except where the file says
+        // "Default:".
+        let shown = Limits {
+            max_keepalive_secs: None,
+            max_connections: Limits::default().max_connections,
+            ..config.limits.clone()
+        };
+        assert_eq!(shown, Limits::default());
         for key in [
             "protocol",
             "bind",
@@ -981,11 +1143,14 @@ mod tests {
             "max_queued_bytes",
             "queue_qos0_offline",
             "connect_timeout_ms",
+            "authorize_timeout_ms",
             "max_keepalive_secs",
             "max_connections",
             "max_client_id_len",
             "max_topic_levels",
+            "max_topic_length",
             "max_subscriptions_per_client",
+            "max_retained_messages",
             "outbound_buffer_bytes",
             "store",
             "path",
@@ -998,6 +1163,91 @@ mod tests {
                     .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
                 "example does not set {key}"
             );
+        }
+    }
+
+    /// `Limits { a: 1, b: Some(2) }` → `[("a", "1"), ("b", "Some(2)")]`.
+    /// The engine's `Limits` has no `PartialEq`; its `Debug` names every
+    /// field, so comparing it compares fields the test need not list.
+    fn fields(limits: &EngineLimits) -> Vec<(String, String)> {
+        let text = format!("{limits:?}");
+        let inner = text
+            .strip_prefix("Limits { ")
+            .and_then(|t| t.strip_suffix(" }"))
+            .expect("Debug shape");
+        inner
+            .split(", ")
+            .map(|field| {
+                let (name, value) = field.split_once(": ").expect("name: value");
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_limits_are_the_engines() {
+        let engine = fields(&EngineLimits::default());
+        assert!(engine.len() >= 15, "{engine:?}");
+        for config in [
+            Config::default(),
+            Config::from_toml_str("").expect("empty"),
+            Config::from_cli(Cli::default()).expect("no flags"),
+        ] {
+            assert_eq!(fields(&config.limits.to_engine()), engine);
+        }
+        // And back: nothing is lost either way.
+        assert_eq!(
+            Limits::from_engine(&Limits::default().to_engine()),
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn every_limits_key_reaches_its_engine_field() {
+        let config = Config::from_toml_str(
+            "[limits]\n\
+             max_packet_size = 5000\n\
+             max_inflight = 7\n\
+             max_queued_messages = 11\n\
+             max_queued_bytes = 13000\n\
+             queue_qos0_offline = true\n\
+             connect_timeout_ms = 1700\n\
+             authorize_timeout_ms = 1900\n\
+             max_keepalive_secs = 23\n\
+             max_connections = 29\n\
+             max_client_id_len = 31\n\
+             max_topic_levels = 37\n\
+             max_topic_length = 41\n\
+             max_subscriptions_per_client = 43\n\
+             max_retained_messages = 47\n\
+             outbound_buffer_bytes = 5300\n",
+        )
+        .expect("parses");
+        // Exhaustive on purpose: a new engine field fails to compile here
+        // until the test (and the configuration) covers it.
+        let expected = EngineLimits {
+            max_packet_size: 5000,
+            max_inflight: 7,
+            max_queued_messages: 11,
+            max_queued_bytes: 13_000,
+            queue_qos0_offline: true,
+            connect_timeout: Duration::from_millis(1700),
+            authorize_timeout: Duration::from_millis(1900),
+            max_keepalive: Some(23),
+            max_connections: 29,
+            max_client_id_len: 31,
+            max_topic_levels: 37,
+            max_topic_length: 41,
+            max_subscriptions_per_client: 43,
+            max_retained_messages: 47,
+            outbound_buffer_bytes: 5300,
+        };
+        let got = fields(&config.limits.to_engine());
+        assert_eq!(got, fields(&expected));
+        // Every field moved off its default, so none reached the engine by
+        // falling through to it.
+        for ((name, value), (_, default)) in got.iter().zip(fields(&EngineLimits::default())) {
+            assert_ne!(*value, default, "{name} kept its default");
         }
     }
 
@@ -1021,13 +1271,9 @@ mod tests {
             Some(Path::new("/var/lib/roost"))
         );
         assert_eq!(config.verbosity, 2);
-        let warnings = config.warnings();
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("anonymous clients from the network")),
-            "{warnings:?}"
-        );
+        // Moved off loopback, the built-in listener no longer takes
+        // anonymous clients (see anonymous_needs_an_explicit_yes_off_loopback).
+        assert!(!config.listeners[0].allows_anonymous());
         assert_eq!(
             config.persistence.store,
             Store::Fjall,
@@ -1144,8 +1390,16 @@ mod tests {
                 .starts_with("listener[0].ws_path:")
         );
         assert_eq!(
-            err("[limits]\nmax_packet_size = 4000000\n"),
-            "limits.outbound_buffer_bytes: must be at least limits.max_packet_size (4000000)"
+            err("[limits]\nmax_topic_length = 65536\n"),
+            "limits.max_topic_length: must be between 1 and 65535"
+        );
+        assert_eq!(
+            err("[limits]\nauthorize_timeout_ms = 99\n"),
+            "limits.authorize_timeout_ms: must be between 100 and 3600000"
+        );
+        assert_eq!(
+            err("[limits]\nmax_retained_messages = -1\n"),
+            "limits.max_retained_messages: must be between 0 and 4294967295"
         );
         assert_eq!(
             err(
@@ -1175,6 +1429,95 @@ mod tests {
         let cli = Cli::try_parse_from(["roost", "--data-dir", "/d"]).expect("cli");
         config.apply_cli(&cli).expect("apply");
         config.validate().expect("path from flag");
+    }
+
+    fn cli(args: &[&str]) -> Config {
+        let cli =
+            Cli::try_parse_from(std::iter::once("roost").chain(args.iter().copied())).expect("cli");
+        Config::from_cli(cli).expect("config")
+    }
+
+    #[test]
+    fn anonymous_needs_an_explicit_yes_off_loopback() {
+        // The built-in listener on loopback allows anonymous clients.
+        let config = cli(&[]);
+        assert!(config.listeners[0].allows_anonymous());
+        assert!(config.warnings().is_empty());
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            let config = cli(&["--bind", ip]);
+            assert!(config.listeners[0].allows_anonymous(), "{ip}");
+            assert!(
+                config.warnings().is_empty(),
+                "{ip}: {:?}",
+                config.warnings()
+            );
+        }
+        // `--bind` off loopback: refused, and said once, with the remedy.
+        for ip in [
+            "0.0.0.0",
+            "::",
+            "192.168.1.5",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let config = cli(&["--bind", ip]);
+            let l = &config.listeners[0];
+            assert!(!l.allows_anonymous(), "{ip}");
+            assert!(!l.allow_anonymous, "{ip}: the stored value is settled too");
+            let warnings = config.warnings();
+            assert_eq!(warnings.len(), 1, "{ip}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(&format!("listener[0] (tcp on {})", l.bind))
+                    && warnings[0].contains("refuses anonymous clients")
+                    && warnings[0].contains("non-loopback")
+                    && warnings[0].contains("allow_anonymous = true"),
+                "{ip}: {warnings:?}"
+            );
+        }
+
+        let file = |text: &str| Config::from_toml_str(text).expect("parses");
+        // Written true opens a listener anywhere; not written keeps it shut.
+        let config = file(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n\
+             [[listener]]\nprotocol = \"ws\"\nbind = \"[::]:8080\"\n\
+             password_file = \"/etc/roost/passwd\"\n\
+             [[listener]]\nprotocol = \"tcp\"\nbind = \"10.1.2.3:1883\"\nallow_anonymous = false\n\
+             password_file = \"/etc/roost/passwd\"\n\
+             [[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1884\"\n\
+             password_file = \"/etc/roost/passwd\"\n",
+        );
+        let allows: Vec<bool> = config
+            .listeners
+            .iter()
+            .map(Listener::allows_anonymous)
+            .collect();
+        assert_eq!(allows, [true, false, false, false]);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("listener[0]"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("accepts anonymous clients from the network"),
+            "{warnings:?}"
+        );
+        // Only the listener whose default the address changed gets the
+        // note; it has a password file, so no "no client can connect".
+        assert!(
+            warnings[1].starts_with("listener[1] (ws on [::]:8080) refuses anonymous")
+                && !warnings[1].contains("no client can connect"),
+            "{warnings:?}"
+        );
+
+        // A written `true` survives `--bind`; the rule follows the address
+        // if the embedding program moves a listener after loading.
+        let mut config = file(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\nallow_anonymous = true\n",
+        );
+        let flags = Cli::try_parse_from(["roost", "--bind", "0.0.0.0"]).expect("cli");
+        config.apply_cli(&flags).expect("apply");
+        assert!(config.listeners[0].allows_anonymous());
+        let mut local = Listener::default_local();
+        local.bind.set_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert!(local.allow_anonymous && !local.allows_anonymous());
     }
 
     #[test]

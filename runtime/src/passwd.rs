@@ -6,7 +6,11 @@
 //! than silently never matching: re-create such users with `roost passwd add`.
 //!
 //! Blank lines and lines starting with `#` are ignored on load and dropped on
-//! save. [`PasswordFile::save`] writes a temporary file beside the target and
+//! save; a commented-out line that holds an entry is reported in
+//! [`PasswordFile::warnings`]. User names must read back as written: not
+//! empty, no `:`, no control character, no leading `#`, no leading or
+//! trailing whitespace ([`check_user_name`]); `roost passwd add` refuses
+//! others before touching the file, and loading refuses a line holding one. [`PasswordFile::save`] writes a temporary file beside the target and
 //! renames it over, so a crash leaves either the old or the new file.
 
 use std::collections::BTreeMap;
@@ -70,8 +74,14 @@ pub enum PasswdError {
         /// What is wrong with it.
         problem: String,
     },
-    /// A user name is empty or contains `:` or a control character.
-    InvalidUser(String),
+    /// A user name that could not be written to the file and read back as
+    /// the same name.
+    InvalidUser {
+        /// The name as given.
+        user: String,
+        /// What is wrong with it.
+        problem: UserNameProblem,
+    },
     /// [`PasswordFile::add`] for a user who already exists.
     UserExists(String),
     /// [`PasswordFile::remove`] via a command for a user who does not exist.
@@ -96,10 +106,9 @@ impl fmt::Display for PasswdError {
                 }
                 write!(f, "line {line}: {problem}")
             }
-            PasswdError::InvalidUser(user) => write!(
-                f,
-                "invalid user name {user:?}: must be non-empty, without ':' or control characters"
-            ),
+            PasswdError::InvalidUser { user, problem } => {
+                write!(f, "invalid user name {user:?}: {problem}")
+            }
             PasswdError::UserExists(user) => write!(f, "user {user:?} already exists"),
             PasswdError::NoSuchUser(user) => write!(f, "no user {user:?}"),
             PasswdError::Hash(why) => write!(f, "password hashing failed: {why}"),
@@ -125,11 +134,66 @@ pub struct PasswordFile {
     /// Sorted so that saving is deterministic and diffs stay small.
     entries: BTreeMap<String, String>,
     cost: HashCost,
+    /// Lines that loaded but probably do not mean what was meant.
+    warnings: Vec<String>,
 }
 
-/// Whether `user` may appear in a password file (and on a CONNECT's left of `:`).
+/// Why a user name cannot be stored in a password file: each would make
+/// the line read back as something else, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserNameProblem {
+    /// The name is empty.
+    Empty,
+    /// The name contains `:`, which separates the name from the hash.
+    Colon,
+    /// The name contains a control character (a newline would split the
+    /// line, a NUL or escape cannot be typed at a client).
+    ControlCharacter,
+    /// The name starts with `#`: the line would read back as a comment.
+    StartsWithHash,
+    /// The name begins or ends with whitespace, which is invisible in the
+    /// file and easily lost when it is edited.
+    OuterWhitespace,
+}
+
+impl fmt::Display for UserNameProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UserNameProblem::Empty => "must not be empty",
+            UserNameProblem::Colon => "must not contain ':' (it separates the name from the hash)",
+            UserNameProblem::ControlCharacter => {
+                "must not contain control characters (such as a newline)"
+            }
+            UserNameProblem::StartsWithHash => {
+                "must not start with '#' (the line would read back as a comment)"
+            }
+            UserNameProblem::OuterWhitespace => "must not begin or end with whitespace",
+        })
+    }
+}
+
+/// Checks that `user` can be written as `user:hash` and read back as the
+/// same name.
+pub fn check_user_name(user: &str) -> Result<(), UserNameProblem> {
+    if user.is_empty() {
+        Err(UserNameProblem::Empty)
+    } else if user.contains(':') {
+        Err(UserNameProblem::Colon)
+    } else if user.chars().any(char::is_control) {
+        Err(UserNameProblem::ControlCharacter)
+    } else if user.starts_with('#') {
+        Err(UserNameProblem::StartsWithHash)
+    } else if user.starts_with(char::is_whitespace) || user.ends_with(char::is_whitespace) {
+        Err(UserNameProblem::OuterWhitespace)
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `user` may appear in a password file; see [`check_user_name`].
 pub fn valid_user_name(user: &str) -> bool {
-    !user.is_empty() && !user.contains(':') && !user.chars().any(char::is_control)
+    check_user_name(user).is_ok()
 }
 
 impl PasswordFile {
@@ -165,7 +229,25 @@ impl PasswordFile {
         let mut file = PasswordFile::new();
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(comment) = line.trim_start().strip_prefix('#') {
+                // An older roost wrote users whose name starts with `#` as
+                // such lines; say so instead of losing the user silently.
+                // (Commenting out a user is also done on purpose, so this
+                // is a warning, not an error.)
+                if let Some((rest, hash)) = comment.split_once(':') {
+                    if check_stored_hash(hash).is_ok() {
+                        file.warnings.push(format!(
+                            "line {} looks like an entry for user {:?} but is a comment \
+                             (a line starting with '#'): that user cannot log in; user names \
+                             may not start with '#'",
+                            index + 1,
+                            format!("#{rest}")
+                        ));
+                    }
+                }
                 continue;
             }
             let fail = |problem: String| PasswdError::Syntax {
@@ -176,8 +258,8 @@ impl PasswordFile {
             let Some((user, hash)) = line.split_once(':') else {
                 return Err(fail("expected user:hash".to_owned()));
             };
-            if !valid_user_name(user) {
-                return Err(fail(format!("invalid user name {user:?}")));
+            if let Err(problem) = check_user_name(user) {
+                return Err(fail(format!("invalid user name {user:?}: {problem}")));
             }
             check_stored_hash(hash).map_err(fail)?;
             if file
@@ -216,11 +298,13 @@ impl PasswordFile {
         self.set(user, password)
     }
 
-    /// Adds a user or replaces their password.
+    /// Adds a user or replaces their password. Names that could not be
+    /// read back from the file are refused ([`check_user_name`]).
     pub fn set(&mut self, user: &str, password: &str) -> Result<(), PasswdError> {
-        if !valid_user_name(user) {
-            return Err(PasswdError::InvalidUser(user.to_owned()));
-        }
+        check_user_name(user).map_err(|problem| PasswdError::InvalidUser {
+            user: user.to_owned(),
+            problem,
+        })?;
         let hash = self.hash(password)?;
         self.entries.insert(user.to_owned(), hash);
         Ok(())
@@ -229,6 +313,14 @@ impl PasswordFile {
     /// Removes a user; returns whether they existed.
     pub fn remove(&mut self, user: &str) -> bool {
         self.entries.remove(user).is_some()
+    }
+
+    /// Lines of the loaded file that are not errors but probably not what
+    /// was meant, each naming its line: a commented-out line that holds an
+    /// entry (as an older roost wrote for a user named `#…`). The runtime
+    /// logs them when it loads the file.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Whether `user` has an entry.
@@ -375,10 +467,13 @@ pub fn run_command(
             password,
             file,
         } => {
+            // Refused before anything is read or written: the file is
+            // never touched for a name it could not hold.
+            check_user_name(user).map_err(|problem| PasswdError::InvalidUser {
+                user: user.clone(),
+                problem,
+            })?;
             let path = file_of(file)?;
-            if !valid_user_name(user) {
-                return Err(PasswdError::InvalidUser(user.clone()));
-            }
             let mut passwords = match PasswordFile::load(&path) {
                 Ok(existing) => existing,
                 Err(PasswdError::Io { source, .. })
@@ -482,12 +577,129 @@ mod tests {
         let mut file = cheap();
         for user in ["", "a:b", "a\nb", "tab\t", "nul\0"] {
             assert!(
-                matches!(file.set(user, "p"), Err(PasswdError::InvalidUser(_))),
+                matches!(file.set(user, "p"), Err(PasswdError::InvalidUser { .. })),
                 "{user:?}"
             );
         }
         file.set("ok user ü", "p")
             .expect("spaces and unicode are fine");
+    }
+
+    #[test]
+    fn names_that_cannot_round_trip_are_refused_with_the_reason() {
+        let mut file = cheap();
+        for (user, problem) in [
+            ("", UserNameProblem::Empty),
+            ("a:b", UserNameProblem::Colon),
+            ("a\nb", UserNameProblem::ControlCharacter),
+            ("a\rb", UserNameProblem::ControlCharacter),
+            ("nul\0", UserNameProblem::ControlCharacter),
+            ("del\x7f", UserNameProblem::ControlCharacter),
+            ("#", UserNameProblem::StartsWithHash),
+            ("#admin", UserNameProblem::StartsWithHash),
+            (" alice", UserNameProblem::OuterWhitespace),
+            ("alice ", UserNameProblem::OuterWhitespace),
+            ("tab\t", UserNameProblem::ControlCharacter),
+            ("\u{a0}nbsp", UserNameProblem::OuterWhitespace),
+        ] {
+            assert_eq!(check_user_name(user), Err(problem), "{user:?}");
+            assert!(!valid_user_name(user), "{user:?}");
+            match file.set(user, "p") {
+                Err(PasswdError::InvalidUser {
+                    user: u,
+                    problem: p,
+                }) => {
+                    assert_eq!((u.as_str(), p), (user, problem));
+                }
+                other => panic!("{user:?}: {other:?}"),
+            }
+        }
+        assert!(file.is_empty());
+        // `#` inside a name, and spaces inside one, round-trip.
+        for user in ["a#b", "ok user ü", "x%c"] {
+            assert_eq!(check_user_name(user), Ok(()));
+            file.set(user, "p").expect("valid");
+        }
+        let reread = PasswordFile::parse(&file.to_text()).expect("reads back");
+        assert_eq!(
+            reread.users().collect::<Vec<_>>(),
+            file.users().collect::<Vec<_>>()
+        );
+        let err = PasswdError::InvalidUser {
+            user: "#".into(),
+            problem: UserNameProblem::StartsWithHash,
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid user name \"#\": must not start with '#' (the line would read back as a comment)"
+        );
+    }
+
+    #[test]
+    fn load_refuses_names_with_outer_whitespace_and_reports_commented_entries() {
+        let mut good = cheap();
+        good.add("alice", "pw").expect("add");
+        let entry = good.to_text();
+        let hash = entry.trim_end().strip_prefix("alice:").expect("entry");
+
+        let err = PasswordFile::parse(&format!("{entry} bob:{hash}\n")).expect_err("indented");
+        assert_eq!(
+            err.to_string(),
+            "line 2: invalid user name \" bob\": must not begin or end with whitespace"
+        );
+        let err = PasswordFile::parse(&format!("bob :{hash}\n")).expect_err("trailing space");
+        assert!(
+            err.to_string()
+                .starts_with("line 1: invalid user name \"bob \""),
+            "{err}"
+        );
+
+        // A line an older roost wrote for user `#` (or `#x`) is a comment:
+        // it still loads, the user is not there, and the file says why.
+        let text = format!("# a real comment: with a colon\n{entry}#:{hash}\n#x:{hash}\n");
+        let file = PasswordFile::parse(&text).expect("comments are not errors");
+        assert_eq!(file.users().collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(
+            file.warnings(),
+            [
+                "line 3 looks like an entry for user \"#\" but is a comment (a line starting \
+                 with '#'): that user cannot log in; user names may not start with '#'",
+                "line 4 looks like an entry for user \"#x\" but is a comment (a line starting \
+                 with '#'): that user cannot log in; user names may not start with '#'",
+            ]
+        );
+        assert!(good.warnings().is_empty());
+    }
+
+    #[test]
+    fn passwd_add_hash_user_fails_and_writes_nothing() {
+        let path = temp_path("hash-user");
+        for user in ["#", "#admin", "", "a:b", "a\nb", " a", "a "] {
+            let add = PasswdCommand::Add {
+                user: user.into(),
+                password: Some("pw".into()),
+                file: Some(path.clone()),
+            };
+            let err = run_command(&add, None, || unreachable!()).expect_err(user);
+            assert!(
+                matches!(err, PasswdError::InvalidUser { .. }),
+                "{user:?}: {err}"
+            );
+            assert!(!path.exists(), "{user:?}: the file was written");
+        }
+        // An existing file is left byte for byte as it was.
+        let mut file = cheap();
+        file.add("alice", "pw").expect("add");
+        file.save(&path).expect("save");
+        let before = std::fs::read(&path).expect("read");
+        let add = PasswdCommand::Add {
+            user: "#".into(),
+            password: Some("pw".into()),
+            file: Some(path.clone()),
+        };
+        run_command(&add, None, || unreachable!()).expect_err("#");
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
     }
 
     #[test]
