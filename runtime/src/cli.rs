@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// What a binary should do after [`start`].
+// Built once per process: the size of the configuration costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// Exit with this code (the `passwd` subcommand ran, or the
     /// configuration is invalid and the reason was printed).

@@ -263,6 +263,15 @@ pub struct Limits {
     /// packet larger than this is still written whole, after which the
     /// connection counts as blocked.
     pub outbound_buffer_bytes: u64,
+    /// Milliseconds a packet may take to arrive once its first byte has:
+    /// a client trickling a packet is closed after it, keep-alive or not.
+    pub packet_timeout_ms: u64,
+    /// QoS 1 PUBLISHes an MQTT 3 client may have waiting for their PUBACK
+    /// (for durability) before it is disconnected (Mosquitto: 5,000).
+    pub mqtt3_max_pending_acks: u32,
+    /// QoS 2 PUBLISHes an MQTT 3 client may leave unreleased (no PUBREL
+    /// yet) before it is disconnected (Mosquitto: 1,000).
+    pub mqtt3_max_pending_qos2: u32,
 }
 
 impl Default for Limits {
@@ -303,6 +312,9 @@ impl Limits {
             max_topic_length: saturate(e.max_topic_length, u32::MAX),
             max_subscriptions_per_client: saturate(e.max_subscriptions_per_client, u32::MAX),
             max_retained_messages: saturate(e.max_retained_messages, u64::MAX),
+            packet_timeout_ms: millis(e.packet_timeout),
+            mqtt3_max_pending_acks: saturate(e.mqtt3_max_pending_acks, u32::MAX),
+            mqtt3_max_pending_qos2: saturate(e.mqtt3_max_pending_qos2, u32::MAX),
             outbound_buffer_bytes: saturate(e.outbound_buffer_bytes, u64::MAX),
         }
     }
@@ -327,6 +339,9 @@ impl Limits {
             max_subscriptions_per_client: saturate(self.max_subscriptions_per_client, usize::MAX),
             max_retained_messages: saturate(self.max_retained_messages, usize::MAX),
             outbound_buffer_bytes: saturate(self.outbound_buffer_bytes, usize::MAX),
+            packet_timeout: Duration::from_millis(self.packet_timeout_ms),
+            mqtt3_max_pending_acks: saturate(self.mqtt3_max_pending_acks, usize::MAX),
+            mqtt3_max_pending_qos2: saturate(self.mqtt3_max_pending_qos2, usize::MAX),
         }
     }
 }
@@ -614,6 +629,9 @@ struct RawLimits {
     max_topic_length: Option<i64>,
     max_subscriptions_per_client: Option<i64>,
     max_retained_messages: Option<i64>,
+    packet_timeout_ms: Option<i64>,
+    mqtt3_max_pending_acks: Option<i64>,
+    mqtt3_max_pending_qos2: Option<i64>,
     outbound_buffer_bytes: Option<i64>,
 }
 
@@ -865,6 +883,27 @@ impl Config {
                 4096,
                 64 * 1024 * MIB,
                 d.outbound_buffer_bytes,
+            )?,
+            packet_timeout_ms: ranged(
+                r.packet_timeout_ms,
+                "limits.packet_timeout_ms",
+                100,
+                3_600_000,
+                d.packet_timeout_ms,
+            )?,
+            mqtt3_max_pending_acks: ranged(
+                r.mqtt3_max_pending_acks,
+                "limits.mqtt3_max_pending_acks",
+                1,
+                1_000_000,
+                d.mqtt3_max_pending_acks,
+            )?,
+            mqtt3_max_pending_qos2: ranged(
+                r.mqtt3_max_pending_qos2,
+                "limits.mqtt3_max_pending_qos2",
+                1,
+                1_000_000,
+                d.mqtt3_max_pending_qos2,
             )?,
         };
         // No rule ties outbound_buffer_bytes to max_packet_size: the engine
@@ -1152,6 +1191,9 @@ mod tests {
             "max_subscriptions_per_client",
             "max_retained_messages",
             "outbound_buffer_bytes",
+            "packet_timeout_ms",
+            "mqtt3_max_pending_acks",
+            "mqtt3_max_pending_qos2",
             "store",
             "path",
             "durability",
@@ -1220,7 +1262,10 @@ mod tests {
              max_topic_length = 41\n\
              max_subscriptions_per_client = 43\n\
              max_retained_messages = 47\n\
-             outbound_buffer_bytes = 5300\n",
+             outbound_buffer_bytes = 5300\n\
+             packet_timeout_ms = 5900\n\
+             mqtt3_max_pending_acks = 61\n\
+             mqtt3_max_pending_qos2 = 67\n",
         )
         .expect("parses");
         // Exhaustive on purpose: a new engine field fails to compile here
@@ -1241,6 +1286,9 @@ mod tests {
             max_subscriptions_per_client: 43,
             max_retained_messages: 47,
             outbound_buffer_bytes: 5300,
+            packet_timeout: Duration::from_millis(5900),
+            mqtt3_max_pending_acks: 61,
+            mqtt3_max_pending_qos2: 67,
         };
         let got = fields(&config.limits.to_engine());
         assert_eq!(got, fields(&expected));

@@ -193,6 +193,10 @@ pub enum WriteStatus {
 
 struct ListenerState {
     config: config::Listener,
+    /// Listeners with the same authentication share a class; a session
+    /// created through one class is never resumed through another (see
+    /// `ConnInfo::auth_class`).
+    auth_class: u16,
     tls: Option<Arc<rustls::ServerConfig>>,
     passwords: Option<Arc<PasswordFile>>,
     /// The last pause after a failed accept, doubled by the next failure
@@ -351,12 +355,34 @@ impl Driver {
     ) -> Result<Driver, DriverError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut acls = Vec::with_capacity(config.listeners.len());
+        let mut classes: Vec<(bool, Option<std::path::PathBuf>)> = Vec::new();
         for (l, f) in config.listeners.iter().zip(files.listeners) {
+            // Who may connect: anonymous clients or not, and which users.
+            let setup = (l.allows_anonymous(), l.password_file.clone());
+            let auth_class = match classes.iter().position(|c| *c == setup) {
+                Some(i) => i,
+                None => {
+                    classes.push(setup);
+                    classes.len() - 1
+                }
+            };
             let tls = f.tls.transpose().map_err(DriverError::File)?;
             let passwords = f.passwords.transpose().map_err(DriverError::File)?;
             acls.push(f.acl.transpose().map_err(DriverError::File)?);
+            if let Some(file) = &passwords {
+                for warning in file.warnings() {
+                    warn!(
+                        "{}: {warning}",
+                        l.password_file
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("-"))
+                            .display()
+                    );
+                }
+            }
             listeners.push(ListenerState {
                 config: l.clone(),
+                auth_class: u16::try_from(auth_class).unwrap_or(u16::MAX),
                 tls,
                 passwords,
                 backoff: None,
@@ -369,7 +395,7 @@ impl Driver {
             .then_some(AclPolicy { acls, denied });
         let needs_auth = listeners
             .iter()
-            .any(|l| l.passwords.is_some() || !l.config.allow_anonymous);
+            .any(|l| l.passwords.is_some() || !l.config.allows_anonymous());
         let mut engine = engine_config(config, needs_auth, policy);
         let (broker, store) = match store {
             Some(opened) => {
@@ -573,16 +599,21 @@ impl Driver {
             }
         };
         let ws = l.config.protocol.is_ws().then(|| {
-            Box::new(WsStage::new(
-                &l.config.ws_path,
-                self.broker.config().limits.max_packet_size as usize,
-            ))
+            Box::new(
+                WsStage::new(
+                    &l.config.ws_path,
+                    self.broker.config().limits.max_packet_size as usize,
+                )
+                .with_max_outbound(self.outbound_limit),
+            )
         });
+        let auth_class = l.auth_class;
         let conn = self.broker.handle_open(
             now,
             ConnInfo {
                 remote,
                 listener: u16::try_from(index).unwrap_or(u16::MAX),
+                auth_class,
             },
         );
         debug!(%conn, remote = %DisplayAddr(remote), listener = index, "accepted");
@@ -729,6 +760,16 @@ impl Driver {
         if io.out.is_empty() && io.out.capacity() > 0 {
             io.out = VecDeque::new();
         }
+        // Stage output held back while the queue was full.
+        if status == WriteStatus::Drained && (io.tls.is_some() || io.ws.is_some()) {
+            self.push_stage_output(conn);
+            if self.has_output(conn) {
+                self.wake(conn);
+            }
+        }
+        let Some(io) = self.conns.get_mut(&conn) else {
+            return Ok(status);
+        };
         if io.out.is_empty() && io.phase == Phase::Closing {
             io.phase = Phase::Lingering { discarded: 0 };
             self.lingering.push_back((now + LINGER, conn));
@@ -965,11 +1006,18 @@ impl Driver {
         }
     }
 
-    /// Moves what the stages have for the wire into the output queue.
+    /// Moves what the stages have for the wire into the output queue, while
+    /// the queue is under the output limit: beyond it, stage output (a
+    /// WebSocket pong, say) waits in its stage, which bounds it (a peer
+    /// that overruns a stage's bound fails the stage), and is moved once
+    /// [`Driver::handle_write`] has drained the queue.
     fn push_stage_output(&mut self, conn: ConnId) {
         let Some(io) = self.conns.get_mut(&conn) else {
             return;
         };
+        if io.out_len >= self.outbound_limit {
+            return;
+        }
         let wire = &mut self.wire;
         wire.clear();
         match (&mut io.tls, &mut io.ws) {
@@ -1103,7 +1151,7 @@ impl Driver {
             _ if request.method.is_some() => {
                 Some(AuthDecision::Reject(ReasonCode::BadAuthenticationMethod))
             }
-            (None, _) if listener.config.allow_anonymous => Some(AuthDecision::Accept),
+            (None, _) if listener.config.allows_anonymous() => Some(AuthDecision::Accept),
             (None, _) => Some(AuthDecision::Reject(ReasonCode::NotAuthorized)),
             (Some(user), Some(passwords)) => {
                 if self.password_queue.len() >= PASSWORD_QUEUE {
@@ -1120,7 +1168,7 @@ impl Driver {
                     None
                 }
             }
-            (Some(_), None) if listener.config.allow_anonymous => Some(AuthDecision::Accept),
+            (Some(_), None) if listener.config.allows_anonymous() => Some(AuthDecision::Accept),
             (Some(_), None) => Some(AuthDecision::Reject(ReasonCode::BadUserNameOrPassword)),
         };
         if let Some(decision) = decision {
@@ -1301,24 +1349,9 @@ fn log_event(event: &EngineEvent) {
 
 /// The engine configuration a runtime configuration describes.
 fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> broker::Config {
-    let l = &config.limits;
     let m = &config.mqtt;
     broker::Config {
-        limits: broker::Limits {
-            max_packet_size: l.max_packet_size,
-            max_inflight: l.max_inflight,
-            max_queued_messages: l.max_queued_messages as usize,
-            max_queued_bytes: usize::try_from(l.max_queued_bytes).unwrap_or(usize::MAX),
-            queue_qos0_offline: l.queue_qos0_offline,
-            max_client_id_len: usize::from(l.max_client_id_len),
-            max_topic_levels: usize::from(l.max_topic_levels),
-            max_subscriptions_per_client: l.max_subscriptions_per_client as usize,
-            max_connections: l.max_connections as usize,
-            connect_timeout: Duration::from_millis(l.connect_timeout_ms),
-            max_keepalive: l.max_keepalive_secs,
-            outbound_buffer_bytes: usize::try_from(l.outbound_buffer_bytes).unwrap_or(usize::MAX),
-            ..broker::Limits::default()
-        },
+        limits: config.limits.to_engine(),
         receive_maximum: m.receive_maximum,
         maximum_qos: match m.maximum_qos {
             0 => QoS::AtMostOnce,
