@@ -167,8 +167,18 @@ impl Binary {
                 s
             })
         };
-        let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-        let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
         let deadline = Instant::now() + within;
         let status = loop {
             match child.try_wait() {
@@ -775,13 +785,5 @@ mod tests {
         // flags: user, password, will, clean
         assert_eq!(b[9], 0x80 | 0x40 | 0x04 | 0x02);
         assert!(b.ends_with(&[0, 1, b'u', 0, 1, b'p']));
-    }
-
-    #[test]
-    fn every_attack_name_is_known() {
-        for name in ATTACKS {
-            assert!(!name.is_empty());
-        }
-        assert_eq!(ATTACKS.len(), 11);
     }
 }

@@ -88,7 +88,10 @@ pub(super) async fn will_authorization(bin: &Binary) -> Report {
             .await
     );
     setup!(r, bob.subscribe("bob/#", 0).await);
-    let (mut watcher, _) = setup!(r, Login::new(Version::V311, "sys-watch").connect(anon).await);
+    let (mut watcher, _) = setup!(
+        r,
+        Login::new(Version::V311, "sys-watch").connect(anon).await
+    );
     setup!(r, watcher.subscribe("$SYS/#", 0).await);
 
     let marker: &[u8] = b"forged will";
@@ -187,7 +190,8 @@ pub(super) async fn offline_queue_acl(bin: &Binary) -> Report {
     for (topic, payload) in [("sensors/secret", "s1"), ("sensors/ok", "ok1")] {
         setup!(
             r,
-            bob.publish(Publish::new(topic, 1, payload.as_bytes())).await
+            bob.publish(Publish::new(topic, 1, payload.as_bytes()))
+                .await
         );
     }
     setup!(
@@ -204,7 +208,8 @@ pub(super) async fn offline_queue_acl(bin: &Binary) -> Report {
     for (topic, payload) in [("sensors/secret", "s2"), ("sensors/ok", "ok2")] {
         setup!(
             r,
-            bob.publish(Publish::new(topic, 1, payload.as_bytes())).await
+            bob.publish(Publish::new(topic, 1, payload.as_bytes()))
+                .await
         );
     }
     let (mut a, present) = setup!(r, alice.connect(addr).await);
@@ -274,7 +279,9 @@ pub(super) async fn session_identity(bin: &Binary) -> Report {
         let queued = format!("inbox/alice/queued-{round}");
         setup!(r, publisher.publish(Publish::new(&queued, 1, b"q")).await);
         let (mut c, present) = setup!(r, login.connect(addr).await);
-        r.measure(format!("{who} with alice's client id: session present {present}"));
+        r.measure(format!(
+            "{who} with alice's client id: session present {present}"
+        ));
         r.check(!present, || {
             format!("{who} took over alice's session (session present 1)")
         });

@@ -13,6 +13,11 @@ use super::{Binary, Login, Report, mib, ms, passwd_line, probe, temp_dir, toml_p
 use crate::client::RecvError;
 use crate::wire::{Packet, Publish, Version, kind, put_varint};
 
+/// A plain TCP listener on loopback that lets anonymous clients in
+/// (listeners written in a file refuse them unless told).
+const PLAIN_TCP: &str =
+    "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n";
+
 /// How long each flood runs.
 const FLOOD_TIME: Duration = Duration::from_secs(3);
 /// The latency bound of a probe CONNECT during a flood.
@@ -52,10 +57,11 @@ pub(super) async fn ws_ping_flood(bin: &Binary) -> Report {
         ),
     );
     let dir = setup!(r, temp_dir());
-    let toml = "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
-                [[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\nws_path = \"/mqtt\"\n\
-                [sys]\ninterval_secs = 0\n";
-    let broker = setup!(r, bin.start(dir.path(), toml, 2));
+    let toml = format!(
+        "{PLAIN_TCP}[[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\n\
+         ws_path = \"/mqtt\"\nallow_anonymous = true\n[sys]\ninterval_secs = 0\n"
+    );
+    let broker = setup!(r, bin.start(dir.path(), &toml, 2));
     let tcp_addr = setup!(r, broker.addr_of("tcp").ok_or("no tcp listener in the log"));
     let ws_addr = setup!(r, broker.addr_of("ws").ok_or("no ws listener in the log"));
     let watch = broker.watch_memory();
@@ -117,7 +123,9 @@ pub(super) async fn ws_ping_flood(bin: &Binary) -> Report {
             ms(worst)
         )
     });
-    r.check(answered > 0 || mem.tripped, || "no probe was answered".into());
+    r.check(answered > 0 || mem.tripped, || {
+        "no probe was answered".into()
+    });
     r
 }
 
@@ -205,7 +213,12 @@ async fn ping_flood(
         }
     }
     let frame = ws_frame(0x9, &[b'p'; 125]);
-    let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 512).collect();
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 512)
+        .collect();
     let start = Instant::now();
     let mut written: u64 = 0;
     let mut pos = 0;
@@ -240,22 +253,29 @@ const AUTH_FLOOD: usize = 200;
 /// Password checks the broker may run at once plus those it may queue
 /// (2 + 64); the rest must be answered at once.
 const AUTH_CAPACITY: usize = 2 + 64;
-/// The flood's hash cost: 8 MiB, one pass. Cheaper than `roost passwd`'s
-/// default (19 MiB, two passes) so that a queue of 66 checks drains in a
-/// few seconds on a debug build, yet 200 checks at once would need 1.6 GB.
-const AUTH_M_KIB: u32 = 8 * 1024;
+/// The hash cost of the password file: 2 MiB, one pass. Far cheaper than
+/// `roost passwd`'s default (19 MiB, two passes), which makes the attack
+/// harder, not easier: 200 checks at once still need 400 MB, while a
+/// compliant broker's queue of 64 drains in about a second on a debug
+/// build, so the probe's bound tests the queue, not the machine's speed.
+const AUTH_M_KIB: u32 = 2 * 1024;
+/// How long the probe during the flood may wait for its CONNACK: a
+/// compliant broker may have queued it behind up to 64 checks.
+const AUTH_PROBE_WAIT: Duration = Duration::from_secs(5);
+/// How long after the flood hangs up the right password must be accepted.
+const AUTH_RETRY_WITHIN: Duration = Duration::from_secs(15);
 
 /// 200 simultaneous CONNECTs with a wrong password against a listener with
 /// a password file, then a client with the right password.
 ///
 /// The rule, given "at most 2 checks at once, 64 queued, the rest refused
-/// as busy": the broker owes the flood's excess (at least 134 of 200) an
-/// answer at once, so the probe goes only after 134 flood CONNECTs were
-/// answered (or 2 s passed, which is itself a violation). The probe must
-/// then be answered within 2 s, accepted (0x00) or refused as busy (0x03)
-/// since the queue may still be full. Then the flood's connections close,
-/// and a retry every 250 ms (each answered within 2 s) must be accepted
-/// within 10 s.
+/// as busy": the broker owes the flood's excess (at least 134 of 200) a
+/// CONNACK at once, so the probe goes only after 134 flood CONNECTs got
+/// one (or 2 s passed, which is itself a violation). The probe must then
+/// get a CONNACK within 5 s (it may sit behind up to 64 queued checks),
+/// accepting it (0x00) or refusing it as busy (0x03) since the queue may
+/// still be full. Then the flood's connections close, and a retry every
+/// 250 ms (each answered within 5 s) must be accepted within 15 s.
 pub(super) async fn auth_flood(bin: &Binary) -> Report {
     let excess = AUTH_FLOOD - AUTH_CAPACITY;
     let mut r = Report::new(
@@ -263,9 +283,12 @@ pub(super) async fn auth_flood(bin: &Binary) -> Report {
         format!(
             "{AUTH_FLOOD} simultaneous CONNECTs with a wrong password (argon2id m={AUTH_M_KIB} KiB, \
              t=1): broker peak RSS < 100 MiB (killed past 300 MiB); at least {excess} of them \
-             answered within 2 s (the excess over 2 running + 64 queued checks); then a CONNECT \
-             with the right password answered within 2 s (0x00 accepted or 0x03 busy); after \
-             the flood disconnects, a retry every 250 ms is accepted (0x00) within 10 s"
+             answered with a CONNACK within 2 s (the excess over 2 running + 64 queued checks); \
+             then a CONNECT with the right password gets a CONNACK within {} (0x00 accepted \
+             or 0x03 busy); after the flood disconnects, a retry every 250 ms is accepted \
+             (0x00) within {}",
+            ms(AUTH_PROBE_WAIT),
+            ms(AUTH_RETRY_WITHIN)
         ),
     );
     let dir = setup!(r, temp_dir());
@@ -306,10 +329,9 @@ pub(super) async fn auth_flood(bin: &Binary) -> Report {
                     Ok(_) => {}
                     Err(RecvError::Timeout) if close.load(Ordering::Relaxed) => return Ok(None),
                     Err(RecvError::Timeout) => {}
-                    Err(_) => {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Some(0xff));
-                    }
+                    // A close is not the answer the rule asks for
+                    // (CONNACK 0x03), so it is not counted as one.
+                    Err(_) => return Ok(Some(0xff)),
                 }
             }
         }));
@@ -321,18 +343,18 @@ pub(super) async fn auth_flood(bin: &Binary) -> Report {
     }
     let early = answered.load(Ordering::Relaxed);
     r.measure(format!(
-        "{early} of {AUTH_FLOOD} flood CONNECTs answered after {}",
+        "{early} of {AUTH_FLOOD} flood CONNECTs answered with a CONNACK after {}",
         ms(start.elapsed())
     ));
     r.check(early >= excess, || {
-        format!("only {early} flood CONNECTs answered within 2 s (needed {excess})")
+        format!("only {early} flood CONNECTs got a CONNACK within 2 s (needed {excess})")
     });
 
     match probe(
         addr,
         "auth-probe",
         Some(("alice", "right-pw")),
-        Duration::from_secs(2),
+        AUTH_PROBE_WAIT,
     )
     .await
     {
@@ -376,13 +398,13 @@ pub(super) async fn auth_flood(bin: &Binary) -> Report {
     let mut attempts = 0;
     let mut accepted = None;
     let mut last = String::new();
-    while retry_start.elapsed() < Duration::from_secs(10) && !watch.tripped() {
+    while retry_start.elapsed() < AUTH_RETRY_WITHIN && !watch.tripped() {
         attempts += 1;
         match probe(
             addr,
             "auth-probe",
             Some(("alice", "right-pw")),
-            Duration::from_secs(2),
+            AUTH_PROBE_WAIT,
         )
         .await
         {
@@ -401,8 +423,9 @@ pub(super) async fn auth_flood(bin: &Binary) -> Report {
             ms(t)
         )),
         None => r.violate(format!(
-            "the right password was not accepted within 10 s of the flood ending \
-             ({attempts} attempts, last: {last})"
+            "the right password was not accepted within {} of the flood ending \
+             ({attempts} attempts, last: {last})",
+            ms(AUTH_RETRY_WITHIN)
         )),
     }
     r.memory(watch.finish());
@@ -431,8 +454,8 @@ pub(super) async fn keepalive_trickle(bin: &Binary) -> Report {
         ),
     );
     let dir = setup!(r, temp_dir());
-    let toml = "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[sys]\ninterval_secs = 0\n";
-    let broker = setup!(r, bin.start(dir.path(), toml, 1));
+    let toml = format!("{PLAIN_TCP}[sys]\ninterval_secs = 0\n");
+    let broker = setup!(r, bin.start(dir.path(), &toml, 1));
     let addr = broker.addr(0);
     let watch = broker.watch_memory();
     let mut tasks = Vec::new();
@@ -518,17 +541,25 @@ pub(super) async fn inbound_pipelining(bin: &Binary) -> Report {
         "inbound-pipelining",
         format!(
             "an MQTT 3.1.1 client writes CONNECT, {PIPELINED_QOS1} QoS 1 and {PIPELINED_QOS2} \
-             QoS 2 PUBLISHes (no PUBREL) and a PINGREQ without reading: it is not disconnected \
-             (limits 5,000 QoS 1 / 1,000 QoS 2) and gets every PUBACK, every PUBREC and the \
+             QoS 2 PUBLISHes (no PUBREL) and a PINGREQ without reading, to a broker with a durable \
+             (fjall) store: it is not disconnected (limits 5,000 QoS 1 / 1,000 QoS 2) and gets every PUBACK, every PUBREC and the \
              PINGRESP within 10 s"
         ),
     );
     let dir = setup!(r, temp_dir());
-    let toml = "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[sys]\ninterval_secs = 0\n";
-    let broker = setup!(r, bin.start(dir.path(), toml, 1));
+    // A durable store: acknowledgements wait for the commit, so the
+    // PUBLISHes really are unacknowledged while they pile up.
+    let toml = format!(
+        "{PLAIN_TCP}[sys]\ninterval_secs = 0\n\
+         [persistence]\nstore = \"fjall\"\npath = {}\n",
+        toml_path(&dir.path().join("data"))
+    );
+    let broker = setup!(r, bin.start(dir.path(), &toml, 1));
     let (mut c, _) = setup!(
         r,
-        Login::new(Version::V311, "pipeliner").connect(broker.addr(0)).await
+        Login::new(Version::V311, "pipeliner")
+            .connect(broker.addr(0))
+            .await
     );
     let mut bytes = Vec::new();
     for pid in 1..=PIPELINED_QOS1 + PIPELINED_QOS2 {
@@ -544,8 +575,7 @@ pub(super) async fn inbound_pipelining(bin: &Binary) -> Report {
         ended = Some(e.to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ended.is_none() && !(pingresp && pubacks == PIPELINED_QOS1 && pubrecs == PIPELINED_QOS2)
-    {
+    while ended.is_none() && !(pingresp && pubacks == PIPELINED_QOS1 && pubrecs == PIPELINED_QOS2) {
         match c
             .recv(deadline.saturating_duration_since(Instant::now()))
             .await

@@ -54,14 +54,18 @@ pub(super) fn passwd_hostile_names(bin: &Binary) -> Report {
             "{name:?} ({why}): {code}; file {}; stderr {message:?}",
             if written { "WRITTEN" } else { "not written" }
         ));
-        r.check(ran.status.is_some_and(|s| !s.success()), || {
-            format!("passwd add {name:?} ({why}) did not fail: {code}")
-        });
-        r.check(!written, || {
-            format!("passwd add {name:?} ({why}) wrote the password file")
-        });
-        r.check(!message.is_empty(), || {
-            format!("passwd add {name:?} ({why}) printed no error")
+        let mut wrong = Vec::new();
+        if ran.status.is_none_or(|s| s.success()) {
+            wrong.push(format!("did not fail ({code})"));
+        }
+        if written {
+            wrong.push("wrote the file".to_owned());
+        }
+        if message.is_empty() {
+            wrong.push("printed no error".to_owned());
+        }
+        r.check(wrong.is_empty(), || {
+            format!("passwd add {name:?} ({why}): {}", wrong.join(", "))
         });
     }
     r
