@@ -35,6 +35,12 @@
 //! # }
 //! ```
 //!
+//! [`attacks`] is the adversarial side: a broker binary under attack
+//! (memory floods, starvation, authorization holes, hostile operator
+//! input), each attack with the bound it must respect and what it
+//! measured; every runtime crate runs it against its own binary
+//! (`attack_tests!`).
+//!
 //! Scenarios run one at a time, each under its own time limit, and use client
 //! ids and topics unique to the run, so a leftover session or retained message
 //! from another run cannot change a verdict.
@@ -58,6 +64,7 @@ macro_rules! scenario {
     };
 }
 
+pub mod attacks;
 mod bad_input;
 pub mod client;
 mod common;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use roost_conformance::attacks;
 use roost_conformance::runner::{self, Selection};
 use roost_conformance::scenario::{Config, Outcome};
 use roost_conformance::transport::TlsClient;
@@ -20,7 +21,8 @@ enum VersionArg {
 }
 
 /// Black-box MQTT conformance suite (Paho interoperability cases plus bad
-/// input) for any broker at HOST:PORT.
+/// input) for any broker at HOST:PORT; with --attacks, the adversarial
+/// suite against a broker executable.
 #[derive(Parser, Debug)]
 #[command(about)]
 struct Args {
@@ -61,6 +63,12 @@ struct Args {
     /// example /mqtt.
     #[arg(long, value_name = "PATH", value_parser = ws_path)]
     ws: Option<String>,
+    /// Run the adversarial attacks instead, each against its own broker
+    /// started from this executable (roost, roost-smol, roost-mio or one
+    /// with the same flags); --filter selects attacks by name. --host,
+    /// --port and the transport flags do not apply.
+    #[arg(long, value_name = "BINARY")]
+    attacks: Option<std::path::PathBuf>,
 }
 
 fn ws_path(s: &str) -> Result<String, String> {
@@ -74,6 +82,9 @@ fn ws_path(s: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(binary) = &args.attacks {
+        return run_attacks(binary, args.filter.as_deref(), args.list).await;
+    }
     let selection = Selection {
         version: match args.version {
             VersionArg::V311 => Some(Version::V311),
@@ -125,6 +136,37 @@ async fn main() -> ExitCode {
     .await;
     println!("{}", report.summary());
     if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--attacks BINARY`: every attack (or those whose name contains
+/// `filter`), one after the other, each report printed as it ends.
+async fn run_attacks(binary: &std::path::Path, filter: Option<&str>, list: bool) -> ExitCode {
+    let bin = attacks::Binary::new(binary);
+    let mut failed = 0;
+    let mut ran = 0;
+    for name in attacks::ATTACKS
+        .iter()
+        .filter(|n| filter.is_none_or(|f| n.contains(f)))
+    {
+        if list {
+            println!("{name}");
+            continue;
+        }
+        let report = attacks::run_one(name, &bin).await;
+        ran += 1;
+        if !report.passed() {
+            failed += 1;
+        }
+        println!("{report}");
+    }
+    if !list {
+        println!("{} attacks held, {failed} broke a bound", ran - failed);
+    }
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,0 +1,7 @@
+//! The adversarial suite (`roost_conformance::attacks`) against the
+//! `roost-mio` binary: one test per attack, each starting its own broker
+//! process with the configuration it needs. The attacks themselves, their
+//! bounds and what they measure live in the conformance crate, shared by
+//! every runtime.
+
+roost_conformance::attack_tests!(env!("CARGO_BIN_EXE_roost-mio"));
