@@ -71,10 +71,6 @@ use tracing::{info, warn};
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 
-/// Reads of one socket per readiness event before the others get a turn;
-/// the rest is read on the next step.
-const READS_PER_TURN: usize = 16;
-
 struct Conn {
     stream: TcpStream,
     id: ConnId,
@@ -516,7 +512,7 @@ impl Server {
             return;
         };
         let id = conn.id;
-        for _ in 0..READS_PER_TURN {
+        for _ in 0..roost_runtime::net::READS_PER_TURN {
             if !self.driver.interest(id).read {
                 return;
             }

@@ -451,6 +451,7 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
             stream,
             id,
             shut_write: false,
+            pause: None,
         });
     }
 }
@@ -486,6 +487,8 @@ struct Connection {
     stream: TcpStream,
     id: ConnId,
     shut_write: bool,
+    /// A flooding peer's turn is over: the task waits for this first.
+    pause: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 /// How a connection's task ended.
@@ -500,6 +503,7 @@ impl Connection {
     /// Serves until the connection ends.
     fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
         let (shared, id) = (&self.shared, self.id);
+        let mut reads = 0;
         loop {
             let now = shared.clock.now();
             let stream = &self.stream;
@@ -538,7 +542,25 @@ impl Connection {
                     Poll::Pending => {}
                 }
             }
+            if interest.read && reads == roost_runtime::net::READS_PER_TURN {
+                // A peer that floods must not starve everyone else on this
+                // thread. A self-wake (or yield_now) is not enough: the
+                // LocalSet polls a woken task again up to 61 times before
+                // the I/O driver runs, so new connections would wait for
+                // 61 turns of the flooder. A timer fires only after the
+                // driver has run: at most READS_PER_TURN reads (1 MiB) per
+                // millisecond for one connection, far above any real
+                // client's rate.
+                let mut pause: Pin<Box<dyn Future<Output = ()>>> =
+                    Box::pin(tokio::time::sleep(std::time::Duration::from_millis(1)));
+                if pause.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+                self.pause = Some(pause);
+                return Poll::Pending;
+            }
             if interest.read {
+                reads += 1;
                 match stream.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let mut buf = shared.read_buf.borrow_mut();
@@ -571,6 +593,12 @@ impl Future for Connection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Some(pause) = &mut this.pause {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
         match this.serve(cx) {
             Poll::Ready(end) => {
                 let shared = &this.shared;

@@ -51,3 +51,8 @@ mod tests {
         assert!(listener.accept().is_ok());
     }
 }
+
+/// Reads of one socket before a runtime lets the other connections on its
+/// thread have a turn (the rest is read on the next one), so that a peer
+/// that floods cannot starve the others.
+pub const READS_PER_TURN: usize = 16;
