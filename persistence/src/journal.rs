@@ -178,7 +178,8 @@ fn batch(bytes: &[u8], pos: usize) -> Result<(usize, u64), Problem> {
                     let stored_len = r.u32()?;
                     r.skip(usize::from(key_len))?;
                     r.skip(stored_len as usize)?;
-                    Some(matches!(value_type, 0 | 1 | 2) && compression <= 1)
+                    // Value, tombstone, weak tombstone; no compression, LZ4.
+                    Some((0..=2).contains(&value_type) && compression <= 1)
                 })();
                 match ok {
                     Some(true) => {}

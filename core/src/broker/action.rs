@@ -88,6 +88,10 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The broker is shutting down.
     ServerShutdown,
+    /// The store could not make durable a message this MQTT 3 client
+    /// published (a full disk, an I/O error), and MQTT 3 has no negative
+    /// acknowledgement to say so. See [`super::Broker::handle_store_failed`].
+    StoreFailed,
 }
 
 impl fmt::Display for CloseReason {
@@ -102,6 +106,9 @@ impl fmt::Display for CloseReason {
             CloseReason::AuthorizeTimeout => f.write_str("no authorization decision in time"),
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
+            CloseReason::StoreFailed => {
+                f.write_str("the store could not make a published message durable")
+            }
         }
     }
 }
@@ -383,4 +390,8 @@ pub struct Stats {
     pub dropped: u64,
     /// Connections ever accepted (CONNACK 0).
     pub connections_total: u64,
+    /// Acknowledgements and CONNACKs answered with a failure, or MQTT 3
+    /// connections closed, because the store could not make a batch
+    /// durable (see `Broker::handle_store_failed`).
+    pub store_failures: u64,
 }

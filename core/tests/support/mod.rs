@@ -81,7 +81,14 @@ impl Sim {
     pub fn connect_with(&mut self, connect: Connect) -> (ConnId, Option<ConnAck>) {
         let id = self.open(connect.protocol);
         self.send(id, Packet::Connect(Box::new(connect)));
-        let ack = match self.recv(id) {
+        let mut first = self.recv(id);
+        if first.is_none() && !self.unconfirmed.is_empty() {
+            // The CONNACK of a session stored for the first time waits for
+            // the store: confirm (the batches so far) as a store would.
+            self.confirm_all();
+            first = self.recv(id);
+        }
+        let ack = match first {
             Some(Packet::ConnAck(ack)) => Some(*ack),
             Some(other) => panic!("expected CONNACK, got {other:?}"),
             None => None,
@@ -167,6 +174,23 @@ impl Sim {
         if let Some(id) = self.unconfirmed.back().copied() {
             self.unconfirmed.clear();
             self.broker.handle_store_done(self.now, id);
+        }
+        self.drain();
+    }
+
+    /// Reports every batch emitted so far as failed (a full disk).
+    pub fn fail_all(&mut self) {
+        if let Some(id) = self.unconfirmed.back().copied() {
+            self.unconfirmed.clear();
+            self.broker.handle_store_failed(self.now, id);
+        }
+        self.drain();
+    }
+
+    /// Reports the oldest unconfirmed batch (and only it) as failed.
+    pub fn fail_first(&mut self) {
+        if let Some(id) = self.unconfirmed.pop_front() {
+            self.broker.handle_store_failed(self.now, id);
         }
         self.drain();
     }
