@@ -22,6 +22,17 @@
 //!  start:  Store::recover() ──► Recovered ──► Broker::restore
 //! ```
 //!
+//! When `apply` or `commit` fails (a full disk), the runtime reports the
+//! last batch of that group to the engine with `handle_store_failed`
+//! instead, and calls `commit` again later (its retry schedule): a
+//! [`FjallStore`] keeps what it could not write and writes it, in order,
+//! once the disk accepts writes, without a restart.
+//!
+//! At open, a [`FjallStore`] reads fjall's journal before fjall replays it
+//! and refuses a damaged one ([`StoreError::JournalDamaged`], naming the
+//! file and offset) unless opened with [`Recovery::Truncate`]; the
+//! [`RecoveryReport`] says what was dropped.
+//!
 //! A store confirms batches **in the order they were applied**: a successful
 //! [`Store::commit`] makes durable every batch applied before it, so the
 //! runtime confirms the id of the last batch it applied, which confirms
