@@ -296,3 +296,260 @@ fn expiry_changes_are_stored_and_an_ended_session_is_deleted() {
     );
     assert_eq!(sim.replayed(), sim.broker.durable_state());
 }
+
+// ---------------------------------------------------------------------------
+// When the store fails (a full disk): `handle_store_failed`.
+
+/// An offline stored session subscribed to `t` at QoS 1 (so publishing to
+/// `t` needs the store), and a clean publisher of `protocol`.
+fn failing(protocol: Protocol) -> (Sim, roost_core::broker::ConnId) {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (s, _) = sim.connect("keeper", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::AtLeastOnce)]);
+    sim.disconnect(s);
+    sim.confirm_all();
+    let (p, _) = sim.connect("p", protocol, true);
+    (sim, p)
+}
+
+fn reasons(acks: &[Packet]) -> Vec<(u16, ReasonCode)> {
+    acks.iter()
+        .map(|a| match a {
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubComp(r) => {
+                (r.packet_id.get(), r.reason)
+            }
+            other => panic!("not an ack: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_batch_answers_mqtt5_publishers_with_quota_exceeded() {
+    let (mut sim, p) = failing(V5);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"2", QoS::ExactlyOnce, 2, false)),
+    );
+    assert!(acks(&mut sim, p).is_empty());
+    sim.fail_all();
+    assert_eq!(
+        reasons(&acks(&mut sim, p)),
+        [
+            (1, ReasonCode::QuotaExceeded),
+            (2, ReasonCode::QuotaExceeded)
+        ]
+    );
+    assert!(
+        sim.closed(p).is_none(),
+        "an MQTT 5 publisher stays connected"
+    );
+    assert_eq!(sim.broker.stats().store_failures, 2);
+
+    // The store works again: the next batch is confirmed as usual, and the
+    // QoS 2 identifier whose PUBREC failed is free (no PUBREL expected).
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"3", QoS::ExactlyOnce, 2, false)),
+    );
+    sim.confirm_all();
+    assert_eq!(reasons(&acks(&mut sim, p)), [(2, ReasonCode::Success)]);
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(2).unwrap())),
+    );
+    sim.confirm_all();
+    assert_eq!(reasons(&acks(&mut sim, p)), [(2, ReasonCode::Success)]);
+}
+
+#[test]
+fn a_failed_pubrec_releases_the_identifier_in_the_store_too() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    // A persistent MQTT 5 publisher: its inbound QoS 2 identifiers are stored.
+    let mut c = connect("p", V5, false, 0);
+    c.properties.session_expiry_interval = Some(3600);
+    let (p, ack) = sim.connect_with(c);
+    assert_eq!(ack.unwrap().reason, ReasonCode::Success);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 7, false)),
+    );
+    sim.fail_all();
+    assert_eq!(
+        reasons(&acks(&mut sim, p)),
+        [(7, ReasonCode::QuotaExceeded)]
+    );
+    sim.confirm_all();
+    // Replaying every operation (the failed batch too, as a store that keeps
+    // it writes it later) leaves no identifier behind.
+    let replayed = sim.replayed();
+    let session = replayed
+        .sessions
+        .iter()
+        .find(|s| s.client_id == "p")
+        .unwrap();
+    assert!(session.incoming.is_empty(), "{:?}", session.incoming);
+}
+
+#[test]
+fn a_failed_batch_disconnects_mqtt3_publishers() {
+    let (mut sim, p) = failing(V4);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.fail_all();
+    assert!(
+        acks(&mut sim, p).is_empty(),
+        "MQTT 3 has no negative PUBACK"
+    );
+    assert_eq!(
+        sim.closed(p),
+        Some(roost_core::broker::CloseReason::StoreFailed)
+    );
+    assert_eq!(
+        roost_core::broker::CloseReason::StoreFailed.to_string(),
+        "the store could not make a published message durable"
+    );
+}
+
+#[test]
+fn batches_fail_in_order_and_later_ones_still_succeed() {
+    let (mut sim, p) = failing(V5);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"2", QoS::AtLeastOnce, 2, false)),
+    );
+    assert_eq!(sim.unconfirmed.len(), 2, "one batch per publish");
+    // Only the first batch failed: the second's PUBACK still waits.
+    let first = sim.unconfirmed[0];
+    sim.fail_first();
+    assert_eq!(
+        reasons(&acks(&mut sim, p)),
+        [(1, ReasonCode::QuotaExceeded)]
+    );
+    sim.confirm_all();
+    assert_eq!(reasons(&acks(&mut sim, p)), [(2, ReasonCode::Success)]);
+    // A failure reported again for an id already answered changes nothing.
+    sim.broker.handle_store_failed(sim.now, first);
+    sim.drain();
+    assert!(acks(&mut sim, p).is_empty());
+}
+
+#[test]
+fn what_was_confirmed_is_not_undone_by_a_later_failure() {
+    let (mut sim, p) = failing(V5);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.confirm_all();
+    assert_eq!(reasons(&acks(&mut sim, p)), [(1, ReasonCode::Success)]);
+    sim.send(
+        p,
+        Packet::Publish(publish("t", b"2", QoS::AtLeastOnce, 2, false)),
+    );
+    sim.fail_all();
+    assert_eq!(
+        reasons(&acks(&mut sim, p)),
+        [(2, ReasonCode::QuotaExceeded)]
+    );
+    // The confirmed message is still queued for the offline session.
+    assert_eq!(sim.broker.queued_count("keeper"), 2);
+}
+
+#[test]
+fn connack_of_a_new_persistent_session_waits_for_the_store() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let id = sim.open(V5);
+    let mut c = connect("new", V5, false, 0);
+    c.properties.session_expiry_interval = Some(3600);
+    sim.send(id, Packet::Connect(Box::new(c)));
+    // Pipelined after CONNECT: its SUBACK must not overtake the CONNACK.
+    sim.send(
+        id,
+        Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            subscriptions: vec![Subscription {
+                filter: roost_core::topic::TopicFilter::from_static("t"),
+                options: SubscriptionOptions::default(),
+            }],
+            properties: Default::default(),
+        }),
+    );
+    assert!(
+        sim.recv_all(id).is_empty(),
+        "nothing before the session is stored"
+    );
+    sim.confirm_all();
+    let got = sim.recv_all(id);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a), Packet::SubAck(_)] if a.reason == ReasonCode::Success),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn connack_fails_when_the_new_session_cannot_be_stored() {
+    for (protocol, code) in [
+        (V5, ReasonCode::QuotaExceeded),
+        (V4, ReasonCode::ServerUnavailable),
+    ] {
+        let mut sim = durable();
+        sim.auto_confirm = false;
+        let (watcher, _) = sim.connect("watcher", V5, true);
+        sim.subscribe(watcher, 1, &[("w", QoS::AtMostOnce)]);
+        let id = sim.open(protocol);
+        let mut c = connect("new", protocol, false, 0);
+        c.properties.session_expiry_interval = (protocol == V5).then_some(3600);
+        c.will = Some(will("w", b"gone", QoS::AtMostOnce, false));
+        sim.send(id, Packet::Connect(Box::new(c)));
+        assert!(sim.recv_all(id).is_empty());
+        sim.fail_all();
+        let got = sim.recv_all(id);
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == code && !a.session_present),
+            "{protocol:?}: {got:?}"
+        );
+        assert!(matches!(
+            sim.closed(id),
+            Some(roost_core::broker::CloseReason::ConnectRefused(r)) if r == code
+        ));
+        // The session is gone, in memory and (once the store catches up) on
+        // disk, and its will was not published.
+        assert!(!sim.broker.has_session("new"));
+        sim.confirm_all();
+        assert!(sim.replayed().sessions.is_empty());
+        assert!(sim.publishes(watcher).is_empty(), "the will was published");
+        sim.disconnect(watcher);
+        sim.assert_no_leaks();
+    }
+}
+
+#[test]
+fn resuming_a_stored_session_does_not_wait() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (s, _) = sim.connect("keeper", V4, false);
+    sim.disconnect(s);
+    sim.confirm_all();
+    let id = sim.open(V4);
+    sim.send(
+        id,
+        Packet::Connect(Box::new(connect("keeper", V4, false, 0))),
+    );
+    assert!(
+        matches!(sim.recv(id), Some(Packet::ConnAck(a)) if a.session_present),
+        "the session was stored already"
+    );
+}

@@ -48,9 +48,58 @@ pub enum StoreError {
     /// The operation is of a kind this version of the store cannot keep
     /// (the engine is newer than the store).
     Unsupported,
-    /// An earlier write failed part-way, so what the database holds is
-    /// unknown: the store refuses further work. Reopen it to recover.
-    Poisoned,
+    /// The journal is damaged: bytes that cannot be read with intact
+    /// batches after them, so replaying it would silently drop those (a
+    /// torn last batch, which a crash leaves, is not this). Opening with
+    /// `Recovery::Truncate` cuts the journal at `offset` and drops them.
+    JournalDamaged {
+        /// The journal file.
+        file: PathBuf,
+        /// Where the first damaged batch starts.
+        offset: u64,
+        /// What is wrong there.
+        reason: &'static str,
+        /// Intact batches after the damage (in this file and later ones).
+        batches_after: u64,
+        /// Records in those batches.
+        records_after: u64,
+    },
+    /// The directory holds fjall files that are not a whole database (no
+    /// readable `version` file) but do hold data, so the store will not
+    /// guess: move the directory aside, or restore its `version` file.
+    Unrecognized {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        what: &'static str,
+    },
+    /// A file operation of the store's own failed.
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the store was doing.
+        action: &'static str,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// An earlier write failed (a full disk, an I/O error) and the
+    /// database has not been reopened yet: the batch is kept in memory and
+    /// written, in order, once a [`Store::commit`](crate::Store::commit)
+    /// or [`Store::flush`](crate::Store::flush) succeeds. It is not durable
+    /// now.
+    Interrupted {
+        /// Batches kept in memory, this one included.
+        kept: usize,
+    },
+    /// As [`StoreError::Interrupted`], but the batches kept in memory
+    /// already reach the limit: this batch is dropped and will never be
+    /// written, so the store no longer holds everything the broker emitted
+    /// (a restart may lose subscriptions and queued messages, or deliver
+    /// acknowledged ones again).
+    BacklogFull {
+        /// The limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -74,9 +123,43 @@ impl fmt::Display for StoreError {
             StoreError::Unsupported => {
                 f.write_str("storage operation not supported by this store version")
             }
-            StoreError::Poisoned => {
-                f.write_str("an earlier write failed; the store must be reopened")
-            }
+            StoreError::JournalDamaged {
+                file,
+                offset,
+                reason,
+                batches_after,
+                records_after,
+            } => write!(
+                f,
+                "journal {} is damaged at byte {offset} ({reason}), and {batches_after} intact \
+                 batches ({records_after} records) follow the damage; refusing to open rather \
+                 than drop them silently. To keep what precedes the damage and drop the rest, \
+                 repair the store (`roost store repair --data-dir DIR`, or start with \
+                 --recover-truncate)",
+                file.display()
+            ),
+            StoreError::Unrecognized { path, what } => write!(
+                f,
+                "store at {}: {what}, but the directory holds data; refusing to guess whether \
+                 it is a database. Move the directory aside to start afresh",
+                path.display()
+            ),
+            StoreError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "store at {}: cannot {action}: {source}", path.display()),
+            StoreError::Interrupted { kept } => write!(
+                f,
+                "an earlier write failed; {kept} batches wait in memory for the disk to accept \
+                 writes again"
+            ),
+            StoreError::BacklogFull { limit } => write!(
+                f,
+                "an earlier write failed and the {limit} bytes of batches waiting in memory are \
+                 full: a batch was dropped, and the store no longer holds everything the broker \
+                 emitted"
+            ),
         }
     }
 }
@@ -86,6 +169,7 @@ impl std::error::Error for StoreError {
         match self {
             StoreError::Db { source, .. } => Some(source),
             StoreError::Encode { source, .. } => Some(source),
+            StoreError::Io { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@
 //! | `sent` | session number, `seq` | packet identifier, released |
 //! | `incoming` | session number, packet identifier | (none) |
 //! | `retained` | topic | the message as a PUBLISH |
+//! | `meta` | `applied` | number of the last batch written (big-endian `u64`) |
 //!
 //! The session number is assigned when a session is first stored. Keys stay
 //! short however long the client identifier is, a prefix scan on the number
@@ -32,12 +33,13 @@
 
 use crate::record::{self, SessionRecord};
 use crate::{Store, StoreError};
+use crate::{init, journal};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use roost_core::MqttStr;
 use roost_core::broker::{Recovered, RecoveredMessage, RecoveredSession, StoreOp};
 use roost_core::codec::PacketId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -68,17 +70,20 @@ enum Ks {
     Sent = 3,
     Incoming = 4,
     Retained = 5,
+    /// Bookkeeping of the store itself: the number of the last batch.
+    Meta = 6,
 }
 
 impl Ks {
     #[cfg(test)]
-    const ALL: [Ks; 6] = [
+    const ALL: [Ks; 7] = [
         Ks::Sessions,
         Ks::Subscriptions,
         Ks::Messages,
         Ks::Sent,
         Ks::Incoming,
         Ks::Retained,
+        Ks::Meta,
     ];
 
     /// Everything keyed by session number.
@@ -92,12 +97,120 @@ impl Ks {
             Ks::Sent => "sent",
             Ks::Incoming => "incoming",
             Ks::Retained => "retained",
+            Ks::Meta => "meta",
         }
     }
 }
 
 /// The most fjall allows in a key.
 const MAX_KEY: usize = u16::MAX as usize;
+
+/// Key of the batch counter in the `meta` keyspace.
+const APPLIED_KEY: &[u8] = b"applied";
+
+/// How much a store keeps in memory, by default, of batches it could not
+/// write while its disk refused writes.
+pub const DEFAULT_BACKLOG_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What [`FjallStore::open_with`] does when fjall's journal is damaged:
+/// unreadable bytes with intact batches after them (see
+/// [`StoreError::JournalDamaged`]). A torn last batch, which any crash may
+/// leave, is dropped in both modes, as fjall always does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Refuse to open: [`StoreError::JournalDamaged`] names the file and
+    /// the offset. Nothing is changed on disk.
+    #[default]
+    Strict,
+    /// Cut the journal at the start of the first damaged batch, delete the
+    /// journal files after it, and open what is left; the
+    /// [`RecoveryReport`] says what was dropped. Everything written after
+    /// the damage is lost, including acknowledged messages; what survives
+    /// is a prefix of the batches, as after a crash.
+    Truncate,
+}
+
+/// What opening a [`FjallStore`] found and did: log it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// A torn last batch (a write a crash cut short), dropped as fjall
+    /// always does: the journal file, the offset, the bytes dropped.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// What [`Recovery::Truncate`] dropped from a damaged journal.
+    pub truncated: Option<Truncated>,
+    /// The directory held only an unfinished first start (an empty or
+    /// missing `version` file and no data, as a full disk leaves it): it
+    /// was cleared and the store created afresh.
+    pub reinitialized: bool,
+}
+
+/// What [`Recovery::Truncate`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Truncated {
+    /// The journal file with the damage.
+    pub file: PathBuf,
+    /// Where it was cut: the start of the first damaged batch.
+    pub offset: u64,
+    /// What was wrong there.
+    pub reason: &'static str,
+    /// Bytes dropped from that file (up to its last non-zero byte).
+    pub bytes: u64,
+    /// Intact batches dropped with it (after the damage, and in the later
+    /// journal files), and the records they held.
+    pub batches: u64,
+    /// Records of those batches.
+    pub records: u64,
+    /// Later journal files deleted.
+    pub removed: Vec<PathBuf>,
+}
+
+impl RecoveryReport {
+    /// Whether opening changed or dropped anything worth telling.
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.truncated.is_none() && !self.reinitialized
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.reinitialized {
+            parts.push("cleared an unfinished first start and created the store afresh".to_owned());
+        }
+        if let Some((file, offset, bytes)) = &self.torn_tail {
+            parts.push(format!(
+                "dropped a torn last batch of {bytes} bytes at byte {offset} of {}",
+                file.display()
+            ));
+        }
+        if let Some(t) = &self.truncated {
+            let mut text = format!(
+                "journal {} was damaged at byte {} ({}): cut there, dropping {} bytes, {} intact batches ({} records) after the damage",
+                t.file.display(),
+                t.offset,
+                t.reason,
+                t.bytes,
+                t.batches,
+                t.records,
+            );
+            for path in &t.removed {
+                text.push_str(&format!(", and deleted {}", path.display()));
+            }
+            parts.push(text);
+        }
+        if parts.is_empty() {
+            f.write_str("nothing dropped")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+/// One batch of writes as given to fjall: keyspace, key, value (`None`
+/// deletes).
+type Writes = Vec<(Ks, Vec<u8>, Option<Vec<u8>>)>;
 
 /// A store on fjall: see the crate docs for what each [`Durability`]
 /// promises.
@@ -106,19 +219,45 @@ const MAX_KEY: usize = u16::MAX as usize;
 /// session (the engine holds every session in memory anyway) and nothing
 /// else; messages stay on disk until [`Store::recover`].
 ///
+/// # When the disk refuses writes
+///
+/// fjall refuses every write after a failed one (a full disk, an I/O
+/// error), so the store then reopens the database, on the next
+/// [`Store::commit`] or [`Store::flush`], rather than giving up. Until
+/// that succeeds, [`Store::apply`] keeps each batch in memory, fails it at
+/// once ([`StoreError::Interrupted`]) and touches no disk. Every batch
+/// carries its number into the database, so after the reopen the store
+/// knows which of the kept batches reached the journal and writes the
+/// others again, in order: what the engine emitted all lands, once, in
+/// order, when the disk accepts writes again. Kept batches are bounded
+/// ([`FjallStore::set_backlog_limit`]); beyond the bound a batch is
+/// dropped ([`StoreError::BacklogFull`]) and the store no longer holds
+/// everything the engine emitted.
+///
 /// Dropping it without further calls is safe: what was committed is on
 /// disk (under [`Durability::Periodic`], fjall syncs on drop too).
 pub struct FjallStore {
     path: PathBuf,
     durability: Durability,
-    db: Database,
-    keyspaces: [Keyspace; 6],
+    /// The database; `None` only while a reopen after a failed write has
+    /// itself failed.
+    open: Option<Open>,
     /// Every stored session, staged batches included.
     sessions: HashMap<MqttStr, SessionRecord>,
     next_num: u64,
     /// Whether a batch was written since the last commit.
     dirty: bool,
-    poisoned: bool,
+    /// Set by a failed write or sync: the database refuses writes until
+    /// reopened.
+    interrupted: bool,
+    /// The number of the last batch applied (written into `meta` with it).
+    applied: u64,
+    /// Batches applied since the last successful commit, by number, to
+    /// write again if they did not reach the journal.
+    backlog: VecDeque<(u64, Writes)>,
+    backlog_bytes: usize,
+    backlog_limit: usize,
+    report: RecoveryReport,
 }
 
 impl fmt::Debug for FjallStore {
@@ -127,7 +266,8 @@ impl fmt::Debug for FjallStore {
             .field("path", &self.path)
             .field("durability", &self.durability)
             .field("sessions", &self.sessions.len())
-            .field("poisoned", &self.poisoned)
+            .field("interrupted", &self.interrupted)
+            .field("backlog", &self.backlog.len())
             .finish_non_exhaustive()
     }
 }
@@ -142,49 +282,144 @@ struct Staged {
     undo: Vec<(MqttStr, Option<SessionRecord>)>,
 }
 
+/// A database and its keyspaces, in [`Ks`] order.
+struct Open {
+    db: Database,
+    keyspaces: [Keyspace; 7],
+}
+
+fn open_db(path: &Path) -> Result<Open, StoreError> {
+    let db_err = |action, source| StoreError::Db {
+        path: path.to_path_buf(),
+        action,
+        source,
+    };
+    // Manual: a batch stays in the journal's write buffer until `commit`
+    // says how far to push it, instead of costing a write(2) each.
+    let db = Database::builder(path)
+        .manual_journal_persist(true)
+        .open()
+        .map_err(|e| db_err("open", e))?;
+    let open = |ks: Ks| {
+        db.keyspace(ks.name(), KeyspaceCreateOptions::default)
+            .map_err(|e| db_err("open keyspace", e))
+    };
+    let keyspaces = [
+        open(Ks::Sessions)?,
+        open(Ks::Subscriptions)?,
+        open(Ks::Messages)?,
+        open(Ks::Sent)?,
+        open(Ks::Incoming)?,
+        open(Ks::Retained)?,
+        open(Ks::Meta)?,
+    ];
+    Ok(Open { db, keyspaces })
+}
+
 impl FjallStore {
     /// Opens (or creates) the store in directory `path`, replaying fjall's
-    /// journal: everything committed before a crash is there again.
+    /// journal: everything committed before a crash is there again. A
+    /// damaged journal is refused ([`Recovery::Strict`]); see
+    /// [`FjallStore::open_with`].
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(path, durability, Recovery::Strict)
+    }
+
+    /// [`FjallStore::open`], saying what to do with a damaged journal.
+    /// What opening dropped or repaired is in [`FjallStore::report`].
+    ///
+    /// A first start that fails part-way (a full disk) removes what it
+    /// created, and a directory left with only such an unfinished start
+    /// (an empty or missing `version` file, no data) is cleared and
+    /// created afresh; one whose `version` file is damaged but that holds
+    /// data is refused ([`StoreError::Unrecognized`]).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        recovery: Recovery,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db_err = |action, source| StoreError::Db {
-            path: path.clone(),
-            action,
-            source,
+        let mut report = RecoveryReport::default();
+        let existed = path.exists();
+        let fresh = init::prepare(&path, &mut report)?;
+        if !fresh {
+            check_journal(&path, recovery, &mut report)?;
+        }
+        let open = match open_db(&path) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if fresh {
+                    // No half-made store left behind for the next start.
+                    init::clear(&path, !existed);
+                }
+                return Err(e);
+            }
         };
-        // Manual: a batch stays in the journal's write buffer until `commit`
-        // says how far to push it, instead of costing a write(2) each.
-        let db = Database::builder(&path)
-            .manual_journal_persist(true)
-            .open()
-            .map_err(|e| db_err("open", e))?;
-        let open = |ks: Ks| {
-            db.keyspace(ks.name(), KeyspaceCreateOptions::default)
-                .map_err(|e| db_err("open keyspace", e))
-        };
-        let keyspaces = [
-            open(Ks::Sessions)?,
-            open(Ks::Subscriptions)?,
-            open(Ks::Messages)?,
-            open(Ks::Sent)?,
-            open(Ks::Incoming)?,
-            open(Ks::Retained)?,
-        ];
         let mut store = FjallStore {
             path,
             durability,
-            db,
-            keyspaces,
+            open: Some(open),
             sessions: HashMap::new(),
             next_num: 0,
             dirty: false,
-            poisoned: false,
+            interrupted: false,
+            applied: 0,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            backlog_limit: DEFAULT_BACKLOG_LIMIT,
+            report,
         };
-        for (client_id, session) in store.scan_sessions()? {
-            store.next_num = store.next_num.max(session.num.saturating_add(1));
-            store.sessions.insert(client_id, session);
-        }
+        store.applied = store.read_applied()?;
+        store.load_sessions()?;
         Ok(store)
+    }
+
+    /// Repairs the store at `path` as [`Recovery::Truncate`] does, without
+    /// keeping it open: what it dropped.
+    pub fn repair(path: impl AsRef<Path>) -> Result<RecoveryReport, StoreError> {
+        let store = Self::open_with(path, Durability::Sync, Recovery::Truncate)?;
+        Ok(store.report.clone())
+    }
+
+    /// What opening found and did (nothing, usually).
+    pub fn report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// How many bytes of batches the store keeps in memory while its disk
+    /// refuses writes ([`DEFAULT_BACKLOG_LIMIT`] unless set).
+    pub fn set_backlog_limit(&mut self, bytes: usize) {
+        self.backlog_limit = bytes;
+    }
+
+    /// Whether an earlier write failed and the database waits to be
+    /// reopened (by the next [`Store::commit`] or [`Store::flush`]).
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    /// Batches kept in memory, not yet known to be committed.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn read_applied(&self) -> Result<u64, StoreError> {
+        let value = self
+            .ks(Ks::Meta)?
+            .get(APPLIED_KEY)
+            .map_err(|e| self.db_err("read", e))?;
+        Ok(value
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    fn load_sessions(&mut self) -> Result<(), StoreError> {
+        self.sessions.clear();
+        for (client_id, session) in self.scan_sessions()? {
+            self.next_num = self.next_num.max(session.num.saturating_add(1));
+            self.sessions.insert(client_id, session);
+        }
+        Ok(())
     }
 
     /// The directory the store lives in.
@@ -197,8 +432,14 @@ impl FjallStore {
         self.durability
     }
 
-    fn ks(&self, ks: Ks) -> &Keyspace {
-        &self.keyspaces[ks as usize]
+    fn open_ref(&self) -> Result<&Open, StoreError> {
+        self.open.as_ref().ok_or(StoreError::Interrupted {
+            kept: self.backlog.len(),
+        })
+    }
+
+    fn ks(&self, ks: Ks) -> Result<&Keyspace, StoreError> {
+        Ok(&self.open_ref()?.keyspaces[ks as usize])
     }
 
     fn db_err(&self, action: &'static str, source: fjall::Error) -> StoreError {
@@ -210,19 +451,22 @@ impl FjallStore {
     }
 
     /// Every record of a keyspace, in key order.
-    fn scan(&self, ks: Ks) -> impl Iterator<Item = Result<(Bytes, Bytes), StoreError>> + '_ {
-        self.ks(ks).iter().map(move |guard| {
+    fn scan(
+        &self,
+        ks: Ks,
+    ) -> Result<impl Iterator<Item = Result<(Bytes, Bytes), StoreError>> + '_, StoreError> {
+        Ok(self.ks(ks)?.iter().map(move |guard| {
             guard
                 .into_inner()
                 .map(|(k, v)| (Bytes::copy_from_slice(&k), Bytes::copy_from_slice(&v)))
                 .map_err(|e| self.db_err("read", e))
-        })
+        }))
     }
 
     fn scan_sessions(&self) -> Result<Vec<(MqttStr, SessionRecord)>, StoreError> {
         let mut out = Vec::new();
         let mut nums = HashMap::new();
-        for kv in self.scan(Ks::Sessions) {
+        for kv in self.scan(Ks::Sessions)? {
             let (key, value) = kv?;
             let corrupt = |reason| corrupt(Ks::Sessions, &key, reason);
             let client_id = record::decode_client_id(&key).map_err(corrupt)?;
@@ -275,9 +519,15 @@ impl FjallStore {
                     staged.undo.push((client_id.clone(), Some(old)));
                     staged.delete(Ks::Sessions, client_id.as_bytes().to_vec());
                     for ks in Ks::PER_SESSION {
-                        for key in self.ks(ks).prefix(prefix) {
-                            let key = key.key().map_err(|e| self.db_err("read", e))?;
-                            staged.delete(ks, key.to_vec());
+                        // Without a database (a reopen failed), the
+                        // session's records stay behind: recover skips
+                        // records of a session that is not stored, and
+                        // session numbers are never reused.
+                        if let Ok(keyspace) = self.ks(ks) {
+                            for key in keyspace.prefix(prefix) {
+                                let key = key.key().map_err(|e| self.db_err("read", e))?;
+                                staged.delete(ks, key.to_vec());
+                            }
                         }
                         staged.delete_prefix(ks, &prefix);
                     }
@@ -398,23 +648,153 @@ impl FjallStore {
         }
     }
 
-    fn check(&self) -> Result<(), StoreError> {
-        if self.poisoned {
-            Err(StoreError::Poisoned)
-        } else {
-            Ok(())
-        }
-    }
-
     fn persist(&mut self, mode: PersistMode) -> Result<(), StoreError> {
-        self.check()?;
-        if let Err(e) = self.db.persist(mode) {
-            // fjall refuses further writes too: the journal's state is unknown.
-            self.poisoned = true;
+        let result = self.open_ref()?.db.persist(mode);
+        if let Err(e) = result {
+            // fjall refuses further writes until the database is reopened.
+            self.interrupted = true;
             return Err(self.db_err("sync", e));
         }
         Ok(())
     }
+
+    /// Writes one batch, with its number, as one fjall batch.
+    fn write(&self, number: u64, writes: &Writes) -> Result<(), StoreError> {
+        let open = self.open_ref()?;
+        let mut batch = open.db.batch();
+        for (ks, key, value) in writes {
+            let keyspace = &open.keyspaces[*ks as usize];
+            match value {
+                Some(value) => batch.insert(keyspace, key.as_slice(), value.as_slice()),
+                None => batch.remove(keyspace, key.as_slice()),
+            }
+        }
+        batch.insert(
+            &open.keyspaces[Ks::Meta as usize],
+            APPLIED_KEY,
+            number.to_be_bytes(),
+        );
+        batch.commit().map_err(|e| self.db_err("write", e))
+    }
+
+    /// After a failed write: lets go of the database, opens it again
+    /// (fjall replays its journal, dropping a batch cut short), and writes
+    /// again the kept batches that did not reach the journal.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        // First let go: the database holds its directory's lock. Dropping
+        // it pushes what fjall still buffers, which lands whole or as a
+        // torn tail that the reopen drops.
+        self.open = None;
+        let mut report = RecoveryReport::default();
+        check_journal(&self.path, Recovery::Strict, &mut report)?;
+        self.open = Some(open_db(&self.path)?);
+        let on_disk = self.read_applied()?;
+        while let Some((number, writes)) = self.backlog.front() {
+            if *number > on_disk {
+                break;
+            }
+            self.backlog_bytes -= writes_size(writes);
+            self.backlog.pop_front();
+        }
+        for (number, writes) in &self.backlog {
+            self.write(*number, writes)?;
+        }
+        self.load_sessions()?;
+        self.interrupted = false;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn keep(&mut self, number: u64, writes: Writes) {
+        self.backlog_bytes += writes_size(&writes);
+        self.backlog.push_back((number, writes));
+    }
+
+    /// Everything applied is committed: forget the kept batches.
+    fn committed(&mut self) {
+        self.dirty = false;
+        self.backlog.clear();
+        self.backlog_bytes = 0;
+    }
+}
+
+/// Roughly what a kept batch costs in memory.
+fn writes_size(writes: &Writes) -> usize {
+    writes
+        .iter()
+        .map(|(_, k, v)| 32 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
+/// Reads the journal before fjall replays it: a damaged one is refused or
+/// cut, as `recovery` says; a torn tail is noted in `report`.
+fn check_journal(
+    path: &Path,
+    recovery: Recovery,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        action: "read the journal",
+        source,
+    };
+    let verdict = journal::check(path).map_err(io_err)?;
+    let Some(i) = verdict.damaged else {
+        if let Some(f) = verdict.files.iter().rev().find(|f| f.problem.is_some()) {
+            report.torn_tail = Some((f.path.clone(), f.intact_end, f.data_end - f.intact_end));
+        }
+        return Ok(());
+    };
+    let f = &verdict.files[i];
+    let problem = f.problem.expect("a damaged file has a problem");
+    let later = &verdict.files[i + 1..];
+    let batches = f.batches_after + later.iter().map(|g| g.batches_total()).sum::<u64>();
+    let records = f.records_after + later.iter().map(|g| g.records_total()).sum::<u64>();
+    if recovery == Recovery::Strict {
+        return Err(StoreError::JournalDamaged {
+            file: f.path.clone(),
+            offset: f.intact_end,
+            reason: problem.reason,
+            batches_after: batches,
+            records_after: records,
+        });
+    }
+    let cut = |source| StoreError::Io {
+        path: f.path.clone(),
+        action: "truncate the journal",
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.path)
+        .map_err(cut)?;
+    file.set_len(f.intact_end).map_err(cut)?;
+    file.sync_all().map_err(cut)?;
+    let mut removed = Vec::new();
+    for g in later {
+        std::fs::remove_file(&g.path).map_err(|source| StoreError::Io {
+            path: g.path.clone(),
+            action: "delete a journal file after the damage",
+            source,
+        })?;
+        removed.push(g.path.clone());
+    }
+    init::sync_dir(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        action: "sync the directory",
+        source,
+    })?;
+    report.truncated = Some(Truncated {
+        file: f.path.clone(),
+        offset: f.intact_end,
+        reason: problem.reason,
+        bytes: f.data_end.saturating_sub(f.intact_end)
+            + later.iter().map(|g| g.data_end).sum::<u64>(),
+        batches,
+        records,
+        removed,
+    });
+    Ok(())
 }
 
 fn incoming_key(num: u64, packet_id: PacketId) -> Vec<u8> {
@@ -465,7 +845,6 @@ impl Staged {
 
 impl Store for FjallStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        self.check()?;
         let mut staged = Staged::default();
         for op in ops {
             if let Err(e) = self.stage(op, &mut staged) {
@@ -476,25 +855,46 @@ impl Store for FjallStore {
         if staged.writes.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch();
-        for ((ks, key), value) in staged.writes {
-            let keyspace = &self.keyspaces[ks as usize];
-            match value {
-                Some(value) => batch.insert(keyspace, key, value),
-                None => batch.remove(keyspace, key),
+        let writes: Writes = staged
+            .writes
+            .into_iter()
+            .map(|((ks, key), value)| (ks, key, value))
+            .collect();
+        if self.interrupted {
+            if self.backlog_bytes + writes_size(&writes) > self.backlog_limit {
+                self.rollback(staged.undo);
+                return Err(StoreError::BacklogFull {
+                    limit: self.backlog_limit,
+                });
+            }
+            self.applied += 1;
+            self.keep(self.applied, writes);
+            return Err(StoreError::Interrupted {
+                kept: self.backlog.len(),
+            });
+        }
+        let number = self.applied + 1;
+        let result = self.write(number, &writes);
+        // Kept either way: written, it waits for the commit; refused, it is
+        // written again after the reopen (and `sessions` already counts it).
+        self.applied = number;
+        self.keep(number, writes);
+        match result {
+            Ok(()) => {
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.interrupted = true;
+                Err(e)
             }
         }
-        if let Err(e) = batch.commit() {
-            self.rollback(staged.undo);
-            self.poisoned = true;
-            return Err(self.db_err("write", e));
-        }
-        self.dirty = true;
-        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.check()?;
+        if self.interrupted {
+            self.reopen()?;
+        }
         if !self.dirty {
             return Ok(());
         }
@@ -505,18 +905,23 @@ impl Store for FjallStore {
             Durability::Periodic => PersistMode::Buffer,
         };
         self.persist(mode)?;
-        self.dirty = false;
+        self.committed();
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        if self.interrupted {
+            self.reopen()?;
+        }
         self.persist(PersistMode::SyncAll)?;
-        self.dirty = false;
+        self.committed();
         Ok(())
     }
 
     fn recover(&mut self) -> Result<Recovered, StoreError> {
-        self.check()?;
+        if self.interrupted {
+            self.reopen()?;
+        }
         let mut sessions: Vec<RecoveredSession> = Vec::new();
         let mut index: HashMap<u64, usize> = HashMap::new();
         for (client_id, session) in self.scan_sessions()? {
@@ -537,7 +942,7 @@ impl Store for FjallStore {
             Ok(index.get(&num).map(|&i| (i, key.slice_ref(rest))))
         };
 
-        for kv in self.scan(Ks::Subscriptions) {
+        for kv in self.scan(Ks::Subscriptions)? {
             let (key, value) = kv?;
             let Some((i, rest)) = session_of(Ks::Subscriptions, &key)? else {
                 continue;
@@ -551,13 +956,13 @@ impl Store for FjallStore {
         }
 
         let mut sent = HashMap::new();
-        for kv in self.scan(Ks::Sent) {
+        for kv in self.scan(Ks::Sent)? {
             let (key, value) = kv?;
             let state = record::decode_sent(&value).map_err(|r| corrupt(Ks::Sent, &key, r))?;
             sent.insert(key, state);
         }
 
-        for kv in self.scan(Ks::Messages) {
+        for kv in self.scan(Ks::Messages)? {
             let (key, value) = kv?;
             let Some((i, rest)) = session_of(Ks::Messages, &key)? else {
                 continue;
@@ -573,7 +978,7 @@ impl Store for FjallStore {
             });
         }
 
-        for kv in self.scan(Ks::Incoming) {
+        for kv in self.scan(Ks::Incoming)? {
             let (key, value) = kv?;
             let Some((i, rest)) = session_of(Ks::Incoming, &key)? else {
                 continue;
@@ -585,7 +990,7 @@ impl Store for FjallStore {
         }
 
         let mut retained = Vec::new();
-        for kv in self.scan(Ks::Retained) {
+        for kv in self.scan(Ks::Retained)? {
             let (key, value) = kv?;
             let c = |r| corrupt(Ks::Retained, &key, r);
             let topic = record::decode_topic(&key).map_err(c)?;
@@ -680,7 +1085,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
         for ks in Ks::ALL {
-            assert_eq!(&**store.ks(ks).name(), ks.name());
+            assert_eq!(&**store.ks(ks).unwrap().name(), ks.name());
         }
     }
 }

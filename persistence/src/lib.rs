@@ -22,6 +22,17 @@
 //!  start:  Store::recover() ──► Recovered ──► Broker::restore
 //! ```
 //!
+//! When `apply` or `commit` fails (a full disk), the runtime reports the
+//! last batch of that group to the engine with `handle_store_failed`
+//! instead, and calls `commit` again later (its retry schedule): a
+//! [`FjallStore`] keeps what it could not write and writes it, in order,
+//! once the disk accepts writes, without a restart.
+//!
+//! At open, a [`FjallStore`] reads fjall's journal before fjall replays it
+//! and refuses a damaged one ([`StoreError::JournalDamaged`], naming the
+//! file and offset) unless opened with [`Recovery::Truncate`]; the
+//! [`RecoveryReport`] says what was dropped.
+//!
 //! A store confirms batches **in the order they were applied**: a successful
 //! [`Store::commit`] makes durable every batch applied before it, so the
 //! runtime confirms the id of the last batch it applied, which confirms
@@ -66,11 +77,15 @@
 
 mod error;
 mod fjall_store;
+mod init;
+mod journal;
 mod memory;
 mod record;
 
 pub use error::StoreError;
-pub use fjall_store::{Durability, FjallStore};
+pub use fjall_store::{
+    DEFAULT_BACKLOG_LIMIT, Durability, FjallStore, Recovery, RecoveryReport, Truncated,
+};
 pub use memory::MemoryStore;
 pub use roost_core::broker::{Recovered, StoreOp};
 
@@ -84,9 +99,14 @@ pub use roost_core::broker::{Recovered, StoreOp};
 /// identifier, their subscriptions by filter, their messages by `seq`, their
 /// incoming packet identifiers by value, retained messages by topic).
 ///
-/// An error leaves the batch unstaged. After an I/O error a durable store
-/// cannot tell what reached the disk and answers [`StoreError::Poisoned`]
-/// from then on; reopen it, which recovers what was committed.
+/// An error means the batch is not durable: the runtime tells the engine
+/// (`Broker::handle_store_failed`), which answers the acknowledgements
+/// that waited for it negatively. A batch refused for what it holds (a key
+/// too long, an operation this store cannot keep) is not stored at all.
+/// After an I/O error (a full disk) a store stays usable: [`FjallStore`]
+/// keeps the batches it could not write and writes them, in order, when a
+/// later [`commit`](Store::commit) or [`flush`](Store::flush) succeeds;
+/// the runtime calls `commit` again on its own retry schedule.
 pub trait Store: Send {
     /// Stages one batch (the operations of one `Action::Store`, in order):
     /// it is visible to [`recover`](Store::recover) but not yet durable.

@@ -189,3 +189,210 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The journal itself: damage in the middle is refused, not silently cut.
+
+/// A store of `n` retained messages `r/0` … `r/{n-1}`, one batch and one
+/// commit each, as a broker writes them.
+fn retained_store(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
+    for i in 0..n {
+        let topic = TopicName::copy_from_str(&format!("r/{i}")).unwrap();
+        store
+            .apply(&[StoreOp::RetainedPut {
+                topic,
+                message: message(),
+            }])
+            .unwrap();
+        store.commit().unwrap();
+    }
+    dir
+}
+
+/// The journal file fjall writes to, and how much of it holds data (fjall
+/// preallocates it with zeros).
+fn active_journal(dir: &Path) -> (std::path::PathBuf, usize) {
+    let mut journals: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .collect();
+    journals.sort();
+    let path = journals.pop().expect("a journal");
+    let bytes = std::fs::read(&path).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    (path, used)
+}
+
+/// Overwrites 4 KiB at 30 % of the journal's data with pseudo-random bytes.
+fn damage_journal(dir: &Path) -> (std::path::PathBuf, u64) {
+    let (path, used) = active_journal(dir);
+    let at = used * 3 / 10;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut x: u32 = 0x2545_f491;
+    for b in &mut bytes[at..at + 4096] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    (path, at as u64)
+}
+
+fn retained_topics(dir: &Path) -> Vec<String> {
+    let mut store = FjallStore::open(dir, Durability::Sync).unwrap();
+    store
+        .recover()
+        .unwrap()
+        .retained
+        .into_iter()
+        .map(|(t, _)| t.as_str().to_owned())
+        .collect()
+}
+
+#[test]
+fn damage_in_the_middle_of_the_journal_refuses_to_open() {
+    const N: usize = 400;
+    let dir = retained_store(N);
+    let (journal, at) = damage_journal(dir.path());
+    let before = std::fs::read(&journal).unwrap();
+
+    let err = FjallStore::open(dir.path(), Durability::Sync).unwrap_err();
+    let StoreError::JournalDamaged {
+        file,
+        offset,
+        batches_after,
+        records_after,
+        ..
+    } = &err
+    else {
+        panic!("expected a damaged journal, got {err:?}");
+    };
+    assert_eq!(file, &journal);
+    // The cut would be at the start of the batch the garbage begins in.
+    assert!(
+        *offset <= at && at - offset < 200,
+        "offset {offset}, damage at {at}"
+    );
+    // About 70 % of the batches come after the damage, intact.
+    assert!(
+        (N as u64 * 6 / 10..N as u64 * 7 / 10).contains(batches_after),
+        "{batches_after} batches after the damage"
+    );
+    assert!(*records_after >= *batches_after);
+    let text = err.to_string();
+    assert!(text.contains(&journal.display().to_string()), "{text}");
+    assert!(text.contains(&format!("byte {offset}")), "{text}");
+    assert!(text.contains("roost store repair"), "{text}");
+    // Refusing changed nothing on disk.
+    assert_eq!(std::fs::read(&journal).unwrap(), before);
+}
+
+#[test]
+fn repair_cuts_the_journal_and_says_what_it_dropped() {
+    const N: usize = 400;
+    let dir = retained_store(N);
+    damage_journal(dir.path());
+    let report = FjallStore::repair(dir.path()).unwrap();
+    let cut = report.truncated.clone().expect("a truncation");
+    assert!(cut.batches > 0 && cut.bytes > 4096, "{report}");
+    let text = report.to_string();
+    assert!(text.contains(&format!("byte {}", cut.offset)), "{text}");
+    assert!(
+        text.contains(&format!("{} intact batches", cut.batches)),
+        "{text}"
+    );
+
+    // What is left is a prefix of the batches, and opens strictly now.
+    let topics = retained_topics(dir.path());
+    let kept = topics.len();
+    let mut expected: Vec<String> = (0..kept).map(|i| format!("r/{i}")).collect();
+    expected.sort();
+    assert_eq!(topics, expected);
+    // The dropped intact batches and at most the few the garbage hit.
+    let lost = N - kept;
+    assert!(
+        lost as u64 >= cut.batches && lost as u64 <= cut.batches + 80,
+        "kept {kept}, report {report}"
+    );
+    // Repairing again finds nothing to do.
+    assert!(FjallStore::repair(dir.path()).unwrap().truncated.is_none());
+}
+
+#[test]
+fn open_with_truncate_repairs_and_reports() {
+    let dir = retained_store(100);
+    damage_journal(dir.path());
+    let store = FjallStore::open_with(
+        dir.path(),
+        Durability::Sync,
+        roost_persistence::Recovery::Truncate,
+    )
+    .unwrap();
+    assert!(store.report().truncated.is_some());
+    assert!(!store.report().is_clean());
+}
+
+#[test]
+fn a_clean_store_reports_nothing() {
+    let dir = retained_store(10);
+    let store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
+    assert!(store.report().is_clean(), "{}", store.report());
+}
+
+// ---------------------------------------------------------------------------
+// A first start that did not finish.
+
+#[test]
+fn an_empty_version_file_without_data_is_created_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a first start on a full disk left: fjall's files, a 0-byte
+    // version file, a journal of zeros.
+    std::fs::write(dir.path().join("version"), b"").unwrap();
+    std::fs::write(dir.path().join("lock"), b"").unwrap();
+    std::fs::write(dir.path().join("0.jnl"), vec![0; 4096]).unwrap();
+    std::fs::create_dir(dir.path().join("keyspaces")).unwrap();
+    // Someone else's file in the directory is left alone.
+    std::fs::write(dir.path().join("README"), b"mine").unwrap();
+
+    let mut store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
+    assert!(store.report().reinitialized, "{}", store.report());
+    store
+        .apply(&[StoreOp::RetainedPut {
+            topic: TopicName::from_static("t"),
+            message: message(),
+        }])
+        .unwrap();
+    store.commit().unwrap();
+    drop(store);
+    assert_eq!(retained_topics(dir.path()), ["t"]);
+    assert_eq!(std::fs::read(dir.path().join("README")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_missing_version_file_without_data_is_created_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lock"), b"").unwrap();
+    std::fs::write(dir.path().join("0.jnl"), vec![0; 4096]).unwrap();
+    let store = FjallStore::open(dir.path(), Durability::Sync).unwrap();
+    assert!(store.report().reinitialized);
+}
+
+#[test]
+fn an_empty_version_file_with_data_is_refused() {
+    let dir = retained_store(5);
+    std::fs::write(dir.path().join("version"), b"").unwrap();
+    match FjallStore::open(dir.path(), Durability::Sync) {
+        Err(StoreError::Unrecognized { path, what }) => {
+            assert_eq!(path, dir.path());
+            assert_eq!(what, "the version file is empty");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Nothing was deleted: with the version file back, it all opens.
+    std::fs::write(dir.path().join("version"), b"FJL\x03").unwrap();
+    assert_eq!(retained_topics(dir.path()).len(), 5);
+}

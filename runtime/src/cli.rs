@@ -1,8 +1,9 @@
 //! What every runtime's binary does before it serves: read the command line,
-//! run the `passwd` subcommand, set up logging, raise the descriptor limit.
+//! run the `passwd` and `store` subcommands, set up logging, raise the
+//! descriptor limit.
 //! A runtime's `main` is then only its own serving loop and signals.
 
-use crate::config::{Cli, Command, Config, PasswdCommand};
+use crate::config::{Cli, Command, Config, PasswdCommand, StoreCommand};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 // Built once per process: the size of the configuration costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Start {
-    /// Exit with this code (the `passwd` subcommand ran, or the
+    /// Exit with this code (a `passwd` or `store` subcommand ran, or the
     /// configuration is invalid and the reason was printed).
     Exit(ExitCode),
     /// Serve with this configuration; logging is set up.
@@ -25,6 +26,9 @@ pub fn start(program: &str) -> Start {
     let cli = Cli::parse();
     if let Some(Command::Passwd { action }) = &cli.command {
         return Start::Exit(passwd(program, action, cli.config.as_deref()));
+    }
+    if let Some(Command::Store { action }) = &cli.command {
+        return Start::Exit(store(program, action, &cli));
     }
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
@@ -128,6 +132,71 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
     }
 }
 
+/// `store repair`: the directory is `--data-dir` (the subcommand's, then the
+/// broker's), else the `--config` file's `persistence.path`.
+fn store(program: &str, action: &StoreCommand, cli: &Cli) -> ExitCode {
+    let StoreCommand::Repair { data_dir } = action;
+    let dir = data_dir
+        .clone()
+        .or_else(|| cli.data_dir.clone())
+        .or_else(|| {
+            cli.config
+                .as_deref()
+                .and_then(|path| Config::from_file(path).ok())
+                .and_then(|c| c.persistence.path)
+        });
+    let Some(dir) = dir else {
+        eprintln!("{program} store repair: which store? Pass --data-dir DIR (or --config FILE)");
+        return ExitCode::from(2);
+    };
+    match repair(&dir) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program} store repair: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Repairs the store in `dir` (see `FjallStore::repair`): what it dropped,
+/// as one line for the operator. A missing directory is an error, not a
+/// new empty store.
+pub fn repair(dir: &Path) -> Result<String, RepairError> {
+    if !dir.is_dir() {
+        return Err(RepairError::NoStore(dir.to_path_buf()));
+    }
+    let report = roost_persistence::FjallStore::repair(dir).map_err(RepairError::Store)?;
+    Ok(if report.is_clean() {
+        format!("store at {}: nothing to repair", dir.display())
+    } else {
+        format!("store at {}: {report}", dir.display())
+    })
+}
+
+/// Why `store repair` failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RepairError {
+    /// There is no directory there.
+    NoStore(std::path::PathBuf),
+    /// The store could not be repaired or opened.
+    Store(roost_persistence::StoreError),
+}
+
+impl std::fmt::Display for RepairError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepairError::NoStore(dir) => write!(f, "{}: no such directory", dir.display()),
+            RepairError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RepairError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +226,21 @@ mod tests {
         assert_eq!(passwd("roost", &add, None), ExitCode::SUCCESS);
         assert!(path.exists());
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn repair_says_what_it_found() {
+        let missing = std::env::temp_dir().join("roost-no-such-store-dir");
+        assert!(matches!(repair(&missing), Err(RepairError::NoStore(_))));
+
+        let dir = std::env::temp_dir().join(format!("roost-repair-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        drop(
+            roost_persistence::FjallStore::open(&dir, roost_persistence::Durability::Sync)
+                .expect("store"),
+        );
+        let message = repair(&dir).expect("repairs");
+        assert!(message.ends_with("nothing to repair"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! Flags win over the file: `--port`/`--bind` change the first listener (the
 //! built-in one when the file has none), `--data-dir` sets
-//! `persistence.path`.
+//! `persistence.path`, `--recover-truncate` sets `persistence.recovery`.
 //!
 //! Loading is two steps: serde reads the TOML into a loose shape (unknown
 //! keys are errors), then [`Config`] is built from it with every range and
@@ -49,6 +49,11 @@ pub struct Cli {
     /// restarts (sets persistence.path and persistence.store = "fjall").
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// If the store's journal is damaged, cut it at the damage and start
+    /// with what precedes it, logging what was dropped, instead of refusing
+    /// to start (sets persistence.recovery = "truncate").
+    #[arg(long)]
+    pub recover_truncate: bool,
     /// More logging: -v for debug, -vv for trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -65,6 +70,26 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: PasswdCommand,
+    },
+    /// Maintain the persistent store.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
+}
+
+/// `roost store …`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum StoreCommand {
+    /// Repair a store whose journal is damaged: cut the journal at the
+    /// first damaged batch, keep what precedes it, and say what was
+    /// dropped. Run it with the broker stopped.
+    Repair {
+        /// The store's directory (default: --data-dir, or the
+        /// configuration's persistence.path).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -368,6 +393,19 @@ pub enum Durability {
     Periodic,
 }
 
+/// What to do at start with a damaged store journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Refuse to start, naming the file and offset (`roost store repair`
+    /// fixes it).
+    #[default]
+    Strict,
+    /// Cut the journal at the damage, start with what precedes it, and log
+    /// what was dropped.
+    Truncate,
+}
+
 /// Persistence settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persistence {
@@ -379,6 +417,8 @@ pub struct Persistence {
     pub durability: Durability,
     /// Flush period for `periodic`, in milliseconds.
     pub flush_interval_ms: u64,
+    /// What to do with a damaged journal at start.
+    pub recovery: Recovery,
 }
 
 impl Default for Persistence {
@@ -388,6 +428,7 @@ impl Default for Persistence {
             path: None,
             durability: Durability::Sync,
             flush_interval_ms: 1000,
+            recovery: Recovery::Strict,
         }
     }
 }
@@ -642,6 +683,7 @@ struct RawPersistence {
     path: Option<PathBuf>,
     durability: Option<Durability>,
     flush_interval_ms: Option<i64>,
+    recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -765,6 +807,9 @@ impl Config {
             // to it.
             self.persistence.path = Some(dir.clone());
             self.persistence.store = Store::Fjall;
+        }
+        if cli.recover_truncate {
+            self.persistence.recovery = Recovery::Truncate;
         }
         Ok(())
     }
@@ -931,6 +976,7 @@ impl Config {
                 3_600_000,
                 d.flush_interval_ms,
             )?,
+            recovery: r.recovery.unwrap_or(d.recovery),
         };
         if persistence
             .path
@@ -1198,6 +1244,7 @@ mod tests {
             "path",
             "durability",
             "flush_interval_ms",
+            "recovery",
             "interval_secs",
         ] {
             assert!(
@@ -1297,6 +1344,33 @@ mod tests {
         for ((name, value), (_, default)) in got.iter().zip(fields(&EngineLimits::default())) {
             assert_ne!(*value, default, "{name} kept its default");
         }
+    }
+
+    #[test]
+    fn journal_recovery_is_strict_unless_asked() {
+        assert_eq!(Config::default().persistence.recovery, Recovery::Strict);
+        let config =
+            Config::from_toml_str("[persistence]\nrecovery = \"truncate\"\n").expect("parses");
+        assert_eq!(config.persistence.recovery, Recovery::Truncate);
+        assert!(Config::from_toml_str("[persistence]\nrecovery = \"skip\"\n").is_err());
+        let cli =
+            Cli::try_parse_from(["roost", "--data-dir", "/d", "--recover-truncate"]).expect("cli");
+        let config = Config::from_cli(cli).expect("config");
+        assert_eq!(config.persistence.recovery, Recovery::Truncate);
+    }
+
+    #[test]
+    fn store_repair_is_a_subcommand() {
+        let cli =
+            Cli::try_parse_from(["roost", "store", "repair", "--data-dir", "/d"]).expect("cli");
+        assert_eq!(
+            cli.command,
+            Some(Command::Store {
+                action: StoreCommand::Repair {
+                    data_dir: Some(PathBuf::from("/d"))
+                }
+            })
+        );
     }
 
     #[test]

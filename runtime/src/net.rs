@@ -29,6 +29,11 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Reads of one socket before a runtime lets the other connections on its
+/// thread have a turn (the rest is read on the next one), so that a peer
+/// that floods cannot starve the others.
+pub const READS_PER_TURN: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,8 +56,3 @@ mod tests {
         assert!(listener.accept().is_ok());
     }
 }
-
-/// Reads of one socket before a runtime lets the other connections on its
-/// thread have a turn (the rest is read on the next one), so that a peer
-/// that floods cannot starve the others.
-pub const READS_PER_TURN: usize = 16;

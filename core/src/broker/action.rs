@@ -108,6 +108,10 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The broker is shutting down.
     ServerShutdown,
+    /// The store could not make durable a message this MQTT 3 client
+    /// published (a full disk, an I/O error), and MQTT 3 has no negative
+    /// acknowledgement to say so. See [`super::Broker::handle_store_failed`].
+    StoreFailed,
 }
 
 /// A sentence an operator can read in a log line, such as `CONNECT refused:
@@ -138,6 +142,9 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
+            CloseReason::StoreFailed => {
+                f.write_str("the store could not make a published message durable")
+            }
         }
     }
 }
@@ -426,4 +433,8 @@ pub struct Stats {
     /// [`super::AccessPolicy::authorize_delivery`] said no: when the message
     /// was routed, or later, when it left the session's queue.
     pub deliveries_denied: u64,
+    /// Acknowledgements and CONNACKs answered with a failure, or MQTT 3
+    /// connections closed, because the store could not make a batch
+    /// durable (see `Broker::handle_store_failed`).
+    pub store_failures: u64,
 }

@@ -527,12 +527,22 @@ impl Broker {
             // Resuming before a delayed will fires cancels it [MQTT-3.1.3-9].
             s.pending_will = None;
         }
+        let was_stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
         self.record_expiry(sid);
+        // A session stored for the first time: CONNACK promises the client
+        // a session that survives a restart, so it waits for the batch that
+        // stores it (and fails if that batch fails).
+        let connack_wait = (!was_stored && self.sessions.get(&sid).is_some_and(|s| s.stored))
+            .then_some(self.last_store_id + 1);
         self.arm_session(sid);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         c.state = ConnState::Connected { session: sid };
+        c.connack_wait = connack_wait;
+        if connack_wait.is_some() {
+            self.gated.push(id);
+        }
         c.client_id = client_id.clone();
         c.username = connect.username.as_ref().map(MqttStr::detached);
         c.will = connect.will.map(Box::new);

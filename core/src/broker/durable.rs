@@ -234,7 +234,153 @@ impl Broker {
             }
         }
         self.holding = still;
+        // CONNACKs that waited for their session to be stored go out, with
+        // everything queued behind them.
+        let gated = core::mem::take(&mut self.gated);
+        for conn in gated {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            match c.connack_wait {
+                Some(needs) if needs <= self.durable => {
+                    c.connack_wait = None;
+                    if !c.out.is_empty() && !c.dirty {
+                        c.dirty = true;
+                        self.dirty.push(conn);
+                    }
+                }
+                Some(_) => self.gated.push(conn),
+                None => {}
+            }
+        }
         self.flush();
+    }
+
+    /// The store could not make batch `id` durable (a full disk, an I/O
+    /// error), nor, with it, any earlier batch not yet confirmed.
+    ///
+    /// **Ordering**: batches complete in the order they were emitted, like
+    /// [`handle_store_done`](Broker::handle_store_done): a failure reported
+    /// for `id` answers everything still waiting on batches up to `id`, and
+    /// says nothing about later batches, which wait for their own answer (a
+    /// store that recovers confirms them as usual). A group commit that
+    /// fails is reported once, with the id of its last batch.
+    ///
+    /// What waited on those batches is answered now:
+    ///
+    /// - an MQTT 5 QoS 1 / QoS 2 publisher gets PUBACK / PUBREC 0x97 Quota
+    ///   exceeded (a QoS 2 packet identifier is released: no PUBREL is
+    ///   expected after a failed PUBREC);
+    /// - an MQTT 3 publisher, which has no negative acknowledgement, is
+    ///   disconnected ([`CloseReason::StoreFailed`]);
+    /// - a PUBCOMP is sent as it was: the exchange is over in memory and no
+    ///   message depends on it;
+    /// - a connection whose CONNACK waited for its new session to be stored
+    ///   gets CONNACK 0x97 Quota exceeded (MQTT 3: 0x03 Server
+    ///   unavailable) and is closed; its session is discarded (its will is
+    ///   not published), and nothing queued for it is sent.
+    ///
+    /// The broker's memory does not roll back: a message whose PUBACK says
+    /// 0x97 was already routed, so connected subscribers may have received
+    /// it and stored sessions hold it, and the store may still write it
+    /// later (a store that keeps failed batches, as `FjallStore` does,
+    /// writes them when the disk accepts writes again). A publisher that
+    /// sends it again may therefore cause a duplicate, which QoS 1 allows.
+    /// What the client was told durable stays durable: nothing confirmed by
+    /// `handle_store_done` is affected.
+    pub fn handle_store_failed(&mut self, now: Instant, id: StoreId) {
+        self.advance(now);
+        let failed = id.0;
+        let holding = core::mem::take(&mut self.holding);
+        for conn in holding {
+            let mut close = false;
+            while let Some(c) = self.conns.get_mut(&conn) {
+                let v5 = c.protocol == Protocol::V5;
+                let session = c.session();
+                let Some((needs, packet)) = c.held.pop_front() else {
+                    break;
+                };
+                if needs > failed {
+                    c.held.push_front((needs, packet));
+                    self.holding.push(conn);
+                    break;
+                }
+                match packet {
+                    Packet::PubAck(mut r) if v5 => {
+                        r.reason = ReasonCode::QuotaExceeded;
+                        r.properties = self.ack_properties(conn, Some(r.reason));
+                        self.stats.store_failures += 1;
+                        self.send(conn, &Packet::PubAck(r));
+                    }
+                    Packet::PubRec(mut r) if v5 => {
+                        if let Some(sid) = session {
+                            self.release_incoming(sid, r.packet_id);
+                        }
+                        r.reason = ReasonCode::QuotaExceeded;
+                        r.properties = self.ack_properties(conn, Some(r.reason));
+                        self.stats.store_failures += 1;
+                        self.send(conn, &Packet::PubRec(r));
+                    }
+                    Packet::PubAck(_) | Packet::PubRec(_) => {
+                        self.stats.store_failures += 1;
+                        close = true;
+                        break;
+                    }
+                    other => self.send(conn, &other),
+                }
+            }
+            if close {
+                self.close(conn, CloseReason::StoreFailed);
+            }
+        }
+        let gated = core::mem::take(&mut self.gated);
+        for conn in gated {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            match c.connack_wait {
+                Some(needs) if needs <= failed => {
+                    // Nothing of what waited behind the CONNACK is sent.
+                    c.connack_wait = None;
+                    c.out.clear();
+                    c.held.clear();
+                    c.will = None;
+                    let v5 = c.protocol == Protocol::V5;
+                    if let Some(sid) = c.session() {
+                        // Expiry 0: the session ends with the connection.
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.expiry_interval = 0;
+                        }
+                    }
+                    self.stats.store_failures += 1;
+                    let reason = if v5 {
+                        ReasonCode::QuotaExceeded
+                    } else {
+                        ReasonCode::ServerUnavailable
+                    };
+                    self.refuse(conn, reason);
+                }
+                Some(_) => self.gated.push(conn),
+                None => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Forgets an inbound QoS 2 packet identifier whose PUBREC failed.
+    fn release_incoming(&mut self, sid: SessionId, packet_id: crate::codec::PacketId) {
+        let removed = self
+            .sessions
+            .get_mut(&sid)
+            .is_some_and(|s| s.incoming_qos2.remove(&packet_id));
+        if removed {
+            if let Some(client_id) = self.stored_client(sid) {
+                self.record(StoreOp::IncomingDelete {
+                    client_id,
+                    packet_id,
+                });
+            }
+        }
     }
 
     /// A broker rebuilt from what a store recovered: sessions (offline, their

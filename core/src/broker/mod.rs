@@ -8,6 +8,8 @@
 //! - [`Broker::handle_open`] when a connection is accepted,
 //! - [`Broker::handle_bytes`] with whatever bytes arrived, split anyhow,
 //! - [`Broker::handle_closed`] when the transport died,
+//! - [`Broker::handle_store_done`] / [`Broker::handle_store_failed`] when
+//!   the store made a batch durable or could not,
 //! - [`Broker::handle_timeout`] when the deadline from
 //!   [`Broker::poll_timeout`] has passed (early or spurious calls are
 //!   harmless),
@@ -153,6 +155,8 @@ pub struct Broker {
     durable: u64,
     /// Connections with held acknowledgements.
     holding: Vec<ConnId>,
+    /// Connections whose CONNACK waits for a storage batch.
+    gated: Vec<ConnId>,
     connected: usize,
     shutting_down: bool,
 }
@@ -186,6 +190,7 @@ impl Broker {
             last_store_id: 0,
             durable: 0,
             holding: Vec::new(),
+            gated: Vec::new(),
             connected: 0,
             shutting_down: false,
         };
@@ -616,7 +621,8 @@ impl Broker {
         for id in self.dirty.drain(..) {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.dirty = false;
-                if !c.out.is_empty() {
+                // Its CONNACK waits for the store: so does everything after.
+                if !c.out.is_empty() && c.connack_wait.is_none() {
                     // The first output (the CONNACK, typically) goes as the
                     // whole buffer: nothing of it stays behind with a
                     // connection that then idles. Later ones are split off,
@@ -659,6 +665,7 @@ impl Broker {
                 // client's request in time.
                 CloseReason::AuthorizeTimeout => Some(ReasonCode::ServerBusy),
                 CloseReason::ServerShutdown => Some(ReasonCode::ServerShuttingDown),
+                CloseReason::StoreFailed => Some(ReasonCode::QuotaExceeded),
                 _ => None,
             };
             // A DisconnectWithWillMessage "reason" is the client's own.

@@ -87,6 +87,9 @@ impl Broker {
             }
             CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
             CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,
+            CloseReason::StoreFailed => {
+                return MqttStr::from_static("the broker could not store a message");
+            }
             _ => ReasonCode::UnspecifiedError,
         };
         MqttStr::from_static(text(code))

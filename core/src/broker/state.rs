@@ -59,6 +59,10 @@ pub(crate) struct Conn {
     /// Acknowledgements waiting for the storage batch they promise (the
     /// batch number), in the order they must be sent.
     pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
+    /// The storage batch a successful CONNACK waits for: this connection
+    /// created a stored session, and until the batch is durable nothing is
+    /// sent to it (its CONNACK and everything after wait in `out`).
+    pub(crate) connack_wait: Option<u64>,
     pub(crate) state: ConnState,
     pub(crate) listener: u16,
     /// The listener's authentication class (see `ConnInfo::auth_class`).
@@ -140,6 +144,7 @@ impl Conn {
             graceful: false,
             blocked: false,
             held: VecDeque::new(),
+            connack_wait: None,
             authorizing: None,
         }
     }

@@ -14,6 +14,19 @@
 //! [`Broker::handle_store_done`](super::Broker::handle_store_done) for that
 //! id. **Batches must be confirmed in the order they were emitted**:
 //! confirming one confirms every earlier one.
+//!
+//! A batch the store could not make durable (a full disk) is reported with
+//! [`Broker::handle_store_failed`](super::Broker::handle_store_failed),
+//! under the same rule: failing one fails every earlier batch not yet
+//! confirmed, and says nothing about later ones. The acknowledgements that
+//! waited are answered negatively (MQTT 5 PUBACK/PUBREC 0x97; MQTT 3
+//! clients are disconnected), a CONNACK that waited for a new stored
+//! session is a refusal, and later batches are confirmed or failed as
+//! usual once the store answers for them.
+//!
+//! A successful CONNACK that creates a stored session (MQTT 3 clean session
+//! 0, MQTT 5 session expiry above 0, when no stored session existed) waits
+//! for durability too: nothing is sent on that connection before it.
 
 use crate::MqttStr;
 use crate::codec::{PacketId, PublishProperties, QoS, SubscriptionOptions};

@@ -91,7 +91,14 @@ impl Sim {
     pub fn connect_on(&mut self, connect: Connect, info: ConnInfo) -> (ConnId, Option<ConnAck>) {
         let id = self.open_on(connect.protocol, info);
         self.send(id, Packet::Connect(Box::new(connect)));
-        let ack = match self.recv(id) {
+        let mut first = self.recv(id);
+        if first.is_none() && !self.unconfirmed.is_empty() {
+            // The CONNACK of a session stored for the first time waits for
+            // the store: confirm (the batches so far) as a store would.
+            self.confirm_all();
+            first = self.recv(id);
+        }
+        let ack = match first {
             Some(Packet::ConnAck(ack)) => Some(*ack),
             Some(other) => panic!("expected CONNACK, got {other:?}"),
             None => None,
@@ -177,6 +184,23 @@ impl Sim {
         if let Some(id) = self.unconfirmed.back().copied() {
             self.unconfirmed.clear();
             self.broker.handle_store_done(self.now, id);
+        }
+        self.drain();
+    }
+
+    /// Reports every batch emitted so far as failed (a full disk).
+    pub fn fail_all(&mut self) {
+        if let Some(id) = self.unconfirmed.back().copied() {
+            self.unconfirmed.clear();
+            self.broker.handle_store_failed(self.now, id);
+        }
+        self.drain();
+    }
+
+    /// Reports the oldest unconfirmed batch (and only it) as failed.
+    pub fn fail_first(&mut self) {
+        if let Some(id) = self.unconfirmed.pop_front() {
+            self.broker.handle_store_failed(self.now, id);
         }
         self.drain();
     }

@@ -37,6 +37,8 @@ pub(crate) struct StoreJob {
     /// Force everything onto stable storage too (periodic durability, and
     /// shutdown).
     pub(crate) flush: bool,
+    /// The store was interrupted (a full disk): try to resume it.
+    pub(crate) retry: bool,
 }
 
 impl fmt::Debug for Job {
@@ -65,10 +67,10 @@ pub(crate) enum DoneKind {
     },
     Store {
         store: Box<dyn Store>,
-        /// The batches the job was given, in order.
-        batches: Vec<StoreId>,
-        /// How many of them are durable (all of them on success).
-        durable: usize,
+        /// What became of the batches, in order: each entry settles every
+        /// batch up to its id (durable, or failed).
+        outcomes: Vec<(StoreId, bool)>,
+        /// The last error, if any.
         error: Option<StoreError>,
     },
 }
@@ -80,9 +82,11 @@ impl fmt::Debug for JobDone {
                 .debug_struct("JobDone::Password")
                 .field("decision", decision)
                 .finish(),
-            DoneKind::Store { batches, error, .. } => f
+            DoneKind::Store {
+                outcomes, error, ..
+            } => f
                 .debug_struct("JobDone::Store")
-                .field("batches", &batches.len())
+                .field("outcomes", outcomes)
                 .field("error", error)
                 .finish(),
         }
@@ -117,34 +121,49 @@ impl Job {
 }
 
 impl StoreJob {
+    /// Stages every batch, in order, then commits them together: a burst
+    /// of messages shares one fsync (group commit). No batch is skipped
+    /// after an error: the store keeps what it could not write (see
+    /// `FjallStore`'s interruption), and each batch is settled, in order,
+    /// as durable or failed, never both.
     fn run(mut self) -> DoneKind {
-        let ids: Vec<StoreId> = self.batches.iter().map(|(id, _)| *id).collect();
+        let mut outcomes = Vec::new();
         let mut error = None;
-        // Every batch staged, then one commit for all of them: a burst of
-        // messages shares one fsync (group commit).
-        for (_, ops) in &self.batches {
-            if let Err(e) = self.store.apply(ops) {
-                error = Some(e);
-                break;
+        let mut staged: Option<StoreId> = None;
+        for (id, ops) in &self.batches {
+            match self.store.apply(ops) {
+                Ok(()) => staged = Some(*id),
+                Err(e) => {
+                    // What was staged before it stands or falls on its own.
+                    // (Its own error, if any, is the same outage.)
+                    if let Some(last) = staged.take() {
+                        outcomes.push((last, self.store.commit().is_ok()));
+                    }
+                    outcomes.push((*id, false));
+                    error = Some(e);
+                }
             }
         }
-        if error.is_none() && !ids.is_empty() {
+        if let Some(last) = staged {
+            let committed = self.store.commit();
+            outcomes.push((last, committed.is_ok()));
+            if let Err(e) = committed {
+                error = Some(e);
+            }
+        }
+        if self.retry && self.batches.is_empty() {
             if let Err(e) = self.store.commit() {
                 error = Some(e);
             }
         }
-        if error.is_none() && self.flush {
+        if self.flush {
             if let Err(e) = self.store.flush() {
                 error = Some(e);
             }
         }
-        // A failed commit may have reached the disk or not: nothing of the
-        // job is confirmed.
-        let durable = if error.is_none() { ids.len() } else { 0 };
         DoneKind::Store {
             store: self.store,
-            batches: ids,
-            durable,
+            outcomes,
             error,
         }
     }

@@ -107,6 +107,11 @@ pub const MAX_JOBS: usize = MAX_PASSWORD_CHECKS + 1;
 pub const ACCEPT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(50), Duration::from_secs(1));
 
+/// The first and the longest wait between two attempts to resume an
+/// interrupted store (a full disk): each attempt re-reads the journal, so
+/// the wait doubles in between.
+pub const STORE_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
 /// Why a driver could not be built from a configuration.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -243,8 +248,14 @@ enum StoreSlot {
     None,
     Idle(Box<dyn Store>),
     Busy,
-    /// It failed; see [`Driver::store_failed`].
-    Failed,
+}
+
+/// An interrupted store (a full disk, an I/O error): every batch meanwhile
+/// is answered as failed at once, and the store is asked to resume on a
+/// back-off.
+struct StoreOutage {
+    retry_at: Instant,
+    wait: Duration,
 }
 
 struct Shutdown {
@@ -279,6 +290,8 @@ pub struct Driver {
     custom_policy: bool,
     store: StoreSlot,
     store_batches: Vec<(StoreId, Vec<StoreOp>)>,
+    store_outage: Option<StoreOutage>,
+    retry_due: bool,
     /// With periodic durability: how often, and when next, to flush.
     flush_every: Option<Duration>,
     next_flush: Option<Instant>,
@@ -313,8 +326,16 @@ impl Driver {
                     config::Durability::Sync => roost_persistence::Durability::Sync,
                     config::Durability::Periodic => roost_persistence::Durability::Periodic,
                 };
-                let mut store = roost_persistence::FjallStore::open(path, durability)
-                    .map_err(|source| DriverError::Store { source })?;
+                let recovery = match config.persistence.recovery {
+                    config::Recovery::Strict => roost_persistence::Recovery::Strict,
+                    config::Recovery::Truncate => roost_persistence::Recovery::Truncate,
+                };
+                let mut store =
+                    roost_persistence::FjallStore::open_with(path, durability, recovery)
+                        .map_err(|source| DriverError::Store { source })?;
+                if !store.report().is_clean() {
+                    warn!(path = %path.display(), "store recovered: {}", store.report());
+                }
                 let recovered = store
                     .recover()
                     .map_err(|source| DriverError::Store { source })?;
@@ -425,6 +446,8 @@ impl Driver {
             custom_policy: false,
             store,
             store_batches: Vec::new(),
+            store_outage: None,
+            retry_due: false,
             next_flush: flush_every.map(|every| now + every),
             flush_every,
             flush_due: false,
@@ -565,10 +588,17 @@ impl Driver {
             .as_ref()
             .filter(|s| s.stage == ShutdownStage::Draining)
             .map(|s| s.grace_until);
-        [self.broker.poll_timeout(), linger, self.next_flush, grace]
-            .into_iter()
-            .flatten()
-            .min()
+        let retry = self.store_outage.as_ref().map(|o| o.retry_at);
+        [
+            self.broker.poll_timeout(),
+            linger,
+            self.next_flush,
+            grace,
+            retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- inputs -----
@@ -823,6 +853,13 @@ impl Driver {
             self.flush_due = true;
             self.next_flush = self.flush_every.map(|every| now + every);
         }
+        if let Some(outage) = &mut self.store_outage {
+            if outage.retry_at <= now {
+                self.retry_due = true;
+                outage.wait = (outage.wait * 2).min(STORE_RETRY.1);
+                outage.retry_at = now + outage.wait;
+            }
+        }
         self.pump(now);
     }
 
@@ -841,18 +878,19 @@ impl Driver {
             }
             DoneKind::Store {
                 store,
-                batches,
-                durable,
+                outcomes,
                 error,
-            } => match error {
-                None => {
-                    self.store = StoreSlot::Idle(store);
-                    if let Some(&last) = batches[..durable].last() {
-                        self.broker.handle_store_done(now, last);
+            } => {
+                self.store = StoreSlot::Idle(store);
+                for (id, durable) in outcomes {
+                    if durable {
+                        self.broker.handle_store_done(now, id);
+                    } else {
+                        self.broker.handle_store_failed(now, id);
                     }
                 }
-                Some(e) => self.store_failed(now, store, &batches, &e),
-            },
+                self.store_settled(now, error);
+            }
         }
         self.pump(now);
     }
@@ -1227,7 +1265,7 @@ impl Driver {
             .shutdown
             .as_ref()
             .is_some_and(|s| s.stage == ShutdownStage::Flushing { sent: false });
-        if self.store_batches.is_empty() && !self.flush_due && !final_flush {
+        if self.store_batches.is_empty() && !self.flush_due && !final_flush && !self.retry_due {
             return;
         }
         let StoreSlot::Idle(store) = std::mem::replace(&mut self.store, StoreSlot::Busy) else {
@@ -1239,6 +1277,7 @@ impl Driver {
                 store,
                 batches: std::mem::take(&mut self.store_batches),
                 flush,
+                retry: std::mem::take(&mut self.retry_due),
             }))));
         if final_flush {
             if let Some(s) = &mut self.shutdown {
@@ -1248,20 +1287,35 @@ impl Driver {
         }
     }
 
-    /// The store failed a job: nothing of it is confirmed, and nothing
-    /// after it will be, so clients waiting for those acknowledgements are
-    /// not told a message is safe when it is not.
-    fn store_failed(
-        &mut self,
-        _now: Instant,
-        store: Box<dyn Store>,
-        batches: &[StoreId],
-        e: &roost_persistence::StoreError,
-    ) {
-        error!(error = %e, batches = batches.len(), "store failed; no further acknowledgements will be sent");
-        drop(store);
-        self.store = StoreSlot::Failed;
-        self.store_batches.clear();
+    /// After a store job: an error that means the store is interrupted
+    /// (a full disk) starts an outage, logged once, during which the store
+    /// is asked to resume on a back-off; the first job without one ends
+    /// it. Errors of a single batch (a key too long) are that batch's alone.
+    fn store_settled(&mut self, now: Instant, error: Option<roost_persistence::StoreError>) {
+        use roost_persistence::StoreError;
+        match error {
+            None => {
+                if self.store_outage.take().is_some() {
+                    info!("store resumed: acknowledgements are sent again");
+                }
+            }
+            Some(
+                e @ (StoreError::KeyTooLong { .. }
+                | StoreError::Encode { .. }
+                | StoreError::Unsupported),
+            ) => {
+                warn!(error = %e, "store refused a batch; its publishers were told");
+            }
+            Some(e) => {
+                if self.store_outage.is_none() {
+                    error!(error = %e, "store interrupted: messages that need it are refused (MQTT 5: 0x97; MQTT 3: disconnect) until it resumes");
+                    self.store_outage = Some(StoreOutage {
+                        retry_at: now + STORE_RETRY.0,
+                        wait: STORE_RETRY.0,
+                    });
+                }
+            }
+        }
     }
 
     fn advance_shutdown(&mut self, now: Instant) {
@@ -1283,8 +1337,7 @@ impl Driver {
         }
         let stage = self.shutdown.as_ref().map(|s| s.stage);
         let flushed = match self.store {
-            // Nothing to flush, or nothing that could be.
-            StoreSlot::None | StoreSlot::Failed => true,
+            StoreSlot::None => true,
             StoreSlot::Busy => false,
             StoreSlot::Idle(_) => stage == Some(ShutdownStage::Flushing { sent: true }),
         };

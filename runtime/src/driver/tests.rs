@@ -29,14 +29,14 @@ impl Store for ProbeStore {
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         if self.probe.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Poisoned);
+            return Err(StoreError::Interrupted { kept: 1 });
         }
         self.probe.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit()
     }
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.probe.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Poisoned);
+            return Err(StoreError::Interrupted { kept: 1 });
         }
         self.probe.flushes.fetch_add(1, Ordering::SeqCst);
         self.inner.flush()
@@ -232,6 +232,16 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An MQTT 5 QoS 1 PUBLISH, no properties.
+fn publish_v5(topic: &str, payload: &[u8], id: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(&mut body, topic.as_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(payload);
+    packet(0x32, &body)
+}
+
 fn subscribe(filter: &str, qos: u8) -> Vec<u8> {
     let mut body = 1u16.to_be_bytes().to_vec();
     string(&mut body, filter.as_bytes());
@@ -379,7 +389,7 @@ fn sync_durability_has_no_flush_timer_and_groups_commits() {
 }
 
 #[test]
-fn a_failed_store_confirms_nothing() {
+fn a_failed_store_refuses_loudly_then_resumes_when_it_can() {
     let probe = Probe::default();
     let mut h = store_harness(config::Durability::Sync, &probe);
     let sub = h.accept();
@@ -387,13 +397,37 @@ fn a_failed_store_confirms_nothing() {
     h.run_job();
     h.read(sub, &subscribe("t", 1));
     while h.run_job() {}
-    let publisher = h.accept();
-    h.read(publisher, &connect("pub", None, true));
+    let v5 = h.accept();
+    h.read(v5, &connect_v5("five"));
+    let v3 = h.accept();
+    h.read(v3, &connect("three", None, true));
+    h.written.clear();
+    // The disk fills up.
     probe.fail.store(true, Ordering::SeqCst);
-    h.read(publisher, &publish("t", b"x", 1, 7));
+    h.read(v5, &publish_v5("t", b"x", 7));
     while h.run_job() {}
-    // No PUBACK promises a message the store could not keep.
-    assert_eq!(h.output(publisher), CONNACK_OK);
+    // MQTT 5: PUBACK 0x97 Quota exceeded, never a success.
+    let out = h.output(v5);
+    assert_eq!(
+        (out[0], out[2], out[3], out[4]),
+        (0x40, 0, 7, 0x97),
+        "{out:?}"
+    );
+    // MQTT 3 has no negative PUBACK: the publisher is disconnected.
+    h.read(v3, &publish("t", b"y", 1, 8));
+    while h.run_job() {}
+    assert!(h.output(v3).is_empty(), "no PUBACK for an unstored message");
+    assert!(h.driver.interest(v3).shutdown_write || h.driver.interest(v3).close);
+    // Space returns: the store is asked again on a back-off, and resumes.
+    probe.fail.store(false, Ordering::SeqCst);
+    h.advance(STORE_RETRY.0);
+    while h.run_job() {}
+    h.written.clear();
+    h.read(v5, &publish_v5("t", b"z", 9));
+    while h.run_job() {}
+    let out = h.output(v5);
+    assert_eq!((out[0], out[2], out[3]), (0x40, 0, 9), "{out:?}");
+    assert!(out[1] == 2 || out[4] == 0, "a PUBACK with success: {out:?}");
 }
 
 #[test]
