@@ -468,6 +468,10 @@ pub struct Mqtt {
     pub outbound_topic_aliases: bool,
     /// Whether payloads marked as UTF-8 must be valid UTF-8.
     pub validate_utf8_payloads: bool,
+    /// Whether another identity (user name, or listener authentication
+    /// setup) using a client id resumes that id's session, as Mosquitto
+    /// does. Off: it takes over the connection but gets a fresh session.
+    pub share_sessions_across_identities: bool,
     /// SUBACK reason code for a subscription the ACL refuses.
     pub subscribe_denied: DeniedCode,
 }
@@ -484,6 +488,7 @@ impl Default for Mqtt {
             topic_alias_maximum: 10,
             outbound_topic_aliases: true,
             validate_utf8_payloads: true,
+            share_sessions_across_identities: false,
             subscribe_denied: DeniedCode::NotAuthorized,
         }
     }
@@ -637,6 +642,7 @@ struct RawMqtt {
     topic_alias_maximum: Option<i64>,
     outbound_topic_aliases: Option<bool>,
     validate_utf8_payloads: Option<bool>,
+    share_sessions_across_identities: Option<bool>,
     subscribe_denied: Option<DeniedCode>,
 }
 
@@ -1033,6 +1039,9 @@ impl Config {
             )?,
             outbound_topic_aliases: r.outbound_topic_aliases.unwrap_or(d.outbound_topic_aliases),
             validate_utf8_payloads: r.validate_utf8_payloads.unwrap_or(d.validate_utf8_payloads),
+            share_sessions_across_identities: r
+                .share_sessions_across_identities
+                .unwrap_or(d.share_sessions_across_identities),
             subscribe_denied: r.subscribe_denied.unwrap_or(d.subscribe_denied),
         };
 
