@@ -870,7 +870,7 @@ impl Driver {
                 self.passwords_running = self.passwords_running.saturating_sub(1);
                 if decision != AuthDecision::Accept {
                     info!(
-                        ?decision,
+                        reason = %DisplayDecision(&decision),
                         "authentication refused: bad user name or password"
                     );
                 }
@@ -1211,7 +1211,12 @@ impl Driver {
         };
         if let Some(decision) = decision {
             if decision != AuthDecision::Accept {
-                info!(client_id = %request.client_id, username = ?request.username.as_ref().map(|u| u.as_str()), ?decision, "authentication refused");
+                info!(
+                    client_id = %request.client_id,
+                    username = request.username.as_ref().map_or("-", |u| u.as_str()),
+                    reason = %DisplayDecision(&decision),
+                    "authentication refused"
+                );
             }
             self.follow_ups
                 .push(FollowUp::Auth(request.token, decision));
@@ -1363,6 +1368,20 @@ impl fmt::Display for DisplayAddr {
         match self.0 {
             Some(addr) => addr.fmt(f),
             None => f.write_str("-"),
+        }
+    }
+}
+
+/// A refusal, as an operator reads it.
+struct DisplayDecision<'a>(&'a AuthDecision);
+
+impl fmt::Display for DisplayDecision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            AuthDecision::Accept => f.write_str("accepted"),
+            AuthDecision::Reject(code) => code.fmt(f),
+            AuthDecision::Redirect { reason, .. } => write!(f, "redirected: {reason}"),
+            _ => f.write_str("refused"),
         }
     }
 }
