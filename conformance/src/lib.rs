@@ -66,8 +66,10 @@ macro_rules! scenario {
 
 pub mod attacks;
 mod bad_input;
+pub mod blocking;
 pub mod client;
 mod common;
+pub mod parity;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;
