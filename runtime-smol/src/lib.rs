@@ -15,7 +15,7 @@
 //!
 //! Password checks and store commits run on the driver's worker pool
 //! ([`roost_runtime::pool::Pool`]), bounded by the driver, as on every
-//! runtime. [`start_with`] takes the same [`Hooks`] as `roost-tokio`.
+//! runtime. [`start`] takes the same [`Hooks`] as `roost-tokio`.
 //!
 //! Embedding: [`start`] runs a broker on its own thread and returns a
 //! [`ServerHandle`] to publish, subscribe in-process and stop it. Its
@@ -26,7 +26,7 @@
 //! # fn demo() -> std::io::Result<()> {
 //! let mut config = roost_runtime::config::Config::default();
 //! config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-//! let server = roost_smol::start(config)?;
+//! let server = roost_smol::start(config, roost_smol::Hooks::default())?;
 //! smol::block_on(async {
 //!     let messages = server.subscribe("sensors/#").await?;
 //!     server.publish("sensors/1", "21.5", 0, false).await?;
@@ -159,17 +159,11 @@ impl ServerHandle {
     }
 }
 
-/// Starts a broker on a thread of its own with no hooks (see
-/// [`start_with`]).
-pub fn start(config: Config) -> io::Result<ServerHandle> {
-    start_with(config, Hooks::default())
-}
-
 /// Starts a broker on a thread of its own: loads what the configuration
 /// names and binds every listener (errors are returned here), then serves
 /// until [`ServerHandle::shutdown`]. The hooks' futures run on the broker's
 /// executor.
-pub fn start_with(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
+pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let clock = Clock::new();
     let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -424,6 +418,10 @@ async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: Re
                 shared.stopped.notified().await;
                 drop(timer);
                 drop(jobs);
+                // In-process subscriptions end with the broker (their
+                // receivers see the channel close), whatever tasks still
+                // hold `shared`.
+                shared.subscribers.borrow_mut().clear();
                 let _ = done.try_send(());
                 return;
             }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match roost_smol::start(config.clone()) {
+    let server = match roost_smol::start(config.clone(), roost_smol::Hooks::default()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("roost-smol: {e}");

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn start() -> roost_smol::ServerHandle {
-    roost_smol::start(common::local_config()).expect("broker starts")
+    roost_smol::start(common::local_config(), roost_smol::Hooks::default()).expect("broker starts")
 }
 
 #[tokio::test]
@@ -37,19 +37,6 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
 }
 
 #[tokio::test]
-async fn in_process_publish_and_subscribe() {
-    let server = start();
-    let messages = server.subscribe("local/#").await.unwrap();
-    assert_eq!(server.publish("local/a", "1", 1, false).await.unwrap(), 1);
-    let message = tokio::time::timeout(Duration::from_secs(5), messages.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(message.topic.as_str(), "local/a");
-    server.shutdown().await;
-}
-
-#[tokio::test]
 async fn shutdown_sends_disconnect_0x8b_and_stops() {
     let server = start();
     let addr = server.local_addrs()[0];
@@ -69,7 +56,11 @@ async fn shutdown_sends_disconnect_0x8b_and_stops() {
 
 #[tokio::test]
 async fn password_file_admits_the_right_password_only() {
-    let server = roost_smol::start(common::password_config("smol")).expect("broker starts");
+    let server = roost_smol::start(
+        common::password_config("smol"),
+        roost_smol::Hooks::default(),
+    )
+    .expect("broker starts");
     common::password_check(server.local_addrs()[0]).await;
     server.shutdown().await;
 }
@@ -81,7 +72,8 @@ fn binary_reloads_on_sighup_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn slow_subscriber_catches_up() {
-    let server = roost_smol::start(common::backlog_config()).expect("broker starts");
+    let server = roost_smol::start(common::backlog_config(), roost_smol::Hooks::default())
+        .expect("broker starts");
     common::slow_subscriber_catches_up(server.local_addrs()[0]).await;
     server.shutdown().await;
 }

@@ -4,7 +4,8 @@ mod common;
 
 #[test]
 fn conformance_suite_passes() {
-    let server = roost_smol::start(common::paho_config()).expect("broker starts");
+    let server = roost_smol::start(common::paho_config(), roost_smol::Hooks::default())
+        .expect("broker starts");
     let addr = server.local_addrs()[0];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
