@@ -569,3 +569,38 @@ pub fn kill9_with_periodic_loses_at_most_one_interval(bin: &Binary) {
         got.len()
     );
 }
+
+// ---------------------------------------------------------------------------
+// The whole conformance suite against a binary.
+
+/// Runs every conformance scenario against the executable, configured as
+/// `conformance/paho.toml` on a port of its choosing. (The runtimes' own
+/// tests run the suite against a broker in the test process; this is for
+/// any other executable, such as the std-only example.)
+pub fn conformance_suite(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let paho = Path::new(env!("CARGO_MANIFEST_DIR")).join("paho.toml");
+    let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("paho.acl");
+    let text = std::fs::read_to_string(&paho)
+        .expect("conformance/paho.toml")
+        .replace("127.0.0.1:1883", "127.0.0.1:0")
+        .replace("\"paho.acl\"", &toml_path(&acl))
+        + "\n[sys]\ninterval_secs = 0\n";
+    let broker = start(bin, dir.path(), &text, 1);
+    let mut config = SuiteConfig::new("127.0.0.1", broker.addr(0).port());
+    config.max_packet_size = 10_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = rt.block_on(runner::run(&config, &runner::Selection::default(), |v| {
+        if v.result.is_err() {
+            eprintln!("[{}] {}", bin.name(), v.line());
+        }
+    }));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("[{}] conformance: {}", bin.name(), report.summary());
+    assert_eq!(report.failed(), 0, "[{}] {}", bin.name(), report.summary());
+    assert!(!report.verdicts.is_empty(), "no scenario ran");
+}

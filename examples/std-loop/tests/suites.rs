@@ -1,0 +1,21 @@
+//! The std-only event loop passes what every runtime passes: the whole
+//! conformance suite, the parity suite (TLS, WebSocket, slow consumers,
+//! SIGKILL with both durabilities) and every attack of the adversarial
+//! suite. Nothing in its 250 lines implements any of that: it is all the
+//! driver's.
+
+#[test]
+fn conformance_suite_passes() {
+    roost_conformance::parity::run(
+        roost_conformance::parity::conformance_suite,
+        env!("CARGO_BIN_EXE_roost-std"),
+    );
+}
+
+mod parity {
+    roost_conformance::parity_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
+
+mod attacks {
+    roost_conformance::attack_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
