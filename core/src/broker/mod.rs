@@ -79,7 +79,7 @@ mod time;
 pub use action::{
     Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
     AuthorizeToken, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message, Operation,
-    PublishDecision, Stats, SubscribeDecision,
+    PublishDecision, SessionTotals, Stats, SubscribeDecision,
 };
 pub use config::{
     AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
@@ -194,8 +194,12 @@ impl Broker {
             connected: 0,
             shutting_down: false,
         };
-        if let Some(interval) = broker.config.sys_interval {
-            broker.timers.insert((now + interval, Timer::Sys));
+        // The first `$SYS` statistics are due at once, so subscribers do not
+        // wait an interval for them; the timer (not this constructor)
+        // publishes them, after `Broker::restore` has put back what the
+        // store held.
+        if broker.config.sys_interval.is_some() {
+            broker.timers.insert((now, Timer::Sys));
         }
         broker
     }
@@ -232,6 +236,27 @@ impl Broker {
             .map(|s| s.subscriptions.len())
             .sum::<usize>()
             + self.locals.len()
+    }
+
+    /// Totals across sessions, for monitoring. Walks every session: call
+    /// it for a scrape, not per message.
+    pub fn session_totals(&self) -> SessionTotals {
+        let mut totals = SessionTotals::default();
+        for s in self.sessions.values() {
+            totals.sessions += 1;
+            totals.persistent += usize::from(s.expiry_interval > 0);
+            totals.inflight += s.inflight.len();
+            totals.queued += s.queue.len();
+        }
+        totals
+    }
+
+    /// A connection handle the engine never gives out to a connection of
+    /// its own: for a transport the host serves itself (the driver's HTTP
+    /// endpoint), so that handles stay unique across both. The engine knows
+    /// nothing else about it.
+    pub fn reserve_conn_id(&mut self) -> ConnId {
+        ConnId(self.fresh_id())
     }
 
     /// Retained messages.

@@ -60,6 +60,7 @@ impl Broker {
             return;
         }
         self.stats.messages_received += 1;
+        self.stats.received_by_qos[usize::from(p.qos.qos() as u8)] += 1;
 
         if let QosPid::ExactlyOnce(pid) = p.qos {
             let Some(s) = self.sessions.get(&sid) else {
@@ -167,6 +168,8 @@ impl Broker {
                 qos,
                 matched,
             });
+        } else {
+            self.stats.publishes_denied += 1;
         }
         if !v5 {
             reason = ReasonCode::Success;
@@ -468,6 +471,7 @@ impl Broker {
         match s.conn {
             Some(_) if blocked && delivery.qos == QoS::AtMostOnce && !queue_qos0 => {
                 self.stats.dropped += 1;
+                self.stats.dropped_queue_full += 1;
             }
             // Queued retained messages keep their order: a new one waits
             // behind them.
@@ -493,6 +497,7 @@ impl Broker {
                         > limits.max_queued_bytes
                 {
                     self.stats.dropped += 1;
+                    self.stats.dropped_queue_full += 1;
                     let client_id = s.client_id.clone();
                     self.event(Event::QueueFull { client_id });
                     return;
@@ -568,6 +573,7 @@ impl Broker {
             };
             s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
+                self.stats.dropped_expired += 1;
                 self.record_left(sid, &delivery);
                 continue;
             }
@@ -627,6 +633,7 @@ impl Broker {
             > c.client_max_packet as usize
         {
             self.stats.dropped += 1;
+            self.stats.dropped_too_large += 1;
             return false;
         }
         let mut aliased = false;
@@ -662,6 +669,7 @@ impl Broker {
             self.dirty.push(conn);
         }
         self.stats.messages_sent += 1;
+        self.stats.sent_by_qos[usize::from(qos.qos() as u8)] += 1;
         true
     }
 }
