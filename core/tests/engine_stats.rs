@@ -153,3 +153,40 @@ fn reserved_connection_ids_never_collide() {
         "a reserved id is no connection"
     );
 }
+
+#[test]
+fn busiest_topics_are_estimated_from_a_bounded_sample() {
+    use roost_core::broker::topics::{SAMPLE_EVERY, TRACKED};
+    let mut sim = Sim::quiet();
+    let (p, _) = sim.connect("pub", V4, true);
+    assert!(sim.broker.busiest_topics(5).is_empty());
+    let every = SAMPLE_EVERY as usize;
+    // "hot" three times as often as "warm"; a long tail of one-off topics
+    // that must not push them out of a table of TRACKED.
+    for i in 0..every * 40 {
+        let topic = match i % 4 {
+            0 => "warm".to_string(),
+            1 | 2 | 3 if i % 8 != 7 => "hot".to_string(),
+            _ => format!("tail/{i}"),
+        };
+        sim.send(
+            p,
+            Packet::Publish(publish(&topic, b"x", QoS::AtMostOnce, 1, false)),
+        );
+    }
+    let top = sim.broker.busiest_topics(2);
+    let names: Vec<&str> = top.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["hot", "warm"], "{top:?}");
+    assert!(top[0].1 > top[1].1);
+    assert!(sim.broker.busiest_topics(usize::MAX).len() <= TRACKED);
+
+    // Counts decay: a topic that went quiet gives way to the new traffic.
+    sim.advance(secs(60));
+    for _ in 0..every * 40 {
+        sim.send(
+            p,
+            Packet::Publish(publish("new", b"x", QoS::AtMostOnce, 1, false)),
+        );
+    }
+    assert_eq!(sim.broker.busiest_topics(1)[0].0.as_str(), "new");
+}

@@ -75,6 +75,7 @@ mod store;
 mod subscribe;
 mod sys;
 mod time;
+pub mod topics;
 
 pub use action::{
     Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
@@ -148,6 +149,7 @@ pub struct Broker {
     /// Reused by routing so matching a message allocates nothing.
     scratch: Vec<(SubKey, SubEntry)>,
     stats: Stats,
+    busiest: topics::TopicSampler,
     /// Storage operations of the current input, emitted as one batch.
     pending_ops: Vec<StoreOp>,
     /// The last batch number given out, and the last one confirmed durable.
@@ -164,6 +166,7 @@ pub struct Broker {
 impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: Config, now: Instant) -> Self {
+        let seed = config.random_seed;
         let mut broker = Broker {
             config,
             now,
@@ -186,6 +189,7 @@ impl Broker {
                 started: now,
                 ..Stats::default()
             },
+            busiest: topics::TopicSampler::new(now, seed),
             pending_ops: Vec::new(),
             last_store_id: 0,
             durable: 0,
@@ -249,6 +253,15 @@ impl Broker {
             totals.queued += s.queue.len();
         }
         totals
+    }
+
+    /// Up to `n` of the topics published to most in the last
+    /// [`topics::DECAY`] or two, busiest first, with each one's estimated
+    /// share of inbound publishes (0.0 ..= 1.0). An estimate from a sample
+    /// (one publish in [`topics::SAMPLE_EVERY`], at most
+    /// [`topics::TRACKED`] topics), for a status page, not for billing.
+    pub fn busiest_topics(&self, n: usize) -> Vec<(crate::topic::TopicName, f64)> {
+        self.busiest.busiest(n)
     }
 
     /// A connection handle the engine never gives out to a connection of

@@ -61,6 +61,7 @@ impl Broker {
         }
         self.stats.messages_received += 1;
         self.stats.received_by_qos[usize::from(p.qos.qos() as u8)] += 1;
+        self.busiest.publish(&p.topic, self.now);
 
         if let QosPid::ExactlyOnce(pid) = p.qos {
             let Some(s) = self.sessions.get(&sid) else {
