@@ -190,3 +190,18 @@ fn busiest_topics_are_estimated_from_a_bounded_sample() {
     }
     assert_eq!(sim.broker.busiest_topics(1)[0].0.as_str(), "new");
 }
+
+#[test]
+fn sys_statistics_are_not_stored() {
+    let mut sim = Sim::new(Config {
+        persistence: true,
+        ..Config::default()
+    });
+    sim.advance(secs(25));
+    assert!(sim.broker.retained_count() > 0, "$SYS published");
+    assert!(
+        sim.stored.is_empty(),
+        "$SYS statistics were stored: {:?}",
+        sim.stored
+    );
+}

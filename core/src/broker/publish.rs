@@ -418,7 +418,9 @@ impl Broker {
         message.payload = bytes::Bytes::copy_from_slice(&message.payload);
         message.topic = message.topic.detached();
         let topic = message.topic.clone();
-        if self.config.persistence {
+        // `$SYS` statistics are published afresh at every start: storing
+        // them would only cost a commit per interval.
+        if self.config.persistence && !is_sys(&topic) {
             self.record(StoreOp::RetainedPut {
                 topic: topic.clone(),
                 message: StoredMessage {
