@@ -164,10 +164,12 @@ fn busiest_topics_are_estimated_from_a_bounded_sample() {
     // "hot" three times as often as "warm"; a long tail of one-off topics
     // that must not push them out of a table of TRACKED.
     for i in 0..every * 40 {
-        let topic = match i % 4 {
-            0 => "warm".to_string(),
-            1 | 2 | 3 if i % 8 != 7 => "hot".to_string(),
-            _ => format!("tail/{i}"),
+        let topic = if i % 8 == 7 {
+            format!("tail/{i}")
+        } else if i % 4 == 0 {
+            "warm".to_string()
+        } else {
+            "hot".to_string()
         };
         sim.send(
             p,

@@ -60,7 +60,13 @@ impl Broker {
             return;
         }
         self.stats.messages_received += 1;
-        self.stats.received_by_qos[usize::from(p.qos.qos() as u8)] += 1;
+        if let Some(n) = self
+            .stats
+            .received_by_qos
+            .get_mut(usize::from(p.qos.qos() as u8))
+        {
+            *n += 1;
+        }
         self.busiest.publish(&p.topic, self.now);
 
         if let QosPid::ExactlyOnce(pid) = p.qos {
@@ -672,7 +678,9 @@ impl Broker {
             self.dirty.push(conn);
         }
         self.stats.messages_sent += 1;
-        self.stats.sent_by_qos[usize::from(qos.qos() as u8)] += 1;
+        if let Some(n) = self.stats.sent_by_qos.get_mut(usize::from(qos.qos() as u8)) {
+            *n += 1;
+        }
         true
     }
 }
