@@ -2,10 +2,14 @@
 # Runs every roost-bench scenario against every broker that exists here, in
 # alternation (A B A B ...), and writes the medians into BENCHMARKS.md.
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--no-write] [--sink]
+#   scripts/bench.sh [--quick] [--rounds N] [--no-write] [--sink] [--http]
 #
 # --sink adds roost-bench's own trivial forwarding sink as a "broker": its
 # column is the load generator's ceiling on this machine, not a competitor.
+#
+# --http adds "roost-http": target/release/roost with the [http] endpoint on
+# (port + 1) and /metrics scraped every second during each run, beside the
+# plain "roost" column: the cost of metrics is the difference.
 #
 # Brokers: Mosquitto (Debian's `mosquitto`), and roost's binaries
 # target/release/roost, roost-smol, roost-mio once they exist and start. A
@@ -21,13 +25,15 @@ QUICK=0
 ROUNDS=3
 WRITE=1
 SINK=0
+HTTP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --rounds) ROUNDS="$2"; shift ;;
         --no-write) WRITE=0 ;;
         --sink) SINK=1 ;;
-        *) echo "usage: $0 [--quick] [--rounds N] [--no-write] [--sink]" >&2; exit 2 ;;
+        --http) HTTP=1 ;;
+        *) echo "usage: $0 [--quick] [--rounds N] [--no-write] [--sink] [--http]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -100,6 +106,7 @@ for b in roost roost-smol roost-mio; do
         # The tokio runtime once more with its disk store (fjall, fsync'd
         # group commit): the cost of durability.
         [ "$b" = roost ] && BROKERS+=(roost-fjall)
+        [ "$b" = roost ] && [ "$HTTP" = 1 ] && BROKERS+=(roost-http)
     else
         pkg=roost-tokio
         [ "$b" != roost ] && pkg="$b"
@@ -128,6 +135,7 @@ EOF
 }
 
 BROKER_PID=
+SCRAPER_PID=
 start_broker() { # name port
     local name="$1" port="$2"
     case "$name" in
@@ -136,10 +144,22 @@ start_broker() { # name port
             rm -rf "$WORK/fjall-data"
             target/release/roost -c "$PWD/scripts/bench-roost.toml" --port "$port" \
                 --data-dir "$WORK/fjall-data" > "$WORK/$name.log" 2>&1 & ;;
+        roost-http)
+            { cat scripts/bench-roost.toml; printf '\n[http]\nbind = "127.0.0.1:%s"\n' $((port + 1)); } \
+                > "$WORK/roost-http.toml"
+            target/release/roost -c "$WORK/roost-http.toml" --port "$port" > "$WORK/$name.log" 2>&1 &
+            BROKER_PID=$!
+            # A scraper as Prometheus would be, only more often.
+            ( while sleep 1; do
+                { exec 3<> "/dev/tcp/127.0.0.1/$((port + 1))" \
+                    && printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3 \
+                    && cat <&3 > /dev/null; } 2> /dev/null || true
+              done ) &
+            SCRAPER_PID=$! ;;
         roost*) "target/release/$name" -c "$PWD/scripts/bench-roost.toml" --port "$port" > "$WORK/$name.log" 2>&1 & ;;
         sink) "$BENCH" sink --port "$port" --deadline $((DEADLINE + 60)) > "$WORK/$name.log" 2>&1 & ;;
     esac
-    BROKER_PID=$!
+    [ "$name" = roost-http ] || BROKER_PID=$!
     for _ in $(seq 100); do
         if ! kill -0 "$BROKER_PID" 2> /dev/null; then
             return 1
@@ -154,6 +174,11 @@ start_broker() { # name port
 }
 
 stop_broker() {
+    if [ -n "$SCRAPER_PID" ]; then
+        kill "$SCRAPER_PID" 2> /dev/null || true
+        wait "$SCRAPER_PID" 2> /dev/null || true
+        SCRAPER_PID=
+    fi
     if [ -n "$BROKER_PID" ]; then
         kill "$BROKER_PID" 2> /dev/null || true
         wait "$BROKER_PID" 2> /dev/null || true
@@ -224,7 +249,7 @@ from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # Mosquitto and every roost runtime always get a column (blank until measured).
-brokers = [b for b in ["mosquitto", "roost", "roost-fjall", "roost-smol", "roost-mio", "sink"] if b in sys.argv[3:]]
+brokers = [b for b in ["mosquitto", "roost", "roost-http", "roost-fjall", "roost-smol", "roost-mio", "sink"] if b in sys.argv[3:]]
 # (label, how to read it from a report, which way is better)
 metrics = {
     "conns": [("connections/s", lambda r: r["delivered_per_s"], "higher"),

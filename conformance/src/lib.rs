@@ -70,6 +70,7 @@ pub mod blocking;
 pub mod client;
 mod common;
 pub mod parity;
+pub mod observability;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;

@@ -147,9 +147,9 @@ impl Server {
         let driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut addrs = Vec::with_capacity(config.listeners.len());
-        for (index, l) in config.listeners.iter().enumerate() {
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for (index, l) in driver.listeners().enumerate() {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
             poll.registry()
                 .register(&mut listener, Token(index), Interest::READABLE)?;
@@ -192,7 +192,8 @@ impl Server {
         })
     }
 
-    /// The address each listener is bound to, in configuration order.
+    /// The address each listener is bound to, in configuration order (the
+    /// `[http]` endpoint, if configured, last).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

@@ -85,7 +85,8 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 }
 
 impl ServerHandle {
-    /// The address each listener is bound to, in configuration order.
+    /// The address each listener is bound to, in configuration order (the
+    /// `[http]` endpoint, if configured, last).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -176,16 +177,15 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     if hooks.authorize.is_some() {
         driver.use_external_authorization();
     }
-    let listeners = config
-        .listeners
-        .iter()
+    let listeners = driver
+        .listeners()
         .map(|l| roost_runtime::net::listen(l.bind))
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = listeners
         .iter()
         .map(|l| l.local_addr())
         .collect::<io::Result<Vec<_>>>()?;
-    for (l, addr) in config.listeners.iter().zip(&addrs) {
+    for (l, addr) in driver.listeners().zip(&addrs) {
         info!(protocol = l.protocol.name(), %addr, "listening");
     }
     for warning in config.warnings() {

@@ -76,7 +76,8 @@ fn gone() -> io::Error {
 }
 
 impl ServerHandle {
-    /// The address each listener is bound to, in configuration order.
+    /// The address each listener is bound to, in configuration order (the
+    /// `[http]` endpoint, if configured, last).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -170,16 +171,15 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     if authorizer.is_some() {
         driver.use_external_authorization();
     }
-    let std_listeners = config
-        .listeners
-        .iter()
+    let std_listeners = driver
+        .listeners()
         .map(|l| roost_runtime::net::listen(l.bind))
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = std_listeners
         .iter()
         .map(|l| l.local_addr())
         .collect::<io::Result<Vec<_>>>()?;
-    for (l, addr) in config.listeners.iter().zip(&addrs) {
+    for (l, addr) in driver.listeners().zip(&addrs) {
         info!(protocol = l.protocol.name(), %addr, "listening");
     }
     for warning in config.warnings() {

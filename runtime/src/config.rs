@@ -130,6 +130,10 @@ pub enum Protocol {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// The HTTP endpoint for metrics, health and the status page: the
+    /// listener an `[http]` table becomes (never written in `[[listener]]`).
+    #[serde(skip_deserializing)]
+    Http,
 }
 
 impl Protocol {
@@ -143,13 +147,15 @@ impl Protocol {
         matches!(self, Protocol::Ws | Protocol::Wss)
     }
 
-    /// The name used in configuration files (`tcp`, `tls`, `ws`, `wss`).
+    /// The name used in configuration files (`tcp`, `tls`, `ws`, `wss`;
+    /// `http` for the `[http]` endpoint).
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Tls => "tls",
             Protocol::Ws => "ws",
             Protocol::Wss => "wss",
+            Protocol::Http => "http",
         }
     }
 }
@@ -506,6 +512,31 @@ pub enum DeniedCode {
     UnspecifiedError,
 }
 
+/// The HTTP endpoint (`[http]`): Prometheus metrics, health and
+/// readiness, and a status page. Off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    /// Address and port to bind.
+    pub bind: SocketAddr,
+}
+
+impl Http {
+    /// The listener the runtimes bind for it (after the MQTT listeners).
+    pub fn listener(&self) -> Listener {
+        Listener {
+            protocol: Protocol::Http,
+            bind: self.bind,
+            cert: None,
+            key: None,
+            ws_path: String::new(),
+            allow_anonymous: false,
+            allow_anonymous_explicit: false,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+}
+
 /// The whole, validated broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -519,6 +550,8 @@ pub struct Config {
     pub sys: Sys,
     /// MQTT capabilities.
     pub mqtt: Mqtt,
+    /// The HTTP endpoint, if configured.
+    pub http: Option<Http>,
     /// Log verbosity from `-v` flags (0 = info).
     pub verbosity: u8,
     /// Notes found while loading that are not errors (see [`Config::warnings`]).
@@ -533,6 +566,7 @@ impl Default for Config {
             persistence: Persistence::default(),
             sys: Sys::default(),
             mqtt: Mqtt::default(),
+            http: None,
             verbosity: 0,
             notes: Vec::new(),
         }
@@ -628,6 +662,13 @@ struct RawConfig {
     sys: RawSys,
     #[serde(default)]
     mqtt: RawMqtt,
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    bind: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1045,12 +1086,41 @@ impl Config {
             subscribe_denied: r.subscribe_denied.unwrap_or(d.subscribe_denied),
         };
 
+        let http = match raw.http {
+            None => None,
+            Some(h) => {
+                let bind: SocketAddr = h.bind.parse().map_err(|_| ConfigError::Invalid {
+                    key: "http.bind".into(),
+                    problem: format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9090\"",
+                        h.bind
+                    ),
+                })?;
+                if bind.port() != 0 {
+                    if let Some(j) = listeners.iter().position(|l| l.bind == bind) {
+                        return Err(ConfigError::Invalid {
+                            key: "http.bind".into(),
+                            problem: format!("{bind} is already used by listener[{j}]"),
+                        });
+                    }
+                }
+                if !bind.ip().to_canonical().is_loopback() {
+                    notes.push(format!(
+                        "http.bind {bind} is not a loopback address: anyone who can reach it \
+                         reads the metrics and the status page (no authentication)"
+                    ));
+                }
+                Some(Http { bind })
+            }
+        };
+
         let config = Config {
             listeners,
             limits,
             persistence,
             sys,
             mqtt,
+            http,
             verbosity: 0,
             notes,
         };
@@ -1203,6 +1273,26 @@ mod tests {
         assert_eq!(config.persistence.store, Store::Memory);
         assert!(config.warnings().is_empty(), "{:?}", config.warnings());
         assert_eq!(Config::from_toml_str("").expect("empty"), config);
+    }
+
+    #[test]
+    fn http_endpoint_is_off_unless_configured() {
+        assert_eq!(Config::default().http, None);
+        let config = Config::from_toml_str("[http]\nbind = \"127.0.0.1:9090\"\n").expect("http");
+        let http = config.http.as_ref().expect("configured");
+        assert_eq!(http.bind, "127.0.0.1:9090".parse().expect("addr"));
+        assert_eq!(http.listener().protocol, Protocol::Http);
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        let open = Config::from_toml_str("[http]\nbind = \"0.0.0.0:9090\"\n").expect("http");
+        assert!(open.warnings().iter().any(|w| w.contains("http.bind")));
+        assert!(err("[http]\nbind = \"nowhere\"\n").contains("http.bind"));
+        assert!(err("[http]\nbind = \"127.0.0.1:1883\"\n").contains("listener[0]"));
+        assert!(err("[http]\nbind = \"127.0.0.1:9090\"\npath = \"/\"\n").contains("path"));
+        // `http` is no MQTT listener's protocol.
+        assert!(
+            Config::from_toml_str("[[listener]]\nprotocol = \"http\"\nbind = \"127.0.0.1:1\"\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -408,6 +408,19 @@ pub enum Action {
     Event(Event),
 }
 
+/// Totals across sessions ([`super::Broker::session_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Sessions that outlive their connection (expiry interval above 0).
+    pub persistent: usize,
+    /// Outbound QoS 1/2 messages in flight.
+    pub inflight: usize,
+    /// Messages queued, not yet in flight.
+    pub queued: usize,
+}
+
 /// Counters for `$SYS` and monitoring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -437,4 +450,26 @@ pub struct Stats {
     /// connections closed, because the store could not make a batch
     /// durable (see `Broker::handle_store_failed`).
     pub store_failures: u64,
+    /// [`Stats::messages_received`] by the QoS they were published with
+    /// (index 0, 1, 2).
+    pub received_by_qos: [u64; 3],
+    /// [`Stats::messages_sent`] by the QoS they were sent with.
+    pub sent_by_qos: [u64; 3],
+    /// Of [`Stats::dropped`]: messages a session's queue had no room for,
+    /// and QoS 0 messages for a connection whose output was over its limit.
+    pub dropped_queue_full: u64,
+    /// Of [`Stats::dropped`]: messages larger than the receiving client's
+    /// Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Queued messages whose Message Expiry Interval ran out before they
+    /// could be sent (not in [`Stats::dropped`]).
+    pub dropped_expired: u64,
+    /// Inbound PUBLISH packets the authorization policy refused (acknowledged
+    /// with a failure, or silently dropped in MQTT 3).
+    pub publishes_denied: u64,
+    /// CONNECTs refused by authentication (a rejected password, an
+    /// anonymous client where none may connect, a bad method).
+    pub auth_failures: u64,
+    /// Sessions that ended because their expiry interval ran out.
+    pub sessions_expired: u64,
 }

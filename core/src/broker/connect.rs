@@ -323,8 +323,14 @@ impl Broker {
                     self.process_input(id, max);
                 }
             }
-            AuthDecision::Reject(reason) if connecting => self.refuse(id, reason),
-            AuthDecision::Reject(reason) => self.close(id, CloseReason::Protocol(reason)),
+            AuthDecision::Reject(reason) if connecting => {
+                self.stats.auth_failures += 1;
+                self.refuse(id, reason);
+            }
+            AuthDecision::Reject(reason) => {
+                self.stats.auth_failures += 1;
+                self.close(id, CloseReason::Protocol(reason));
+            }
             AuthDecision::Redirect {
                 reason,
                 server_reference,
@@ -792,6 +798,7 @@ impl Broker {
             .get(&sid)
             .is_some_and(|s| s.conn.is_none() && s.expires_at.is_some_and(|at| at <= self.now));
         if expired {
+            self.stats.sessions_expired += 1;
             self.end_session(sid);
         } else {
             self.arm_session(sid);

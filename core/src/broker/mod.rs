@@ -75,11 +75,12 @@ mod store;
 mod subscribe;
 mod sys;
 mod time;
+pub mod topics;
 
 pub use action::{
     Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
     AuthorizeToken, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message, Operation,
-    PublishDecision, Stats, SubscribeDecision,
+    PublishDecision, SessionTotals, Stats, SubscribeDecision,
 };
 pub use config::{
     AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
@@ -148,6 +149,7 @@ pub struct Broker {
     /// Reused by routing so matching a message allocates nothing.
     scratch: Vec<(SubKey, SubEntry)>,
     stats: Stats,
+    busiest: topics::TopicSampler,
     /// Storage operations of the current input, emitted as one batch.
     pending_ops: Vec<StoreOp>,
     /// The last batch number given out, and the last one confirmed durable.
@@ -164,6 +166,7 @@ pub struct Broker {
 impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: Config, now: Instant) -> Self {
+        let seed = config.random_seed;
         let mut broker = Broker {
             config,
             now,
@@ -186,6 +189,7 @@ impl Broker {
                 started: now,
                 ..Stats::default()
             },
+            busiest: topics::TopicSampler::new(now, seed),
             pending_ops: Vec::new(),
             last_store_id: 0,
             durable: 0,
@@ -194,8 +198,12 @@ impl Broker {
             connected: 0,
             shutting_down: false,
         };
-        if let Some(interval) = broker.config.sys_interval {
-            broker.timers.insert((now + interval, Timer::Sys));
+        // The first `$SYS` statistics are due at once, so subscribers do not
+        // wait an interval for them; the timer (not this constructor)
+        // publishes them, after `Broker::restore` has put back what the
+        // store held.
+        if broker.config.sys_interval.is_some() {
+            broker.timers.insert((now, Timer::Sys));
         }
         broker
     }
@@ -232,6 +240,36 @@ impl Broker {
             .map(|s| s.subscriptions.len())
             .sum::<usize>()
             + self.locals.len()
+    }
+
+    /// Totals across sessions, for monitoring. Walks every session: call
+    /// it for a scrape, not per message.
+    pub fn session_totals(&self) -> SessionTotals {
+        let mut totals = SessionTotals::default();
+        for s in self.sessions.values() {
+            totals.sessions += 1;
+            totals.persistent += usize::from(s.expiry_interval > 0);
+            totals.inflight += s.inflight.len();
+            totals.queued += s.queue.len();
+        }
+        totals
+    }
+
+    /// Up to `n` of the topics published to most in the last
+    /// [`topics::DECAY`] or two, busiest first, with each one's estimated
+    /// share of inbound publishes (0.0 ..= 1.0). An estimate from a sample
+    /// (one publish in [`topics::SAMPLE_EVERY`], at most
+    /// [`topics::TRACKED`] topics), for a status page, not for billing.
+    pub fn busiest_topics(&self, n: usize) -> Vec<(crate::topic::TopicName, f64)> {
+        self.busiest.busiest(n)
+    }
+
+    /// A connection handle the engine never gives out to a connection of
+    /// its own: for a transport the host serves itself (the driver's HTTP
+    /// endpoint), so that handles stay unique across both. The engine knows
+    /// nothing else about it.
+    pub fn reserve_conn_id(&mut self) -> ConnId {
+        ConnId(self.fresh_id())
     }
 
     /// Retained messages.

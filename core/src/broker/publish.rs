@@ -60,6 +60,14 @@ impl Broker {
             return;
         }
         self.stats.messages_received += 1;
+        if let Some(n) = self
+            .stats
+            .received_by_qos
+            .get_mut(usize::from(p.qos.qos() as u8))
+        {
+            *n += 1;
+        }
+        self.busiest.publish(&p.topic, self.now);
 
         if let QosPid::ExactlyOnce(pid) = p.qos {
             let Some(s) = self.sessions.get(&sid) else {
@@ -167,6 +175,8 @@ impl Broker {
                 qos,
                 matched,
             });
+        } else {
+            self.stats.publishes_denied += 1;
         }
         if !v5 {
             reason = ReasonCode::Success;
@@ -414,7 +424,9 @@ impl Broker {
         message.payload = bytes::Bytes::copy_from_slice(&message.payload);
         message.topic = message.topic.detached();
         let topic = message.topic.clone();
-        if self.config.persistence {
+        // `$SYS` statistics are published afresh at every start: storing
+        // them would only cost a commit per interval.
+        if self.config.persistence && !is_sys(&topic) {
             self.record(StoreOp::RetainedPut {
                 topic: topic.clone(),
                 message: StoredMessage {
@@ -468,6 +480,7 @@ impl Broker {
         match s.conn {
             Some(_) if blocked && delivery.qos == QoS::AtMostOnce && !queue_qos0 => {
                 self.stats.dropped += 1;
+                self.stats.dropped_queue_full += 1;
             }
             // Queued retained messages keep their order: a new one waits
             // behind them.
@@ -493,6 +506,7 @@ impl Broker {
                         > limits.max_queued_bytes
                 {
                     self.stats.dropped += 1;
+                    self.stats.dropped_queue_full += 1;
                     let client_id = s.client_id.clone();
                     self.event(Event::QueueFull { client_id });
                     return;
@@ -568,6 +582,7 @@ impl Broker {
             };
             s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
             if delivery.expires_at.is_some_and(|at| at <= self.now) {
+                self.stats.dropped_expired += 1;
                 self.record_left(sid, &delivery);
                 continue;
             }
@@ -627,6 +642,7 @@ impl Broker {
             > c.client_max_packet as usize
         {
             self.stats.dropped += 1;
+            self.stats.dropped_too_large += 1;
             return false;
         }
         let mut aliased = false;
@@ -662,6 +678,9 @@ impl Broker {
             self.dirty.push(conn);
         }
         self.stats.messages_sent += 1;
+        if let Some(n) = self.stats.sent_by_qos.get_mut(usize::from(qos.qos() as u8)) {
+            *n += 1;
+        }
         true
     }
 }

@@ -46,7 +46,9 @@
 //! each that and nothing more.
 
 mod files;
+pub mod http;
 mod jobs;
+mod metrics;
 #[cfg(test)]
 mod tests;
 
@@ -207,6 +209,8 @@ struct ListenerState {
     /// The last pause after a failed accept, doubled by the next failure
     /// and forgotten by the next success.
     backoff: Option<Duration>,
+    /// Connections accepted on it, for metrics.
+    accepted: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +230,8 @@ struct ConnIo {
     // not carry a TLS session's or WebSocket's worth of inline space.
     tls: Option<Box<TlsStage>>,
     ws: Option<Box<WsStage>>,
+    /// A connection on the `[http]` listener, answered by the driver.
+    http: Option<Box<http::HttpStage>>,
     out: VecDeque<Bytes>,
     out_len: usize,
     phase: Phase,
@@ -306,6 +312,12 @@ pub struct Driver {
     denied: ReasonCode,
     scratch: Vec<u8>,
     wire: Vec<u8>,
+    /// HTTP connections open, and their idle deadlines in the order they
+    /// were set (every one lasts [`http::HTTP_IDLE`]; stale entries are
+    /// skipped).
+    http_open: usize,
+    http_idle: VecDeque<(Instant, ConnId)>,
+    metrics: metrics::DriverMetrics,
 }
 
 /// A store opened for the driver, with what it held.
@@ -407,6 +419,7 @@ impl Driver {
                 tls,
                 passwords,
                 backoff: None,
+                accepted: 0,
             });
         }
         let denied = files::denied_code(config);
@@ -418,6 +431,17 @@ impl Driver {
             .iter()
             .any(|l| l.passwords.is_some() || !l.config.allows_anonymous());
         let mut engine = engine_config(config, needs_auth, policy);
+        // The HTTP endpoint is a listener after the MQTT ones.
+        if let Some(http) = &config.http {
+            listeners.push(ListenerState {
+                config: http.listener(),
+                auth_class: u16::MAX,
+                tls: None,
+                passwords: None,
+                backoff: None,
+                accepted: 0,
+            });
+        }
         let (broker, store) = match store {
             Some(opened) => {
                 // Only a durable store makes the engine emit storage actions
@@ -461,6 +485,9 @@ impl Driver {
             denied,
             scratch: Vec::new(),
             wire: Vec::new(),
+            http_open: 0,
+            http_idle: VecDeque::new(),
+            metrics: metrics::DriverMetrics::default(),
         })
     }
 
@@ -499,7 +526,9 @@ impl Driver {
         &self.broker
     }
 
-    /// Configured listeners.
+    /// Every listener the runtime binds, in this order (the index is the
+    /// `listener` of [`Driver::handle_accept`]): the configured MQTT
+    /// listeners, then the `[http]` endpoint if configured.
     pub fn listeners(&self) -> impl Iterator<Item = &config::Listener> {
         self.listeners.iter().map(|l| &l.config)
     }
@@ -589,9 +618,11 @@ impl Driver {
             .filter(|s| s.stage == ShutdownStage::Draining)
             .map(|s| s.grace_until);
         let retry = self.store_outage.as_ref().map(|o| o.retry_at);
+        let http_idle = self.http_idle.front().map(|&(at, _)| at);
         [
             self.broker.poll_timeout(),
             linger,
+            http_idle,
             self.next_flush,
             grace,
             retry,
@@ -613,6 +644,12 @@ impl Driver {
         let index = listener.min(self.listeners.len().saturating_sub(1));
         let l = &mut self.listeners[index];
         l.backoff = None;
+        l.accepted += 1;
+        if l.config.protocol == config::Protocol::Http {
+            let conn = self.http_accept(now, index, remote);
+            self.pump(now);
+            return conn;
+        }
         let mut failed_tls = false;
         let tls = match &l.tls {
             Some(cfg) => match TlsStage::new(cfg.clone()) {
@@ -653,6 +690,7 @@ impl Driver {
                 listener: index,
                 tls,
                 ws,
+                http: None,
                 out: VecDeque::new(),
                 out_len: 0,
                 phase: Phase::Open,
@@ -695,6 +733,11 @@ impl Driver {
             return;
         };
         match io.phase {
+            Phase::Open if io.http.is_some() => {
+                self.http_read(now, conn, bytes);
+                self.pump(now);
+                return;
+            }
             Phase::Open => {}
             Phase::Closing => return,
             Phase::Lingering { ref mut discarded } => {
@@ -825,7 +868,9 @@ impl Driver {
     /// not needed after [`Interest::close`].
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(io) = self.conns.remove(&conn) {
-            if io.phase == Phase::Open {
+            if io.http.is_some() {
+                self.http_open -= 1;
+            } else if io.phase == Phase::Open {
                 self.broker.handle_closed(now, conn);
                 debug!(%conn, "transport closed");
             }
@@ -853,6 +898,7 @@ impl Driver {
             self.flush_due = true;
             self.next_flush = self.flush_every.map(|every| now + every);
         }
+        self.http_timeouts(now);
         if let Some(outage) = &mut self.store_outage {
             if outage.retry_at <= now {
                 self.retry_due = true;
@@ -882,6 +928,7 @@ impl Driver {
                 error,
             } => {
                 self.store = StoreSlot::Idle(store);
+                self.metrics.store_done(now);
                 for (id, durable) in outcomes {
                     if durable {
                         self.broker.handle_store_done(now, id);
@@ -995,6 +1042,7 @@ impl Driver {
             stage: ShutdownStage::Draining,
         });
         self.events.push_back(Event::StopListening);
+        self.http_shutdown();
         self.broker.shutdown(now);
         self.pump(now);
     }
@@ -1013,7 +1061,10 @@ impl Driver {
 
     /// The driver is done with `conn`: the runtime drops its socket.
     fn forget(&mut self, conn: ConnId) {
-        if self.conns.remove(&conn).is_some() {
+        if let Some(io) = self.conns.remove(&conn) {
+            if io.http.is_some() {
+                self.http_open -= 1;
+            }
             self.events.push_back(Event::Wake(conn));
         }
     }
@@ -1103,7 +1154,7 @@ impl Driver {
             }
         }
         self.start_password_checks();
-        self.start_store_job();
+        self.start_store_job(now);
         self.advance_shutdown(now);
     }
 
@@ -1262,7 +1313,7 @@ impl Driver {
 
     /// Hands the store every batch that queued up while it was busy (one
     /// commit for all of them), or a flush when one is due.
-    fn start_store_job(&mut self) {
+    fn start_store_job(&mut self, now: Instant) {
         if !matches!(self.store, StoreSlot::Idle(_)) {
             return;
         }
@@ -1277,6 +1328,8 @@ impl Driver {
             return;
         };
         let flush = std::mem::take(&mut self.flush_due) || final_flush;
+        let ops = self.store_batches.iter().map(|(_, ops)| ops.len()).sum();
+        self.metrics.store_started(now, ops);
         self.events
             .push_back(Event::Job(Job(JobKind::Store(StoreJob {
                 store,
@@ -1338,7 +1391,7 @@ impl Driver {
             }
             self.lingering.clear();
             self.set_shutdown_stage(ShutdownStage::Flushing { sent: false });
-            self.start_store_job();
+            self.start_store_job(now);
         }
         let stage = self.shutdown.as_ref().map(|s| s.stage);
         let flushed = match self.store {

@@ -8,6 +8,8 @@ use crate::passwd::{HashCost, PasswordFile};
 use roost_persistence::{MemoryStore, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+mod http;
+
 /// A store that counts commits and flushes and fails on demand: the
 /// real stores are tested on disk in `roost-persistence`; here only the
 /// driver's use of the trait is under test.
@@ -339,6 +341,8 @@ fn store_harness(durability: config::Durability, probe: &Probe) -> Harness {
     let mut config = Config::default();
     config.persistence.durability = durability;
     config.persistence.flush_interval_ms = 1000;
+    // The first $SYS tick is due at start: keep the timers to the store's.
+    config.sys.interval_secs = 0;
     let files = Files::load(&config);
     let store = OpenedStore {
         store: Box::new(ProbeStore {
