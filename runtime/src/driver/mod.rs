@@ -233,6 +233,12 @@ struct ConnIo {
     woken: bool,
     /// Over the output limit: the engine was told (`handle_blocked`).
     blocked: bool,
+    /// The TLS handshake's client certificate has been looked at (on a
+    /// listener that maps certificates to user names).
+    identity_checked: bool,
+    /// A verified client certificate named the user: the engine was told
+    /// (`set_identity`), and no password is checked.
+    cert_user: bool,
 }
 
 /// Engine calls that arise while the driver drains the engine's actions:
@@ -376,10 +382,22 @@ impl Driver {
     ) -> Result<Driver, DriverError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut acls = Vec::with_capacity(config.listeners.len());
-        let mut classes: Vec<(bool, Option<std::path::PathBuf>)> = Vec::new();
+        type Setup = (
+            bool,
+            Option<std::path::PathBuf>,
+            Option<(config::CertIdentity, std::path::PathBuf)>,
+        );
+        let mut classes: Vec<Setup> = Vec::new();
         for (l, f) in config.listeners.iter().zip(files.listeners) {
-            // Who may connect: anonymous clients or not, and which users.
-            let setup = (l.allows_anonymous(), l.password_file.clone());
+            // Who may connect: anonymous clients or not, which users, and
+            // which CAs vouch for user names.
+            let certs = &l.client_certs;
+            let setup = (
+                l.allows_anonymous(),
+                l.password_file.clone(),
+                (certs.identity != config::CertIdentity::None)
+                    .then(|| (certs.identity, certs.ca.clone().unwrap_or_default())),
+            );
             let auth_class = match classes.iter().position(|c| *c == setup) {
                 Some(i) => i,
                 None => {
@@ -658,6 +676,8 @@ impl Driver {
                 phase: Phase::Open,
                 woken: false,
                 blocked: false,
+                identity_checked: false,
+                cert_user: false,
             },
         );
         if failed_tls {
@@ -727,6 +747,36 @@ impl Driver {
             }
         }
         let staged = io.tls.is_some() || io.ws.is_some();
+        if !io.identity_checked && result.is_ok() {
+            if let Some(tls) = io.tls.as_deref().filter(|t| !t.is_handshaking()) {
+                io.identity_checked = true;
+                let mode = self.listeners[io.listener].config.client_certs.identity;
+                if let Some(cert) = tls.peer_certificate() {
+                    if mode != config::CertIdentity::None {
+                        match crate::tls::certificate_identity(cert, mode)
+                            .and_then(|name| roost_core::MqttStr::copy_from_str(&name).ok())
+                        {
+                            Some(name) => {
+                                debug!(%conn, user = name.as_str(), "client certificate names the user");
+                                io.cert_user = true;
+                                self.broker.set_identity(conn, name);
+                            }
+                            None => {
+                                result = Err(match mode {
+                                    config::CertIdentity::Subject => {
+                                        "client certificate subject is not usable as a user name"
+                                    }
+                                    _ => "client certificate has no common name (CN) usable as a user name",
+                                }
+                                .to_owned());
+                                // Nothing of this client reaches the engine.
+                                plain.clear();
+                            }
+                        }
+                    }
+                }
+            }
+        }
         // Handshake answers (TLS records, the WebSocket upgrade response).
         self.push_stage_output(conn);
         if staged {
@@ -1189,6 +1239,9 @@ impl Driver {
             _ if request.method.is_some() => {
                 Some(AuthDecision::Reject(ReasonCode::BadAuthenticationMethod))
             }
+            // The engine put the certificate's name in place of the
+            // CONNECT's; the handshake verified it.
+            _ if io.cert_user => Some(AuthDecision::Accept),
             (None, _) if listener.config.allows_anonymous() => Some(AuthDecision::Accept),
             (None, _) => Some(AuthDecision::Reject(ReasonCode::NotAuthorized)),
             (Some(user), Some(passwords)) => {
