@@ -119,7 +119,20 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
     let default_file = config
         .and_then(|path| Config::from_file(path).ok())
         .and_then(|c| c.listeners.iter().find_map(|l| l.password_file.clone()));
-    let read = || rpassword::prompt_password("Password: ");
+    let from_stdin = matches!(
+        action,
+        PasswdCommand::Add {
+            password_stdin: true,
+            ..
+        }
+    ) || !std::io::stdin().is_terminal();
+    let read = || {
+        if from_stdin {
+            read_password_line(&mut std::io::stdin().lock())
+        } else {
+            rpassword::prompt_password("Password: ")
+        }
+    };
     match crate::passwd::run_command(action, default_file.as_deref(), read) {
         Ok(message) => {
             println!("{message}");
@@ -130,6 +143,16 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first line of `input`, without its line ending: a password piped
+/// in (`echo "$PW" | roost passwd add alice --password-stdin`).
+fn read_password_line(input: &mut impl std::io::BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    Ok(line)
 }
 
 /// `store repair`: the directory is `--data-dir` (the subcommand's, then the
@@ -213,6 +236,7 @@ mod tests {
             let add = PasswdCommand::Add {
                 user: user.into(),
                 password: Some("pw".into()),
+                password_stdin: false,
                 file: Some(path.clone()),
             };
             assert_eq!(passwd("roost", &add, None), ExitCode::FAILURE, "{user:?}");
@@ -221,6 +245,7 @@ mod tests {
         let add = PasswdCommand::Add {
             user: "alice".into(),
             password: Some("pw".into()),
+            password_stdin: false,
             file: Some(path.clone()),
         };
         assert_eq!(passwd("roost", &add, None), ExitCode::SUCCESS);

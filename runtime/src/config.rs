@@ -101,9 +101,22 @@ pub enum PasswdCommand {
         /// User name: not empty, no ':' or control characters, not starting
         /// with '#', no leading or trailing spaces.
         user: String,
-        /// The password; prompted for when absent (keeps it out of shell history).
-        #[arg(long)]
+        /// The password (visible in shell history and `ps`: prefer the
+        /// prompt or --password-stdin). Must not be empty.
+        #[arg(long, conflicts_with = "password_stdin")]
         password: Option<String>,
+        /// Read the password from the first line of standard input (also
+        /// done without this flag when standard input is not a terminal).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Password file (default: the configured listener's password_file).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// List the users whose hash is still Mosquitto's ($6$ or $7$). They
+    /// log in as they are; a hash cannot be converted without its
+    /// password, so set theirs again with `add` to make it Argon2id.
+    Upgrade {
         /// Password file (default: the configured listener's password_file).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
@@ -1620,6 +1633,7 @@ mod tests {
                 action: PasswdCommand::Add {
                     user: "alice".into(),
                     password: Some("pw".into()),
+                    password_stdin: false,
                     file: None
                 }
             })
