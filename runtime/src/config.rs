@@ -54,12 +54,26 @@ pub struct Cli {
     /// to start (sets persistence.recovery = "truncate").
     #[arg(long)]
     pub recover_truncate: bool,
-    /// More logging: -v for debug, -vv for trace.
+    /// More logging: -v for debug, -vv for trace. RUST_LOG, when set,
+    /// takes over (e.g. RUST_LOG=info,roost_runtime=debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as plain text (default) or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// A maintenance command instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL message key=value …`
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`).
+    Json,
 }
 
 /// Maintenance subcommands.

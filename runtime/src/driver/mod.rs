@@ -239,6 +239,10 @@ struct ConnIo {
     /// A verified client certificate named the user: the engine was told
     /// (`set_identity`), and no password is checked.
     cert_user: bool,
+    /// The peer, for the operator's log lines.
+    remote: Option<SocketAddr>,
+    /// When it was accepted: a disconnect logs how long it lasted.
+    opened: Instant,
 }
 
 /// Engine calls that arise while the driver drains the engine's actions:
@@ -678,6 +682,8 @@ impl Driver {
                 blocked: false,
                 identity_checked: false,
                 cert_user: false,
+                remote,
+                opened: now,
             },
         );
         if failed_tls {
@@ -916,12 +922,19 @@ impl Driver {
     /// A [`Job`] finished.
     pub fn handle_job_done(&mut self, now: Instant, done: JobDone) {
         match done.0 {
-            DoneKind::Password { token, decision } => {
+            DoneKind::Password {
+                token,
+                conn,
+                user,
+                decision,
+            } => {
                 self.passwords_running = self.passwords_running.saturating_sub(1);
                 if decision != AuthDecision::Accept {
                     info!(
+                        user = %user,
+                        remote = %DisplayAddr(self.conns.get(&conn).and_then(|io| io.remote)),
                         reason = %DisplayDecision(&decision),
-                        "authentication refused: bad user name or password"
+                        "authentication refused"
                     );
                 }
                 self.broker.resolve_auth(now, token, decision);
@@ -1186,7 +1199,7 @@ impl Driver {
                 subscription,
                 message,
             }),
-            Action::Event(event) => log_event(&event),
+            Action::Event(event) => self.log_event(now, &event),
             Action::Store { id, ops } => self.store_batches.push((id, ops)),
             _ => {}
         }
@@ -1266,7 +1279,8 @@ impl Driver {
             if decision != AuthDecision::Accept {
                 info!(
                     client_id = %request.client_id,
-                    username = request.username.as_ref().map_or("-", |u| u.as_str()),
+                    user = %request.username.as_ref().map_or("-", |u| u.as_str()),
+                    remote = %DisplayAddr(io.remote),
                     reason = %DisplayDecision(&decision),
                     "authentication refused"
                 );
@@ -1451,24 +1465,54 @@ fn log_close(conn: ConnId, reason: &CloseReason) {
     }
 }
 
-fn log_event(event: &EngineEvent) {
-    match event {
-        EngineEvent::ClientConnected {
-            conn,
-            client_id,
-            username,
-        } => {
-            debug!(%conn, %client_id, username = username.as_ref().map(|u| u.as_str()).unwrap_or("-"), "client connected")
+impl Driver {
+    /// One line per connect and per disconnect at the default level, with
+    /// what an operator (or fail2ban) needs, and no Rust debug output.
+    fn log_event(&self, now: Instant, event: &EngineEvent) {
+        let io = |conn: &ConnId| self.conns.get(conn);
+        let listener = |conn: &ConnId| {
+            io(conn)
+                .and_then(|io| self.listeners.get(io.listener))
+                .map(|l| (l.config.protocol.name(), l.config.bind))
+        };
+        match event {
+            EngineEvent::ClientConnected {
+                conn,
+                client_id,
+                username,
+            } => {
+                let (transport, bind) = listener(conn).unzip();
+                info!(
+                    %client_id,
+                    user = %username.as_ref().map_or("-", |u| u.as_str()),
+                    remote = %DisplayAddr(io(conn).and_then(|io| io.remote)),
+                    listener = %DisplayAddr(bind),
+                    transport = %transport.unwrap_or("-"),
+                    certificate = io(conn).is_some_and(|io| io.cert_user),
+                    "client connected"
+                )
+            }
+            EngineEvent::ClientDisconnected {
+                conn,
+                client_id,
+                reason,
+            } => {
+                let secs = io(conn).map_or(0.0, |io| {
+                    now.saturating_duration_since(io.opened).as_secs_f64()
+                });
+                info!(
+                    %client_id,
+                    remote = %DisplayAddr(io(conn).and_then(|io| io.remote)),
+                    %reason,
+                    duration_s = format_args!("{secs:.1}"),
+                    "client disconnected"
+                )
+            }
+            EngineEvent::QueueFull { client_id } => {
+                debug!(%client_id, "queue full, message dropped")
+            }
+            _ => {}
         }
-        EngineEvent::ClientDisconnected {
-            conn,
-            client_id,
-            reason,
-        } => {
-            debug!(%conn, %client_id, %reason, "client disconnected")
-        }
-        EngineEvent::QueueFull { client_id } => debug!(%client_id, "queue full, message dropped"),
-        other => tracing::trace!(?other, "event"),
     }
 }
 
@@ -1493,7 +1537,8 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
         share_sessions_across_identities: m.share_sessions_across_identities,
         sys_interval: (config.sys.interval_secs > 0)
             .then(|| Duration::from_secs(u64::from(config.sys.interval_secs))),
-        events: config.verbosity > 0,
+        // The driver logs every connect and disconnect for the operator.
+        events: true,
         authentication: if needs_auth {
             Authentication::External
         } else {
