@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 apt_missing=()
 command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || apt_missing+=(mosquitto-clients)
+# mosquitto_passwd (Mosquitto password files, for the migration test)
+command -v mosquitto_passwd >/dev/null || apt_missing+=(mosquitto)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v node >/dev/null || apt_missing+=(nodejs)

@@ -1036,3 +1036,19 @@ fn packets_waiting_behind_a_decision_are_not_held_against_the_keep_alive() {
     assert_eq!(sim.closed(a), Some(CloseReason::KeepAliveTimeout));
     sim.assert_no_leaks();
 }
+
+#[test]
+fn a_transport_identity_replaces_the_claimed_user_name() {
+    let mut sim = deferred();
+    let a = sim.open(V4);
+    sim.broker
+        .set_identity(a, roost_core::MqttStr::copy_from_str("device-7").unwrap());
+    let mut c = connect("a", V4, true, 0);
+    c.username = Some(roost_core::MqttStr::copy_from_str("admin").unwrap());
+    c.password = Some(bytes::Bytes::from_static(b"guess"));
+    sim.send(a, Packet::Connect(Box::new(c)));
+    assert!(matches!(sim.recv(a), Some(Packet::ConnAck(_))));
+    send_publish(&mut sim, a, "t/1", QoS::AtLeastOnce, 1);
+    let req = request(&mut sim);
+    assert_eq!(req.username.as_ref().map(|u| u.as_str()), Some("device-7"));
+}

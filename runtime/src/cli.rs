@@ -24,6 +24,7 @@ pub enum Start {
 pub fn start(program: &str) -> Start {
     use clap::Parser;
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     if let Some(Command::Passwd { action }) = &cli.command {
         return Start::Exit(passwd(program, action, cli.config.as_deref()));
     }
@@ -37,7 +38,7 @@ pub fn start(program: &str) -> Start {
             return Start::Exit(ExitCode::from(2));
         }
     };
-    init_logging(config.verbosity);
+    init_logging_as(config.verbosity, log_format);
     // Idle connections cost a file descriptor each: take all the system
     // allows.
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -79,20 +80,23 @@ pub fn reserve_descriptor_table(limit: u64) {
 /// at the level `-v` flags choose (info by default); libraries (the store,
 /// TLS) only warn unless `-vv` asks for everything.
 pub fn init_logging(verbosity: u8) {
+    init_logging_as(verbosity, crate::config::LogFormat::Text);
+}
+
+/// [`init_logging`] in the given format. `RUST_LOG` (tracing's
+/// `EnvFilter` syntax: `info`, `warn,roost_runtime=debug`, …), when set and
+/// valid, replaces the levels `-v` chooses.
+pub fn init_logging_as(verbosity: u8, format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let level = match verbosity {
-        0 => tracing::Level::INFO,
-        1 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
+    let (ours, others) = match verbosity {
+        0 => ("info", "warn"),
+        1 => ("debug", "warn"),
+        _ => ("trace", "trace"),
     };
-    let others = if verbosity >= 2 {
-        tracing::Level::TRACE
-    } else {
-        tracing::Level::WARN
-    };
-    let mut filter = tracing_subscriber::filter::Targets::new().with_default(others);
-    for ours in [
+    let mut default = others.to_owned();
+    for target in [
         "roost",
         "roost_tokio",
         "roost_smol",
@@ -100,15 +104,28 @@ pub fn init_logging(verbosity: u8) {
         "roost_runtime",
         "roost_persistence",
     ] {
-        filter = filter.with_target(ours, level);
+        default.push_str(&format!(",{target}={ours}"));
     }
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let json = format == crate::config::LogFormat::Json;
+    let text_layer = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let json_layer = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(text_layer)
+        .with(json_layer)
         .with(filter)
         .try_init();
 }
@@ -119,7 +136,20 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
     let default_file = config
         .and_then(|path| Config::from_file(path).ok())
         .and_then(|c| c.listeners.iter().find_map(|l| l.password_file.clone()));
-    let read = || rpassword::prompt_password("Password: ");
+    let from_stdin = matches!(
+        action,
+        PasswdCommand::Add {
+            password_stdin: true,
+            ..
+        }
+    ) || !std::io::stdin().is_terminal();
+    let read = || {
+        if from_stdin {
+            read_password_line(&mut std::io::stdin().lock())
+        } else {
+            rpassword::prompt_password("Password: ")
+        }
+    };
     match crate::passwd::run_command(action, default_file.as_deref(), read) {
         Ok(message) => {
             println!("{message}");
@@ -130,6 +160,16 @@ fn passwd(program: &str, action: &PasswdCommand, config: Option<&Path>) -> ExitC
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first line of `input`, without its line ending: a password piped
+/// in (`echo "$PW" | roost passwd add alice --password-stdin`).
+fn read_password_line(input: &mut impl std::io::BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    Ok(line)
 }
 
 /// `store repair`: the directory is `--data-dir` (the subcommand's, then the
@@ -213,6 +253,7 @@ mod tests {
             let add = PasswdCommand::Add {
                 user: user.into(),
                 password: Some("pw".into()),
+                password_stdin: false,
                 file: Some(path.clone()),
             };
             assert_eq!(passwd("roost", &add, None), ExitCode::FAILURE, "{user:?}");
@@ -221,6 +262,7 @@ mod tests {
         let add = PasswdCommand::Add {
             user: "alice".into(),
             password: Some("pw".into()),
+            password_stdin: false,
             file: Some(path.clone()),
         };
         assert_eq!(passwd("roost", &add, None), ExitCode::SUCCESS);

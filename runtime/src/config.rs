@@ -54,12 +54,26 @@ pub struct Cli {
     /// to start (sets persistence.recovery = "truncate").
     #[arg(long)]
     pub recover_truncate: bool,
-    /// More logging: -v for debug, -vv for trace.
+    /// More logging: -v for debug, -vv for trace. RUST_LOG, when set,
+    /// takes over (e.g. RUST_LOG=info,roost_runtime=debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as plain text (default) or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// A maintenance command instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL message key=value …`
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`).
+    Json,
 }
 
 /// Maintenance subcommands.
@@ -101,9 +115,22 @@ pub enum PasswdCommand {
         /// User name: not empty, no ':' or control characters, not starting
         /// with '#', no leading or trailing spaces.
         user: String,
-        /// The password; prompted for when absent (keeps it out of shell history).
-        #[arg(long)]
+        /// The password (visible in shell history and `ps`: prefer the
+        /// prompt or --password-stdin). Must not be empty.
+        #[arg(long, conflicts_with = "password_stdin")]
         password: Option<String>,
+        /// Read the password from the first line of standard input (also
+        /// done without this flag when standard input is not a terminal).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Password file (default: the configured listener's password_file).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// List the users whose hash is still Mosquitto's ($6$ or $7$). They
+    /// log in as they are; a hash cannot be converted without its
+    /// password, so set theirs again with `add` to make it Argon2id.
+    Upgrade {
         /// Password file (default: the configured listener's password_file).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
@@ -188,6 +215,44 @@ pub struct Listener {
     pub password_file: Option<PathBuf>,
     /// ACL file; when set, anything it does not grant is denied.
     pub acl_file: Option<PathBuf>,
+    /// Client certificates (tls and wss only): which CAs sign them, whether
+    /// one is required, and whether it names the user.
+    pub client_certs: ClientCerts,
+}
+
+/// Client certificates on a TLS listener, with Mosquitto's names.
+///
+/// With `client_ca` set, the listener asks every client for a certificate
+/// and verifies one that is presented against these CAs (and the CRL);
+/// an invalid certificate fails the handshake. Without
+/// `require_certificate`, a client may present none and authenticates as
+/// usual (password file, anonymous rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCerts {
+    /// PEM file of the CAs that sign client certificates (`client_ca`).
+    pub ca: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (`crl_file`).
+    pub crl: Option<PathBuf>,
+    /// A client without a valid certificate fails the handshake
+    /// (`require_certificate`).
+    pub required: bool,
+    /// What of a verified certificate becomes the client's user name.
+    pub identity: CertIdentity,
+}
+
+/// What of a verified client certificate becomes the user name. When one
+/// does, the CONNECT's user name and password are ignored and the client
+/// is authenticated by its certificate alone; ACLs see this name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// Nothing: the client authenticates as usual.
+    #[default]
+    None,
+    /// The subject's common name (`use_identity_as_username = true`).
+    CommonName,
+    /// The whole subject, RFC 2253 style as Mosquitto prints it, e.g.
+    /// `CN=dev1,O=Acme,C=GB` (`use_subject_as_username = true`).
+    Subject,
 }
 
 impl Listener {
@@ -205,6 +270,7 @@ impl Listener {
             allow_anonymous_explicit: false,
             password_file: None,
             acl_file: None,
+            client_certs: ClientCerts::default(),
         }
     }
 
@@ -533,6 +599,7 @@ impl Http {
             allow_anonymous_explicit: false,
             password_file: None,
             acl_file: None,
+            client_certs: ClientCerts::default(),
         }
     }
 }
@@ -698,6 +765,11 @@ struct RawListener {
     allow_anonymous: Option<bool>,
     password_file: Option<PathBuf>,
     acl_file: Option<PathBuf>,
+    require_certificate: Option<bool>,
+    client_ca: Option<PathBuf>,
+    crl_file: Option<PathBuf>,
+    use_identity_as_username: Option<bool>,
+    use_subject_as_username: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1157,14 +1229,17 @@ impl Config {
                      and allow_anonymous is not set; to accept them, write \
                      allow_anonymous = true in its [[listener]] table (with --config)"
                 );
-                if l.password_file.is_none() {
+                if l.password_file.is_none() && l.client_certs.identity == CertIdentity::None {
                     line.push_str(
                         "; it has no password_file either: no client can connect unless \
                          the embedding program authenticates",
                     );
                 }
                 out.push(line);
-            } else if !anonymous && l.password_file.is_none() {
+            } else if !anonymous
+                && l.password_file.is_none()
+                && l.client_certs.identity == CertIdentity::None
+            {
                 out.push(format!(
                     "{name} refuses anonymous clients and has no password_file: no client \
                      can connect unless the embedding program authenticates"
@@ -1188,6 +1263,7 @@ fn listener_from_raw(
             raw.bind
         ),
     })?;
+    let client_certs = client_certs_from_raw(i, &raw)?;
     if raw.protocol.is_tls() {
         for (name, value) in [("cert", &raw.cert), ("key", &raw.key)] {
             if value.is_none() {
@@ -1231,6 +1307,74 @@ fn listener_from_raw(
         allow_anonymous_explicit: raw.allow_anonymous.is_some(),
         password_file: raw.password_file,
         acl_file: raw.acl_file,
+        client_certs,
+    })
+}
+
+fn client_certs_from_raw(i: usize, raw: &RawListener) -> Result<ClientCerts, ConfigError> {
+    let key = |name: &str| format!("listener[{i}].{name}");
+    let required = raw.require_certificate.unwrap_or(false);
+    let by_cn = raw.use_identity_as_username.unwrap_or(false);
+    let by_subject = raw.use_subject_as_username.unwrap_or(false);
+    let set: Vec<&str> = [
+        ("require_certificate", raw.require_certificate.is_some()),
+        ("client_ca", raw.client_ca.is_some()),
+        ("crl_file", raw.crl_file.is_some()),
+        (
+            "use_identity_as_username",
+            raw.use_identity_as_username.is_some(),
+        ),
+        (
+            "use_subject_as_username",
+            raw.use_subject_as_username.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if let Some(first) = set.first() {
+        if !raw.protocol.is_tls() {
+            return Err(ConfigError::Invalid {
+                key: key(first),
+                problem: format!(
+                    "client certificates need protocol \"tls\" or \"wss\", not {:?}",
+                    raw.protocol.name()
+                ),
+            });
+        }
+    }
+    if by_cn && by_subject {
+        return Err(ConfigError::Invalid {
+            key: key("use_subject_as_username"),
+            problem: "use_identity_as_username and use_subject_as_username exclude each other"
+                .into(),
+        });
+    }
+    let needs_ca = [
+        ("require_certificate", required),
+        ("crl_file", raw.crl_file.is_some()),
+        ("use_identity_as_username", by_cn),
+        ("use_subject_as_username", by_subject),
+    ]
+    .into_iter()
+    .find(|(_, on)| *on);
+    if let (Some((name, _)), None) = (needs_ca, &raw.client_ca) {
+        return Err(ConfigError::Required {
+            key: key("client_ca"),
+            because: format!("for {name} (the CAs that sign client certificates)"),
+        });
+    }
+    Ok(ClientCerts {
+        ca: raw.client_ca.clone(),
+        crl: raw.crl_file.clone(),
+        required,
+        identity: if by_cn {
+            CertIdentity::CommonName
+        } else if by_subject {
+            CertIdentity::Subject
+        } else {
+            CertIdentity::None
+        },
     })
 }
 
@@ -1296,6 +1440,53 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_keys() {
+        let base = "[[listener]]\nprotocol = \"tls\"\nbind = \"127.0.0.1:8883\"\ncert = \"c\"\nkey = \"k\"\n";
+        let config = Config::from_toml_str(&format!(
+            "{base}client_ca = \"ca.pem\"\ncrl_file = \"crl.pem\"\nrequire_certificate = true\nuse_identity_as_username = true\n"
+        ))
+        .expect("valid");
+        let certs = &config.listeners[0].client_certs;
+        assert_eq!(certs.ca.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(certs.crl.as_deref(), Some(Path::new("crl.pem")));
+        assert!(certs.required);
+        assert_eq!(certs.identity, CertIdentity::CommonName);
+        // A listener that maps certificates to users has a way in.
+        assert!(
+            !config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("no client can connect")),
+            "{:?}",
+            config.warnings()
+        );
+        let subject = Config::from_toml_str(&format!(
+            "{base}client_ca = \"ca.pem\"\nuse_subject_as_username = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            subject.listeners[0].client_certs.identity,
+            CertIdentity::Subject
+        );
+        assert_eq!(
+            err(&format!("{base}require_certificate = true\n")),
+            "listener[0].client_ca: required for require_certificate (the CAs that sign client certificates)"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}client_ca = \"ca\"\nuse_identity_as_username = true\nuse_subject_as_username = true\n"
+            )),
+            "listener[0].use_subject_as_username: use_identity_as_username and use_subject_as_username exclude each other"
+        );
+        assert_eq!(
+            err(
+                "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1883\"\nclient_ca = \"ca\"\n"
+            ),
+            "listener[0].client_ca: client certificates need protocol \"tls\" or \"wss\", not \"tcp\""
+        );
+    }
+
+    #[test]
     fn example_file_parses_and_documents_every_key() {
         let text = include_str!("../roost.example.toml");
         let config = Config::from_toml_str(text).expect("example parses");
@@ -1321,6 +1512,11 @@ mod tests {
             "allow_anonymous",
             "password_file",
             "acl_file",
+            "client_ca",
+            "crl_file",
+            "require_certificate",
+            "use_identity_as_username",
+            "use_subject_as_username",
             "max_packet_size",
             "max_inflight",
             "max_queued_messages",
@@ -1542,6 +1738,7 @@ mod tests {
                 action: PasswdCommand::Add {
                     user: "alice".into(),
                     password: Some("pw".into()),
+                    password_stdin: false,
                     file: None
                 }
             })

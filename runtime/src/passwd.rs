@@ -2,8 +2,12 @@
 //!
 //! Hashes are Argon2id in PHC string format (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`),
 //! each with its own random salt; a plain-text password is never stored.
-//! Mosquitto's own `$6$`/`$7$` hashes are refused with a clear error rather
-//! than silently never matching: re-create such users with `roost passwd add`.
+//! Mosquitto's own hashes are verified too, so its password files work
+//! unchanged: `$6$<salt>$<hash>` (SHA-512 of the password then the salt,
+//! both base64, Mosquitto 1.6's) and `$7$<iterations>$<salt>$<hash>`
+//! (PBKDF2-HMAC-SHA512, Mosquitto 2's). They cannot be converted without
+//! the password: `roost passwd upgrade` lists them, and setting a user's
+//! password (`roost passwd add`) replaces one with Argon2id.
 //!
 //! Blank lines and lines starting with `#` are ignored on load and dropped on
 //! save; a commented-out line that holds an entry is reported in
@@ -53,6 +57,94 @@ impl Default for HashCost {
 const MAX_MEMORY_KIB: u32 = 1 << 20;
 const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 16;
+/// The most PBKDF2 iterations a `$7$` hash may ask for (Mosquitto uses 101;
+/// a million take about a second).
+const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+
+/// A Mosquitto hash, decoded.
+enum Legacy {
+    /// `$6$`: SHA-512(password ‖ salt).
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
+    /// `$7$`: PBKDF2-HMAC-SHA512.
+    Pbkdf2 {
+        iterations: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+}
+
+impl Legacy {
+    /// Decodes a `$6$` or `$7$` hash; `None` for any other format, an
+    /// error for a malformed one of these.
+    fn parse(stored: &str) -> Option<Result<Legacy, String>> {
+        use base64::Engine;
+        let b64 = |part: &str, what: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(part)
+                .map_err(|_| format!("Mosquitto hash: the {what} is not base64"))
+        };
+        if let Some(rest) = stored.strip_prefix("$6$") {
+            let result = (|| {
+                let (salt, hash) = rest
+                    .split_once('$')
+                    .ok_or("Mosquitto $6$ hash: expected $6$salt$hash")?;
+                let (salt, hash) = (b64(salt, "salt")?, b64(hash, "hash")?);
+                if hash.len() != 64 {
+                    return Err("Mosquitto $6$ hash: the hash is not 64 bytes".to_owned());
+                }
+                Ok(Legacy::Sha512 { salt, hash })
+            })();
+            return Some(result);
+        }
+        let rest = stored.strip_prefix("$7$")?;
+        Some((|| {
+            let mut parts = rest.splitn(3, '$');
+            let (Some(iterations), Some(salt), Some(hash)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err("Mosquitto $7$ hash: expected $7$iterations$salt$hash".to_owned());
+            };
+            let iterations: u32 = iterations
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_PBKDF2_ITERATIONS).contains(n))
+                .ok_or(format!(
+                    "Mosquitto $7$ hash: iterations must be 1 to {MAX_PBKDF2_ITERATIONS}"
+                ))?;
+            let (salt, hash) = (b64(salt, "salt")?, b64(hash, "hash")?);
+            if hash.is_empty() || hash.len() > 64 {
+                return Err("Mosquitto $7$ hash: the hash must be 1 to 64 bytes".to_owned());
+            }
+            Ok(Legacy::Pbkdf2 {
+                iterations,
+                salt,
+                hash,
+            })
+        })())
+    }
+
+    fn verify(&self, password: &[u8]) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        match self {
+            Legacy::Sha512 { salt, hash } => {
+                let mut digest = sha2::Sha512::new();
+                digest.update(password);
+                digest.update(salt);
+                bool::from(digest.finalize().as_slice().ct_eq(hash))
+            }
+            Legacy::Pbkdf2 {
+                iterations,
+                salt,
+                hash,
+            } => {
+                let mut out = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, *iterations, &mut out);
+                bool::from(out.ct_eq(hash))
+            }
+        }
+    }
+}
 
 /// Why a password file operation failed.
 #[derive(Debug)]
@@ -90,6 +182,8 @@ pub enum PasswdError {
     Hash(String),
     /// A `passwd` command needs a file and none was given.
     NoFile,
+    /// An empty password: anyone who knows the user name could log in.
+    EmptyPassword,
 }
 
 impl fmt::Display for PasswdError {
@@ -115,6 +209,7 @@ impl fmt::Display for PasswdError {
             PasswdError::NoFile => {
                 f.write_str("no password file: pass --file or set listener.password_file")
             }
+            PasswdError::EmptyPassword => f.write_str("the password must not be empty"),
         }
     }
 }
@@ -282,6 +377,9 @@ impl PasswordFile {
             let _ = Argon2::default().hash_password_with_salt(password.as_bytes(), &[0u8; 16]);
             return false;
         };
+        if let Some(legacy) = Legacy::parse(stored) {
+            return legacy.is_ok_and(|l| l.verify(password.as_bytes()));
+        }
         match PasswordHash::new(stored) {
             Ok(hash) => Argon2::default()
                 .verify_password(password.as_bytes(), &hash)
@@ -321,6 +419,15 @@ impl PasswordFile {
     /// logs them when it loads the file.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Users whose hash is still Mosquitto's (`$6$`/`$7$`), sorted: they
+    /// log in, and become Argon2id once their password is set again.
+    pub fn legacy_users(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, hash)| hash.starts_with("$6$") || hash.starts_with("$7$"))
+            .map(|(user, _)| user.as_str())
     }
 
     /// Whether `user` has an entry.
@@ -417,11 +524,8 @@ impl PasswordFile {
 
 /// Checks that a stored hash is an Argon2 PHC string with sane parameters.
 fn check_stored_hash(hash: &str) -> Result<(), String> {
-    if hash.starts_with("$6$") || hash.starts_with("$7$") {
-        return Err(
-            "Mosquitto hash format is not supported; re-add the user with `roost passwd add`"
-                .to_owned(),
-        );
+    if let Some(legacy) = Legacy::parse(hash) {
+        return legacy.map(|_| ());
     }
     let parsed = PasswordHash::new(hash).map_err(|e| format!("invalid PHC hash: {e}"))?;
     if !parsed.algorithm.as_str().starts_with("argon2") {
@@ -466,6 +570,7 @@ pub fn run_command(
             user,
             password,
             file,
+            ..
         } => {
             // Refused before anything is read or written: the file is
             // never touched for a name it could not hold.
@@ -486,15 +591,36 @@ pub fn run_command(
             let password = match password {
                 Some(p) => p.clone(),
                 None => read_password().map_err(|source| PasswdError::Io {
-                    path: PathBuf::from("<password prompt>"),
+                    path: PathBuf::from("<password input>"),
                     source,
                 })?,
             };
+            if password.is_empty() {
+                return Err(PasswdError::EmptyPassword);
+            }
             let replaced = passwords.contains(user);
             passwords.set(user, &password)?;
             passwords.save(&path)?;
             let verb = if replaced { "updated" } else { "added" };
             Ok(format!("{verb} user {user:?} in {}", path.display()))
+        }
+        PasswdCommand::Upgrade { file } => {
+            let path = file_of(file)?;
+            let passwords = PasswordFile::load(&path)?;
+            let legacy: Vec<&str> = passwords.legacy_users().collect();
+            Ok(if legacy.is_empty() {
+                format!("{}: every user has an Argon2id hash", path.display())
+            } else {
+                format!(
+                    "{}: {} of {} users still have a Mosquitto hash ($6$/$7$), which works \
+                     but cannot be converted without the password; set it again with \
+                     `roost passwd add USER` to make it Argon2id: {}",
+                    path.display(),
+                    legacy.len(),
+                    passwords.len(),
+                    legacy.join(", ")
+                )
+            })
         }
         PasswdCommand::Rm { user, file } => {
             let path = file_of(file)?;
@@ -678,6 +804,7 @@ mod tests {
             let add = PasswdCommand::Add {
                 user: user.into(),
                 password: Some("pw".into()),
+                password_stdin: false,
                 file: Some(path.clone()),
             };
             let err = run_command(&add, None, || unreachable!()).expect_err(user);
@@ -695,6 +822,7 @@ mod tests {
         let add = PasswdCommand::Add {
             user: "#".into(),
             password: Some("pw".into()),
+            password_stdin: false,
             file: Some(path.clone()),
         };
         run_command(&add, None, || unreachable!()).expect_err("#");
@@ -713,8 +841,9 @@ mod tests {
         let err = PasswordFile::parse("carol:plaintext\n").expect_err("not a hash");
         assert!(err.to_string().starts_with("line 1: invalid PHC hash"));
 
+        // A Mosquitto hash loads when well formed; this one is cut short.
         let err = PasswordFile::parse("dave:$6$abc$def\n").expect_err("mosquitto");
-        assert!(err.to_string().contains("Mosquitto hash format"));
+        assert!(err.to_string().contains("Mosquitto"), "{err}");
 
         let dup = format!("{0}{0}", good.to_text());
         let err = PasswordFile::parse(&dup).expect_err("dup");
@@ -762,6 +891,7 @@ mod tests {
         let add = PasswdCommand::Add {
             user: "eve".into(),
             password: None,
+            password_stdin: false,
             file: Some(path.clone()),
         };
         let msg = run_command(&add, None, || Ok("prompted".into())).expect("add");
@@ -775,6 +905,7 @@ mod tests {
         let add_again = PasswdCommand::Add {
             user: "eve".into(),
             password: Some("other".into()),
+            password_stdin: false,
             file: None,
         };
         let msg = run_command(&add_again, Some(&path), || unreachable!()).expect("update");
@@ -800,5 +931,93 @@ mod tests {
             Err(PasswdError::NoFile)
         ));
         std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
+    }
+}
+
+#[cfg(test)]
+mod mosquitto_hashes {
+    use super::*;
+
+    /// Made by Mosquitto 2.0's `mosquitto_passwd -b` (`$7$`, the default)
+    /// and `mosquitto_passwd -H sha512 -b` (`$6$`).
+    const MOSQUITTO_FILE: &str = "\
+alice:$7$101$u+SpBLk8niUd64v2$ZsqF9eKg7XSMoGn3cnvHHlubL+gXWoqFaveaklG6He8SiwmI0mIuLmGA+8P6GaIWbjn63v9VJmDBFS+zihdduA==
+bob:$6$v5nGpfgvzgT6X7zV$UtP2mAoe2Hipoy2FzQJ7xyf2iHW5bU2/3DnOwKcCc4FU+Sbf+jE1PE6pp/oFNXHegmEcQZBXN0p/UnreK3kPuQ==
+";
+
+    #[test]
+    fn mosquitto_hashes_verify() {
+        let file = PasswordFile::parse(MOSQUITTO_FILE).expect("Mosquitto's file loads");
+        assert!(file.verify("alice", "secret"));
+        assert!(!file.verify("alice", "secret "));
+        assert!(!file.verify("alice", "hunter2"));
+        assert!(file.verify("bob", "hunter2"));
+        assert!(!file.verify("bob", "secret"));
+        assert_eq!(file.legacy_users().collect::<Vec<_>>(), ["alice", "bob"]);
+    }
+
+    #[test]
+    fn setting_a_password_replaces_a_mosquitto_hash() {
+        let mut file = PasswordFile::parse(MOSQUITTO_FILE).expect("loads");
+        file.set_cost(HashCost {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+        });
+        file.set("bob", "new one").expect("set");
+        assert_eq!(file.legacy_users().collect::<Vec<_>>(), ["alice"]);
+        assert!(file.verify("bob", "new one"));
+        assert!(file.to_text().contains("bob:$argon2id$"));
+    }
+
+    #[test]
+    fn malformed_mosquitto_hashes_are_refused_with_the_reason() {
+        for (line, why) in [
+            ("a:$6$nosalt", "expected $6$salt$hash"),
+            ("a:$6$!!$AAAA", "salt is not base64"),
+            ("a:$6$AAAA$AAAA", "not 64 bytes"),
+            ("a:$7$0$AAAA$AAAA", "iterations must be"),
+            ("a:$7$99999999$AAAA$AAAA", "iterations must be"),
+            ("a:$7$101$AAAA", "expected $7$iterations$salt$hash"),
+        ] {
+            let e = PasswordFile::parse(line).expect_err(line).to_string();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_passwords_are_refused() {
+        let dir = std::env::temp_dir().join(format!("roost-passwd-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("pw");
+        for (password, read) in [(Some(String::new()), ""), (None, "")] {
+            let add = PasswdCommand::Add {
+                user: "alice".into(),
+                password,
+                password_stdin: true,
+                file: Some(path.clone()),
+            };
+            let e = run_command(&add, None, || Ok(read.to_owned())).expect_err("empty");
+            assert!(matches!(e, PasswdError::EmptyPassword), "{e}");
+            assert!(!path.exists());
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn upgrade_lists_the_users_left_on_mosquitto_hashes() {
+        let dir = std::env::temp_dir().join(format!("roost-passwd-up-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("pw");
+        std::fs::write(&path, MOSQUITTO_FILE).expect("write");
+        let upgrade = PasswdCommand::Upgrade {
+            file: Some(path.clone()),
+        };
+        let out = run_command(&upgrade, None, || unreachable!()).expect("upgrade");
+        assert!(
+            out.contains("2 of 2 users") && out.ends_with("alice, bob"),
+            "{out}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

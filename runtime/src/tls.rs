@@ -24,8 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+
+use crate::config::{CertIdentity, ClientCerts};
 
 /// Largest amount of decrypted input the stage holds before
 /// [`TlsStage::feed_ciphertext`] refuses more.
@@ -62,6 +65,21 @@ pub enum TlsError {
         /// What rustls said.
         source: rustls::Error,
     },
+    /// The client CA file or CRL file could not be used to verify client
+    /// certificates (no usable CA in it, or a CRL that does not parse).
+    ClientCa {
+        /// The `client_ca` file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// A certificate in the `client_ca` file was refused as a trust anchor.
+    Anchor {
+        /// The `client_ca` file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
     /// The peer broke the TLS protocol or the handshake failed. An alert may
     /// be waiting in [`TlsStage::take_ciphertext`]; send it, then close.
     Protocol(rustls::Error),
@@ -91,6 +109,14 @@ impl fmt::Display for TlsError {
                 cert.display(),
                 key.display()
             ),
+            TlsError::ClientCa { path, source } => write!(
+                f,
+                "{}: cannot verify client certificates with it: {source}",
+                path.display()
+            ),
+            TlsError::Anchor { path, source } => {
+                write!(f, "{}: unusable CA certificate: {source}", path.display())
+            }
             TlsError::Protocol(e) => write!(f, "TLS error: {e}"),
             TlsError::PlaintextFull => write!(
                 f,
@@ -106,7 +132,10 @@ impl std::error::Error for TlsError {
         match self {
             TlsError::Read { source, .. } => Some(source),
             TlsError::Pem { source, .. } => Some(source),
-            TlsError::Config { source, .. } | TlsError::Protocol(source) => Some(source),
+            TlsError::Config { source, .. }
+            | TlsError::Anchor { source, .. }
+            | TlsError::Protocol(source) => Some(source),
+            TlsError::ClientCa { source, .. } => Some(source),
             TlsError::PlaintextFull | TlsError::Closed => None,
         }
     }
@@ -117,12 +146,27 @@ impl std::error::Error for TlsError {
 /// safe default protocol versions (TLS 1.2 and 1.3). No client certificates
 /// are requested.
 pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
+    load_server_config_with(cert_path, key_path, &ClientCerts::default())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// [`load_server_config`], asking for client certificates when
+/// `client.ca` is set: a certificate a client presents must chain to one
+/// of those CAs and, with `client.crl`, not be revoked (only the client's
+/// own certificate is checked against the CRLs, as OpenSSL's `CRL_CHECK`
+/// does; a CRL must be there for its issuer). With `client.required`, a
+/// client that presents none fails the handshake.
+pub fn load_server_config_with(
+    cert_path: &Path,
+    key_path: &Path,
+    client: &ClientCerts,
+) -> Result<ServerConfig, TlsError> {
     let cert_pem = read(cert_path)?;
     let key_pem = read(key_path)?;
     let pem_error = |path: &Path, expected, source| TlsError::Pem {
@@ -147,12 +191,131 @@ pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<ServerCon
         key: key_path.to_path_buf(),
         source,
     };
-    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(config_error)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(config_error)
+        .map_err(config_error)?;
+    let builder = match &client.ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            builder.with_client_cert_verifier(client_verifier(ca_path, client, provider)?)
+        }
+    };
+    builder.with_single_cert(certs, key).map_err(config_error)
+}
+
+fn client_verifier(
+    ca_path: &Path,
+    client: &ClientCerts,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let ca_pem = read(ca_path)?;
+    let mut roots = RootCertStore::empty();
+    let cas = CertificateDer::pem_slice_iter(&ca_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: ca_path.to_path_buf(),
+            expected: "CA certificate",
+            source,
+        })?;
+    if cas.is_empty() {
+        return Err(TlsError::Pem {
+            path: ca_path.to_path_buf(),
+            expected: "CA certificate",
+            source: pem::Error::NoItemsFound,
+        });
+    }
+    for ca in cas {
+        roots.add(ca).map_err(|source| TlsError::Anchor {
+            path: ca_path.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if let Some(crl_path) = &client.crl {
+        let crl_pem = read(crl_path)?;
+        let crls = CertificateRevocationListDer::pem_slice_iter(&crl_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::Pem {
+                path: crl_path.to_path_buf(),
+                expected: "certificate revocation list",
+                source,
+            })?;
+        if crls.is_empty() {
+            return Err(TlsError::Pem {
+                path: crl_path.to_path_buf(),
+                expected: "certificate revocation list",
+                source: pem::Error::NoItemsFound,
+            });
+        }
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    if !client.required {
+        verifier = verifier.allow_unauthenticated();
+    }
+    verifier.build().map_err(|source| TlsError::ClientCa {
+        path: client.crl.clone().unwrap_or_else(|| ca_path.to_path_buf()),
+        source,
+    })
+}
+
+/// The user name a verified client certificate (DER) gives under
+/// `identity`: its subject's first common name, or its whole subject as
+/// Mosquitto prints it (RFC 2253 order, most specific first:
+/// `CN=dev1,OU=Plant,O=Acme,C=GB`). `None` when it has no such name (no
+/// CN, an attribute that is not a string), or for [`CertIdentity::None`].
+pub fn certificate_identity(der: &[u8], identity: CertIdentity) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    match identity {
+        CertIdentity::None => None,
+        CertIdentity::CommonName => subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        CertIdentity::Subject => {
+            let registry = x509_parser::objects::oid_registry();
+            let rdns: Vec<_> = subject.iter().collect();
+            let mut out = String::new();
+            for rdn in rdns.into_iter().rev() {
+                for (i, attr) in rdn.iter().enumerate() {
+                    out.push_str(match (out.is_empty(), i) {
+                        (true, _) => "",
+                        (false, 0) => ",",
+                        (false, _) => "+",
+                    });
+                    let oid = attr.attr_type();
+                    if *oid == x509_parser::oid_registry::OID_PKCS9_EMAIL_ADDRESS {
+                        out.push_str("emailAddress");
+                    } else {
+                        match x509_parser::objects::oid2abbrev(oid, registry) {
+                            Ok(name) => out.push_str(name),
+                            Err(_) => out.push_str(&oid.to_id_string()),
+                        }
+                    }
+                    out.push('=');
+                    escape_rfc2253(attr.as_str().ok()?, &mut out);
+                }
+            }
+            Some(out)
+        }
+    }
+}
+
+/// Escapes an attribute value as RFC 2253 section 2.4 asks.
+fn escape_rfc2253(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
 }
 
 /// The server side of one TLS connection, driven by bytes.
@@ -284,11 +447,23 @@ impl TlsStage {
         self.peer_closed || self.failed
     }
 
+    /// The certificate the client presented, once the handshake has
+    /// verified it (only on a listener with `client_ca`).
+    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+    }
+
     /// The server name the client asked for (SNI), if any.
     pub fn server_name(&self) -> Option<&str> {
         self.conn.server_name()
     }
 }
+
+#[cfg(test)]
+#[path = "../tests/support/pki.rs"]
+pub(crate) mod pki;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -502,5 +677,221 @@ pub(crate) mod tests {
 
         std::fs::remove_dir_all(&dir).expect("cleanup");
         std::fs::remove_dir_all(other_key.parent().expect("dir")).expect("cleanup");
+    }
+
+    mod client_certs {
+        use super::super::pki::{Leaf, Pki};
+        use super::*;
+        use crate::config::{CertIdentity, ClientCerts};
+        use rcgen::DnType;
+
+        struct Setup {
+            dir: PathBuf,
+            server: Pki,
+            clients: Pki,
+        }
+
+        impl Setup {
+            fn new(tag: &str) -> Setup {
+                let dir =
+                    std::env::temp_dir().join(format!("roost-mtls-{}-{tag}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("dir");
+                Setup {
+                    dir,
+                    server: Pki::new("server CA"),
+                    clients: Pki::new("client CA"),
+                }
+            }
+
+            fn config(&self, required: bool, crl: Option<&str>) -> Arc<ServerConfig> {
+                let leaf =
+                    self.server
+                        .leaf(1, &[(DnType::CommonName, "localhost")], &["localhost"]);
+                let (cert, key) = leaf.write(&self.dir, "server");
+                let ca = self.dir.join("clients-ca.pem");
+                std::fs::write(&ca, &self.clients.ca_pem).expect("ca");
+                let crl = crl.map(|pem| {
+                    let path = self.dir.join("clients.crl");
+                    std::fs::write(&path, pem).expect("crl");
+                    path
+                });
+                let client = ClientCerts {
+                    ca: Some(ca),
+                    crl,
+                    required,
+                    identity: CertIdentity::CommonName,
+                };
+                Arc::new(load_server_config_with(&cert, &key, &client).expect("config"))
+            }
+
+            /// Runs a handshake presenting `leaf` (or no certificate):
+            /// whether it succeeded, and the server's stage.
+            fn handshake(
+                &self,
+                config: Arc<ServerConfig>,
+                leaf: Option<&Leaf>,
+            ) -> (bool, TlsStage) {
+                let mut roots = RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from_pem_slice(self.server.ca_pem.as_bytes()).expect("ca"))
+                    .expect("root");
+                let builder = ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
+                let client_config = match leaf {
+                    Some(leaf) => builder
+                        .with_client_auth_cert(
+                            vec![CertificateDer::from(leaf.der.clone())],
+                            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key"),
+                        )
+                        .expect("client cert"),
+                    None => builder.with_no_client_auth(),
+                };
+                let mut client = ClientConnection::new(
+                    Arc::new(client_config),
+                    ServerName::try_from("localhost").expect("name"),
+                )
+                .expect("client");
+                // TLS 1.3: the client's certificate is judged after its
+                // first flight, so send data to see the verdict.
+                client.writer().write_all(b"hello").expect("w");
+                let mut server = TlsStage::new(config).expect("stage");
+                for _ in 0..10 {
+                    let mut wire = Vec::new();
+                    while client.wants_write() {
+                        client.write_tls(&mut wire).expect("client write");
+                    }
+                    if server.feed_ciphertext(&wire).is_err() {
+                        return (false, server);
+                    }
+                    let mut back = Vec::new();
+                    server.take_ciphertext(&mut back);
+                    let mut slice = &back[..];
+                    while !slice.is_empty() {
+                        client.read_tls(&mut slice).expect("client read");
+                        if client.process_new_packets().is_err() {
+                            return (false, server);
+                        }
+                    }
+                    if wire.is_empty() && back.is_empty() {
+                        break;
+                    }
+                }
+                let mut got = Vec::new();
+                server.take_plaintext(&mut got);
+                (got == b"hello" && !server.is_handshaking(), server)
+            }
+        }
+
+        impl Drop for Setup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        #[test]
+        fn a_required_certificate_is_verified_and_names_the_user() {
+            let s = Setup::new("required");
+            let config = s.config(true, None);
+            let good = s.clients.client(10, "sensor-1");
+            let (ok, server) = s.handshake(config.clone(), Some(&good));
+            assert!(ok, "a certificate of the client CA is accepted");
+            let der = server.peer_certificate().expect("peer certificate");
+            assert_eq!(
+                certificate_identity(der, CertIdentity::CommonName).as_deref(),
+                Some("sensor-1")
+            );
+            let (ok, _) = s.handshake(config.clone(), None);
+            assert!(!ok, "no certificate is refused");
+            let stranger = Pki::new("other CA").client(11, "sensor-1");
+            let (ok, _) = s.handshake(config, Some(&stranger));
+            assert!(!ok, "a certificate of another CA is refused");
+        }
+
+        #[test]
+        fn an_optional_certificate_is_still_verified() {
+            let s = Setup::new("optional");
+            let config = s.config(false, None);
+            let (ok, server) = s.handshake(config.clone(), None);
+            assert!(ok, "no certificate is fine");
+            assert!(server.peer_certificate().is_none());
+            let stranger = Pki::new("other CA").client(11, "x");
+            let (ok, _) = s.handshake(config, Some(&stranger));
+            assert!(!ok, "an invalid certificate is refused even when optional");
+        }
+
+        #[test]
+        fn a_revoked_certificate_is_refused() {
+            let s = Setup::new("crl");
+            let config = s.config(true, Some(&s.clients.crl(&[20])));
+            let revoked = s.clients.client(20, "lost-device");
+            let fine = s.clients.client(21, "kept-device");
+            assert!(!s.handshake(config.clone(), Some(&revoked)).0);
+            assert!(s.handshake(config, Some(&fine)).0);
+        }
+
+        #[test]
+        fn the_subject_reads_as_mosquitto_prints_it() {
+            let pki = Pki::new("ca");
+            let leaf = pki.leaf(
+                1,
+                &[
+                    (DnType::CountryName, "GB"),
+                    (DnType::OrganizationName, "Acme, Inc"),
+                    (DnType::CommonName, "dev1"),
+                ],
+                &[],
+            );
+            // What Mosquitto gives is OpenSSL's RFC 2253 rendering; ask it.
+            let path =
+                std::env::temp_dir().join(format!("roost-subject-{}.pem", std::process::id()));
+            std::fs::write(&path, &leaf.cert_pem).expect("write");
+            let out = std::process::Command::new("openssl")
+                .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+                .arg(&path)
+                .output()
+                .expect("openssl is needed by this test (apt-get install openssl)");
+            std::fs::remove_file(&path).expect("cleanup");
+            let printed = String::from_utf8(out.stdout).expect("utf-8");
+            let openssl = printed.trim().strip_prefix("subject=").expect("subject=");
+            assert!(openssl.contains("Acme\\, Inc"), "{openssl}");
+            assert_eq!(
+                certificate_identity(&leaf.der, CertIdentity::Subject).as_deref(),
+                Some(openssl)
+            );
+            assert_eq!(
+                certificate_identity(&leaf.der, CertIdentity::CommonName).as_deref(),
+                Some("dev1")
+            );
+            let no_cn = pki.leaf(2, &[(DnType::OrganizationName, "Acme")], &[]);
+            assert_eq!(
+                certificate_identity(&no_cn.der, CertIdentity::CommonName),
+                None
+            );
+        }
+
+        #[test]
+        fn a_bad_client_ca_file_is_named() {
+            let s = Setup::new("bad-ca");
+            let leaf = s
+                .server
+                .leaf(1, &[(DnType::CommonName, "localhost")], &["localhost"]);
+            let (cert, key) = leaf.write(&s.dir, "server");
+            let ca = s.dir.join("empty-ca.pem");
+            std::fs::write(&ca, "nothing here\n").expect("write");
+            let client = ClientCerts {
+                ca: Some(ca.clone()),
+                required: true,
+                ..ClientCerts::default()
+            };
+            let e = load_server_config_with(&cert, &key, &client).expect_err("no CA");
+            assert_eq!(
+                e.to_string(),
+                format!("{}: no PEM CA certificate found", ca.display())
+            );
+        }
     }
 }

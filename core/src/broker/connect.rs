@@ -92,10 +92,16 @@ impl Broker {
         self.close(id, CloseReason::Decode(error));
     }
 
-    fn on_connect(&mut self, id: ConnId, connect: Box<Connect>) {
+    fn on_connect(&mut self, id: ConnId, mut connect: Box<Connect>) {
         let limits = &self.config.limits;
         let v5 = connect.protocol == Protocol::V5;
         if let Some(c) = self.conns.get_mut(&id) {
+            if let Some(identity) = &c.identity {
+                // The transport's proof of who this is wins over what the
+                // client claims; a password has nothing left to prove.
+                connect.username = Some(identity.clone());
+                connect.password = None;
+            }
             c.protocol = connect.protocol;
             // Even a refusing CONNACK must fit [MQTT-3.1.2-24].
             c.client_max_packet = connect

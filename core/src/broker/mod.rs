@@ -426,6 +426,18 @@ impl Broker {
         self.flush();
     }
 
+    /// The transport authenticated `conn` as `username` (for example, the
+    /// common name of a verified TLS client certificate). Call it before the
+    /// CONNECT arrives: the CONNECT's user name is then replaced by this one
+    /// and its password dropped, so authentication, ACLs (`user`, `%u`),
+    /// session ownership and events all see this name. Ignored for an
+    /// unknown connection.
+    pub fn set_identity(&mut self, conn: ConnId, username: MqttStr) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.identity = Some(username);
+        }
+    }
+
     /// The runtime's output buffer for `conn` is full: until
     /// [`Broker::handle_writable`], QoS 0 deliveries to it are dropped (and
     /// counted in [`Stats::dropped`]) and QoS 1/2 deliveries wait in its

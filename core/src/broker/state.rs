@@ -87,6 +87,9 @@ pub(crate) struct Conn {
     pub(crate) timer: Option<Instant>,
     pub(crate) client_id: MqttStr,
     pub(crate) username: Option<MqttStr>,
+    /// The user name the transport proved (a TLS client certificate, see
+    /// `Broker::set_identity`): it replaces the CONNECT's.
+    pub(crate) identity: Option<MqttStr>,
     /// Boxed: few clients have a will, and every connection would pay for
     /// one inline.
     pub(crate) will: Option<Box<Will>>,
@@ -133,6 +136,7 @@ impl Conn {
             timer: None,
             client_id: MqttStr::EMPTY,
             username: None,
+            identity: None,
             will: None,
             aliases: None,
             client_alias_max: 0,

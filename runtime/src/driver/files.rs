@@ -16,12 +16,17 @@ use std::sync::Arc;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum FileError {
-    /// A listener's TLS certificate or key.
+    /// A listener's TLS certificate, key, client CA or CRL.
     Tls {
         /// Which listener (index in the configuration).
         listener: usize,
-        /// Why.
-        source: tls::TlsError,
+        /// Its address.
+        bind: std::net::SocketAddr,
+        /// The key naming the file that failed (`cert`, `key`, `client_ca`,
+        /// `crl_file`), or `cert/key` when they do not fit together.
+        key: &'static str,
+        /// Why (boxed: the error stays small on the success path).
+        source: Box<tls::TlsError>,
     },
     /// A listener's password file.
     Passwd {
@@ -42,7 +47,12 @@ pub enum FileError {
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FileError::Tls { listener, source } => write!(f, "listener[{listener}]: {source}"),
+            FileError::Tls {
+                listener,
+                bind,
+                key,
+                source,
+            } => write!(f, "listener[{listener}] ({bind}).{key}: {source}"),
             FileError::Passwd { listener, source } => {
                 write!(f, "listener[{listener}].password_file: {source}")
             }
@@ -56,7 +66,7 @@ impl fmt::Display for FileError {
 impl std::error::Error for FileError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            FileError::Tls { source, .. } => Some(source),
+            FileError::Tls { source, .. } => Some(&**source),
             FileError::Passwd { source, .. } => Some(source),
             FileError::Acl { source, .. } => Some(source),
         }
@@ -88,11 +98,13 @@ impl Files {
             .map(|(i, l)| ListenerFiles {
                 tls: match (&l.cert, &l.key) {
                     (Some(cert), Some(key)) if l.protocol.is_tls() => Some(
-                        tls::load_server_config(cert, key)
+                        tls::load_server_config_with(cert, key, &l.client_certs)
                             .map(Arc::new)
                             .map_err(|source| FileError::Tls {
                                 listener: i,
-                                source,
+                                bind: l.bind,
+                                key: tls_key(l, &source),
+                                source: Box::new(source),
                             }),
                     ),
                     _ => None,
@@ -141,6 +153,29 @@ impl Files {
             .into_iter()
             .flatten()
         })
+    }
+}
+
+/// Which of a listener's TLS keys names the file an error is about.
+fn tls_key(l: &crate::config::Listener, error: &tls::TlsError) -> &'static str {
+    let path = match error {
+        tls::TlsError::Read { path, .. }
+        | tls::TlsError::Pem { path, .. }
+        | tls::TlsError::ClientCa { path, .. }
+        | tls::TlsError::Anchor { path, .. } => path,
+        _ => return "cert/key",
+    };
+    let is = |p: &Option<std::path::PathBuf>| p.as_deref() == Some(path.as_path());
+    if is(&l.cert) {
+        "cert"
+    } else if is(&l.key) {
+        "key"
+    } else if is(&l.client_certs.crl) {
+        "crl_file"
+    } else if is(&l.client_certs.ca) {
+        "client_ca"
+    } else {
+        "cert/key"
     }
 }
 

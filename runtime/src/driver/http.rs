@@ -182,6 +182,10 @@ impl Driver {
                 phase: Phase::Open,
                 woken: false,
                 blocked: false,
+                identity_checked: true,
+                cert_user: false,
+                remote,
+                opened: now,
             },
         );
         self.http_open += 1;

@@ -63,6 +63,9 @@ pub struct JobDone(pub(crate) DoneKind);
 pub(crate) enum DoneKind {
     Password {
         token: AuthToken,
+        /// Who asked, for the log line of a refusal.
+        conn: ConnId,
+        user: String,
         decision: AuthDecision,
     },
     Store {
@@ -103,6 +106,8 @@ impl Job {
                     .is_ok_and(|password| check.passwords.verify(&check.user, password));
                 DoneKind::Password {
                     token: check.token,
+                    conn: check.conn,
+                    user: check.user,
                     decision: if ok {
                         AuthDecision::Accept
                     } else {

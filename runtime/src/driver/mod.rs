@@ -239,6 +239,16 @@ struct ConnIo {
     woken: bool,
     /// Over the output limit: the engine was told (`handle_blocked`).
     blocked: bool,
+    /// The TLS handshake's client certificate has been looked at (on a
+    /// listener that maps certificates to user names).
+    identity_checked: bool,
+    /// A verified client certificate named the user: the engine was told
+    /// (`set_identity`), and no password is checked.
+    cert_user: bool,
+    /// The peer, for the operator's log lines.
+    remote: Option<SocketAddr>,
+    /// When it was accepted: a disconnect logs how long it lasted.
+    opened: Instant,
 }
 
 /// Engine calls that arise while the driver drains the engine's actions:
@@ -388,10 +398,22 @@ impl Driver {
     ) -> Result<Driver, DriverError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut acls = Vec::with_capacity(config.listeners.len());
-        let mut classes: Vec<(bool, Option<std::path::PathBuf>)> = Vec::new();
+        type Setup = (
+            bool,
+            Option<std::path::PathBuf>,
+            Option<(config::CertIdentity, std::path::PathBuf)>,
+        );
+        let mut classes: Vec<Setup> = Vec::new();
         for (l, f) in config.listeners.iter().zip(files.listeners) {
-            // Who may connect: anonymous clients or not, and which users.
-            let setup = (l.allows_anonymous(), l.password_file.clone());
+            // Who may connect: anonymous clients or not, which users, and
+            // which CAs vouch for user names.
+            let certs = &l.client_certs;
+            let setup = (
+                l.allows_anonymous(),
+                l.password_file.clone(),
+                (certs.identity != config::CertIdentity::None)
+                    .then(|| (certs.identity, certs.ca.clone().unwrap_or_default())),
+            );
             let auth_class = match classes.iter().position(|c| *c == setup) {
                 Some(i) => i,
                 None => {
@@ -696,6 +718,10 @@ impl Driver {
                 phase: Phase::Open,
                 woken: false,
                 blocked: false,
+                identity_checked: false,
+                cert_user: false,
+                remote,
+                opened: now,
             },
         );
         if failed_tls {
@@ -770,6 +796,36 @@ impl Driver {
             }
         }
         let staged = io.tls.is_some() || io.ws.is_some();
+        if !io.identity_checked && result.is_ok() {
+            if let Some(tls) = io.tls.as_deref().filter(|t| !t.is_handshaking()) {
+                io.identity_checked = true;
+                let mode = self.listeners[io.listener].config.client_certs.identity;
+                if let Some(cert) = tls.peer_certificate() {
+                    if mode != config::CertIdentity::None {
+                        match crate::tls::certificate_identity(cert, mode)
+                            .and_then(|name| roost_core::MqttStr::copy_from_str(&name).ok())
+                        {
+                            Some(name) => {
+                                debug!(%conn, user = name.as_str(), "client certificate names the user");
+                                io.cert_user = true;
+                                self.broker.set_identity(conn, name);
+                            }
+                            None => {
+                                result = Err(match mode {
+                                    config::CertIdentity::Subject => {
+                                        "client certificate subject is not usable as a user name"
+                                    }
+                                    _ => "client certificate has no common name (CN) usable as a user name",
+                                }
+                                .to_owned());
+                                // Nothing of this client reaches the engine.
+                                plain.clear();
+                            }
+                        }
+                    }
+                }
+            }
+        }
         // Handshake answers (TLS records, the WebSocket upgrade response).
         self.push_stage_output(conn);
         if staged {
@@ -912,12 +968,19 @@ impl Driver {
     /// A [`Job`] finished.
     pub fn handle_job_done(&mut self, now: Instant, done: JobDone) {
         match done.0 {
-            DoneKind::Password { token, decision } => {
+            DoneKind::Password {
+                token,
+                conn,
+                user,
+                decision,
+            } => {
                 self.passwords_running = self.passwords_running.saturating_sub(1);
                 if decision != AuthDecision::Accept {
                     info!(
+                        user = %user,
+                        remote = %DisplayAddr(self.conns.get(&conn).and_then(|io| io.remote)),
                         reason = %DisplayDecision(&decision),
-                        "authentication refused: bad user name or password"
+                        "authentication refused"
                     );
                 }
                 self.broker.resolve_auth(now, token, decision);
@@ -1187,7 +1250,7 @@ impl Driver {
                 subscription,
                 message,
             }),
-            Action::Event(event) => log_event(&event),
+            Action::Event(event) => self.log_event(now, &event),
             Action::Store { id, ops } => self.store_batches.push((id, ops)),
             _ => {}
         }
@@ -1240,6 +1303,9 @@ impl Driver {
             _ if request.method.is_some() => {
                 Some(AuthDecision::Reject(ReasonCode::BadAuthenticationMethod))
             }
+            // The engine put the certificate's name in place of the
+            // CONNECT's; the handshake verified it.
+            _ if io.cert_user => Some(AuthDecision::Accept),
             (None, _) if listener.config.allows_anonymous() => Some(AuthDecision::Accept),
             (None, _) => Some(AuthDecision::Reject(ReasonCode::NotAuthorized)),
             (Some(user), Some(passwords)) => {
@@ -1264,7 +1330,8 @@ impl Driver {
             if decision != AuthDecision::Accept {
                 info!(
                     client_id = %request.client_id,
-                    username = request.username.as_ref().map_or("-", |u| u.as_str()),
+                    user = %request.username.as_ref().map_or("-", |u| u.as_str()),
+                    remote = %DisplayAddr(io.remote),
                     reason = %DisplayDecision(&decision),
                     "authentication refused"
                 );
@@ -1451,24 +1518,54 @@ fn log_close(conn: ConnId, reason: &CloseReason) {
     }
 }
 
-fn log_event(event: &EngineEvent) {
-    match event {
-        EngineEvent::ClientConnected {
-            conn,
-            client_id,
-            username,
-        } => {
-            debug!(%conn, %client_id, username = username.as_ref().map(|u| u.as_str()).unwrap_or("-"), "client connected")
+impl Driver {
+    /// One line per connect and per disconnect at the default level, with
+    /// what an operator (or fail2ban) needs, and no Rust debug output.
+    fn log_event(&self, now: Instant, event: &EngineEvent) {
+        let io = |conn: &ConnId| self.conns.get(conn);
+        let listener = |conn: &ConnId| {
+            io(conn)
+                .and_then(|io| self.listeners.get(io.listener))
+                .map(|l| (l.config.protocol.name(), l.config.bind))
+        };
+        match event {
+            EngineEvent::ClientConnected {
+                conn,
+                client_id,
+                username,
+            } => {
+                let (transport, bind) = listener(conn).unzip();
+                info!(
+                    %client_id,
+                    user = %username.as_ref().map_or("-", |u| u.as_str()),
+                    remote = %DisplayAddr(io(conn).and_then(|io| io.remote)),
+                    listener = %DisplayAddr(bind),
+                    transport = %transport.unwrap_or("-"),
+                    certificate = io(conn).is_some_and(|io| io.cert_user),
+                    "client connected"
+                )
+            }
+            EngineEvent::ClientDisconnected {
+                conn,
+                client_id,
+                reason,
+            } => {
+                let secs = io(conn).map_or(0.0, |io| {
+                    now.saturating_duration_since(io.opened).as_secs_f64()
+                });
+                info!(
+                    %client_id,
+                    remote = %DisplayAddr(io(conn).and_then(|io| io.remote)),
+                    %reason,
+                    duration_s = format_args!("{secs:.1}"),
+                    "client disconnected"
+                )
+            }
+            EngineEvent::QueueFull { client_id } => {
+                debug!(%client_id, "queue full, message dropped")
+            }
+            _ => {}
         }
-        EngineEvent::ClientDisconnected {
-            conn,
-            client_id,
-            reason,
-        } => {
-            debug!(%conn, %client_id, %reason, "client disconnected")
-        }
-        EngineEvent::QueueFull { client_id } => debug!(%client_id, "queue full, message dropped"),
-        other => tracing::trace!(?other, "event"),
     }
 }
 
@@ -1493,7 +1590,8 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
         share_sessions_across_identities: m.share_sessions_across_identities,
         sys_interval: (config.sys.interval_secs > 0)
             .then(|| Duration::from_secs(u64::from(config.sys.interval_secs))),
-        events: config.verbosity > 0,
+        // The driver logs every connect and disconnect for the operator.
+        events: true,
         authentication: if needs_auth {
             Authentication::External
         } else {
