@@ -91,8 +91,9 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
     let clock = Clock::new();
     let mut driver = Driver::open(config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let mut listeners = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
+    // The driver's listeners: the configured MQTT ones, then `[http]`.
+    let mut listeners = Vec::new();
+    for l in driver.listeners() {
         let listener = TcpListener::bind(l.bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;

@@ -1,8 +1,8 @@
 //! The std-only event loop passes what every runtime passes: the whole
 //! conformance suite, the parity suite (TLS, WebSocket, slow consumers,
-//! SIGKILL with both durabilities) and every attack of the adversarial
-//! suite. Nothing in its 250 lines implements any of that: it is all the
-//! driver's.
+//! SIGKILL with both durabilities), every attack of the adversarial suite,
+//! the `[http]` endpoint and client certificates. Nothing in its 250 lines
+//! implements any of that: it is all the driver's.
 
 #[test]
 fn conformance_suite_passes() {
@@ -18,4 +18,19 @@ mod parity {
 
 mod attacks {
     roost_conformance::attack_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
+
+mod observability {
+    roost_conformance::observability_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
+
+#[path = "../../../runtime/tests/support/pki.rs"]
+mod pki;
+
+#[path = "../../../runtime/tests/support/client_certs_bin.rs"]
+mod client_certs_bin;
+
+#[test]
+fn client_certificates_are_verified_and_name_the_user() {
+    client_certs_bin::run(std::path::Path::new(env!("CARGO_BIN_EXE_roost-std")), "std");
 }
