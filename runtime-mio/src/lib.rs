@@ -52,8 +52,6 @@ use roost_core::broker::{
     AccessPolicy, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
     AuthorizeToken, ConnId, LocalSubscription, Message,
 };
-use roost_core::codec::QoS;
-use roost_core::topic::{TopicFilter, TopicName};
 use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, FileError, Files, WriteStatus};
@@ -328,13 +326,7 @@ impl Server {
         qos: u8,
         retain: bool,
     ) -> io::Result<usize> {
-        let message = Message {
-            topic: TopicName::copy_from_str(topic).map_err(invalid)?,
-            payload: payload.into(),
-            qos: QoS::from_u8(qos).map_err(invalid)?,
-            retain,
-            properties: Default::default(),
-        };
+        let message = roost_runtime::embed::message(topic, payload, qos, retain)?;
         let now = self.clock.now();
         let matched = self.driver.handle_publish(now, message);
         self.service();
@@ -346,7 +338,7 @@ impl Server {
     /// limit (`limits.max_queued_messages`) wait per subscription; beyond
     /// it, messages for it are dropped until the host takes some.
     pub fn subscribe(&mut self, filter: &str) -> io::Result<LocalSubscription> {
-        let filter = TopicFilter::copy_from_str(filter).map_err(invalid)?;
+        let filter = roost_runtime::embed::filter(filter)?;
         let now = self.clock.now();
         let sub = self.driver.handle_subscribe(now, filter);
         self.service();

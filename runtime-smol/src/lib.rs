@@ -40,12 +40,11 @@
 #![deny(missing_docs)]
 
 use bytes::Bytes;
-use roost_core::broker::{AuthRequest, AuthorizeRequest, ConnId, LocalSubscription, Message};
-use roost_core::codec::QoS;
-use roost_core::topic::{TopicFilter, TopicName};
+use roost_core::broker::{ConnId, Message};
 use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
-use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
+use roost_runtime::driver::{Driver, Event, WriteStatus};
+use roost_runtime::embed::{self, Command, Deciding, Embedded};
 use roost_runtime::pool::Pool;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
@@ -60,28 +59,11 @@ use tracing::{info, warn};
 
 pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
-enum Command {
-    Publish(Message, Sender<usize>),
-    Subscribe(TopicFilter, Sender<Message>, Sender<()>),
-    Reload(Config),
-    Shutdown(Sender<()>),
-}
-
 /// A running broker.
 pub struct ServerHandle {
-    commands: Sender<Command>,
+    handle: embed::Handle,
     addrs: Vec<SocketAddr>,
-    /// Capacity of an in-process subscription's channel.
-    local_queue: usize,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the broker has stopped")
-}
-
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
 impl ServerHandle {
@@ -100,19 +82,7 @@ impl ServerHandle {
         qos: u8,
         retain: bool,
     ) -> io::Result<usize> {
-        let message = Message {
-            topic: TopicName::copy_from_str(topic).map_err(invalid)?,
-            payload: payload.into(),
-            qos: QoS::from_u8(qos).map_err(invalid)?,
-            retain,
-            properties: Default::default(),
-        };
-        let (tx, rx) = channel::bounded(1);
-        self.commands
-            .send(Command::Publish(message, tx))
-            .await
-            .map_err(|_| gone())?;
-        rx.recv().await.map_err(|_| gone())
+        self.handle.publish(topic, payload, qos, retain).await
     }
 
     /// Subscribes in-process: matching messages (retained ones first) arrive
@@ -123,30 +93,21 @@ impl ServerHandle {
     /// are dropped, so a subscriber that stops reading cannot make the
     /// broker's memory grow.
     pub async fn subscribe(&self, filter: &str) -> io::Result<Receiver<Message>> {
-        let filter = TopicFilter::copy_from_str(filter).map_err(invalid)?;
-        let (tx, rx) = channel::bounded(self.local_queue);
-        let (done, ready) = channel::bounded(1);
-        self.commands
-            .send(Command::Subscribe(filter, tx, done))
-            .await
-            .map_err(|_| gone())?;
-        ready.recv().await.map_err(|_| gone())?;
+        let (tx, rx) = channel::bounded(self.handle.local_queue());
+        self.handle.subscribe(filter, Box::new(tx)).await?;
         Ok(rx)
     }
 
     /// Re-reads certificates, password and ACL files from `config` (what
     /// SIGHUP does); a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
-        let _ = self.commands.try_send(Command::Reload(config));
+        self.handle.reload(config);
     }
 
     /// Stops the broker: closes every connection (MQTT 5 clients get
     /// DISCONNECT 0x8B), flushes, and waits for its thread to end.
     pub async fn shutdown(mut self) {
-        let (tx, rx) = channel::bounded(1);
-        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.recv().await;
-        }
+        self.handle.shutdown().await;
         if let Some(thread) = self.thread.take() {
             let _ = smol::unblock(move || thread.join()).await;
         }
@@ -168,15 +129,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let clock = Clock::new();
     let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    if hooks.authenticate.is_some() {
-        driver.use_external_authentication();
-    }
-    if let Some(policy) = hooks.policy {
-        driver.set_authorization(policy);
-    }
-    if hooks.authorize.is_some() {
-        driver.use_external_authorization();
-    }
+    let embedded = Embedded::new(hooks, &mut driver);
     let listeners = driver
         .listeners()
         .map(|l| roost_runtime::net::listen(l.bind))
@@ -191,12 +144,10 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    let local_queue = driver.local_queue_capacity();
+    let (handle, commands) = embed::Handle::new(driver.local_queue_capacity());
     let jobs_done = Notify::new();
     let wake = jobs_done.clone();
     let pool = Pool::start(Arc::new(move || wake.notify()))?;
-    let (commands, rx) = channel::unbounded();
-    let (authenticator, authorizer) = (hooks.authenticate, hooks.authorize);
     let thread = std::thread::Builder::new()
         .name("roost-smol".into())
         .spawn(move || {
@@ -209,20 +160,17 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 timer: Notify::new(),
                 armed: Cell::new(None),
                 read_buf: RefCell::new(vec![0; 64 * 1024]),
-                subscribers: RefCell::new(HashMap::new()),
+                embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
                 accepts: RefCell::new(Vec::new()),
                 stopped: Notify::new(),
-                authenticator,
-                authorizer,
             });
-            smol::block_on(ex.run(serve(shared, listeners, rx)));
+            smol::block_on(ex.run(serve(shared, listeners, commands)));
         })?;
     Ok(ServerHandle {
-        commands,
+        handle,
         addrs,
-        local_queue,
         thread: Some(thread),
     })
 }
@@ -256,13 +204,13 @@ struct Shared<'ex> {
     timer: Notify,
     armed: Cell<Option<roost_core::broker::Instant>>,
     read_buf: RefCell<Vec<u8>>,
-    subscribers: RefCell<HashMap<LocalSubscription, Sender<Message>>>,
+    /// The embedding API's side of the loop: hooks and in-process
+    /// subscriptions.
+    embedded: RefCell<Embedded>,
     pool: Pool,
     jobs_done: Notify,
     accepts: RefCell<Vec<Task<()>>>,
     stopped: Notify,
-    authenticator: Option<Authenticator>,
-    authorizer: Option<Authorizer>,
 }
 
 impl<'ex> Shared<'ex> {
@@ -283,12 +231,26 @@ impl<'ex> Shared<'ex> {
                 Event::Deliver {
                     subscription,
                     message,
-                } => self.deliver(subscription, message),
-                Event::Authenticate(request) => self.authenticate(request),
-                Event::Authorize(request) => self.authorize(request),
+                } => self.embedded.borrow_mut().deliver(
+                    &mut self.driver.borrow_mut(),
+                    self.clock.now(),
+                    subscription,
+                    message,
+                ),
+                Event::Authenticate(request) => {
+                    let deciding = self.embedded.borrow().authenticate(request);
+                    self.decide(deciding);
+                }
+                Event::Authorize(request) => {
+                    let deciding = self.embedded.borrow().authorize(request);
+                    self.decide(deciding);
+                }
                 // Dropping a task cancels it: no new connections from here.
                 Event::StopListening => self.accepts.borrow_mut().clear(),
-                Event::Stopped => self.stopped.notify(),
+                Event::Stopped => {
+                    self.embedded.borrow_mut().stopped();
+                    self.stopped.notify();
+                }
                 _ => {}
             }
         }
@@ -298,69 +260,25 @@ impl<'ex> Shared<'ex> {
         }
     }
 
-    fn deliver(&self, subscription: LocalSubscription, message: Message) {
-        let mut subscribers = self.subscribers.borrow_mut();
-        let Some(tx) = subscribers.get(&subscription) else {
-            return;
-        };
-        match tx.try_send(message) {
-            Ok(()) => {}
-            Err(channel::TrySendError::Full(_)) => {
-                tracing::debug!(?subscription, "in-process queue full, message dropped");
-            }
-            Err(channel::TrySendError::Closed(_)) => {
-                subscribers.remove(&subscription);
-                drop(subscribers);
-                let now = self.clock.now();
-                self.driver
-                    .borrow_mut()
-                    .handle_unsubscribe(now, subscription);
-            }
-        }
-    }
-
-    fn authenticate(self: &Rc<Self>, request: AuthRequest) {
-        let Some(auth) = &self.authenticator else {
+    /// Runs a hook's decision on this thread's executor and hands it to
+    /// the driver when it comes.
+    fn decide(self: &Rc<Self>, deciding: Option<Deciding>) {
+        let Some(deciding) = deciding else {
             return;
         };
         let shared = self.clone();
-        let token = request.token;
-        let decide = auth(request);
         self.ex
             .spawn(async move {
-                let decision = decide.await;
+                let decided = deciding.await;
                 let now = shared.clock.now();
-                shared
-                    .driver
-                    .borrow_mut()
-                    .handle_auth_decided(now, token, decision);
-                shared.after();
-            })
-            .detach();
-    }
-
-    fn authorize(self: &Rc<Self>, request: AuthorizeRequest) {
-        let Some(authorize) = &self.authorizer else {
-            return;
-        };
-        let shared = self.clone();
-        let token = request.token;
-        let decide = authorize(request);
-        self.ex
-            .spawn(async move {
-                let decision = decide.await;
-                let now = shared.clock.now();
-                shared
-                    .driver
-                    .borrow_mut()
-                    .handle_authorize_decided(now, token, decision);
+                shared.driver.borrow_mut().handle_decided(now, decided);
                 shared.after();
             })
             .detach();
     }
 }
 
-async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: Receiver<Command>) {
+async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: embed::Commands) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match Async::new(listener) {
             Ok(listener) => {
@@ -389,42 +307,18 @@ async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: Re
     // The first deadlines ($SYS, periodic flush) are known from the start.
     shared.after();
     while let Ok(command) = commands.recv().await {
+        let shutting_down = matches!(command, Command::Shutdown(_));
         let now = shared.clock.now();
-        match command {
-            Command::Publish(message, done) => {
-                let matched = shared.driver.borrow_mut().handle_publish(now, message);
-                shared.after();
-                let _ = done.try_send(matched);
-            }
-            Command::Subscribe(filter, tx, done) => {
-                let sub = shared.driver.borrow_mut().handle_subscribe(now, filter);
-                shared.subscribers.borrow_mut().insert(sub, tx);
-                shared.after();
-                let _ = done.try_send(());
-            }
-            Command::Reload(config) => {
-                let errors = shared
-                    .driver
-                    .borrow_mut()
-                    .handle_reload(now, Files::load(&config));
-                shared.after();
-                if errors.is_empty() {
-                    info!("certificates, password and ACL files reloaded");
-                }
-            }
-            Command::Shutdown(done) => {
-                shared.driver.borrow_mut().handle_shutdown(now);
-                shared.after();
-                shared.stopped.notified().await;
-                drop(timer);
-                drop(jobs);
-                // In-process subscriptions end with the broker (their
-                // receivers see the channel close), whatever tasks still
-                // hold `shared`.
-                shared.subscribers.borrow_mut().clear();
-                let _ = done.try_send(());
-                return;
-            }
+        shared
+            .embedded
+            .borrow_mut()
+            .command(&mut shared.driver.borrow_mut(), now, command);
+        shared.after();
+        if shutting_down {
+            shared.stopped.notified().await;
+            drop(timer);
+            drop(jobs);
+            return;
         }
     }
 }

@@ -32,12 +32,11 @@
 #![deny(missing_docs)]
 
 use bytes::Bytes;
-use roost_core::broker::{AuthRequest, AuthorizeRequest, ConnId, LocalSubscription, Message};
-use roost_core::codec::QoS;
-use roost_core::topic::{TopicFilter, TopicName};
+use roost_core::broker::{ConnId, Message};
 use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
-use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
+use roost_runtime::driver::{Driver, Event, WriteStatus};
+use roost_runtime::embed::{self, Command, Deciding, Embedded, LocalSink, Offer};
 use roost_runtime::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -49,30 +48,30 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
-enum Command {
-    Publish(Message, oneshot::Sender<usize>),
-    Subscribe(TopicFilter, mpsc::Sender<Message>, oneshot::Sender<()>),
-    Reload(Config),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// A running broker.
 pub struct ServerHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    handle: embed::Handle,
     addrs: Vec<SocketAddr>,
-    /// Capacity of an in-process subscription's channel.
-    local_queue: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the broker has stopped")
+/// An in-process subscription's channel, as tokio users expect it.
+struct Sink(mpsc::Sender<Message>);
+
+impl LocalSink for Sink {
+    fn offer(&self, message: Message) -> Offer {
+        match self.0.try_send(message) {
+            Ok(()) => Offer::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
 }
 
 impl ServerHandle {
@@ -91,21 +90,7 @@ impl ServerHandle {
         qos: u8,
         retain: bool,
     ) -> io::Result<usize> {
-        let topic = TopicName::copy_from_str(topic)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let qos = QoS::from_u8(qos).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let message = Message {
-            topic,
-            payload: payload.into(),
-            qos,
-            retain,
-            properties: Default::default(),
-        };
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Publish(message, tx))
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        self.handle.publish(topic, payload, qos, retain).await
     }
 
     /// Subscribes in-process: matching messages (retained ones first) arrive
@@ -116,30 +101,21 @@ impl ServerHandle {
     /// are dropped, so a subscriber that stops reading cannot make the
     /// broker's memory grow.
     pub async fn subscribe(&self, filter: &str) -> io::Result<mpsc::Receiver<Message>> {
-        let filter = TopicFilter::copy_from_str(filter)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (tx, rx) = mpsc::channel(self.local_queue);
-        let (done, ready) = oneshot::channel();
-        self.commands
-            .send(Command::Subscribe(filter, tx, done))
-            .map_err(|_| gone())?;
-        ready.await.map_err(|_| gone())?;
+        let (tx, rx) = mpsc::channel(self.handle.local_queue());
+        self.handle.subscribe(filter, Box::new(Sink(tx))).await?;
         Ok(rx)
     }
 
     /// Re-reads certificates, password and ACL files from `config` (what
     /// SIGHUP does); a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
-        let _ = self.commands.send(Command::Reload(config));
+        self.handle.reload(config);
     }
 
     /// Stops the broker: closes every connection (MQTT 5 clients get
     /// DISCONNECT 0x8B), flushes, and waits for its thread to end.
     pub async fn shutdown(mut self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.handle.shutdown().await;
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -160,17 +136,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let clock = Clock::new();
     let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let authenticator = hooks.authenticate;
-    if authenticator.is_some() {
-        driver.use_external_authentication();
-    }
-    if let Some(policy) = hooks.policy {
-        driver.set_authorization(policy);
-    }
-    let authorizer = hooks.authorize;
-    if authorizer.is_some() {
-        driver.use_external_authorization();
-    }
+    let embedded = Embedded::new(hooks, &mut driver);
     let std_listeners = driver
         .listeners()
         .map(|l| roost_runtime::net::listen(l.bind))
@@ -185,12 +151,11 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    let local_queue = driver.local_queue_capacity();
+    let (handle, commands) = embed::Handle::new(driver.local_queue_capacity());
     // The workers wake the loop whenever a job is done.
     let jobs_done = Arc::new(Notify::new());
     let wake = jobs_done.clone();
     let pool = Pool::start(Arc::new(move || wake.notify_one()))?;
-    let (commands, rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("roost".into())
         .spawn(move || {
@@ -211,21 +176,18 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 timer: Notify::new(),
                 armed: Cell::new(None),
                 read_buf: RefCell::new(vec![0; 64 * 1024]),
-                subscribers: RefCell::new(HashMap::new()),
+                embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
                 accepts: RefCell::new(Vec::new()),
                 stopped: Notify::new(),
-                authenticator,
-                authorizer,
             });
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, serve(shared, std_listeners, rx));
+            local.block_on(&runtime, serve(shared, std_listeners, commands));
         })?;
     Ok(ServerHandle {
-        commands,
+        handle,
         addrs,
-        local_queue,
         thread: Some(thread),
     })
 }
@@ -240,13 +202,13 @@ struct Shared {
     timer: Notify,
     armed: Cell<Option<roost_core::broker::Instant>>,
     read_buf: RefCell<Vec<u8>>,
-    subscribers: RefCell<HashMap<LocalSubscription, mpsc::Sender<Message>>>,
+    /// The embedding API's side of the loop: hooks and in-process
+    /// subscriptions.
+    embedded: RefCell<Embedded>,
     pool: Pool,
     jobs_done: Arc<Notify>,
     accepts: RefCell<Vec<JoinHandle<()>>>,
     stopped: Notify,
-    authenticator: Option<Authenticator>,
-    authorizer: Option<Authorizer>,
 }
 
 impl Shared {
@@ -281,15 +243,29 @@ impl Shared {
                 Event::Deliver {
                     subscription,
                     message,
-                } => self.deliver(subscription, message),
-                Event::Authenticate(request) => self.authenticate(request),
-                Event::Authorize(request) => self.authorize(request),
+                } => self.embedded.borrow_mut().deliver(
+                    &mut self.driver.borrow_mut(),
+                    self.clock.now(),
+                    subscription,
+                    message,
+                ),
+                Event::Authenticate(request) => {
+                    let deciding = self.embedded.borrow().authenticate(request);
+                    self.decide(deciding);
+                }
+                Event::Authorize(request) => {
+                    let deciding = self.embedded.borrow().authorize(request);
+                    self.decide(deciding);
+                }
                 Event::StopListening => {
                     for accept in self.accepts.borrow_mut().drain(..) {
                         accept.abort();
                     }
                 }
-                Event::Stopped => self.stopped.notify_one(),
+                Event::Stopped => {
+                    self.embedded.borrow_mut().stopped();
+                    self.stopped.notify_one();
+                }
                 _ => {}
             }
         }
@@ -299,59 +275,17 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, subscription: LocalSubscription, message: Message) {
-        let mut subscribers = self.subscribers.borrow_mut();
-        let Some(tx) = subscribers.get(&subscription) else {
-            return;
-        };
-        match tx.try_send(message) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(?subscription, "in-process queue full, message dropped");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                subscribers.remove(&subscription);
-                drop(subscribers);
-                let now = self.clock.now();
-                self.driver
-                    .borrow_mut()
-                    .handle_unsubscribe(now, subscription);
-            }
-        }
-    }
-
-    fn authenticate(self: &Rc<Self>, request: AuthRequest) {
-        let Some(auth) = &self.authenticator else {
+    /// Runs a hook's decision on this thread's executor and hands it to
+    /// the driver when it comes.
+    fn decide(self: &Rc<Self>, deciding: Option<Deciding>) {
+        let Some(deciding) = deciding else {
             return;
         };
         let shared = self.clone();
-        let token = request.token;
-        let decide = auth(request);
         tokio::task::spawn_local(async move {
-            let decision = decide.await;
+            let decided = deciding.await;
             let now = shared.clock.now();
-            shared
-                .driver
-                .borrow_mut()
-                .handle_auth_decided(now, token, decision);
-            shared.after();
-        });
-    }
-
-    fn authorize(self: &Rc<Self>, request: AuthorizeRequest) {
-        let Some(authorize) = &self.authorizer else {
-            return;
-        };
-        let shared = self.clone();
-        let token = request.token;
-        let decide = authorize(request);
-        tokio::task::spawn_local(async move {
-            let decision = decide.await;
-            let now = shared.clock.now();
-            shared
-                .driver
-                .borrow_mut()
-                .handle_authorize_decided(now, token, decision);
+            shared.driver.borrow_mut().handle_decided(now, decided);
             shared.after();
         });
     }
@@ -360,7 +294,7 @@ impl Shared {
 async fn serve(
     shared: Rc<Shared>,
     listeners: Vec<std::net::TcpListener>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: embed::Commands,
 ) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(listener) {
@@ -387,39 +321,19 @@ async fn serve(
     };
     // The first deadlines ($SYS, periodic flush) are known from the start.
     shared.after();
-    while let Some(command) = commands.recv().await {
+    while let Ok(command) = commands.recv().await {
+        let shutting_down = matches!(command, Command::Shutdown(_));
         let now = shared.clock.now();
-        match command {
-            Command::Publish(message, done) => {
-                let matched = shared.driver.borrow_mut().handle_publish(now, message);
-                shared.after();
-                let _ = done.send(matched);
-            }
-            Command::Subscribe(filter, tx, done) => {
-                let sub = shared.driver.borrow_mut().handle_subscribe(now, filter);
-                shared.subscribers.borrow_mut().insert(sub, tx);
-                shared.after();
-                let _ = done.send(());
-            }
-            Command::Reload(config) => {
-                let errors = shared
-                    .driver
-                    .borrow_mut()
-                    .handle_reload(now, Files::load(&config));
-                shared.after();
-                if errors.is_empty() {
-                    info!("certificates, password and ACL files reloaded");
-                }
-            }
-            Command::Shutdown(done) => {
-                shared.driver.borrow_mut().handle_shutdown(now);
-                shared.after();
-                shared.stopped.notified().await;
-                timer.abort();
-                jobs.abort();
-                let _ = done.send(());
-                return;
-            }
+        shared
+            .embedded
+            .borrow_mut()
+            .command(&mut shared.driver.borrow_mut(), now, command);
+        shared.after();
+        if shutting_down {
+            shared.stopped.notified().await;
+            timer.abort();
+            jobs.abort();
+            return;
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod embed;
 pub mod hooks;
 pub mod net;
 pub mod passwd;

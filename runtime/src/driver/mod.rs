@@ -142,6 +142,16 @@ impl fmt::Display for DriverError {
 
 impl std::error::Error for DriverError {}
 
+/// An answer to an [`Event::Authenticate`] or an [`Event::Authorize`], for
+/// [`Driver::handle_decided`].
+#[derive(Debug)]
+pub enum Decided {
+    /// The authentication hook's decision.
+    Auth(AuthToken, AuthDecision),
+    /// The authorization hook's decision.
+    Authorize(AuthorizeToken, AuthorizeDecision),
+}
+
 /// What the runtime must do next; drained with [`Driver::poll_event`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -1022,6 +1032,16 @@ impl Driver {
     ) {
         self.broker.resolve_authorize(now, token, decision);
         self.pump(now);
+    }
+
+    /// A hook's answer, whichever kind ([`crate::embed`] produces these).
+    pub fn handle_decided(&mut self, now: Instant, decided: Decided) {
+        match decided {
+            Decided::Auth(token, decision) => self.handle_auth_decided(now, token, decision),
+            Decided::Authorize(token, decision) => {
+                self.handle_authorize_decided(now, token, decision)
+            }
+        }
     }
 
     /// Publishes from the embedding program. Returns how many subscriptions
