@@ -47,10 +47,10 @@ impl Broker {
     fn on_session_packet(&mut self, id: ConnId, session: SessionId, packet: Packet) {
         match packet {
             Packet::Publish(p) => self.on_publish(id, session, p),
-            Packet::PubAck(r) => self.on_puback(session, r),
+            Packet::PubAck(r) => self.on_puback(id, session, r),
             Packet::PubRec(r) => self.on_pubrec(id, session, r),
             Packet::PubRel(r) => self.on_pubrel(id, session, r),
-            Packet::PubComp(r) => self.on_pubcomp(session, r),
+            Packet::PubComp(r) => self.on_pubcomp(id, session, r),
             Packet::Subscribe(s) => self.on_subscribe(id, session, s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(id, session, u),
             Packet::PingReq => self.send(id, &Packet::PingResp),
