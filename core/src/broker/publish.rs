@@ -225,12 +225,12 @@ impl Broker {
         let Some(f) = self.sessions.get(&sid).and_then(|s| s.inflight.get(&pid)) else {
             return false;
         };
-        match (f.delivery.qos, f.state, got) {
-            (QoS::AtLeastOnce, OutState::Published, AckKind::PubAck) => false,
-            (QoS::ExactlyOnce, _, AckKind::PubRec) => false,
-            (QoS::ExactlyOnce, OutState::Released, AckKind::PubComp) => false,
-            _ => true,
-        }
+        !matches!(
+            (f.delivery.qos, f.state, got),
+            (QoS::AtLeastOnce, OutState::Published, AckKind::Ack)
+                | (QoS::ExactlyOnce, _, AckKind::Received)
+                | (QoS::ExactlyOnce, OutState::Released, AckKind::Complete)
+        )
     }
 
     fn wrong_ack(&mut self, id: ConnId) {
@@ -242,7 +242,7 @@ impl Broker {
     }
 
     pub(super) fn on_puback(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
-        if self.ack_mismatch(sid, r.packet_id, AckKind::PubAck) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Ack) {
             self.wrong_ack(id);
             return;
         }
@@ -264,7 +264,7 @@ impl Broker {
     }
 
     pub(super) fn on_pubrec(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
-        if self.ack_mismatch(sid, r.packet_id, AckKind::PubRec) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Received) {
             self.wrong_ack(id);
             return;
         }
@@ -299,7 +299,7 @@ impl Broker {
     }
 
     pub(super) fn on_pubcomp(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
-        if self.ack_mismatch(sid, r.packet_id, AckKind::PubComp) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Complete) {
             self.wrong_ack(id);
             return;
         }
@@ -697,9 +697,12 @@ impl Broker {
 /// Which acknowledgement of an outbound PUBLISH arrived.
 #[derive(Clone, Copy)]
 enum AckKind {
-    PubAck,
-    PubRec,
-    PubComp,
+    /// PUBACK
+    Ack,
+    /// PUBREC
+    Received,
+    /// PUBCOMP
+    Complete,
 }
 
 fn is_sys(topic: &TopicName) -> bool {
