@@ -69,6 +69,7 @@ mod bad_input;
 pub mod blocking;
 pub mod client;
 mod common;
+mod corners;
 pub mod observability;
 pub mod parity;
 pub mod rumq;

@@ -87,6 +87,7 @@ pub fn all_scenarios() -> Vec<Scenario> {
     let mut all = crate::v311::scenarios();
     all.extend(crate::v5::scenarios());
     all.extend(crate::bad_input::scenarios());
+    all.extend(crate::corners::scenarios());
     all
 }
 

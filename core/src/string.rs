@@ -21,6 +21,11 @@ pub enum StrError {
     NullCharacter,
     /// Longer than the 65,535 bytes a two-byte length prefix can express.
     TooLong,
+    /// Contains a code point section 1.5.4 disallows: a control character
+    /// (U+0001..U+001F, U+007F..U+009F) or a Unicode non-character. Only
+    /// reported where the receiver chose to treat these as malformed (see
+    /// [`MqttStr::has_disallowed_code_point`]).
+    DisallowedCodePoint,
 }
 
 impl fmt::Display for StrError {
@@ -29,6 +34,9 @@ impl fmt::Display for StrError {
             StrError::InvalidUtf8 => "string is not valid UTF-8 [MQTT-1.5.4-1]",
             StrError::NullCharacter => "string contains U+0000 [MQTT-1.5.4-2]",
             StrError::TooLong => "string is longer than 65535 bytes",
+            StrError::DisallowedCodePoint => {
+                "string contains a control character or non-character (section 1.5.4)"
+            }
         })
     }
 }
@@ -57,6 +65,24 @@ impl MqttStr {
             }
         }
         Ok(MqttStr(bytes))
+    }
+
+    /// Whether the string holds a code point that section 1.5.4 of MQTT 5
+    /// (1.5.3 of 3.1.1) says senders should not use and a receiver may
+    /// treat as malformed: U+0001..U+001F, U+007F..U+009F, and the Unicode
+    /// non-characters (U+FDD0..U+FDEF and the last two code points of every
+    /// plane, U+FFFE, U+FFFF, U+1FFFE...).
+    pub fn has_disallowed_code_point(&self) -> bool {
+        if self.0.is_ascii() {
+            return self.0.iter().any(|&b| b < 0x20 || b == 0x7f);
+        }
+        self.as_str().chars().any(|c| {
+            let c = u32::from(c);
+            c < 0x20
+                || (0x7f..=0x9f).contains(&c)
+                || (0xfdd0..=0xfdef).contains(&c)
+                || c & 0xfffe == 0xfffe
+        })
     }
 
     /// Builds a string from a static literal.
@@ -168,6 +194,35 @@ mod tests {
             Err(StrError::NullCharacter)
         );
         assert_eq!(MqttStr::from_static("héllo").as_str(), "héllo");
+    }
+
+    #[test]
+    fn disallowed_code_points_are_the_ranges_of_section_1_5_4() {
+        let disallowed = |c: char| {
+            let mut buf = [0u8; 4];
+            let text = MqttStr::copy_from_str(c.encode_utf8(&mut buf)).unwrap();
+            text.has_disallowed_code_point()
+        };
+        for c in [
+            '\u{1}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}', '\u{fdd0}', '\u{fdef}',
+        ]
+        .into_iter()
+        .chain(['\u{fffe}', '\u{ffff}', '\u{1fffe}', '\u{10ffff}'])
+        {
+            assert!(disallowed(c), "{c:?}");
+        }
+        for c in [
+            ' ',
+            '~',
+            '\u{a0}',
+            'é',
+            '\u{fdcf}',
+            '\u{fdf0}',
+            '\u{fffd}',
+            '\u{1fffd}',
+        ] {
+            assert!(!disallowed(c), "{c:?}");
+        }
     }
 
     #[test]

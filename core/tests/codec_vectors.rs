@@ -1643,7 +1643,7 @@ fn error_invalid_topic_filter() {
             &V3,
             &sub_v3(f),
             E::InvalidTopicFilter(e),
-            ReasonCode::TopicFilterInvalid,
+            ReasonCode::MalformedPacket,
         );
     }
     // In UNSUBSCRIBE too.
@@ -1651,13 +1651,13 @@ fn error_invalid_topic_filter() {
         &V3,
         &[0xA2, 0x04, 0x00, 0x01, 0x00, 0x00],
         E::InvalidTopicFilter(TopicError::Empty),
-        ReasonCode::TopicFilterInvalid,
+        ReasonCode::MalformedPacket,
     );
     reject(
         &[Protocol::V5],
         &[0xA2, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
         E::InvalidTopicFilter(TopicError::Empty),
-        ReasonCode::TopicFilterInvalid,
+        ReasonCode::MalformedPacket,
     );
 }
 

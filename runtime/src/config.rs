@@ -540,6 +540,11 @@ pub struct Mqtt {
     pub outbound_topic_aliases: bool,
     /// Whether payloads marked as UTF-8 must be valid UTF-8.
     pub validate_utf8_payloads: bool,
+    /// Whether strings from clients (client id, user name, topics, filters,
+    /// string properties) may hold control characters (U+0001..U+001F,
+    /// U+007F..U+009F) or Unicode non-characters. Off (the default, as
+    /// Mosquitto): such a packet is malformed and closes the connection.
+    pub allow_disallowed_code_points: bool,
     /// Whether another identity (user name, or listener authentication
     /// setup) using a client id resumes that id's session, as Mosquitto
     /// does. Off: it takes over the connection but gets a fresh session.
@@ -560,6 +565,7 @@ impl Default for Mqtt {
             topic_alias_maximum: 10,
             outbound_topic_aliases: true,
             validate_utf8_payloads: true,
+            allow_disallowed_code_points: false,
             share_sessions_across_identities: false,
             subscribe_denied: DeniedCode::NotAuthorized,
         }
@@ -750,6 +756,7 @@ struct RawMqtt {
     topic_alias_maximum: Option<i64>,
     outbound_topic_aliases: Option<bool>,
     validate_utf8_payloads: Option<bool>,
+    allow_disallowed_code_points: Option<bool>,
     share_sessions_across_identities: Option<bool>,
     subscribe_denied: Option<DeniedCode>,
 }
@@ -1152,6 +1159,9 @@ impl Config {
             )?,
             outbound_topic_aliases: r.outbound_topic_aliases.unwrap_or(d.outbound_topic_aliases),
             validate_utf8_payloads: r.validate_utf8_payloads.unwrap_or(d.validate_utf8_payloads),
+            allow_disallowed_code_points: r
+                .allow_disallowed_code_points
+                .unwrap_or(d.allow_disallowed_code_points),
             share_sessions_across_identities: r
                 .share_sessions_across_identities
                 .unwrap_or(d.share_sessions_across_identities),
@@ -1541,6 +1551,7 @@ mod tests {
             "flush_interval_ms",
             "recovery",
             "interval_secs",
+            "allow_disallowed_code_points",
         ] {
             assert!(
                 text.lines()

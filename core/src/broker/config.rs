@@ -169,6 +169,19 @@ pub struct Config {
     /// Whether a PUBLISH whose Payload Format Indicator says UTF-8 must carry
     /// valid UTF-8 (0x99 Payload format invalid otherwise).
     pub validate_utf8_payloads: bool,
+    /// Whether UTF-8 strings (client identifier, user name, topics, topic
+    /// filters, string properties, in any packet) may contain the code
+    /// points section 1.5.4 of MQTT 5 (1.5.3 of 3.1.1) tells senders not to
+    /// use: U+0001..U+001F, U+007F..U+009F and the Unicode non-characters.
+    ///
+    /// Off (the default, as Mosquitto): a packet with one is a Malformed
+    /// Packet, which the specification allows a receiver to decide. The
+    /// connection is closed (DISCONNECT 0x81 for a connected MQTT 5
+    /// client, CONNACK 0x81 for an MQTT 5 CONNECT, nothing for MQTT 3), and
+    /// no control character from a client ever reaches a topic, a
+    /// subscription or an operator's log. On: they are accepted like any
+    /// other character (U+0000 never is [MQTT-1.5.4-2]).
+    pub allow_disallowed_code_points: bool,
     /// Period of the `$SYS/broker/...` statistics; `None` turns them off.
     pub sys_interval: Option<Duration>,
     /// Identifier used in `$SYS/<id>/new/clients` presence topics.
@@ -220,6 +233,7 @@ impl Default for Config {
             topic_alias_maximum: 10,
             outbound_topic_aliases: true,
             validate_utf8_payloads: true,
+            allow_disallowed_code_points: false,
             sys_interval: Some(Duration::from_secs(10)),
             broker_id: MqttStr::from_static("roost"),
             version: concat!("roost ", env!("CARGO_PKG_VERSION")),

@@ -47,10 +47,10 @@ impl Broker {
     fn on_session_packet(&mut self, id: ConnId, session: SessionId, packet: Packet) {
         match packet {
             Packet::Publish(p) => self.on_publish(id, session, p),
-            Packet::PubAck(r) => self.on_puback(session, r),
+            Packet::PubAck(r) => self.on_puback(id, session, r),
             Packet::PubRec(r) => self.on_pubrec(id, session, r),
             Packet::PubRel(r) => self.on_pubrel(id, session, r),
-            Packet::PubComp(r) => self.on_pubcomp(session, r),
+            Packet::PubComp(r) => self.on_pubcomp(id, session, r),
             Packet::Subscribe(s) => self.on_subscribe(id, session, s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(id, session, u),
             Packet::PingReq => self.send(id, &Packet::PingResp),
@@ -463,10 +463,27 @@ impl Broker {
         let assigned = assigned.then(|| client_id.clone());
 
         // Another connection with this identifier is taken over
-        // [MQTT-3.1.4-3]; its will goes out as for any server-side close.
+        // [MQTT-3.1.4-3]. Its will is held back until we know whether the
+        // session continues (below).
+        let mut taken_will = None;
         if let Some(&sid) = self.by_client_id.get(&client_id) {
             if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
+                taken_will = self.conns.get_mut(&old).and_then(|c| {
+                    let from = WillFrom {
+                        client_id: c.client_id.clone(),
+                        username: c.username.clone(),
+                        listener: c.listener,
+                    };
+                    c.will.take().map(|w| (w, from))
+                });
                 self.close(old, CloseReason::SessionTakenOver);
+            }
+            // A new connection for the client identifier, opened before the
+            // will delay ended, cancels the will whatever Clean Start says
+            // [MQTT-3.1.2-8]; so ending the old session below must not
+            // release it.
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.pending_will = None;
             }
         }
         // A session belongs to who created it: another identity with the
@@ -495,6 +512,16 @@ impl Broker {
             }
             None => false,
         };
+        // The taken-over connection's will goes out only if its session
+        // ends here (expiry 0, Clean Start, another identity); a session
+        // that simply continues has not lost its client (Mosquitto's rule).
+        // A delayed will is cancelled by this new connection in any case
+        // [MQTT-3.1.2-8].
+        if let Some((will, from)) = taken_will {
+            if !session_present && will.properties.will_delay_interval.unwrap_or(0) == 0 {
+                self.publish_will(*will, &from);
+            }
+        }
         let sid = match existing.filter(|_| session_present) {
             Some(sid) => sid,
             None => {

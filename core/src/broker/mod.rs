@@ -91,7 +91,7 @@ pub use store::{
 pub use time::Instant;
 
 use crate::MqttStr;
-use crate::codec::{Disconnect, Packet, Protocol, ReasonCode, decode};
+use crate::codec::{DecodeOptions, Disconnect, Packet, Protocol, ReasonCode, decode_with};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
@@ -385,7 +385,10 @@ impl Broker {
                     c.protocol = Protocol::V5;
                 }
             }
-            match decode(&mut c.read_buf, c.protocol, max) {
+            let options = DecodeOptions {
+                reject_disallowed_code_points: !self.config.allow_disallowed_code_points,
+            };
+            match decode_with(&mut c.read_buf, c.protocol, max, options) {
                 Ok(Some(packet)) => {
                     // Only whole packets are activity [MQTT-3.1.2-24].
                     c.last_seen = self.now;

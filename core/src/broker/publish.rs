@@ -225,18 +225,42 @@ impl Broker {
         self.send_ack(id, Packet::PubComp(response));
     }
 
-    pub(super) fn on_puback(&mut self, sid: SessionId, r: PubResponse) {
+    /// Whether an acknowledgement of kind `got` for packet id `pid` fits
+    /// the outbound flow in flight under that id. One that names a flow of
+    /// another kind (PUBREC or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP
+    /// before PUBREC) is a protocol error (section 4.3; Mosquitto closes
+    /// too); an unknown id is not, since a resumed session may see
+    /// acknowledgements the broker no longer waits for.
+    fn ack_mismatch(&self, sid: SessionId, pid: PacketId, got: AckKind) -> bool {
+        let Some(f) = self.sessions.get(&sid).and_then(|s| s.inflight.get(&pid)) else {
+            return false;
+        };
+        !matches!(
+            (f.delivery.qos, f.state, got),
+            (QoS::AtLeastOnce, OutState::Published, AckKind::Ack)
+                | (QoS::ExactlyOnce, _, AckKind::Received)
+                | (QoS::ExactlyOnce, OutState::Released, AckKind::Complete)
+        )
+    }
+
+    fn wrong_ack(&mut self, id: ConnId) {
+        self.close_because(
+            id,
+            CloseReason::Protocol(ReasonCode::ProtocolError),
+            Some("acknowledgement of the wrong kind for this packet identifier"),
+        );
+    }
+
+    pub(super) fn on_puback(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Ack) {
+            self.wrong_ack(id);
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let done = s
-            .inflight
-            .get(&r.packet_id)
-            .is_some_and(|f| f.state == OutState::Published && f.delivery.qos == QoS::AtLeastOnce);
-        if done {
-            if let Some(f) = s.inflight.remove(&r.packet_id) {
-                self.record_left(sid, &f.delivery);
-            }
+        if let Some(f) = s.inflight.remove(&r.packet_id) {
+            self.record_left(sid, &f.delivery);
             let Some(s) = self.sessions.get(&sid) else {
                 return;
             };
@@ -250,28 +274,33 @@ impl Broker {
     }
 
     pub(super) fn on_pubrec(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Received) {
+            self.wrong_ack(id);
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if r.reason.is_error() {
+            // The receiver refused it: the flow ends here, and only a PUBREC
+            // below 0x80 is answered with PUBREL (MQTT 5 section 4.3.3),
+            // known packet identifier or not.
+            if let Some(f) = s.inflight.remove(&r.packet_id) {
+                self.record_left(sid, &f.delivery);
+                self.pump(sid);
+            }
+            return;
+        }
         let mut response = PubResponse::new(r.packet_id);
         match s.inflight.get_mut(&r.packet_id) {
-            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
-                if r.reason.is_error() {
-                    // The receiver refused it: the flow ends here (MQTT 5
-                    // section 4.3.3).
-                    if let Some(f) = s.inflight.remove(&r.packet_id) {
-                        self.record_left(sid, &f.delivery);
-                    }
-                    self.pump(sid);
-                    return;
-                }
+            Some(f) => {
                 if f.state == OutState::Published {
                     f.state = OutState::Released;
                     let seq = f.delivery.seq;
                     self.record_sent(sid, seq, r.packet_id, true);
                 }
             }
-            _ => {
+            None => {
                 response.reason = ReasonCode::PacketIdentifierNotFound;
                 response.properties = self.ack_properties(id, Some(response.reason));
             }
@@ -279,17 +308,16 @@ impl Broker {
         self.send(id, &Packet::PubRel(response));
     }
 
-    pub(super) fn on_pubcomp(&mut self, sid: SessionId, r: PubResponse) {
+    pub(super) fn on_pubcomp(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
+        if self.ack_mismatch(sid, r.packet_id, AckKind::Complete) {
+            self.wrong_ack(id);
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.inflight
-            .get(&r.packet_id)
-            .is_some_and(|f| f.state == OutState::Released)
-        {
-            if let Some(f) = s.inflight.remove(&r.packet_id) {
-                self.record_left(sid, &f.delivery);
-            }
+        if let Some(f) = s.inflight.remove(&r.packet_id) {
+            self.record_left(sid, &f.delivery);
             let Some(s) = self.sessions.get(&sid) else {
                 return;
             };
@@ -683,6 +711,17 @@ impl Broker {
         }
         true
     }
+}
+
+/// Which acknowledgement of an outbound PUBLISH arrived.
+#[derive(Clone, Copy)]
+enum AckKind {
+    /// PUBACK
+    Ack,
+    /// PUBREC
+    Received,
+    /// PUBCOMP
+    Complete,
 }
 
 fn is_sys(topic: &TopicName) -> bool {

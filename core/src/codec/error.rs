@@ -114,7 +114,10 @@ impl DecodeError {
             // there is no Topic Alias" (section 3.3.2.1).
             DecodeError::InvalidTopicName(TopicError::Empty) => ReasonCode::ProtocolError,
             DecodeError::InvalidTopicName(_) => ReasonCode::TopicNameInvalid,
-            DecodeError::InvalidTopicFilter(_) => ReasonCode::TopicFilterInvalid,
+            // An ill-formed filter (empty, a misplaced wildcard, a share
+            // name missing) is not "correctly formed", which 0x8F Topic
+            // Filter invalid presumes (section 2.4): 0x81, as Mosquitto.
+            DecodeError::InvalidTopicFilter(_) => ReasonCode::MalformedPacket,
             DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
             DecodeError::DuplicateProperty(_)
             | DecodeError::InvalidPropertyValue(_)

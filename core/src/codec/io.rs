@@ -13,11 +13,26 @@ pub const MAX_VARINT: u32 = 268_435_455;
 pub(crate) struct Reader {
     buf: Bytes,
     pos: usize,
+    /// Strings with a disallowed code point are malformed (section 1.5.4).
+    strict_strings: bool,
 }
 
 impl Reader {
     pub(crate) fn new(buf: Bytes) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            strict_strings: false,
+        }
+    }
+
+    /// A reader that refuses strings with a disallowed code point
+    /// ([`MqttStr::has_disallowed_code_point`]) when `strict`.
+    pub(crate) fn with_strict_strings(buf: Bytes, strict: bool) -> Self {
+        Reader {
+            strict_strings: strict,
+            ..Reader::new(buf)
+        }
     }
 
     pub(crate) fn remaining(&self) -> usize {
@@ -74,13 +89,18 @@ impl Reader {
 
     /// A UTF-8 string (section 1.5.4).
     pub(crate) fn string(&mut self) -> Result<MqttStr, DecodeError> {
-        Ok(MqttStr::from_bytes(self.binary()?)?)
+        let s = MqttStr::from_bytes(self.binary()?)?;
+        if self.strict_strings && s.has_disallowed_code_point() {
+            return Err(crate::StrError::DisallowedCodePoint.into());
+        }
+        Ok(s)
     }
 
     /// Splits off the next `n` bytes as a reader of their own (a property
     /// block).
     pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
-        Ok(Reader::new(self.take(n)?))
+        let strict = self.strict_strings;
+        Ok(Reader::with_strict_strings(self.take(n)?, strict))
     }
 
     pub(crate) fn rest(&mut self) -> Bytes {

@@ -277,6 +277,17 @@ pub enum Packet {
     Auth(Box<Auth>),
 }
 
+/// Choices the specification leaves to the receiver, for [`decode_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Treat a UTF-8 string holding a disallowed code point (control
+    /// characters and non-characters, section 1.5.4; see
+    /// [`crate::MqttStr::has_disallowed_code_point`]) as a Malformed Packet:
+    /// [`DecodeError::InvalidString`] with
+    /// [`crate::StrError::DisallowedCodePoint`]. Off by default.
+    pub reject_disallowed_code_points: bool,
+}
+
 /// Decodes one packet from the front of `buf`, splitting its bytes off.
 ///
 /// Returns `Ok(None)` while `buf` holds less than a whole packet, without
@@ -289,6 +300,16 @@ pub fn decode(
     protocol: Protocol,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    decode_with(buf, protocol, max_packet_size, DecodeOptions::default())
+}
+
+/// [`decode`], with the receiver's choices in `options`.
+pub fn decode_with(
+    buf: &mut BytesMut,
+    protocol: Protocol,
+    max_packet_size: usize,
+    options: DecodeOptions,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(header) = FrameHeader::decode(buf, protocol, max_packet_size)? else {
         return Ok(None);
     };
@@ -296,7 +317,7 @@ pub fn decode(
         return Ok(None);
     }
     let frame = buf.split_to(header.total_len()).freeze();
-    Packet::decode_frame(header, frame, protocol).map(Some)
+    Packet::decode_frame_with(header, frame, protocol, options).map(Some)
 }
 
 /// Decodes one packet from the front of `input` without consuming it:
@@ -328,12 +349,25 @@ impl Packet {
         frame: Bytes,
         protocol: Protocol,
     ) -> Result<Packet, DecodeError> {
+        Self::decode_frame_with(header, frame, protocol, DecodeOptions::default())
+    }
+
+    /// [`Packet::decode_frame`], with the receiver's choices in `options`.
+    pub fn decode_frame_with(
+        header: FrameHeader,
+        frame: Bytes,
+        protocol: Protocol,
+        options: DecodeOptions,
+    ) -> Result<Packet, DecodeError> {
         match frame.len().cmp(&header.total_len()) {
             core::cmp::Ordering::Less => return Err(DecodeError::UnexpectedEnd),
             core::cmp::Ordering::Greater => return Err(DecodeError::TrailingBytes),
             core::cmp::Ordering::Equal => {}
         }
-        let mut r = Reader::new(frame.slice(header.header_len..));
+        let mut r = Reader::with_strict_strings(
+            frame.slice(header.header_len..),
+            options.reject_disallowed_code_points,
+        );
         let flags = header.first_byte & 0x0F;
         let packet = match header.packet {
             PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&mut r)?)),

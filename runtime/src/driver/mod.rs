@@ -1607,6 +1607,7 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
         topic_alias_maximum: m.topic_alias_maximum,
         outbound_topic_aliases: m.outbound_topic_aliases,
         validate_utf8_payloads: m.validate_utf8_payloads,
+        allow_disallowed_code_points: m.allow_disallowed_code_points,
         share_sessions_across_identities: m.share_sessions_across_identities,
         sys_interval: (config.sys.interval_secs > 0)
             .then(|| Duration::from_secs(u64::from(config.sys.interval_secs))),

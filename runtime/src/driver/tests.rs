@@ -605,3 +605,15 @@ fn in_process_subscribers_get_deliveries_as_events() {
     assert_eq!(h.deliveries.len(), 1);
     assert_eq!(h.deliveries[0].0, sub);
 }
+
+#[test]
+fn disallowed_code_points_switch_reaches_the_engine() {
+    for (text, allowed) in [
+        ("", false),
+        ("[mqtt]\nallow_disallowed_code_points = true\n", true),
+    ] {
+        let config = Config::from_toml_str(text).expect("parses");
+        let engine = engine_config(&config, false, None);
+        assert_eq!(engine.allow_disallowed_code_points, allowed, "{text:?}");
+    }
+}
