@@ -67,10 +67,11 @@ macro_rules! scenario {
 pub mod attacks;
 mod bad_input;
 pub mod blocking;
+pub mod bridge;
 pub mod client;
 mod common;
-pub mod parity;
 pub mod observability;
+pub mod parity;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;
