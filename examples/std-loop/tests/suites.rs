@@ -19,3 +19,7 @@ mod parity {
 mod attacks {
     roost_conformance::attack_tests!(env!("CARGO_BIN_EXE_roost-std"));
 }
+
+mod bridge {
+    roost_conformance::bridge_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
