@@ -164,8 +164,8 @@ pub enum ClientEvent {
     /// The server answered the SUBSCRIBE of this connection: each
     /// subscription's granted QoS or failure code, in order.
     Subscribed(Vec<Result<QoS, ReasonCode>>),
-    /// A message from the server.
-    Message(Message),
+    /// A message from the server (boxed: the other events are small).
+    Message(alloc::boxed::Box<Message>),
     /// The server acknowledged a QoS 1/2 message completely (PUBACK or
     /// PUBCOMP); QoS 0 messages are never acknowledged.
     Acked(MessageId),
@@ -709,7 +709,8 @@ impl Client {
                     ..p.properties
                 },
             };
-            self.events.push_back(ClientEvent::Message(message));
+            self.events
+                .push_back(ClientEvent::Message(alloc::boxed::Box::new(message)));
         }
     }
 

@@ -487,7 +487,7 @@ impl Driver {
                         .push_back((topic.clone(), payload_hash(&m.payload)));
                 }
                 let qos = m.qos;
-                if let Err(e) = bridge.remote.publish(now, Message { topic, ..m }) {
+                if let Err(e) = bridge.remote.publish(now, Message { topic, ..*m }) {
                     if qos != QoS::AtMostOnce {
                         warn!(bridge = bridge.name(), error = ?e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
                     }
@@ -552,7 +552,7 @@ impl Driver {
                 let Some(topic) = bridge.map_in(&m.topic) else {
                     return false;
                 };
-                if bridge.local.publish(now, Message { topic, ..m }).is_err() {
+                if bridge.local.publish(now, Message { topic, ..*m }).is_err() {
                     warn!(
                         bridge = bridge.name(),
                         "bridge's local queue full: message dropped"
