@@ -67,6 +67,7 @@ macro_rules! scenario {
 pub mod attacks;
 mod bad_input;
 pub mod blocking;
+pub mod bridge;
 pub mod client;
 mod common;
 mod corners;

@@ -16,6 +16,7 @@
 //! Modules:
 //! - [`codec`]: every MQTT control packet of every version, incremental
 //!   decoding with limits, and allocation-free encoding into a `BytesMut`.
+//! - [`client`]: a sans-IO MQTT client engine (the client side of bridges).
 //! - [`topic`]: validated topic names and filters, and the subscription trie.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod broker;
+pub mod client;
 pub mod codec;
 mod string;
 pub mod topic;

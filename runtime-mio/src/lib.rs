@@ -489,6 +489,43 @@ impl Server {
         }
     }
 
+    /// Dials for a bridge (blocking, at most `DIAL_TIMEOUT`), then serves
+    /// the socket like an accepted one.
+    fn dial(&mut self, id: ConnId, addr: &str) {
+        let now = self.clock.now();
+        let mut stream = match roost_runtime::net::dial(addr) {
+            Ok(stream) => TcpStream::from_std(stream),
+            Err(e) => {
+                self.driver.handle_connect_failed(now, id, &e);
+                return;
+            }
+        };
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            self.driver.handle_connect_failed(now, id, &e);
+            return;
+        }
+        let remote = stream.peer_addr().ok();
+        self.driver.handle_connected(now, id, remote);
+        self.tokens.insert(id, token);
+        self.conns.insert(
+            token,
+            Conn {
+                stream,
+                id,
+                writable: false,
+                readable: false,
+                shut_write: false,
+            },
+        );
+        self.mark_readable(token);
+    }
+
     fn mark_readable(&mut self, token: Token) {
         if let Some(conn) = self.conns.get_mut(&token) {
             if !conn.readable {
@@ -604,6 +641,7 @@ impl Server {
                     self.stopped = true;
                     self.to_read.clear();
                 }
+                Event::Connect { conn, addr } => self.dial(conn, &addr),
                 _ => {}
             }
         }

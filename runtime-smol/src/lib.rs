@@ -251,6 +251,9 @@ impl<'ex> Shared<'ex> {
                     self.embedded.borrow_mut().stopped();
                     self.stopped.notify();
                 }
+                Event::Connect { conn, addr } => {
+                    self.ex.spawn(dial(self.clone(), conn, addr)).detach();
+                }
                 _ => {}
             }
         }
@@ -350,6 +353,43 @@ async fn accept_loop(shared: Rc<Shared<'_>>, listener: Async<TcpListener>, index
             .ex
             .spawn(connection(shared.clone(), stream, id, notify))
             .detach();
+    }
+}
+
+/// Dials for a bridge, then serves the socket like an accepted one.
+async fn dial(shared: Rc<Shared<'_>>, id: ConnId, addr: String) {
+    let connected = async {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for a in smol::net::resolve(addr.as_str()).await? {
+            match Async::<TcpStream>::connect(a).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    match connected.await {
+        Ok(stream) => {
+            let _ = stream.get_ref().set_nodelay(true);
+            let now = shared.clock.now();
+            let remote = stream.get_ref().peer_addr().ok();
+            let notify = Notify::new();
+            shared.notifiers.borrow_mut().insert(id, notify.clone());
+            shared.driver.borrow_mut().handle_connected(now, id, remote);
+            shared.after();
+            shared
+                .ex
+                .spawn(connection(shared.clone(), stream, id, notify))
+                .detach();
+        }
+        Err(e) => {
+            let now = shared.clock.now();
+            shared
+                .driver
+                .borrow_mut()
+                .handle_connect_failed(now, id, &e);
+            shared.after();
+        }
     }
 }
 

@@ -266,6 +266,9 @@ impl Shared {
                     self.embedded.borrow_mut().stopped();
                     self.stopped.notify_one();
                 }
+                Event::Connect { conn, addr } => {
+                    tokio::task::spawn_local(dial(self.clone(), conn, addr));
+                }
                 _ => {}
             }
         }
@@ -367,6 +370,35 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
             shut_write: false,
             pause: None,
         });
+    }
+}
+
+/// Dials for a bridge, then serves the socket like an accepted one.
+async fn dial(shared: Rc<Shared>, id: ConnId, addr: String) {
+    match TcpStream::connect(addr.as_str()).await {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            let now = shared.clock.now();
+            let remote = stream.peer_addr().ok();
+            shared.wakeups.borrow_mut().insert(id, Wakeup::default());
+            shared.driver.borrow_mut().handle_connected(now, id, remote);
+            shared.after();
+            tokio::task::spawn_local(Connection {
+                shared: shared.clone(),
+                stream,
+                id,
+                shut_write: false,
+                pause: None,
+            });
+        }
+        Err(e) => {
+            let now = shared.clock.now();
+            shared
+                .driver
+                .borrow_mut()
+                .handle_connect_failed(now, id, &e);
+            shared.after();
+        }
     }
 }
 

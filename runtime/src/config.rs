@@ -28,6 +28,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
+mod bridge;
+pub use bridge::{Bridge, BridgeProtocol, BridgeTls, Direction, TopicRule};
+
 use roost_core::broker::Limits as EngineLimits;
 
 /// Command-line flags (`roost --help`).
@@ -625,6 +628,8 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// The HTTP endpoint, if configured.
     pub http: Option<Http>,
+    /// Bridges to other brokers (`[[bridge]]`).
+    pub bridges: Vec<Bridge>,
     /// Log verbosity from `-v` flags (0 = info).
     pub verbosity: u8,
     /// Notes found while loading that are not errors (see [`Config::warnings`]).
@@ -640,6 +645,7 @@ impl Default for Config {
             sys: Sys::default(),
             mqtt: Mqtt::default(),
             http: None,
+            bridges: Vec::new(),
             verbosity: 0,
             notes: Vec::new(),
         }
@@ -736,6 +742,8 @@ struct RawConfig {
     #[serde(default)]
     mqtt: RawMqtt,
     http: Option<RawHttp>,
+    #[serde(default)]
+    bridge: Vec<bridge::RawBridge>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1196,6 +1204,7 @@ impl Config {
             }
         };
 
+        let bridges = bridge::bridges_from_raw(raw.bridge)?;
         let config = Config {
             listeners,
             limits,
@@ -1203,6 +1212,7 @@ impl Config {
             sys,
             mqtt,
             http,
+            bridges,
             verbosity: 0,
             notes,
         };

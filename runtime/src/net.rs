@@ -34,6 +34,27 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// that floods cannot starve the others.
 pub const READS_PER_TURN: usize = 16;
 
+/// Connects to `addr` (`host:port`) for a bridge, trying each address the
+/// name resolves to within [`crate::driver::DIAL_TIMEOUT`], and returns a
+/// non-blocking stream with `TCP_NODELAY`. It blocks: the blocking event
+/// loops (`roost-mio`, `examples/std-loop`) use it; the async runtimes dial
+/// with their own connect.
+pub fn dial(addr: &str) -> io::Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
+    for a in addr.to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&a, crate::driver::DIAL_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nonblocking(true)?;
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

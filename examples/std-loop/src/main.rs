@@ -207,6 +207,20 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
                 Event::Job(job) => pool.submit(job),
                 Event::StopListening => listeners.iter_mut().for_each(|l| *l = None),
                 Event::Stopped => return Ok(()),
+                // A bridge's outbound connection, then served like any other.
+                Event::Connect { conn, addr } => match roost_runtime::net::dial(&addr) {
+                    Ok(stream) => {
+                        driver.handle_connected(clock.now(), conn, stream.peer_addr().ok());
+                        conns.insert(
+                            conn,
+                            Conn {
+                                stream,
+                                shut_write: false,
+                            },
+                        );
+                    }
+                    Err(e) => driver.handle_connect_failed(clock.now(), conn, &e),
+                },
                 // No in-process subscribers and no host-decided
                 // authentication here: passwords and ACLs come from files.
                 _ => {}

@@ -34,3 +34,7 @@ mod client_certs_bin;
 fn client_certificates_are_verified_and_name_the_user() {
     client_certs_bin::run(std::path::Path::new(env!("CARGO_BIN_EXE_roost-std")), "std");
 }
+
+mod bridge {
+    roost_conformance::bridge_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}

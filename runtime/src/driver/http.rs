@@ -186,6 +186,7 @@ impl Driver {
                 cert_user: false,
                 remote,
                 opened: now,
+                bridge: None,
             },
         );
         self.http_open += 1;

@@ -45,6 +45,7 @@
 //! ([`crate::pool::Pool`]); `roost-tokio`, `roost-smol` and `roost-mio` are
 //! each that and nothing more.
 
+mod bridge;
 mod files;
 pub mod http;
 mod jobs;
@@ -52,6 +53,7 @@ mod metrics;
 #[cfg(test)]
 mod tests;
 
+pub use bridge::DIAL_TIMEOUT;
 pub use files::{FileError, Files};
 pub use jobs::{Job, JobDone};
 
@@ -180,6 +182,15 @@ pub enum Event {
     /// [`Driver::handle_authorize_decided`] within the engine's
     /// `limits.authorize_timeout`.
     Authorize(AuthorizeRequest),
+    /// Open a TCP connection to `addr` (`host:port`) for a bridge; then
+    /// call [`Driver::handle_connected`] with `conn` and serve the socket
+    /// like an accepted one, or [`Driver::handle_connect_failed`].
+    Connect {
+        /// The connection's handle, once established.
+        conn: ConnId,
+        /// Where to connect.
+        addr: String,
+    },
     /// Stop accepting connections (after [`Driver::handle_shutdown`]).
     StopListening,
     /// Everything is closed and the store is flushed: the runtime may end.
@@ -259,6 +270,30 @@ struct ConnIo {
     remote: Option<SocketAddr>,
     /// When it was accepted: a disconnect logs how long it lasted.
     opened: Instant,
+    /// The bridge whose outbound connection this is.
+    bridge: Option<usize>,
+}
+
+impl ConnIo {
+    /// A plain connection in phase `Open`.
+    fn new(listener: usize, now: Instant) -> ConnIo {
+        ConnIo {
+            listener,
+            tls: None,
+            ws: None,
+            http: None,
+            out: VecDeque::new(),
+            out_len: 0,
+            phase: Phase::Open,
+            woken: false,
+            blocked: false,
+            identity_checked: true,
+            cert_user: false,
+            remote: None,
+            opened: now,
+            bridge: None,
+        }
+    }
 }
 
 /// Engine calls that arise while the driver drains the engine's actions:
@@ -338,6 +373,7 @@ pub struct Driver {
     http_open: usize,
     http_idle: VecDeque<(Instant, ConnId)>,
     metrics: metrics::DriverMetrics,
+    bridges: Vec<bridge::Bridge>,
 }
 
 /// A store opened for the driver, with what it held.
@@ -486,6 +522,18 @@ impl Driver {
             }
             None => (Broker::new(engine, now), StoreSlot::None),
         };
+        if config.bridges.iter().any(|b| b.tls.is_some()) {
+            return Err(DriverError::Unsupported(
+                "bridge with tls = true: TLS to a remote broker is not built yet",
+            ));
+        }
+        let seed = engine_seed(&broker);
+        let bridges = config
+            .bridges
+            .iter()
+            .enumerate()
+            .map(|(i, b)| bridge::Bridge::new(b, i, seed, now))
+            .collect();
         let flush_every = (matches!(store, StoreSlot::Idle(_))
             && config.persistence.durability == config::Durability::Periodic)
             .then(|| Duration::from_millis(config.persistence.flush_interval_ms.max(1)));
@@ -520,6 +568,7 @@ impl Driver {
             http_open: 0,
             http_idle: VecDeque::new(),
             metrics: metrics::DriverMetrics::default(),
+            bridges,
         })
     }
 
@@ -658,6 +707,7 @@ impl Driver {
             self.next_flush,
             grace,
             retry,
+            self.bridges_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -732,6 +782,7 @@ impl Driver {
                 cert_user: false,
                 remote,
                 opened: now,
+                bridge: None,
             },
         );
         if failed_tls {
@@ -771,6 +822,12 @@ impl Driver {
         match io.phase {
             Phase::Open if io.http.is_some() => {
                 self.http_read(now, conn, bytes);
+                self.pump(now);
+                return;
+            }
+            Phase::Open if io.bridge.is_some() => {
+                let b = io.bridge.unwrap_or_default();
+                self.bridge_read(now, b, bytes);
                 self.pump(now);
                 return;
             }
@@ -936,6 +993,10 @@ impl Driver {
         if let Some(io) = self.conns.remove(&conn) {
             if io.http.is_some() {
                 self.http_open -= 1;
+            } else if let Some(b) = io.bridge {
+                if io.phase == Phase::Open {
+                    self.bridge_closed(now, b);
+                }
             } else if io.phase == Phase::Open {
                 self.broker.handle_closed(now, conn);
                 debug!(%conn, "transport closed");
@@ -947,6 +1008,7 @@ impl Driver {
     /// A deadline passed: call when [`Driver::poll_timeout`] is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.broker.handle_timeout(now);
+        self.bridges_handle_timeout(now);
         while let Some(&(until, conn)) = self.lingering.front() {
             let still = self
                 .conns
@@ -1126,6 +1188,7 @@ impl Driver {
         });
         self.events.push_back(Event::StopListening);
         self.http_shutdown();
+        self.bridges_shutdown(now);
         self.broker.shutdown(now);
         self.pump(now);
     }
@@ -1221,7 +1284,9 @@ impl Driver {
             while let Some(action) = self.broker.poll_action() {
                 self.apply(now, action);
             }
-            if self.follow_ups.is_empty() {
+            // Bridges call into the engine: between drains, never during.
+            let bridged = self.bridges_step(now);
+            if self.follow_ups.is_empty() && !bridged {
                 break;
             }
             for follow_up in std::mem::take(&mut self.follow_ups) {
@@ -1243,7 +1308,14 @@ impl Driver {
 
     fn apply(&mut self, now: Instant, action: Action) {
         match action {
-            Action::Send { conn, bytes } => self.send(conn, bytes),
+            Action::Send { conn, bytes } => match self.bridge_of_local(conn) {
+                Some(b) => self.bridge_local_bytes(now, b, &bytes),
+                None => self.send(conn, bytes),
+            },
+            Action::Close { conn, .. } if self.bridge_of_local(conn).is_some() => {
+                let b = self.bridge_of_local(conn).unwrap_or_default();
+                self.bridge_local_closed(now, b);
+            }
             Action::Close { conn, reason } => {
                 log_close(conn, &reason);
                 if let Some(io) = self.conns.get_mut(&conn) {
@@ -1311,6 +1383,12 @@ impl Driver {
     }
 
     fn authenticate(&mut self, request: AuthRequest) {
+        // A bridge's own connection: the operator configured it.
+        if self.bridge_of_local(request.conn).is_some() {
+            self.follow_ups
+                .push(FollowUp::Auth(request.token, AuthDecision::Accept));
+            return;
+        }
         if self.external_auth {
             self.events.push_back(Event::Authenticate(request));
             return;
@@ -1624,4 +1702,9 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
         },
         ..broker::Config::default()
     }
+}
+
+/// The engine's seed, reused for the bridges' back-off jitter.
+fn engine_seed(broker: &Broker) -> u64 {
+    broker.config().random_seed
 }
