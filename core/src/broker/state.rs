@@ -56,9 +56,19 @@ pub(crate) enum ConnState {
 }
 
 pub(crate) struct Conn {
-    /// Acknowledgements waiting for the storage batch they promise (the
-    /// batch number), in the order they must be sent.
-    pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
+    /// Output waiting for the storage batch it depends on (the batch
+    /// number), in the order it must be sent. Entries added by the current
+    /// input carry [`UNRESOLVED`] until `Broker::flush` knows its batch.
+    pub(crate) held: VecDeque<(u64, Held)>,
+    /// Client acknowledgements (PUBACK, PUBREC, PUBCOMP) among `held`: they
+    /// count against the Receive Maximum.
+    pub(crate) held_acks: usize,
+    /// The latest storage batch that output of the current input depends
+    /// on (0: none).
+    pub(crate) needs: u64,
+    /// An acknowledgement was added by the current input: it also waits for
+    /// whatever the rest of the input stores (the subscribers' copies).
+    pub(crate) acked: bool,
     /// The storage batch a successful CONNACK waits for: this connection
     /// created a stored session, and until the batch is durable nothing is
     /// sent to it (its CONNACK and everything after wait in `out`).
@@ -144,6 +154,9 @@ impl Conn {
             graceful: false,
             blocked: false,
             held: VecDeque::new(),
+            held_acks: 0,
+            needs: 0,
+            acked: false,
             connack_wait: None,
             authorizing: None,
         }
@@ -155,6 +168,20 @@ impl Conn {
             _ => None,
         }
     }
+}
+
+/// The batch of a [`Conn::held`] entry added by the current input, until
+/// the input's end resolves it.
+pub(crate) const UNRESOLVED: u64 = u64::MAX;
+
+/// Output held until the storage batch it depends on is durable.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A packet, kept whole so a failed batch can change its answer (an
+    /// acknowledgement becomes 0x97) or drop it.
+    Packet(crate::codec::Packet),
+    /// Encoded output (deliveries, and whatever came with them).
+    Bytes(bytes::Bytes),
 }
 
 /// A step of an authentication exchange (MQTT 5 section 4.12).
@@ -245,6 +272,9 @@ pub(crate) struct Delivery {
     /// Its position in the session, given when it enters the session; names
     /// it in storage operations.
     pub(crate) seq: u64,
+    /// The storage batch its message must be durable in before it may be
+    /// sent (the inbound QoS 2 identifier, a retained copy); 0: none.
+    pub(crate) needs: u64,
 }
 
 impl Delivery {
