@@ -38,6 +38,7 @@ extern crate std;
 
 pub mod broker;
 pub mod codec;
+pub mod hash;
 mod string;
 pub mod topic;
 

@@ -487,7 +487,11 @@ impl Broker {
             Some(sid) => sid,
             None => {
                 let sid = SessionId(self.fresh_id());
-                let session = Session::new(client_id.clone(), self.config.limits.max_inflight);
+                let session = Session::new(
+                    client_id.clone(),
+                    self.config.limits.max_inflight,
+                    &self.hasher,
+                );
                 self.sessions.insert(sid, Box::new(session));
                 self.by_client_id.insert(client_id.clone(), sid);
                 sid

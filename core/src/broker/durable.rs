@@ -478,7 +478,11 @@ impl Broker {
                 continue;
             }
             let sid = SessionId(broker.fresh_id());
-            let mut s = Session::new(rs.client_id.clone(), broker.config.limits.max_inflight);
+            let mut s = Session::new(
+                rs.client_id.clone(),
+                broker.config.limits.max_inflight,
+                &broker.hasher,
+            );
             s.expiry_interval = rs.expiry_interval;
             s.owner = rs.owner;
             s.stored = broker.config.persistence;

@@ -91,12 +91,12 @@ pub use time::Instant;
 
 use crate::MqttStr;
 use crate::codec::{Disconnect, Packet, Protocol, ReasonCode, decode};
+use crate::hash::{Map as HashMap, SeededState};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hashbrown::HashMap;
 use state::{AuthStep, Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
 
 /// A retained message and when it stops being retained (MQTT 5 expiry).
@@ -128,14 +128,16 @@ pub struct Broker {
     next_id: u64,
     // Boxed values: the tables then hold 16-byte entries, so their
     // power-of-two slack costs little per idle connection.
+    /// Keys every hash table (see [`crate::hash`]).
+    hasher: SeededState,
     conns: HashMap<ConnId, Box<Conn>>,
     sessions: HashMap<SessionId, Box<Session>>,
     by_client_id: HashMap<MqttStr, SessionId>,
-    subscriptions: SubscriptionTrie<SubKey, SubEntry>,
+    subscriptions: SubscriptionTrie<SubKey, SubEntry, SeededState>,
     shared_groups: HashMap<u64, SharedGroup>,
     shared_index: HashMap<(MqttStr, TopicFilter), u64>,
     locals: HashMap<u64, TopicFilter>,
-    retained: TopicMap<Retained>,
+    retained: TopicMap<Retained, SeededState>,
     /// Every armed deadline, earliest first: `poll_timeout` never walks
     /// the sessions.
     timers: BTreeSet<(Instant, Timer)>,
@@ -164,23 +166,24 @@ pub struct Broker {
 impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: Config, now: Instant) -> Self {
+        let hasher = SeededState::new(config.random_seed);
         let mut broker = Broker {
             config,
             now,
             next_id: 0,
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
-            by_client_id: HashMap::new(),
-            subscriptions: SubscriptionTrie::new(),
-            shared_groups: HashMap::new(),
-            shared_index: HashMap::new(),
-            locals: HashMap::new(),
-            retained: TopicMap::new(),
+            conns: HashMap::with_hasher(hasher.clone()),
+            sessions: HashMap::with_hasher(hasher.clone()),
+            by_client_id: HashMap::with_hasher(hasher.clone()),
+            subscriptions: SubscriptionTrie::with_hasher(hasher.clone()),
+            shared_groups: HashMap::with_hasher(hasher.clone()),
+            shared_index: HashMap::with_hasher(hasher.clone()),
+            locals: HashMap::with_hasher(hasher.clone()),
+            retained: TopicMap::with_hasher(hasher.clone()),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             dirty: Vec::new(),
-            pending_auth: HashMap::new(),
-            pending_authorize: HashMap::new(),
+            pending_auth: HashMap::with_hasher(hasher.clone()),
+            pending_authorize: HashMap::with_hasher(hasher.clone()),
             scratch: Vec::new(),
             stats: Stats {
                 started: now,
@@ -193,6 +196,7 @@ impl Broker {
             gated: Vec::new(),
             connected: 0,
             shutting_down: false,
+            hasher,
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));

@@ -2,7 +2,7 @@
 //! subscription trie, and delivery into each session's window and queue.
 
 use super::authorize::denial;
-use super::state::{Delivery, HeldPacket, Inflight, OutState, SessionId, SubKey};
+use super::state::{Delivery, HeldPacket, Inflight, OutState, SessionId, SubKey, TopicAliases};
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Operation,
     PublishDecision, Retained, StoreOp, StoredMessage, Verdict,
@@ -34,7 +34,7 @@ impl Broker {
                 }
             } else {
                 c.aliases
-                    .get_or_insert_with(Default::default)
+                    .get_or_insert_with(|| TopicAliases::new(&self.hasher))
                     .inbound
                     .insert(alias.get(), p.topic.clone());
             }
@@ -688,7 +688,9 @@ impl Broker {
             .as_mut()
             .filter(|_| aliases && c.client_alias_max > 0)
         {
-            let known = c.aliases.get_or_insert_with(Default::default);
+            let known = c
+                .aliases
+                .get_or_insert_with(|| TopicAliases::new(&self.hasher));
             if let Some(&alias) = known.outbound.get(topic) {
                 properties.topic_alias = core::num::NonZeroU16::new(alias);
                 aliased = true;

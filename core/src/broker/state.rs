@@ -7,6 +7,7 @@ use crate::codec::{
     Connect, PacketId, Protocol, Publish, PublishProperties, PublishRef, QoS, QosPid, ReasonCode,
     Subscribe, SubscriptionOptions, Will,
 };
+use crate::hash::{Map as HashMap, SeededState, Set as HashSet};
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -14,7 +15,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::BytesMut;
 use core::num::NonZeroU32;
-use hashbrown::{HashMap, HashSet};
 
 /// A session: what survives a connection (subscriptions, messages in flight
 /// and queued), identified by its client identifier.
@@ -197,12 +197,20 @@ pub(crate) enum AuthStep {
 
 /// MQTT 5 topic aliases of one connection, in both directions. Boxed in
 /// [`Conn`]: only clients that use aliases pay for the tables.
-#[derive(Default)]
 pub(crate) struct TopicAliases {
     /// Client → broker.
     pub(crate) inbound: HashMap<u16, TopicName>,
     /// Broker → client.
     pub(crate) outbound: HashMap<TopicName, u16>,
+}
+
+impl TopicAliases {
+    pub(crate) fn new(hasher: &SeededState) -> Box<TopicAliases> {
+        Box::new(TopicAliases {
+            inbound: HashMap::with_hasher(hasher.clone()),
+            outbound: HashMap::with_hasher(hasher.clone()),
+        })
+    }
 }
 
 /// A packet held until the embedding program has decided every
@@ -357,7 +365,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: MqttStr, window: u16) -> Self {
+    pub(crate) fn new(client_id: MqttStr, window: u16, hasher: &SeededState) -> Self {
         Session {
             client_id,
             owner: None,
@@ -365,14 +373,14 @@ impl Session {
             expiry_interval: 0,
             timer: None,
             expires_at: None,
-            subscriptions: HashMap::new(),
-            inflight: HashMap::new(),
+            subscriptions: HashMap::with_hasher(hasher.clone()),
+            inflight: HashMap::with_hasher(hasher.clone()),
             inflight_seq: 0,
             next_seq: 1,
             stored: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: HashSet::with_hasher(hasher.clone()),
             next_packet_id: PacketId::MIN,
             pending_will: None,
             window,
