@@ -474,6 +474,22 @@ pub struct Mqtt {
     pub share_sessions_across_identities: bool,
     /// SUBACK reason code for a subscription the ACL refuses.
     pub subscribe_denied: DeniedCode,
+    /// The seed of everything the engine picks (its hash tables' key,
+    /// assigned client identifiers): the same seed and the same inputs
+    /// give the same outputs. `None` (the default): drawn from the
+    /// operating system at start ([`os_seed`]) and logged, so a run can be
+    /// repeated by setting it.
+    pub random_seed: Option<u64>,
+}
+
+/// A seed from the operating system's randomness (through the standard
+/// library's hash keys), below 2^63 so it can be written back into a TOML
+/// file as `mqtt.random_seed`.
+pub fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x726f_6f73_74);
+    h.finish() >> 1
 }
 
 impl Default for Mqtt {
@@ -490,6 +506,7 @@ impl Default for Mqtt {
             validate_utf8_payloads: true,
             share_sessions_across_identities: false,
             subscribe_denied: DeniedCode::NotAuthorized,
+            random_seed: None,
         }
     }
 }
@@ -644,6 +661,7 @@ struct RawMqtt {
     validate_utf8_payloads: Option<bool>,
     share_sessions_across_identities: Option<bool>,
     subscribe_denied: Option<DeniedCode>,
+    random_seed: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1043,6 +1061,7 @@ impl Config {
                 .share_sessions_across_identities
                 .unwrap_or(d.share_sessions_across_identities),
             subscribe_denied: r.subscribe_denied.unwrap_or(d.subscribe_denied),
+            random_seed: r.random_seed,
         };
 
         let config = Config {
