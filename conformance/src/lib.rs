@@ -68,6 +68,7 @@ pub mod attacks;
 mod bad_input;
 pub mod client;
 mod common;
+pub mod crash;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;

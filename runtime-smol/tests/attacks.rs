@@ -5,3 +5,8 @@
 //! every runtime.
 
 roost_conformance::attack_tests!(env!("CARGO_BIN_EXE_roost-smol"));
+
+// The crash test (see `roost_conformance::crash`): SIGKILLs under QoS 1/2
+// traffic with `--data-dir` and `sync` durability; `ROOST_CRASH_KILLS` sets
+// how many.
+roost_conformance::crash_tests!(env!("CARGO_BIN_EXE_roost-smol"));

@@ -87,3 +87,9 @@ fn queued_and_retained_messages_survive_a_restart() {
     assert_eq!(retained.payload, b"retained");
     rt.block_on(server.shutdown());
 }
+
+// The crash test: the `roost` binary with `--data-dir` and `sync`
+// durability, killed with SIGKILL at random moments under QoS 1/2 traffic
+// (see `roost_conformance::crash`; `ROOST_CRASH_KILLS` sets the number of
+// kills).
+roost_conformance::crash_tests!(env!("CARGO_BIN_EXE_roost"));
