@@ -488,7 +488,7 @@ pub struct Mqtt {
 pub fn os_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x726f_6f73_74);
+    h.write_u64(0x0072_6f6f_7374);
     h.finish() >> 1
 }
 
