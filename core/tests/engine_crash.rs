@@ -434,3 +434,29 @@ fn the_publisher_is_acknowledged_before_the_delivery() {
         }
     }
 }
+
+/// Acknowledgements that do not wait for the store do not count against
+/// the pending-acknowledgement bound, even when many arrive in one read.
+#[test]
+fn acknowledgements_that_do_not_wait_are_not_counted_as_pending() {
+    let mut sim = Sim::new(Config {
+        sys_interval: None,
+        persistence: true,
+        limits: roost_core::broker::Limits {
+            mqtt3_max_pending_acks: 3,
+            ..Default::default()
+        },
+        ..Config::default()
+    });
+    // A clean session, nothing stored for its messages.
+    let (p, _) = sim.connect("p", V4, true);
+    let mut read = bytes::BytesMut::new();
+    for pid in 1..=10u16 {
+        Packet::Publish(publish("t", b"x", QoS::AtLeastOnce, pid, false))
+            .encode(V4, &mut read)
+            .unwrap();
+    }
+    sim.send_raw(p, &read);
+    assert_eq!(sim.closed(p), None);
+    assert_eq!(sim.recv_all(p).len(), 10);
+}

@@ -224,11 +224,15 @@ impl Broker {
                 CloseReason::PendingAcksExceeded,
             )
         };
-        if c.held_acks >= limit {
+        // Those of this input count once they are sure to wait: something
+        // is stored for them, or something before them waits.
+        let waiting = !self.pending_ops.is_empty() || c.held_acks > 0;
+        let fresh = if waiting { c.fresh_acks } else { 0 };
+        if c.held_acks + fresh >= limit {
             self.close(conn, reason);
             return;
         }
-        c.held_acks += 1;
+        c.fresh_acks += 1;
         c.acked = true;
         self.hold(conn, Held::Packet(packet));
     }
@@ -300,6 +304,9 @@ impl Broker {
                 .is_some_and(|(needs, _)| *needs <= self.durable)
             {
                 if let Some((_, item)) = c.held.pop_front() {
+                    if is_client_ack(&item) {
+                        c.held_acks = c.held_acks.saturating_sub(1);
+                    }
                     release(c, item);
                     sent = true;
                 }
@@ -654,7 +661,9 @@ pub(super) fn settle(
     }
     c.needs = 0;
     c.acked = false;
+    let fresh_acks = core::mem::take(&mut c.fresh_acks);
     if needs > durable {
+        c.held_acks += fresh_acks;
         for entry in c.held.iter_mut().skip(earlier) {
             entry.0 = needs;
         }
@@ -682,15 +691,18 @@ fn release(c: &mut Conn, item: Held) {
     match item {
         Held::Bytes(bytes) => c.out.extend_from_slice(&bytes),
         Held::Packet(packet) => {
-            if matches!(
-                packet,
-                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
-            ) {
-                c.held_acks = c.held_acks.saturating_sub(1);
-            }
             super::encode_packet(c, &packet);
         }
     }
+}
+
+/// Whether `item` acknowledges something the client sent (and so counts
+/// against its Receive Maximum while held).
+fn is_client_ack(item: &Held) -> bool {
+    matches!(
+        item,
+        Held::Packet(Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_))
+    )
 }
 
 /// A delivery as stored.

@@ -661,8 +661,11 @@ impl Broker {
         // What this input answered before the close leaves first, unless
         // it waits for the store: then it never leaves (the client is gone
         // before the store could confirm it).
-        let mut holding = Vec::new();
-        durable::settle(c, id, batch, self.durable, &mut holding);
+        // (A CONNACK still waiting goes with the close, as before.)
+        if c.connack_wait.is_none() {
+            let mut holding = Vec::new();
+            durable::settle(c, id, batch, self.durable, &mut holding);
+        }
         if c.protocol == Protocol::V5 && c.session().is_some() {
             let code = match reason {
                 CloseReason::Decode(e) => Some(e.reason_code()),

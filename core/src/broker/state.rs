@@ -60,9 +60,12 @@ pub(crate) struct Conn {
     /// number), in the order it must be sent. Entries added by the current
     /// input carry [`UNRESOLVED`] until `Broker::flush` knows its batch.
     pub(crate) held: VecDeque<(u64, Held)>,
-    /// Client acknowledgements (PUBACK, PUBREC, PUBCOMP) among `held`: they
-    /// count against the Receive Maximum.
+    /// Client acknowledgements (PUBACK, PUBREC, PUBCOMP) among `held` that
+    /// wait for the store: they count against the Receive Maximum.
     pub(crate) held_acks: usize,
+    /// Client acknowledgements the current input added to `held`, not yet
+    /// known to wait.
+    pub(crate) fresh_acks: usize,
     /// The latest storage batch that output of the current input depends
     /// on (0: none).
     pub(crate) needs: u64,
@@ -155,6 +158,7 @@ impl Conn {
             blocked: false,
             held: VecDeque::new(),
             held_acks: 0,
+            fresh_acks: 0,
             needs: 0,
             acked: false,
             connack_wait: None,
