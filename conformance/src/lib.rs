@@ -71,6 +71,7 @@ pub mod bridge;
 pub mod client;
 mod common;
 mod corners;
+pub mod crash;
 pub mod observability;
 pub mod parity;
 pub mod rumq;

@@ -40,6 +40,7 @@ extern crate std;
 pub mod broker;
 pub mod client;
 pub mod codec;
+pub mod hash;
 mod string;
 pub mod topic;
 

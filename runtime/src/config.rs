@@ -554,6 +554,22 @@ pub struct Mqtt {
     pub share_sessions_across_identities: bool,
     /// SUBACK reason code for a subscription the ACL refuses.
     pub subscribe_denied: DeniedCode,
+    /// The seed of everything the engine picks (its hash tables' key,
+    /// assigned client identifiers): the same seed and the same inputs
+    /// give the same outputs. `None` (the default): drawn from the
+    /// operating system at start ([`os_seed`]) and logged, so a run can be
+    /// repeated by setting it.
+    pub random_seed: Option<u64>,
+}
+
+/// A seed from the operating system's randomness (through the standard
+/// library's hash keys), below 2^63 so it can be written back into a TOML
+/// file as `mqtt.random_seed`.
+pub fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x0072_6f6f_7374);
+    h.finish() >> 1
 }
 
 impl Default for Mqtt {
@@ -571,6 +587,7 @@ impl Default for Mqtt {
             allow_disallowed_code_points: false,
             share_sessions_across_identities: false,
             subscribe_denied: DeniedCode::NotAuthorized,
+            random_seed: None,
         }
     }
 }
@@ -767,6 +784,7 @@ struct RawMqtt {
     allow_disallowed_code_points: Option<bool>,
     share_sessions_across_identities: Option<bool>,
     subscribe_denied: Option<DeniedCode>,
+    random_seed: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1174,6 +1192,7 @@ impl Config {
                 .share_sessions_across_identities
                 .unwrap_or(d.share_sessions_across_identities),
             subscribe_denied: r.subscribe_denied.unwrap_or(d.subscribe_denied),
+            random_seed: r.random_seed,
         };
 
         let http = match raw.http {

@@ -526,7 +526,11 @@ impl Broker {
             Some(sid) => sid,
             None => {
                 let sid = SessionId(self.fresh_id());
-                let session = Session::new(client_id.clone(), self.config.limits.max_inflight);
+                let session = Session::new(
+                    client_id.clone(),
+                    self.config.limits.max_inflight,
+                    &self.hasher,
+                );
                 self.sessions.insert(sid, Box::new(session));
                 self.by_client_id.insert(client_id.clone(), sid);
                 sid
@@ -651,6 +655,13 @@ impl Broker {
     /// is authorized again (`authorize_delivery`) first; a denied one is
     /// dropped. A PUBREL carries no message and always goes.
     fn resume(&mut self, id: ConnId, sid: SessionId) {
+        // What is re-sent reflects stored state that may still be on its
+        // way to the store: it waits for every earlier batch.
+        let needs = if self.stored_client(sid).is_some() {
+            self.last_store_id
+        } else {
+            0
+        };
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
@@ -682,10 +693,12 @@ impl Broker {
                             s.inflight.remove(&pid);
                         }
                         self.record_left(sid, &delivery);
+                    } else {
+                        self.depend(id, needs);
                     }
                 }
                 OutState::Released => {
-                    self.send(id, &Packet::PubRel(PubResponse::new(pid)));
+                    self.send_held(id, Packet::PubRel(PubResponse::new(pid)), needs);
                 }
             }
         }

@@ -2,7 +2,9 @@
 //! the batch they promise is durable, and rebuilding a broker from what a
 //! store recovered. The operations themselves are described in `store.rs`.
 
-use super::state::{Delivery, Inflight, OutState, Session, SessionId, SubEntry};
+use super::state::{
+    Conn, Delivery, Held, Inflight, OutState, Session, SessionId, SubEntry, UNRESOLVED,
+};
 use super::{
     Broker, CloseReason, Config, ConnId, Instant, Message, Recovered, RecoveredMessage,
     RecoveredSession, Retained, StoreId, StoreOp, StoredMessage,
@@ -167,20 +169,47 @@ impl Broker {
         self.pending_ops.extend(ops);
     }
 
+    /// The batch that will hold everything recorded so far: the one this
+    /// input is building if it recorded anything, else the last one given
+    /// out.
+    pub(super) fn horizon(&self) -> u64 {
+        self.last_store_id + u64::from(!self.pending_ops.is_empty())
+    }
+
+    /// The batch this input is building, or 0 if it recorded nothing yet.
+    pub(super) fn input_batch(&self) -> u64 {
+        if self.pending_ops.is_empty() {
+            0
+        } else {
+            self.last_store_id + 1
+        }
+    }
+
+    /// What this input sends on `conn` may not leave before batch `needs`
+    /// is durable (see [`Broker::flush`]).
+    pub(super) fn depend(&mut self, conn: ConnId, needs: u64) {
+        if needs > self.durable {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.needs = c.needs.max(needs);
+            }
+        }
+    }
+
     /// Sends an acknowledgement that promises durability (PUBACK, PUBREC,
-    /// PUBCOMP): at once if nothing this input produced must be stored and
-    /// nothing is held before it, otherwise after the current batch is
-    /// confirmed. Held acknowledgements keep their order, and count against
-    /// the Receive Maximum like unacknowledged publishes do.
+    /// PUBCOMP): with the rest of this input's output if nothing it
+    /// depends on waits for the store, otherwise once the batch of this
+    /// input (everything it stored, the subscribers' copies included) is
+    /// confirmed. Held output keeps its order, and held acknowledgements
+    /// count against the Receive Maximum like unacknowledged publishes do.
+    /// Without persistence it is sent at once.
     pub(super) fn send_ack(&mut self, conn: ConnId, packet: Packet) {
-        let pending = !self.pending_ops.is_empty();
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !pending && c.held.is_empty() {
+        if !self.config.persistence {
             self.send(conn, &packet);
             return;
         }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         // An MQTT 5 client that waits for more acknowledgements than the
         // Receive Maximum it was told broke it; an MQTT 3 client was never
         // told one, and may pipeline up to a larger bound of its own.
@@ -195,45 +224,54 @@ impl Broker {
                 CloseReason::PendingAcksExceeded,
             )
         };
-        if c.held.len() >= limit {
+        // Those of this input count once they are sure to wait: something
+        // is stored for them, or something before them waits.
+        let waiting = !self.pending_ops.is_empty() || c.held_acks > 0;
+        let fresh = if waiting { c.fresh_acks } else { 0 };
+        if c.held_acks + fresh >= limit {
             self.close(conn, reason);
             return;
         }
-        let needs = if pending {
-            self.last_store_id + 1
-        } else {
-            c.held.back().map_or(0, |(needs, _)| *needs)
-        };
-        if c.held.is_empty() {
-            self.holding.push(conn);
+        c.fresh_acks += 1;
+        c.acked = true;
+        self.hold(conn, Held::Packet(packet));
+    }
+
+    /// Sends a packet that reflects state recorded for the store (a PUBREL)
+    /// once batch `needs` is durable, in order with the connection's other
+    /// output. Without persistence it is sent at once.
+    pub(super) fn send_held(&mut self, conn: ConnId, packet: Packet, needs: u64) {
+        if !self.config.persistence {
+            self.send(conn, &packet);
+            return;
         }
-        c.held.push_back((needs, packet));
+        self.depend(conn, needs);
+        self.hold(conn, Held::Packet(packet));
+    }
+
+    /// Appends `item` to this input's output on `conn` as an entry of its
+    /// own, after what the input wrote so far; [`Broker::flush`] decides
+    /// whether it waits.
+    fn hold(&mut self, conn: ConnId, item: Held) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.out.is_empty() {
+            let before = c.out.split().freeze();
+            c.held.push_back((UNRESOLVED, Held::Bytes(before)));
+        }
+        c.held.push_back((UNRESOLVED, item));
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(conn);
+        }
     }
 
     /// The store made batch `id` (and every earlier one) durable: send the
-    /// acknowledgements that waited for it.
+    /// output that waited for it.
     pub fn handle_store_done(&mut self, now: Instant, id: StoreId) {
         self.advance(now);
         self.durable = self.durable.max(id.0);
-        let holding = core::mem::take(&mut self.holding);
-        let mut still = Vec::new();
-        for conn in holding {
-            while let Some(c) = self.conns.get_mut(&conn) {
-                match c.held.front() {
-                    Some((needs, _)) if *needs <= self.durable => {
-                        if let Some((_, packet)) = c.held.pop_front() {
-                            self.send(conn, &packet);
-                        }
-                    }
-                    Some(_) => {
-                        still.push(conn);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
-        self.holding = still;
         // CONNACKs that waited for their session to be stored go out, with
         // everything queued behind them.
         let gated = core::mem::take(&mut self.gated);
@@ -253,6 +291,35 @@ impl Broker {
                 None => {}
             }
         }
+        let holding = core::mem::take(&mut self.holding);
+        let mut still = Vec::new();
+        for conn in holding {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let mut sent = false;
+            while c
+                .held
+                .front()
+                .is_some_and(|(needs, _)| *needs <= self.durable)
+            {
+                if let Some((_, item)) = c.held.pop_front() {
+                    if is_client_ack(&item) {
+                        c.held_acks = c.held_acks.saturating_sub(1);
+                    }
+                    release(c, item);
+                    sent = true;
+                }
+            }
+            if !c.held.is_empty() {
+                still.push(conn);
+            }
+            // Ahead of anything still held, and of what this call adds.
+            if sent {
+                self.emit(conn);
+            }
+        }
+        self.holding = still;
         self.flush();
     }
 
@@ -291,19 +358,68 @@ impl Broker {
     pub fn handle_store_failed(&mut self, now: Instant, id: StoreId) {
         self.advance(now);
         let failed = id.0;
+        // Refused CONNACKs first: nothing that waited behind them may
+        // leave, not even on the way to a close.
+        let gated = core::mem::take(&mut self.gated);
+        for conn in gated {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            match c.connack_wait {
+                Some(needs) if needs <= failed => {
+                    // Nothing of what waited behind the CONNACK is sent.
+                    c.connack_wait = None;
+                    c.out.clear();
+                    c.held.clear();
+                    c.held_acks = 0;
+                    c.will = None;
+                    let v5 = c.protocol == Protocol::V5;
+                    if let Some(sid) = c.session() {
+                        // Expiry 0: the session ends with the connection.
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.expiry_interval = 0;
+                        }
+                    }
+                    self.stats.store_failures += 1;
+                    let reason = if v5 {
+                        ReasonCode::QuotaExceeded
+                    } else {
+                        ReasonCode::ServerUnavailable
+                    };
+                    self.refuse(conn, reason);
+                }
+                Some(_) => self.gated.push(conn),
+                None => {}
+            }
+        }
         let holding = core::mem::take(&mut self.holding);
         for conn in holding {
             let mut close = false;
             while let Some(c) = self.conns.get_mut(&conn) {
                 let v5 = c.protocol == Protocol::V5;
                 let session = c.session();
-                let Some((needs, packet)) = c.held.pop_front() else {
+                let Some((needs, item)) = c.held.pop_front() else {
                     break;
                 };
                 if needs > failed {
-                    c.held.push_front((needs, packet));
+                    c.held.push_front((needs, item));
                     self.holding.push(conn);
                     break;
+                }
+                let packet = match item {
+                    // Deliveries go as they were: memory does not roll
+                    // back (see above).
+                    Held::Bytes(_) => {
+                        release(c, item);
+                        continue;
+                    }
+                    Held::Packet(packet) => packet,
+                };
+                if matches!(
+                    packet,
+                    Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+                ) {
+                    c.held_acks = c.held_acks.saturating_sub(1);
                 }
                 match packet {
                     Packet::PubAck(mut r) if v5 => {
@@ -331,37 +447,9 @@ impl Broker {
             }
             if close {
                 self.close(conn, CloseReason::StoreFailed);
-            }
-        }
-        let gated = core::mem::take(&mut self.gated);
-        for conn in gated {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                continue;
-            };
-            match c.connack_wait {
-                Some(needs) if needs <= failed => {
-                    // Nothing of what waited behind the CONNACK is sent.
-                    c.connack_wait = None;
-                    c.out.clear();
-                    c.held.clear();
-                    c.will = None;
-                    let v5 = c.protocol == Protocol::V5;
-                    if let Some(sid) = c.session() {
-                        // Expiry 0: the session ends with the connection.
-                        if let Some(s) = self.sessions.get_mut(&sid) {
-                            s.expiry_interval = 0;
-                        }
-                    }
-                    self.stats.store_failures += 1;
-                    let reason = if v5 {
-                        ReasonCode::QuotaExceeded
-                    } else {
-                        ReasonCode::ServerUnavailable
-                    };
-                    self.refuse(conn, reason);
-                }
-                Some(_) => self.gated.push(conn),
-                None => {}
+            } else {
+                // Ahead of anything still held.
+                self.emit(conn);
             }
         }
         self.flush();
@@ -397,7 +485,11 @@ impl Broker {
                 continue;
             }
             let sid = SessionId(broker.fresh_id());
-            let mut s = Session::new(rs.client_id.clone(), broker.config.limits.max_inflight);
+            let mut s = Session::new(
+                rs.client_id.clone(),
+                broker.config.limits.max_inflight,
+                &broker.hasher,
+            );
             s.expiry_interval = rs.expiry_interval;
             s.owner = rs.owner;
             s.stored = broker.config.persistence;
@@ -423,6 +515,7 @@ impl Broker {
                     subscription_ids: m.subscription_ids,
                     shared_group: None,
                     seq: m.seq,
+                    needs: 0,
                 };
                 match m.sent {
                     Some((pid, released)) => {
@@ -533,6 +626,83 @@ impl Broker {
         out.normalize();
         out
     }
+}
+
+/// At the end of an input, for a connection that has output: decides
+/// whether it leaves now or waits for the store. It waits when it depends
+/// on a batch not yet durable (its deliveries' or PUBRELs', this input's
+/// batch `batch` for an acknowledgement, the batch its CONNACK waits for),
+/// or when earlier output still waits: nothing overtakes. Returns whether
+/// `c.out` may be sent now, with what this input held put back in front
+/// of it; `holding` gains the connection when it starts waiting.
+pub(super) fn settle(
+    c: &mut Conn,
+    conn: ConnId,
+    batch: u64,
+    durable: u64,
+    holding: &mut Vec<ConnId>,
+) -> bool {
+    let fresh = c
+        .held
+        .iter()
+        .rev()
+        .take_while(|(n, _)| *n == UNRESOLVED)
+        .count();
+    let earlier = c.held.len() - fresh;
+    let mut needs = c.needs;
+    if c.acked {
+        needs = needs.max(batch);
+    }
+    if let Some(wait) = c.connack_wait {
+        needs = needs.max(wait);
+    }
+    if let Some((n, _)) = earlier.checked_sub(1).and_then(|i| c.held.get(i)) {
+        needs = needs.max(*n);
+    }
+    c.needs = 0;
+    c.acked = false;
+    let fresh_acks = core::mem::take(&mut c.fresh_acks);
+    if needs > durable {
+        c.held_acks += fresh_acks;
+        for entry in c.held.iter_mut().skip(earlier) {
+            entry.0 = needs;
+        }
+        if !c.out.is_empty() {
+            let bytes = c.out.split().freeze();
+            c.held.push_back((needs, Held::Bytes(bytes)));
+        }
+        if earlier == 0 && !c.held.is_empty() {
+            holding.push(conn);
+        }
+        return false;
+    }
+    if fresh > 0 {
+        let after = core::mem::take(&mut c.out);
+        while let Some((_, item)) = c.held.pop_front() {
+            release(c, item);
+        }
+        c.out.extend_from_slice(&after);
+    }
+    true
+}
+
+/// Moves one held entry into the connection's output.
+fn release(c: &mut Conn, item: Held) {
+    match item {
+        Held::Bytes(bytes) => c.out.extend_from_slice(&bytes),
+        Held::Packet(packet) => {
+            super::encode_packet(c, &packet);
+        }
+    }
+}
+
+/// Whether `item` acknowledges something the client sent (and so counts
+/// against its Receive Maximum while held).
+fn is_client_ack(item: &Held) -> bool {
+    matches!(
+        item,
+        Held::Packet(Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_))
+    )
 }
 
 /// A delivery as stored.

@@ -92,12 +92,12 @@ pub use time::Instant;
 
 use crate::MqttStr;
 use crate::codec::{DecodeOptions, Disconnect, Packet, Protocol, ReasonCode, decode_with};
+use crate::hash::{Map as HashMap, SeededState};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hashbrown::HashMap;
 use state::{AuthStep, Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
 
 /// A retained message and when it stops being retained (MQTT 5 expiry).
@@ -129,14 +129,16 @@ pub struct Broker {
     next_id: u64,
     // Boxed values: the tables then hold 16-byte entries, so their
     // power-of-two slack costs little per idle connection.
+    /// Keys every hash table (see [`crate::hash`]).
+    hasher: SeededState,
     conns: HashMap<ConnId, Box<Conn>>,
     sessions: HashMap<SessionId, Box<Session>>,
     by_client_id: HashMap<MqttStr, SessionId>,
-    subscriptions: SubscriptionTrie<SubKey, SubEntry>,
+    subscriptions: SubscriptionTrie<SubKey, SubEntry, SeededState>,
     shared_groups: HashMap<u64, SharedGroup>,
     shared_index: HashMap<(MqttStr, TopicFilter), u64>,
     locals: HashMap<u64, TopicFilter>,
-    retained: TopicMap<Retained>,
+    retained: TopicMap<Retained, SeededState>,
     /// Every armed deadline, earliest first: `poll_timeout` never walks
     /// the sessions.
     timers: BTreeSet<(Instant, Timer)>,
@@ -167,23 +169,24 @@ impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: Config, now: Instant) -> Self {
         let seed = config.random_seed;
+        let hasher = SeededState::new(seed);
         let mut broker = Broker {
             config,
             now,
             next_id: 0,
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
-            by_client_id: HashMap::new(),
-            subscriptions: SubscriptionTrie::new(),
-            shared_groups: HashMap::new(),
-            shared_index: HashMap::new(),
-            locals: HashMap::new(),
-            retained: TopicMap::new(),
+            conns: HashMap::with_hasher(hasher.clone()),
+            sessions: HashMap::with_hasher(hasher.clone()),
+            by_client_id: HashMap::with_hasher(hasher.clone()),
+            subscriptions: SubscriptionTrie::with_hasher(hasher.clone()),
+            shared_groups: HashMap::with_hasher(hasher.clone()),
+            shared_index: HashMap::with_hasher(hasher.clone()),
+            locals: HashMap::with_hasher(hasher.clone()),
+            retained: TopicMap::with_hasher(hasher.clone()),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             dirty: Vec::new(),
-            pending_auth: HashMap::new(),
-            pending_authorize: HashMap::new(),
+            pending_auth: HashMap::with_hasher(hasher.clone()),
+            pending_authorize: HashMap::with_hasher(hasher.clone()),
             scratch: Vec::new(),
             stats: Stats {
                 started: now,
@@ -197,6 +200,7 @@ impl Broker {
             gated: Vec::new(),
             connected: 0,
             shutting_down: false,
+            hasher,
         };
         // The first `$SYS` statistics are due at once, so subscribers do not
         // wait an interval for them; the timer (not this constructor)
@@ -636,60 +640,60 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let max = c.client_max_packet as usize;
-        let stripped;
-        // Most clients set no maximum: skip measuring for them.
-        let packet = if max < u32::MAX as usize && packet.encoded_len(c.protocol) > max {
-            let mut smaller = packet.clone();
-            problem::strip(&mut smaller);
-            // A CONNACK goes out regardless: its outcome and capabilities
-            // matter more than a maximum too small for them.
-            if smaller.encoded_len(c.protocol) > max && !matches!(packet, Packet::ConnAck(_)) {
-                return;
-            }
-            stripped = smaller;
-            &stripped
-        } else {
-            packet
-        };
-        // Encoding only fails for packets the engine never builds (fields
-        // over their size limits); such a packet is not sent.
-        if packet.encode(c.protocol, &mut c.out).is_ok() && !c.dirty {
+        if encode_packet(c, packet) && !c.dirty {
             c.dirty = true;
             self.dirty.push(id);
         }
     }
 
     /// Turns the input's storage operations into one `Store` batch and each
-    /// connection's pending output into one `Send`.
+    /// connection's pending output into one `Send`, except output that
+    /// must wait for a batch to be durable (see `durable::settle`): that
+    /// waits in the connection, in order, for
+    /// [`Broker::handle_store_done`].
     fn flush(&mut self) {
+        let mut batch = 0;
         if !self.pending_ops.is_empty() {
             self.last_store_id += 1;
+            batch = self.last_store_id;
             let ops = core::mem::take(&mut self.pending_ops);
             self.actions.push_back(Action::Store {
                 id: StoreId(self.last_store_id),
                 ops,
             });
         }
-        for id in self.dirty.drain(..) {
+        let mut dirty = core::mem::take(&mut self.dirty);
+        for &id in &dirty {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.dirty = false;
-                // Its CONNACK waits for the store: so does everything after.
-                if !c.out.is_empty() && c.connack_wait.is_none() {
-                    // The first output (the CONNACK, typically) goes as the
-                    // whole buffer: nothing of it stays behind with a
-                    // connection that then idles. Later ones are split off,
-                    // so the buffer is reused once they are written.
-                    let bytes = if c.flushed {
-                        c.out.split().freeze()
-                    } else {
-                        c.flushed = true;
-                        core::mem::take(&mut c.out).freeze()
-                    };
-                    self.stats.bytes_sent += bytes.len() as u64;
-                    self.actions.push_back(Action::Send { conn: id, bytes });
+                if durable::settle(c, id, batch, self.durable, &mut self.holding) {
+                    self.emit(id);
                 }
             }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Sends what `id`'s output holds now, as one `Send`, unless its
+    /// CONNACK waits for the store (then so does everything after it).
+    fn emit(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.out.is_empty() && c.connack_wait.is_none() {
+            // The first output (the CONNACK, typically) goes as the
+            // whole buffer: nothing of it stays behind with a
+            // connection that then idles. Later ones are split off,
+            // so the buffer is reused once they are written.
+            let bytes = if c.flushed {
+                c.out.split().freeze()
+            } else {
+                c.flushed = true;
+                core::mem::take(&mut c.out).freeze()
+            };
+            self.stats.bytes_sent += bytes.len() as u64;
+            self.actions.push_back(Action::Send { conn: id, bytes });
         }
     }
 
@@ -703,9 +707,18 @@ impl Broker {
     /// [`Broker::close`], with `detail` as the DISCONNECT's reason string
     /// (the reason's own explanation otherwise).
     fn close_because(&mut self, id: ConnId, reason: CloseReason, detail: Option<&'static str>) {
+        let batch = self.input_batch();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        // What this input answered before the close leaves first, unless
+        // it waits for the store: then it never leaves (the client is gone
+        // before the store could confirm it).
+        // (A CONNACK still waiting goes with the close, as before.)
+        if c.connack_wait.is_none() {
+            let mut holding = Vec::new();
+            durable::settle(c, id, batch, self.durable, &mut holding);
+        }
         if c.protocol == Protocol::V5 && c.session().is_some() {
             let code = match reason {
                 CloseReason::Decode(e) => Some(e.reason_code()),
@@ -745,6 +758,30 @@ impl Broker {
             self.actions.push_back(Action::Event(event));
         }
     }
+}
+
+/// Appends `packet` to `c`'s output (see `Broker::send`). Returns whether
+/// it was.
+fn encode_packet(c: &mut Conn, packet: &Packet) -> bool {
+    let max = c.client_max_packet as usize;
+    let stripped;
+    // Most clients set no maximum: skip measuring for them.
+    let packet = if max < u32::MAX as usize && packet.encoded_len(c.protocol) > max {
+        let mut smaller = packet.clone();
+        problem::strip(&mut smaller);
+        // A CONNACK goes out regardless: its outcome and capabilities
+        // matter more than a maximum too small for them.
+        if smaller.encoded_len(c.protocol) > max && !matches!(packet, Packet::ConnAck(_)) {
+            return false;
+        }
+        stripped = smaller;
+        &stripped
+    } else {
+        packet
+    };
+    // Encoding only fails for packets the engine never builds (fields
+    // over their size limits); such a packet is not sent.
+    packet.encode(c.protocol, &mut c.out).is_ok()
 }
 
 /// The protocol level of a CONNECT at the start of `buf`, once enough of it

@@ -2,7 +2,7 @@
 //! subscription trie, and delivery into each session's window and queue.
 
 use super::authorize::denial;
-use super::state::{Delivery, HeldPacket, Inflight, OutState, SessionId, SubKey};
+use super::state::{Delivery, HeldPacket, Inflight, OutState, SessionId, SubKey, TopicAliases};
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, Message, Operation,
     PublishDecision, Retained, StoreOp, StoredMessage, Verdict,
@@ -34,7 +34,7 @@ impl Broker {
                 }
             } else {
                 c.aliases
-                    .get_or_insert_with(Default::default)
+                    .get_or_insert_with(|| TopicAliases::new(&self.hasher))
                     .inbound
                     .insert(alias.get(), p.topic.clone());
             }
@@ -76,6 +76,9 @@ impl Broker {
             // A re-sent QoS 2 PUBLISH before PUBREL is acknowledged again
             // but not routed again: exactly once [MQTT-4.3.3-10].
             if s.incoming_qos2.contains(&pid) {
+                // Its identifier may still be on its way to the store.
+                let needs = self.horizon();
+                self.depend(id, needs);
                 self.send_ack(id, Packet::PubRec(PubResponse::new(pid)));
                 return;
             }
@@ -142,6 +145,12 @@ impl Broker {
     /// (unless `reason` is a failure), and acknowledges it. Refused
     /// publishes are acknowledged but not routed: 3.1.1 has no way to say
     /// no; 5.0 says why.
+    ///
+    /// The acknowledgement comes before the deliveries (Mosquitto's order),
+    /// and with a store, deliveries wait like it for the batch that records
+    /// the message (its inbound QoS 2 identifier, its subscribers' copies):
+    /// a publisher that re-sends after a crash is then recognised, never
+    /// routed twice.
     pub(super) fn finish_publish(
         &mut self,
         id: ConnId,
@@ -156,8 +165,8 @@ impl Broker {
         let client_id = c.client_id.clone();
         let qos = p.qos.qos();
         let packet_id = p.qos.packet_id();
+        let mut routed = None;
         if reason == ReasonCode::Success {
-            let topic = p.topic.clone();
             let message = Message {
                 topic: p.topic,
                 payload: p.payload,
@@ -165,10 +174,42 @@ impl Broker {
                 retain: p.retain,
                 properties: p.properties,
             };
-            let matched = self.route_message(message, Some(sid));
-            if matched == 0 {
+            let r = self.match_message(message);
+            if r.targets.is_empty() {
                 reason = ReasonCode::NoMatchingSubscribers;
             }
+            routed = Some(r);
+        }
+        if !v5 {
+            reason = ReasonCode::Success;
+        }
+        if let Some(pid) = packet_id {
+            let response = PubResponse {
+                packet_id: pid,
+                reason,
+                properties: self.ack_properties(id, Some(reason)),
+            };
+            if qos == QoS::AtLeastOnce {
+                self.send_ack(id, Packet::PubAck(response));
+            } else {
+                if !reason.is_error() {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.incoming_qos2.insert(pid);
+                    }
+                    if let Some(client_id) = self.stored_client(sid) {
+                        self.record(StoreOp::IncomingPut {
+                            client_id,
+                            packet_id: pid,
+                        });
+                    }
+                }
+                self.send_ack(id, Packet::PubRec(response));
+            }
+        }
+        if let Some(r) = routed {
+            let topic = r.message.topic.clone();
+            let matched = r.targets.len();
+            self.deliver_matched(r, Some(sid));
             self.event(Event::Published {
                 client_id: Some(client_id),
                 topic,
@@ -177,33 +218,6 @@ impl Broker {
             });
         } else {
             self.stats.publishes_denied += 1;
-        }
-        if !v5 {
-            reason = ReasonCode::Success;
-        }
-        let Some(pid) = packet_id else {
-            return;
-        };
-        let response = PubResponse {
-            packet_id: pid,
-            reason,
-            properties: self.ack_properties(id, Some(reason)),
-        };
-        if qos == QoS::AtLeastOnce {
-            self.send_ack(id, Packet::PubAck(response));
-        } else {
-            if !reason.is_error() {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.incoming_qos2.insert(pid);
-                }
-                if let Some(client_id) = self.stored_client(sid) {
-                    self.record(StoreOp::IncomingPut {
-                        client_id,
-                        packet_id: pid,
-                    });
-                }
-            }
-            self.send_ack(id, Packet::PubRec(response));
         }
     }
 
@@ -305,7 +319,15 @@ impl Broker {
                 response.properties = self.ack_properties(id, Some(response.reason));
             }
         }
-        self.send(id, &Packet::PubRel(response));
+        // The receiver forgets the identifier on PUBREL: if the broker then
+        // crashed before storing "released", it would send the PUBLISH
+        // again as new. So PUBREL waits for that state to be durable.
+        let needs = if self.stored_client(sid).is_some() {
+            self.horizon()
+        } else {
+            0
+        };
+        self.send_held(id, Packet::PubRel(response), needs);
     }
 
     pub(super) fn on_pubcomp(&mut self, id: ConnId, sid: SessionId, r: PubResponse) {
@@ -353,6 +375,15 @@ impl Broker {
     /// at the highest QoS of its matching subscriptions and with all their
     /// identifiers. Returns the number of matching subscriptions.
     pub(super) fn route_message(&mut self, message: Message, origin: Option<SessionId>) -> usize {
+        let routed = self.match_message(message);
+        let matched = routed.targets.len();
+        self.deliver_matched(routed, origin);
+        matched
+    }
+
+    /// The first half of [`Broker::route_message`]: retains the message and
+    /// finds its subscriptions, delivering nothing yet.
+    pub(super) fn match_message(&mut self, message: Message) -> Routed {
         let now = self.now;
         let expires_at = message
             .properties
@@ -366,7 +397,22 @@ impl Broker {
         targets.clear();
         self.subscriptions
             .for_each_match(&message.topic, |key, entry| targets.push((*key, *entry)));
-        let matched = targets.len();
+        Routed {
+            message,
+            expires_at,
+            targets,
+        }
+    }
+
+    /// The second half of [`Broker::route_message`]: the deliveries. They
+    /// wait for whatever this input stored so far (see `Delivery::needs`).
+    pub(super) fn deliver_matched(&mut self, routed: Routed, origin: Option<SessionId>) {
+        let Routed {
+            message,
+            expires_at,
+            mut targets,
+        } = routed;
+        let needs = self.input_batch();
         targets.sort_unstable_by_key(|t| t.0);
         for group in targets.chunk_by(|a, b| a.0 == b.0) {
             let Some(&(key, _)) = group.first() else {
@@ -396,6 +442,7 @@ impl Broker {
                         expires_at,
                         shared_group: None,
                         seq: 0,
+                        needs,
                     };
                     self.deliver(sid, delivery);
                 }
@@ -411,6 +458,7 @@ impl Broker {
                             expires_at,
                             shared_group: Some(group),
                             seq: 0,
+                            needs,
                         };
                         self.deliver(sid, delivery);
                     }
@@ -428,7 +476,6 @@ impl Broker {
         }
         targets.clear();
         self.scratch = targets;
-        matched
     }
 
     fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
@@ -576,6 +623,13 @@ impl Broker {
             self.record_left(sid, &delivery);
         } else {
             self.record_sent(sid, delivery.seq, pid, false);
+            // The receiver holds a QoS 2 identifier until PUBREL: the store
+            // must know it is taken before the receiver does, or a restart
+            // could give it to another message.
+            if self.stored_client(sid).is_some() {
+                let needs = self.horizon();
+                self.depend(conn, needs);
+            }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.inflight.insert(
                     pid,
@@ -678,7 +732,9 @@ impl Broker {
             .as_mut()
             .filter(|_| aliases && c.client_alias_max > 0)
         {
-            let known = c.aliases.get_or_insert_with(Default::default);
+            let known = c
+                .aliases
+                .get_or_insert_with(|| TopicAliases::new(&self.hasher));
             if let Some(&alias) = known.outbound.get(topic) {
                 properties.topic_alias = core::num::NonZeroU16::new(alias);
                 aliased = true;
@@ -695,6 +751,9 @@ impl Broker {
             .encode(c.protocol, &mut c.out);
         if encoded.is_err() {
             return false;
+        }
+        if delivery.needs > self.durable {
+            c.needs = c.needs.max(delivery.needs);
         }
         if c.out.len() > burst {
             // The runtime blocks at this bound too once it has the bytes,
@@ -722,6 +781,13 @@ enum AckKind {
     Received,
     /// PUBCOMP
     Complete,
+}
+
+/// A message matched but not yet delivered (see [`Broker::match_message`]).
+pub(super) struct Routed {
+    pub(super) message: Arc<Message>,
+    expires_at: Option<Instant>,
+    pub(super) targets: Vec<(SubKey, super::state::SubEntry)>,
 }
 
 fn is_sys(topic: &TopicName) -> bool {

@@ -7,6 +7,7 @@ use crate::codec::{
     Connect, PacketId, Protocol, Publish, PublishProperties, PublishRef, QoS, QosPid, ReasonCode,
     Subscribe, SubscriptionOptions, Will,
 };
+use crate::hash::{Map as HashMap, SeededState, Set as HashSet};
 use crate::topic::{TopicFilter, TopicName};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -14,7 +15,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::BytesMut;
 use core::num::NonZeroU32;
-use hashbrown::{HashMap, HashSet};
 
 /// A session: what survives a connection (subscriptions, messages in flight
 /// and queued), identified by its client identifier.
@@ -56,9 +56,22 @@ pub(crate) enum ConnState {
 }
 
 pub(crate) struct Conn {
-    /// Acknowledgements waiting for the storage batch they promise (the
-    /// batch number), in the order they must be sent.
-    pub(crate) held: VecDeque<(u64, crate::codec::Packet)>,
+    /// Output waiting for the storage batch it depends on (the batch
+    /// number), in the order it must be sent. Entries added by the current
+    /// input carry [`UNRESOLVED`] until `Broker::flush` knows its batch.
+    pub(crate) held: VecDeque<(u64, Held)>,
+    /// Client acknowledgements (PUBACK, PUBREC, PUBCOMP) among `held` that
+    /// wait for the store: they count against the Receive Maximum.
+    pub(crate) held_acks: usize,
+    /// Client acknowledgements the current input added to `held`, not yet
+    /// known to wait.
+    pub(crate) fresh_acks: usize,
+    /// The latest storage batch that output of the current input depends
+    /// on (0: none).
+    pub(crate) needs: u64,
+    /// An acknowledgement was added by the current input: it also waits for
+    /// whatever the rest of the input stores (the subscribers' copies).
+    pub(crate) acked: bool,
     /// The storage batch a successful CONNACK waits for: this connection
     /// created a stored session, and until the batch is durable nothing is
     /// sent to it (its CONNACK and everything after wait in `out`).
@@ -148,6 +161,10 @@ impl Conn {
             graceful: false,
             blocked: false,
             held: VecDeque::new(),
+            held_acks: 0,
+            fresh_acks: 0,
+            needs: 0,
+            acked: false,
             connack_wait: None,
             authorizing: None,
         }
@@ -159,6 +176,20 @@ impl Conn {
             _ => None,
         }
     }
+}
+
+/// The batch of a [`Conn::held`] entry added by the current input, until
+/// the input's end resolves it.
+pub(crate) const UNRESOLVED: u64 = u64::MAX;
+
+/// Output held until the storage batch it depends on is durable.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A packet, kept whole so a failed batch can change its answer (an
+    /// acknowledgement becomes 0x97) or drop it.
+    Packet(crate::codec::Packet),
+    /// Encoded output (deliveries, and whatever came with them).
+    Bytes(bytes::Bytes),
 }
 
 /// A step of an authentication exchange (MQTT 5 section 4.12).
@@ -174,12 +205,20 @@ pub(crate) enum AuthStep {
 
 /// MQTT 5 topic aliases of one connection, in both directions. Boxed in
 /// [`Conn`]: only clients that use aliases pay for the tables.
-#[derive(Default)]
 pub(crate) struct TopicAliases {
     /// Client → broker.
     pub(crate) inbound: HashMap<u16, TopicName>,
     /// Broker → client.
     pub(crate) outbound: HashMap<TopicName, u16>,
+}
+
+impl TopicAliases {
+    pub(crate) fn new(hasher: &SeededState) -> Box<TopicAliases> {
+        Box::new(TopicAliases {
+            inbound: HashMap::with_hasher(hasher.clone()),
+            outbound: HashMap::with_hasher(hasher.clone()),
+        })
+    }
 }
 
 /// A packet held until the embedding program has decided every
@@ -249,6 +288,9 @@ pub(crate) struct Delivery {
     /// Its position in the session, given when it enters the session; names
     /// it in storage operations.
     pub(crate) seq: u64,
+    /// The storage batch its message must be durable in before it may be
+    /// sent (the inbound QoS 2 identifier, a retained copy); 0: none.
+    pub(crate) needs: u64,
 }
 
 impl Delivery {
@@ -331,7 +373,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: MqttStr, window: u16) -> Self {
+    pub(crate) fn new(client_id: MqttStr, window: u16, hasher: &SeededState) -> Self {
         Session {
             client_id,
             owner: None,
@@ -339,14 +381,14 @@ impl Session {
             expiry_interval: 0,
             timer: None,
             expires_at: None,
-            subscriptions: HashMap::new(),
-            inflight: HashMap::new(),
+            subscriptions: HashMap::with_hasher(hasher.clone()),
+            inflight: HashMap::with_hasher(hasher.clone()),
             inflight_seq: 0,
             next_seq: 1,
             stored: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: HashSet::with_hasher(hasher.clone()),
             next_packet_id: PacketId::MIN,
             pending_will: None,
             window,

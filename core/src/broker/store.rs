@@ -27,6 +27,17 @@
 //! A successful CONNACK that creates a stored session (MQTT 3 clean session
 //! 0, MQTT 5 session expiry above 0, when no stored session existed) waits
 //! for durability too: nothing is sent on that connection before it.
+//!
+//! So does everything else that reflects state not yet durable, so that a
+//! crash can never contradict what a client saw: a delivery of a message
+//! whose inbound QoS 2 identifier or retained copy is in a batch not yet
+//! confirmed (a publisher re-sending it after a crash is then recognised,
+//! not routed twice), a PUBLISH under a packet identifier and a PUBREL to
+//! a stored session (so no identifier is given to another message while
+//! the receiver may still hold it, across a restart too), and what a
+//! resumed session re-sends. Such output waits in its connection, behind
+//! nothing and overtaken by nothing, and leaves with the confirmation; a
+//! failed batch lets it go as it was (memory does not roll back).
 
 use crate::MqttStr;
 use crate::codec::{PacketId, PublishProperties, QoS, SubscriptionOptions};

@@ -441,6 +441,7 @@ impl Broker {
             expires_at: d.expires_at,
             shared_group: Some(group),
             seq: 0,
+            needs: d.needs,
         };
         self.deliver(target, moved);
         true
@@ -450,6 +451,9 @@ impl Broker {
     /// subscribed, with RETAIN set [MQTT-3.3.1-8].
     fn send_retained(&mut self, sid: SessionId, filter: &TopicFilter, entry: SubEntry) {
         let now = self.now;
+        // A retained message does not remember its batch: it waits for
+        // every batch so far, so none is sent that a crash could still undo.
+        let needs = self.horizon();
         let mut found = Vec::new();
         let mut expired = Vec::new();
         self.retained.for_each_match(filter, |topic, r| {
@@ -465,6 +469,7 @@ impl Broker {
                 expires_at: r.expires_at,
                 shared_group: None,
                 seq: 0,
+                needs,
             });
         });
         for topic in expired {

@@ -30,7 +30,8 @@
 //! client.handle_connected(Instant::ZERO);
 //! let connect = client.poll_transmit().unwrap(); // CONNECT
 //! assert_eq!(connect[0], 0x10);
-//! client.handle_bytes(Instant::ZERO, &[0x20, 0x02, 0x00, 0x00]); // CONNACK
+//! // CONNACK (MQTT 5, the default: success, no properties)
+//! client.handle_bytes(Instant::ZERO, &[0x20, 0x03, 0x00, 0x00, 0x00]);
 //! assert_eq!(client.poll_event(), Some(ClientEvent::Connected { session_present: false }));
 //! ```
 

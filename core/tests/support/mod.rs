@@ -35,6 +35,13 @@ pub struct Sim {
     pub unconfirmed: VecDeque<roost_core::broker::StoreId>,
     /// Confirm every batch at once, as an in-memory store would.
     pub auto_confirm: bool,
+    /// Every batch since the engine started, with its operations, in order.
+    pub batches: Vec<(
+        roost_core::broker::StoreId,
+        Vec<roost_core::broker::StoreOp>,
+    )>,
+    /// The last batch the engine was told is durable.
+    pub confirmed: u64,
 }
 
 impl Sim {
@@ -50,6 +57,8 @@ impl Sim {
             stored: Vec::new(),
             unconfirmed: VecDeque::new(),
             auto_confirm: true,
+            batches: Vec::new(),
+            confirmed: 0,
         }
     }
 
@@ -166,8 +175,10 @@ impl Sim {
                 Action::Authorize(request) => self.authorize_requests.push_back(request),
                 Action::Event(event) => self.events.push(event),
                 Action::Store { id, ops } => {
+                    self.batches.push((id, ops.clone()));
                     self.stored.extend(ops);
                     if self.auto_confirm {
+                        self.confirmed = id.get();
                         self.broker.handle_store_done(self.now, id);
                     } else {
                         self.unconfirmed.push_back(id);
@@ -183,6 +194,7 @@ impl Sim {
         // Confirming the last batch confirms every earlier one.
         if let Some(id) = self.unconfirmed.back().copied() {
             self.unconfirmed.clear();
+            self.confirmed = id.get();
             self.broker.handle_store_done(self.now, id);
         }
         self.drain();

@@ -38,3 +38,7 @@ fn client_certificates_are_verified_and_name_the_user() {
 mod bridge {
     roost_conformance::bridge_tests!(env!("CARGO_BIN_EXE_roost-std"));
 }
+
+mod crash {
+    roost_conformance::crash_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}

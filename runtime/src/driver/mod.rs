@@ -1670,7 +1670,11 @@ impl Driver {
 /// The engine configuration a runtime configuration describes.
 fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> broker::Config {
     let m = &config.mqtt;
+    // Not in the engine, which never reads the OS: drawn once here.
+    let random_seed = m.random_seed.unwrap_or_else(config::os_seed);
+    info!("random seed {random_seed} (mqtt.random_seed repeats it)");
     broker::Config {
+        random_seed,
         limits: config.limits.to_engine(),
         receive_maximum: m.receive_maximum,
         maximum_qos: match m.maximum_qos {

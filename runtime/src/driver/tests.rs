@@ -617,3 +617,28 @@ fn disallowed_code_points_switch_reaches_the_engine() {
         assert_eq!(engine.allow_disallowed_code_points, allowed, "{text:?}");
     }
 }
+
+/// The CONNACK an MQTT 5 client without a client identifier gets: it
+/// carries the identifier the engine picked from its seed.
+fn assigned_connack(config: &Config) -> Vec<u8> {
+    let mut h = Harness::new(config, Files::load(config), None);
+    let conn = h.accept();
+    h.read(conn, &connect_v5(""));
+    h.output(conn).to_vec()
+}
+
+#[test]
+fn the_engine_seed_is_drawn_from_the_os_unless_configured() {
+    let fixed = Config::from_toml_str("[mqtt]\nrandom_seed = 42\n").expect("config");
+    assert_eq!(fixed.mqtt.random_seed, Some(42));
+    let first = assigned_connack(&fixed);
+    assert!(first.len() > 20, "no assigned client identifier: {first:?}");
+    assert_eq!(first, assigned_connack(&fixed), "one seed, one identifier");
+    // Unset: each start draws its own, so two brokers do not hand out the
+    // same identifiers.
+    let drawn = Config::default();
+    assert_eq!(drawn.mqtt.random_seed, None);
+    assert_ne!(assigned_connack(&drawn), assigned_connack(&drawn));
+    assert_ne!(config::os_seed(), config::os_seed());
+    assert!(config::os_seed() <= i64::MAX as u64, "fits a TOML integer");
+}

@@ -399,15 +399,15 @@ async fn authorize_hook_decides_after_an_await() {
     assert_eq!(alice.subscribe(1, "devices/alice/#", 2), 1, "downgraded");
     assert_eq!(alice.subscribe(2, "devices/bob/#", 1), 0x87);
     assert_eq!(alice.publish("devices/bob/cmd", b"no", 1, false), 0x87);
-    // Allowed: routed (alice gets it back at the granted QoS 1, before the
-    // PUBACK) and acknowledged with success.
+    // Allowed: acknowledged with success, then routed (alice gets it back
+    // at the granted QoS 1, after the PUBACK, as Mosquitto orders them).
     alice.send(&publish_packet(V5, "devices/alice/t", b"21", 1, false, 3));
-    let first = alice.read_packet().expect("PUBLISH");
-    let got = alice.parse_publish(&first);
-    assert_eq!((got.topic.as_str(), got.qos), ("devices/alice/t", 1));
     let ack = alice.read_packet().expect("PUBACK");
     assert_eq!((ack.kind(), &ack.body[..2]), (4, &[0, 3][..]));
     assert_eq!(ack.body.get(2).copied().unwrap_or(0), 0, "success");
+    let second = alice.read_packet().expect("PUBLISH");
+    let got = alice.parse_publish(&second);
+    assert_eq!((got.topic.as_str(), got.qos), ("devices/alice/t", 1));
     assert_eq!(
         recv(&mut everything).await.topic.as_str(),
         "devices/alice/t"
