@@ -1,7 +1,8 @@
 //! Protocol corner cases, byte by byte, where brokers are known to differ:
 //! wills on a quick reconnect and on takeover, strings with disallowed code
-//! points, acknowledgements of the wrong kind, a failed PUBREC, and
-//! ill-formed topic filters. Each follows the specification where it is
+//! points, acknowledgements of the wrong kind, a failed PUBREC,
+//! ill-formed topic filters, and the order of an acknowledgement and the
+//! deliveries it causes. Each follows the specification where it is
 //! normative and Mosquitto 2.0 where the specification leaves the choice to
 //! the receiver, and each passes against both.
 
@@ -52,6 +53,8 @@ pub fn scenarios() -> Vec<Scenario> {
             "PUBREC for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREC: close (5.0: 0x82)"),
         both_versions!("ill-formed-filter", ill_formed_filter, secs(30),
             "SUBSCRIBE or UNSUBSCRIBE of an empty or ill-formed filter: close (5.0: 0x81)"),
+        both_versions!("ack-before-delivery", ack_before_delivery, secs(20),
+            "a client subscribed to its own topic gets PUBACK / PUBREC before the delivery"),
     ]
     .into_iter()
     .flatten()
@@ -282,6 +285,47 @@ async fn wrong_ack_kind(cx: Ctx) -> ScenarioResult {
         }
     }
     Ok(Outcome::PassNoted(notes.join("; ")))
+}
+
+/// A client subscribed to a topic publishes to it at QoS 1 and at QoS 2:
+/// the acknowledgement of its PUBLISH comes first, then the delivery
+/// (Mosquitto's order; with a store, no delivery may leave before the
+/// message is durable, and the acknowledgement says it is).
+async fn ack_before_delivery(cx: Ctx) -> ScenarioResult {
+    let topic = cx.topic("t");
+    let (mut c, _) = RawClient::connect(cx.target(), &clean(&cx, "C")).await?;
+    c.auto_ack = false;
+    c.subscribe(&topic, 2).await?;
+    for qos in [1u8, 2] {
+        let what = format!("QoS {qos}");
+        let mut publish = Publish::new(&topic, qos, b"x");
+        let pid = c.pid();
+        publish.pid = Some(pid);
+        c.send(&publish.encode(cx.version)).await?;
+        let first = c
+            .recv(secs(5))
+            .await
+            .map_err(|e| Failure::new(format!("the acknowledgement ({what})"), e.to_string()))?;
+        let ack = if qos == 1 { kind::PUBACK } else { kind::PUBREC };
+        match &first {
+            Packet::Ack(a) if a.kind == ack && a.pid == pid => {}
+            other => {
+                return Err(Failure::new(
+                    format!(
+                        "{} for packet id {pid} first ({what})",
+                        if qos == 1 { "PUBACK" } else { "PUBREC" }
+                    ),
+                    other.to_string(),
+                ));
+            }
+        }
+        let got = c.next_publish(secs(5)).await.map_err(|f| f.during(&what))?;
+        // QoS 1 leaves nothing in flight for the next round; after QoS 2,
+        // the last, the connection ends.
+        c.ack_publish(&got).await?;
+    }
+    c.disconnect().await?;
+    Ok(Outcome::Pass)
 }
 
 /// [MQTT-4.3.3]: the sender answers a PUBREC with PUBREL only when its
