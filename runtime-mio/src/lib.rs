@@ -60,7 +60,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -78,6 +78,9 @@ struct Conn {
     /// `WouldBlock` (paused by backpressure, or out of turns).
     readable: bool,
     shut_write: bool,
+    /// A bridge's connection whose non-blocking connect has not completed:
+    /// its first readiness says whether it did.
+    dialing: bool,
 }
 
 /// Stops a [`Server`] from another thread (see [`Server::stopper`]).
@@ -256,6 +259,9 @@ impl Server {
                 WAKER => self.jobs_done(),
                 SIGNALS => self.handle_pending_signals(),
                 Token(i) if i < self.listeners.len() => self.accept(i),
+                token if self.conns.get(&token).is_some_and(|c| c.dialing) => {
+                    self.finish_dial(token);
+                }
                 token => {
                     if readable {
                         self.mark_readable(token);
@@ -482,6 +488,7 @@ impl Server {
                     writable: false,
                     readable: false,
                     shut_write: false,
+                    dialing: false,
                 },
             );
             // Bytes may have arrived before registration.
@@ -491,39 +498,75 @@ impl Server {
 
     /// Dials for a bridge (blocking, at most `DIAL_TIMEOUT`), then serves
     /// the socket like an accepted one.
+    /// Starts a non-blocking connect for a bridge; [`Server::finish_dial`]
+    /// completes it on the socket's first readiness. (The driver gives up on
+    /// its own after `DIAL_TIMEOUT`.)
     fn dial(&mut self, id: ConnId, addr: &str) {
         let now = self.clock.now();
-        let mut stream = match roost_runtime::net::dial(addr) {
-            Ok(stream) => TcpStream::from_std(stream),
-            Err(e) => {
-                self.driver.handle_connect_failed(now, id, &e);
-                return;
-            }
+        let started = addr
+            .to_socket_addrs()
+            .and_then(|mut all| {
+                all.next().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
+                })
+            })
+            .and_then(TcpStream::connect);
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(e) => return self.driver.handle_connect_failed(now, id, &e),
         };
         let token = Token(self.next_token);
         self.next_token += 1;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            self.driver.handle_connect_failed(now, id, &e);
-            return;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.driver.handle_connect_failed(now, id, &e);
         }
-        let remote = stream.peer_addr().ok();
-        self.driver.handle_connected(now, id, remote);
         self.tokens.insert(id, token);
         self.conns.insert(
             token,
             Conn {
                 stream,
                 id,
-                writable: false,
+                writable: true,
                 readable: false,
                 shut_write: false,
+                dialing: true,
             },
         );
-        self.mark_readable(token);
+    }
+
+    /// The dialled socket became ready: connected, or failed.
+    fn finish_dial(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let now = self.clock.now();
+        let id = conn.id;
+        let outcome = match conn.stream.take_error() {
+            Ok(None) => conn.stream.peer_addr(),
+            Ok(Some(e)) | Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(remote) => {
+                conn.dialing = false;
+                let _ = conn.stream.set_nodelay(true);
+                self.driver.handle_connected(now, id, Some(remote));
+                self.mark_readable(token);
+                self.flush(token);
+            }
+            // Not connected yet (a spurious wake-up): wait for the next.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => {
+                if let Some(mut conn) = self.conns.remove(&token) {
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                }
+                self.tokens.remove(&id);
+                self.driver.handle_connect_failed(now, id, &e);
+            }
+        }
     }
 
     fn mark_readable(&mut self, token: Token) {

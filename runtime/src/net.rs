@@ -36,9 +36,9 @@ pub const READS_PER_TURN: usize = 16;
 
 /// Connects to `addr` (`host:port`) for a bridge, trying each address the
 /// name resolves to within [`crate::driver::DIAL_TIMEOUT`], and returns a
-/// non-blocking stream with `TCP_NODELAY`. It blocks: the blocking event
-/// loops (`roost-mio`, `examples/std-loop`) use it; the async runtimes dial
-/// with their own connect.
+/// non-blocking stream with `TCP_NODELAY`. It blocks, so a loop calls it off
+/// its own thread (`examples/std-loop` does); the async runtimes and
+/// `roost-mio` connect without blocking instead.
 pub fn dial(addr: &str) -> io::Result<std::net::TcpStream> {
     use std::net::ToSocketAddrs;
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));

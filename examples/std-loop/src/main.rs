@@ -111,6 +111,7 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
     let mut to_write: HashSet<ConnId> = HashSet::new();
     let mut accept_retry: Option<Instant> = None;
     let mut read_buf = vec![0u8; 64 * 1024];
+    let (dialled_tx, dialled_rx) = std::sync::mpsc::channel::<(ConnId, io::Result<TcpStream>)>();
     loop {
         let mut busy = false;
         if requests.stop.swap(false, Ordering::AcqRel) {
@@ -188,6 +189,24 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
             driver.handle_closed(clock.now(), id);
         }
 
+        // Dials that finished, then served like any other connection.
+        while let Ok((conn, dialled)) = dialled_rx.try_recv() {
+            busy = true;
+            match dialled {
+                Ok(stream) => {
+                    driver.handle_connected(clock.now(), conn, stream.peer_addr().ok());
+                    conns.insert(
+                        conn,
+                        Conn {
+                            stream,
+                            shut_write: false,
+                        },
+                    );
+                }
+                Err(e) => driver.handle_connect_failed(clock.now(), conn, &e),
+            }
+        }
+
         if jobs_done.swap(false, Ordering::AcqRel) {
             while let Some(done) = pool.take_done() {
                 busy = true;
@@ -207,20 +226,14 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
                 Event::Job(job) => pool.submit(job),
                 Event::StopListening => listeners.iter_mut().for_each(|l| *l = None),
                 Event::Stopped => return Ok(()),
-                // A bridge's outbound connection, then served like any other.
-                Event::Connect { conn, addr } => match roost_runtime::net::dial(&addr) {
-                    Ok(stream) => {
-                        driver.handle_connected(clock.now(), conn, stream.peer_addr().ok());
-                        conns.insert(
-                            conn,
-                            Conn {
-                                stream,
-                                shut_write: false,
-                            },
-                        );
-                    }
-                    Err(e) => driver.handle_connect_failed(clock.now(), conn, &e),
-                },
+                // A bridge's outbound connection: std has no non-blocking
+                // connect, so a thread dials and hands the stream back.
+                Event::Connect { conn, addr } => {
+                    let dialled = dialled_tx.clone();
+                    std::thread::spawn(move || {
+                        let _ = dialled.send((conn, roost_runtime::net::dial(&addr)));
+                    });
+                }
                 // No in-process subscribers and no host-decided
                 // authentication here: passwords and ACLs come from files.
                 _ => {}
