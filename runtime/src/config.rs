@@ -1894,6 +1894,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The configurations shipped for systemd and the container image
+    /// parse, listen on every interface, and refuse anonymous clients in
+    /// favour of a password file.
+    #[test]
+    fn packaged_configurations_refuse_anonymous_clients() {
+        for (name, text, passwd) in [
+            (
+                "packaging/roost.toml",
+                include_str!("../../packaging/roost.toml"),
+                "passwd",
+            ),
+            (
+                "packaging/docker/roost.toml",
+                include_str!("../../packaging/docker/roost.toml"),
+                "/data/passwd",
+            ),
+        ] {
+            let config = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let l = &config.listeners[0];
+            assert_eq!(l.bind, "0.0.0.0:1883".parse().expect("addr"), "{name}");
+            assert!(!l.allows_anonymous(), "{name}");
+            assert_eq!(l.password_file, Some(PathBuf::from(passwd)), "{name}");
+        }
+    }
+
     fn cli(args: &[&str]) -> Config {
         let cli =
             Cli::try_parse_from(std::iter::once("roost").chain(args.iter().copied())).expect("cli");
