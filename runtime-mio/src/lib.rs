@@ -56,6 +56,7 @@ use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, FileError, Files, WriteStatus};
 use roost_runtime::pool::Pool;
+use roost_runtime::service::Service;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, VecDeque};
@@ -121,6 +122,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     pool: Pool,
     signals: Option<Signals>,
+    /// The binary's service, told about the signals [`Server::handle_signals`] handles.
+    service: Option<Service>,
     read_buf: Vec<u8>,
     /// In-process deliveries until the host takes them, at most the
     /// driver's local queue capacity per subscription.
@@ -183,6 +186,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             pool,
             signals: None,
+            service: None,
             read_buf: vec![0; 64 * 1024],
             deliveries: VecDeque::new(),
             queued: HashMap::new(),
@@ -209,6 +213,14 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
+    }
+
+    /// Hands the binary's [`Service`] to the signals [`Server::handle_signals`]
+    /// handles: SIGHUP re-reads the configuration through it and reloads
+    /// with what it returns, a stop signal tells it the broker is stopping.
+    /// It goes (and its pid file with it) when the server is dropped.
+    pub fn set_service(&mut self, service: Service) {
+        self.service = Some(service);
     }
 
     /// A handle that stops this server from another thread.
@@ -704,9 +716,18 @@ impl Server {
         let pending: Vec<i32> = signals.pending().collect();
         for signal in pending {
             if signal == SIGHUP {
-                info!("SIGHUP: reloading certificates, password and ACL files");
+                info!("SIGHUP: reloading");
+                if let Some(service) = &mut self.service {
+                    self.config = service.reload();
+                }
                 self.reload();
+                if let Some(service) = &self.service {
+                    service.reloaded();
+                }
             } else {
+                if let Some(service) = &self.service {
+                    service.stopping();
+                }
                 self.shutdown();
             }
         }

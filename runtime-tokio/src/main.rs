@@ -6,17 +6,21 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let config = match roost_runtime::cli::start("roost") {
+    let mut service = match roost_runtime::cli::start("roost") {
         roost_runtime::cli::Start::Exit(code) => return code,
-        roost_runtime::cli::Start::Serve(config) => config,
+        roost_runtime::cli::Start::Serve(service) => service,
     };
-    let server = match roost_tokio::start(config.clone(), roost_tokio::Hooks::default()) {
+    let server = match roost_tokio::start(service.config().clone(), roost_tokio::Hooks::default()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("roost: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = service.ready() {
+        eprintln!("roost: {e}");
+        return ExitCode::FAILURE;
+    }
     let signals = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,12 +46,13 @@ fn main() -> ExitCode {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading password and ACL files");
-                    server.reload(config.clone());
+                    tracing::info!("SIGHUP: reloading");
+                    server.reload(service.reload());
+                    service.reloaded();
                 }
             }
         }
-        tracing::info!("shutting down");
+        service.stopping();
         server.shutdown().await;
     });
     ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 //! A runtime's `main` is then only its own serving loop and signals.
 
 use crate::config::{Cli, Command, Config, PasswdCommand, StoreCommand};
+use crate::service::Service;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,8 +16,9 @@ pub enum Start {
     /// Exit with this code (a `passwd` or `store` subcommand ran, or the
     /// configuration is invalid and the reason was printed).
     Exit(ExitCode),
-    /// Serve with this configuration; logging is set up.
-    Serve(Config),
+    /// Serve with this configuration ([`Service::config`]); logging is set
+    /// up. Call [`Service::ready`] once the listeners are bound.
+    Serve(Service),
 }
 
 /// Parses the command line (clap prints help and usage errors itself) and
@@ -31,7 +33,7 @@ pub fn start(program: &str) -> Start {
     if let Some(Command::Store { action }) = &cli.command {
         return Start::Exit(store(program, action, &cli));
     }
-    let config = match Config::from_cli(cli) {
+    let config = match Config::from_cli(cli.clone()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{program}: {e}");
@@ -45,7 +47,7 @@ pub fn start(program: &str) -> Start {
         tracing::debug!(limit, "file descriptor limit");
         reserve_descriptor_table(limit);
     }
-    Start::Serve(config)
+    Start::Serve(Service::new(config, Some(cli)))
 }
 
 /// The most descriptors [`reserve_descriptor_table`] makes room for:

@@ -57,6 +57,10 @@ pub struct Cli {
     /// to start (sets persistence.recovery = "truncate").
     #[arg(long)]
     pub recover_truncate: bool,
+    /// Write the broker's process id to FILE once its listeners are bound,
+    /// and remove it at a clean exit (sets pid_file).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// More logging: -v for debug, -vv for trace. RUST_LOG, when set,
     /// takes over (e.g. RUST_LOG=info,roost_runtime=debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -647,6 +651,9 @@ pub struct Config {
     pub http: Option<Http>,
     /// Bridges to other brokers (`[[bridge]]`).
     pub bridges: Vec<Bridge>,
+    /// Where the broker writes its process id once listening (`pid_file`,
+    /// `--pid-file`); the binaries remove it at a clean exit.
+    pub pid_file: Option<PathBuf>,
     /// Log verbosity from `-v` flags (0 = info).
     pub verbosity: u8,
     /// Notes found while loading that are not errors (see [`Config::warnings`]).
@@ -663,6 +670,7 @@ impl Default for Config {
             mqtt: Mqtt::default(),
             http: None,
             bridges: Vec::new(),
+            pid_file: None,
             verbosity: 0,
             notes: Vec::new(),
         }
@@ -761,6 +769,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     bridge: Vec<bridge::RawBridge>,
+    pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -916,8 +925,11 @@ impl Config {
                 anchor(&mut l.key);
                 anchor(&mut l.password_file);
                 anchor(&mut l.acl_file);
+                anchor(&mut l.client_certs.ca);
+                anchor(&mut l.client_certs.crl);
             }
             anchor(&mut config.persistence.path);
+            anchor(&mut config.pid_file);
         }
         Ok(config)
     }
@@ -962,6 +974,9 @@ impl Config {
         }
         if cli.recover_truncate {
             self.persistence.recovery = Recovery::Truncate;
+        }
+        if let Some(path) = &cli.pid_file {
+            self.pid_file = Some(path.clone());
         }
         Ok(())
     }
@@ -1232,6 +1247,7 @@ impl Config {
             mqtt,
             http,
             bridges,
+            pid_file: raw.pid_file,
             verbosity: 0,
             notes,
         };
@@ -1887,6 +1903,60 @@ mod tests {
         let cli = Cli::try_parse_from(["roost", "--data-dir", "/d"]).expect("cli");
         config.apply_cli(&cli).expect("apply");
         config.validate().expect("path from flag");
+    }
+
+    /// Every path a file names is relative to the file: the client CA and
+    /// CRL too (they were taken from the working directory), and pid_file;
+    /// --pid-file wins over the file.
+    #[test]
+    fn paths_in_a_file_are_relative_to_it() {
+        let dir = std::env::temp_dir().join(format!("roost-anchor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("roost.toml");
+        std::fs::write(
+            &path,
+            "pid_file = \"roost.pid\"\n[[listener]]\nprotocol = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+             cert = \"s.crt\"\nkey = \"s.key\"\nclient_ca = \"ca.crt\"\ncrl_file = \"c.crl\"\n",
+        )
+        .expect("write");
+        let config = Config::from_file(&path).expect("config");
+        assert_eq!(config.pid_file, Some(dir.join("roost.pid")));
+        let certs = &config.listeners[0].client_certs;
+        assert_eq!(certs.ca, Some(dir.join("ca.crt")));
+        assert_eq!(certs.crl, Some(dir.join("c.crl")));
+        let flagged = cli(&[
+            "-c",
+            path.to_str().expect("utf-8"),
+            "--pid-file",
+            "/run/r.pid",
+        ]);
+        assert_eq!(flagged.pid_file, Some(PathBuf::from("/run/r.pid")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The configurations shipped for systemd and the container image
+    /// parse, listen on every interface, and refuse anonymous clients in
+    /// favour of a password file.
+    #[test]
+    fn packaged_configurations_refuse_anonymous_clients() {
+        for (name, text, passwd) in [
+            (
+                "packaging/roost.toml",
+                include_str!("../../packaging/roost.toml"),
+                "passwd",
+            ),
+            (
+                "packaging/docker/roost.toml",
+                include_str!("../../packaging/docker/roost.toml"),
+                "/data/passwd",
+            ),
+        ] {
+            let config = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let l = &config.listeners[0];
+            assert_eq!(l.bind, "0.0.0.0:1883".parse().expect("addr"), "{name}");
+            assert!(!l.allows_anonymous(), "{name}");
+            assert_eq!(l.password_file, Some(PathBuf::from(passwd)), "{name}");
+        }
     }
 
     fn cli(args: &[&str]) -> Config {

@@ -18,6 +18,8 @@
 //! * [`clock`]: the runtime's clock, as the engine's time.
 //! * [`net`]: listening sockets.
 //! * [`cli`]: what every binary does before it serves.
+//! * [`service`]: what it does as a service: pid file, systemd
+//!   notifications, the configuration file re-read on SIGHUP.
 //!
 //! # Stages
 //!
@@ -48,5 +50,6 @@ pub mod hooks;
 pub mod net;
 pub mod passwd;
 pub mod pool;
+pub mod service;
 pub mod tls;
 pub mod ws;

@@ -33,10 +33,10 @@
 
 use roost_core::broker::ConnId;
 use roost_runtime::clock::Clock;
-use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
 use roost_runtime::net::READS_PER_TURN;
 use roost_runtime::pool::Pool;
+use roost_runtime::service::Service;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -61,9 +61,9 @@ struct Conn {
 }
 
 fn main() -> ExitCode {
-    let config = match roost_runtime::cli::start("roost-std") {
+    let mut service = match roost_runtime::cli::start("roost-std") {
         roost_runtime::cli::Start::Exit(code) => return code,
-        roost_runtime::cli::Start::Serve(config) => config,
+        roost_runtime::cli::Start::Serve(service) => service,
     };
     let requests = Requests::default();
     for (signal, flag) in [
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match serve(&config, &requests) {
+    match serve(&mut service, &requests) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("roost-std: {e}");
@@ -87,9 +87,10 @@ fn main() -> ExitCode {
 
 /// Serves until a stop is requested and the driver has closed every
 /// connection and flushed its store.
-fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
+fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
+    let config = service.config().clone();
     let clock = Clock::new();
-    let mut driver = Driver::open(config, clock.now())
+    let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The driver's listeners: the configured MQTT ones, then `[http]`.
     let mut listeners = Vec::new();
@@ -103,6 +104,9 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    service
+        .ready()
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let jobs_done = Arc::new(AtomicBool::new(false));
     let flag = jobs_done.clone();
     let pool = Pool::start(Arc::new(move || flag.store(true, Ordering::Release)))?;
@@ -115,13 +119,17 @@ fn serve(config: &Config, requests: &Requests) -> io::Result<()> {
     loop {
         let mut busy = false;
         if requests.stop.swap(false, Ordering::AcqRel) {
+            service.stopping();
             driver.handle_shutdown(clock.now());
         }
         if requests.reload.swap(false, Ordering::AcqRel) {
-            let errors = driver.handle_reload(clock.now(), Files::load(config));
+            tracing::info!("SIGHUP: reloading");
+            let config = service.reload();
+            let errors = driver.handle_reload(clock.now(), Files::load(&config));
             if errors.is_empty() {
                 tracing::info!("certificates, password and ACL files reloaded");
             }
+            service.reloaded();
         }
 
         if accept_retry.is_none_or(|at| at <= Instant::now()) {
