@@ -71,6 +71,7 @@ use roost_core::broker::{
     StoreOp, SubscribeDecision,
 };
 use roost_core::codec::{QoS, ReasonCode};
+use roost_core::hash::SeededState;
 use roost_core::topic::TopicFilter;
 use roost_persistence::{Recovered, Store};
 use std::collections::{HashMap, VecDeque};
@@ -338,7 +339,10 @@ enum ShutdownStage {
 pub struct Driver {
     broker: Broker,
     listeners: Vec<ListenerState>,
-    conns: HashMap<ConnId, ConnIo>,
+    /// Keyed by the engine's seed, like every table in `core`: shutdown
+    /// walks it, and the order it walks reaches the wire (which connection
+    /// is dropped first), so one seed must give one order.
+    conns: HashMap<ConnId, ConnIo, SeededState>,
     events: VecDeque<Event>,
     follow_ups: Vec<FollowUp>,
     /// Password checks waiting for a slot, and how many run.
@@ -540,7 +544,7 @@ impl Driver {
         Ok(Driver {
             broker,
             listeners,
-            conns: HashMap::new(),
+            conns: HashMap::with_hasher(SeededState::new(seed)),
             events: VecDeque::new(),
             follow_ups: Vec::new(),
             password_queue: VecDeque::new(),
