@@ -108,9 +108,11 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The broker is shutting down.
     ServerShutdown,
-    /// The store could not make durable a message this MQTT 3 client
-    /// published (a full disk, an I/O error), and MQTT 3 has no negative
-    /// acknowledgement to say so. See [`super::Broker::handle_store_failed`].
+    /// The store could not make durable what an acknowledgement to this
+    /// client would have promised (a full disk, an I/O error): a message
+    /// it published at QoS 2 (or at QoS 1 over MQTT 3, which has no
+    /// negative acknowledgement), or a subscription change. See
+    /// [`super::Broker::handle_store_failed`].
     StoreFailed,
 }
 
@@ -143,7 +145,7 @@ impl fmt::Display for CloseReason {
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
             CloseReason::StoreFailed => {
-                f.write_str("the store could not make a published message durable")
+                f.write_str("the store could not make a message or subscription durable")
             }
         }
     }

@@ -142,7 +142,10 @@ impl Broker {
             reasons,
             properties: self.ack_properties(id, failure),
         };
-        self.send(id, &Packet::SubAck(ack));
+        // SUBACK promises a subscription that outlives a restart when the
+        // session is stored: it waits for the batch that stores it (and
+        // the retained messages after it keep their place behind it).
+        self.send_subscription_ack(id, sid, Packet::SubAck(ack));
         for (filter, entry) in retained_for {
             self.send_retained(sid, &filter, entry);
         }
@@ -513,7 +516,9 @@ impl Broker {
             reasons,
             properties: AckProperties::default(),
         };
-        self.send(id, &Packet::UnsubAck(ack));
+        // Like SUBACK: a removal the store has not made durable could come
+        // back after a restart.
+        self.send_subscription_ack(id, sid, Packet::UnsubAck(ack));
     }
 
     /// Subscribes the embedding program itself: matching messages come out
@@ -568,5 +573,19 @@ fn granted_code(qos: QoS) -> ReasonCode {
         QoS::AtMostOnce => ReasonCode::Success,
         QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
         QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+impl Broker {
+    /// Sends a SUBACK or UNSUBACK: for a stored session, once the batch of
+    /// this input (which records the change) is durable; otherwise at once,
+    /// in order with the rest of the connection's output.
+    fn send_subscription_ack(&mut self, id: ConnId, sid: SessionId, packet: Packet) {
+        if self.sessions.get(&sid).is_some_and(|s| s.stored) {
+            let needs = self.horizon();
+            self.send_held(id, packet, needs);
+        } else {
+            self.send(id, &packet);
+        }
     }
 }

@@ -297,6 +297,10 @@ impl Sim {
     pub fn subscribe_with(&mut self, id: ConnId, sub: Subscribe) -> Vec<ReasonCode> {
         let pid = sub.packet_id;
         self.send(id, Packet::Subscribe(sub));
+        if !self.auto_confirm && self.clients.get(&id).is_some_and(|c| c.packets.is_empty()) {
+            // A SUBACK for a stored session waits for the store.
+            self.confirm_all();
+        }
         match self.recv(id) {
             Some(Packet::SubAck(ack)) => {
                 assert_eq!(ack.packet_id, pid);
