@@ -374,6 +374,10 @@ pub struct Driver {
     http_idle: VecDeque<(Instant, ConnId)>,
     metrics: metrics::DriverMetrics,
     bridges: Vec<bridge::Bridge>,
+    /// Reads the engine thread's CPU time for `/metrics`; set by
+    /// [`Driver::open`], which every runtime calls on its engine thread's
+    /// behalf. `None` keeps [`Driver::new`] free of I/O.
+    busy_probe: Option<fn() -> Option<Duration>>,
 }
 
 /// A store opened for the driver, with what it held.
@@ -431,7 +435,9 @@ impl Driver {
     pub fn open(config: &Config, now: Instant) -> Result<Driver, DriverError> {
         let files = Files::load(config);
         let store = Self::open_store(config)?;
-        Driver::new(config, files, store, now)
+        let mut driver = Driver::new(config, files, store, now)?;
+        driver.busy_probe = Some(crate::clock::thread_cpu_time);
+        Ok(driver)
     }
 
     /// Builds the driver from a configuration and what it names, already
@@ -568,6 +574,7 @@ impl Driver {
             http_open: 0,
             http_idle: VecDeque::new(),
             metrics: metrics::DriverMetrics::default(),
+            busy_probe: None,
             bridges,
         })
     }
