@@ -72,9 +72,10 @@ impl TopicRule {
 /// TLS to the remote broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeTls {
-    /// CA certificates (PEM) that vouch for the remote; the system's
-    /// roots (webpki-roots) when absent.
-    pub ca: Option<PathBuf>,
+    /// CA certificates (PEM) that vouch for the remote: a private CA, or
+    /// the system's bundle (`/etc/ssl/certs/ca-certificates.crt`) for a
+    /// public broker. Required, as Mosquitto's `bridge_cafile` is.
+    pub ca: PathBuf,
     /// A client certificate chain (PEM), with `key`.
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
@@ -246,8 +247,16 @@ fn bridge_from_raw(i: usize, b: RawBridge) -> Result<Bridge, ConfigError> {
                 because: "a client certificate needs both cert and key".into(),
             });
         }
+        let Some(ca) = b.ca else {
+            return Err(ConfigError::Required {
+                key: key("ca"),
+                because: "tls = true verifies the remote against these CAs \
+                          (/etc/ssl/certs/ca-certificates.crt for a public broker)"
+                    .into(),
+            });
+        };
         Some(BridgeTls {
-            ca: b.ca,
+            ca,
             cert: b.cert,
             key: b.key,
             sni: b.sni,
@@ -464,6 +473,7 @@ mod tests {
                 "bridge[0].keep_alive",
             ),
             ("ca = \"x\"\n[[bridge.topic]]\n", "bridge[0].ca"),
+            ("tls = true\n[[bridge.topic]]\n", "bridge[0].ca"),
             (
                 "tls = true\ncert = \"c\"\n[[bridge.topic]]\n",
                 "bridge[0].key",

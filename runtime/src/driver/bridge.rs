@@ -27,14 +27,17 @@
 
 use super::{ConnIo, Driver, Event, Phase};
 use crate::config::{self, BridgeProtocol};
+use crate::tls::TlsStage;
 use bytes::Bytes;
 use roost_core::MqttStr;
 use roost_core::broker::{ConnId, ConnInfo, Instant, Message};
 use roost_core::client::{Client, ClientConfig, ClientEvent, DisconnectReason};
 use roost_core::codec::{Protocol, PublishProperties, QoS};
 use roost_core::topic::{TopicFilter, TopicName};
+use rustls::pki_types::ServerName;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -79,6 +82,8 @@ pub(super) struct Bridge {
     echo: VecDeque<(TopicName, u64)>,
     filters_out: Vec<(TopicFilter, usize)>,
     filters_in: Vec<(TopicFilter, usize)>,
+    /// The TLS client configuration, when `tls = true` (replaced on reload).
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn topic_filter(text: &str) -> TopicFilter {
@@ -94,6 +99,14 @@ fn mqtt_str(text: &str) -> Option<MqttStr> {
     MqttStr::copy_from_str(text).ok()
 }
 
+/// The host of `host:port` (`[v6]:port` gives `v6`).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 fn payload_hash(payload: &[u8]) -> u64 {
     // FNV-1a: deterministic, and good enough to tell echoes apart.
     payload.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -102,6 +115,26 @@ fn payload_hash(payload: &[u8]) -> u64 {
 }
 
 impl Bridge {
+    /// A TLS client stage for a new connection to the current address, or
+    /// `None` over plain TCP. The server name is `sni` when set, else the
+    /// address's host (a DNS name, or an IP address the certificate must
+    /// name).
+    fn tls_stage(&self) -> Result<Option<Box<TlsStage>>, String> {
+        let (Some(cfg), Some(t)) = (&self.tls, &self.config.tls) else {
+            return Ok(None);
+        };
+        let address = &self.config.addresses[self.next_address];
+        let host = match &t.sni {
+            Some(sni) => sni.as_str(),
+            None => host_of(address),
+        };
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("server name {host:?}: {e}"))?;
+        TlsStage::client(cfg.clone(), name)
+            .map(|stage| Some(Box::new(stage)))
+            .map_err(|e| e.to_string())
+    }
+
     pub(super) fn new(config: &config::Bridge, index: usize, seed: u64, now: Instant) -> Bridge {
         let protocol = match config.protocol_version {
             BridgeProtocol::V3_1_1 => Protocol::V3_1_1,
@@ -178,6 +211,7 @@ impl Bridge {
             echo: VecDeque::new(),
             filters_out,
             filters_in,
+            tls: None,
         }
     }
 
@@ -274,14 +308,27 @@ impl Driver {
             self.pump(now);
             return;
         };
+        let tls = match self.bridges[b].tls_stage() {
+            Ok(tls) => tls,
+            Err(error) => {
+                let bridge = &mut self.bridges[b];
+                warn!(bridge = bridge.name(), %error, "bridge cannot start TLS");
+                bridge.schedule_retry(now);
+                self.pump(now);
+                return;
+            }
+        };
         self.conns.insert(
             conn,
             ConnIo {
                 bridge: Some(b),
                 remote,
+                tls,
                 ..ConnIo::new(0, now)
             },
         );
+        // The ClientHello.
+        self.push_stage_output(conn);
         let bridge = &mut self.bridges[b];
         bridge.link = Link::Open(conn);
         debug!(bridge = bridge.name(), remote = %super::DisplayAddr(remote), "bridge connection established");
@@ -368,7 +415,7 @@ impl Driver {
         }
     }
 
-    fn close_bridge_conn(&mut self, now: Instant, conn: ConnId) {
+    pub(super) fn close_bridge_conn(&mut self, now: Instant, conn: ConnId) {
         if let Some(io) = self.conns.get_mut(&conn) {
             if io.phase == Phase::Open {
                 io.phase = Phase::Closing;

@@ -528,18 +528,13 @@ impl Driver {
             }
             None => (Broker::new(engine, now), StoreSlot::None),
         };
-        if config.bridges.iter().any(|b| b.tls.is_some()) {
-            return Err(DriverError::Unsupported(
-                "bridge with tls = true: TLS to a remote broker is not built yet",
-            ));
-        }
         let seed = engine_seed(&broker);
-        let bridges = config
-            .bridges
-            .iter()
-            .enumerate()
-            .map(|(i, b)| bridge::Bridge::new(b, i, seed, now))
-            .collect();
+        let mut bridges = Vec::with_capacity(config.bridges.len());
+        for ((i, b), tls) in config.bridges.iter().enumerate().zip(files.bridges) {
+            let mut bridge = bridge::Bridge::new(b, i, seed, now);
+            bridge.tls = tls.transpose().map_err(DriverError::File)?;
+            bridges.push(bridge);
+        }
         let flush_every = (matches!(store, StoreSlot::Idle(_))
             && config.persistence.durability == config::Durability::Periodic)
             .then(|| Duration::from_millis(config.persistence.flush_interval_ms.max(1)));
@@ -834,7 +829,27 @@ impl Driver {
             }
             Phase::Open if io.bridge.is_some() => {
                 let b = io.bridge.unwrap_or_default();
-                self.bridge_read(now, b, bytes);
+                match io.tls.as_deref_mut() {
+                    None => self.bridge_read(now, b, bytes),
+                    Some(tls) => {
+                        let mut plain = std::mem::take(&mut self.scratch);
+                        plain.clear();
+                        let result = tls.feed_ciphertext(bytes);
+                        tls.take_plaintext(&mut plain);
+                        // Handshake records and alerts for the remote.
+                        self.push_stage_output(conn);
+                        if !plain.is_empty() {
+                            self.bridge_read(now, b, &plain);
+                        }
+                        self.scratch = plain;
+                        if let Err(e) = result {
+                            let name = self.bridges.get(b).map_or("", |b| b.name());
+                            warn!(bridge = name, error = %e, "bridge TLS failed");
+                            self.bridge_closed(now, b);
+                            self.close_bridge_conn(now, conn);
+                        }
+                    }
+                }
                 self.pump(now);
                 return;
             }
@@ -1165,6 +1180,14 @@ impl Driver {
                 }
                 None => None,
             });
+        }
+        for (b, result) in self.bridges.iter_mut().zip(files.bridges) {
+            match result {
+                // The next connection uses it.
+                Some(Ok(cfg)) => b.tls = Some(cfg),
+                Some(Err(e)) => errors.push(e),
+                None => {}
+            }
         }
         // The ACLs are one policy: all of them are replaced, or none.
         if !acl_failed && !self.custom_policy && acls.iter().any(Option::is_some) {
