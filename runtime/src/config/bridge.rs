@@ -115,8 +115,12 @@ pub struct Bridge {
     pub local_username: Option<String>,
     /// Outgoing QoS 1/2 messages in flight at once.
     pub max_inflight: u16,
-    /// Outgoing messages queued (while the remote is down, or beyond the
-    /// in-flight window); beyond it they are dropped and counted.
+    /// Outgoing messages the bridge's client holds beyond the in-flight
+    /// window (while the remote is down); beyond it they are dropped and
+    /// counted. The bridge's session on this broker hands it at most
+    /// `[limits] max_inflight` unacknowledged messages and keeps the rest
+    /// itself (in the store, with persistence), so this bound only matters
+    /// when set lower than that.
     pub max_queued_messages: usize,
     /// Outgoing payload and topic bytes queued.
     pub max_queued_bytes: usize,

@@ -31,10 +31,13 @@ use crate::tls::TlsStage;
 use bytes::Bytes;
 use roost_core::MqttStr;
 use roost_core::broker::{ConnId, ConnInfo, Instant, Message};
-use roost_core::client::{Client, ClientConfig, ClientEvent, DisconnectReason};
+use roost_core::client::{
+    Client, ClientConfig, ClientEvent, DisconnectReason, InboundId, MessageId,
+};
 use roost_core::codec::{Protocol, PublishProperties, QoS};
 use roost_core::topic::{TopicFilter, TopicName};
 use rustls::pki_types::ServerName;
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +47,11 @@ use tracing::{debug, info, warn};
 /// How long the runtime has to establish a dialled TCP connection before the
 /// bridge gives up on it and tries the next address.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the bridge's session on this broker outlives the bridge (one
+/// week): the bridge is connected whenever roost runs, so this only counts
+/// for a bridge removed from the configuration.
+const LOCAL_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
 
 /// Messages sent out over an MQTT 3.1.1 bridge that the remote may echo back
 /// (their topic is also bridged in), remembered to drop the echo.
@@ -82,6 +90,13 @@ pub(super) struct Bridge {
     echo: VecDeque<(TopicName, u64)>,
     filters_out: Vec<(TopicFilter, usize)>,
     filters_in: Vec<(TopicFilter, usize)>,
+    /// Messages from this broker handed to the remote client, by its id,
+    /// with the id that acknowledges them here once the remote has them.
+    out_pending: BTreeMap<MessageId, InboundId>,
+    /// Messages from the remote handed to the local client, by its id,
+    /// with the id that acknowledges them to the remote once this broker
+    /// has them (durably, with persistence).
+    in_pending: BTreeMap<MessageId, InboundId>,
     /// The TLS client configuration, when `tls = true` (replaced on reload).
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -173,13 +188,18 @@ impl Bridge {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
+            manual_ack: true,
             ..ClientConfig::new(
                 mqtt_str(&config.client_id).unwrap_or(MqttStr::from_static("roost-bridge")),
             )
         };
+        // A persistent session here: what the remote has not acknowledged
+        // stays in it (in the store, with persistence) and comes again.
         let local = ClientConfig {
             protocol: Protocol::V5,
-            clean_start: true,
+            clean_start: false,
+            session_expiry: LOCAL_SESSION_EXPIRY,
+            manual_ack: true,
             keep_alive: 0,
             username: config.local_username.as_deref().and_then(mqtt_str),
             subscriptions: filters_out
@@ -211,6 +231,8 @@ impl Bridge {
             echo: VecDeque::new(),
             filters_out,
             filters_in,
+            out_pending: BTreeMap::new(),
+            in_pending: BTreeMap::new(),
             tls: None,
         }
     }
@@ -519,8 +541,11 @@ impl Driver {
     fn bridge_local_event(&mut self, now: Instant, b: usize, event: ClientEvent) -> bool {
         let bridge = &mut self.bridges[b];
         match event {
-            ClientEvent::Message(m) => {
+            ClientEvent::Message(m, token) => {
                 let Some(topic) = bridge.map_out(&m.topic) else {
+                    if let Some(token) = token {
+                        bridge.local.ack(now, token);
+                    }
                     return false;
                 };
                 if bridge.remote.config().protocol != Protocol::V5
@@ -533,11 +558,26 @@ impl Driver {
                         .echo
                         .push_back((topic.clone(), payload_hash(&m.payload)));
                 }
-                let qos = m.qos;
-                if let Err(e) = bridge.remote.publish(now, Message { topic, ..*m }) {
-                    if qos != QoS::AtMostOnce {
-                        warn!(bridge = bridge.name(), error = ?e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                match bridge.remote.publish(now, Message { topic, ..*m }) {
+                    // Acknowledged here once the remote acknowledges it.
+                    Ok(id) => {
+                        if let Some(token) = token {
+                            bridge.out_pending.insert(id, token);
+                        }
                     }
+                    Err(e) => {
+                        if let Some(token) = token {
+                            warn!(bridge = bridge.name(), error = ?e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                            bridge.local.ack(now, token);
+                        }
+                    }
+                }
+            }
+            // This broker has a message from the remote: now the remote
+            // may forget it.
+            ClientEvent::Acked(id) => {
+                if let Some(token) = bridge.in_pending.remove(&id) {
+                    bridge.remote.ack(now, token);
                 }
             }
             ClientEvent::Subscribed(results) => {
@@ -547,8 +587,11 @@ impl Driver {
                     }
                 }
             }
-            ClientEvent::Rejected(_, code) => {
+            ClientEvent::Rejected(id, code) => {
                 warn!(bridge = bridge.name(), %code, "a message from the remote broker was refused here (ACL)");
+                if let Some(token) = bridge.in_pending.remove(&id) {
+                    bridge.remote.ack(now, token);
+                }
             }
             ClientEvent::Disconnected(reason) => {
                 warn!(bridge = bridge.name(), %reason, "bridge's local connection ended");
@@ -588,26 +631,50 @@ impl Driver {
                 self.bridge_state(now, b, true);
                 return true;
             }
-            ClientEvent::Message(m) => {
-                if !bridge.echo.is_empty() {
-                    let key = (m.topic.clone(), payload_hash(&m.payload));
-                    if let Some(i) = bridge.echo.iter().position(|e| *e == key) {
+            ClientEvent::Message(m, token) => {
+                let echo = (m.topic.clone(), payload_hash(&m.payload));
+                let topic = match bridge.echo.iter().position(|e| *e == echo) {
+                    Some(i) => {
                         bridge.echo.remove(i);
-                        return false;
+                        None
                     }
-                }
-                let Some(topic) = bridge.map_in(&m.topic) else {
+                    None => bridge.map_in(&m.topic),
+                };
+                let Some(topic) = topic else {
+                    if let Some(token) = token {
+                        bridge.remote.ack(now, token);
+                    }
                     return false;
                 };
-                if bridge.local.publish(now, Message { topic, ..*m }).is_err() {
-                    warn!(
-                        bridge = bridge.name(),
-                        "bridge's local queue full: message dropped"
-                    );
+                match bridge.local.publish(now, Message { topic, ..*m }) {
+                    // Acknowledged to the remote once this broker has it.
+                    Ok(id) => {
+                        if let Some(token) = token {
+                            bridge.in_pending.insert(id, token);
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(token) = token {
+                            warn!(
+                                bridge = bridge.name(),
+                                "bridge's local queue full: message dropped"
+                            );
+                            bridge.remote.ack(now, token);
+                        }
+                    }
                 }
             }
-            ClientEvent::Rejected(_, code) => {
+            // The remote has it: this broker's session may forget it.
+            ClientEvent::Acked(id) => {
+                if let Some(token) = bridge.out_pending.remove(&id) {
+                    bridge.local.ack(now, token);
+                }
+            }
+            ClientEvent::Rejected(id, code) => {
                 warn!(bridge = bridge.name(), %code, "remote broker refused a bridged message");
+                if let Some(token) = bridge.out_pending.remove(&id) {
+                    bridge.local.ack(now, token);
+                }
             }
             ClientEvent::Disconnected(reason) => {
                 let address = bridge.config.addresses[bridge.next_address].clone();
