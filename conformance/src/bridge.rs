@@ -170,6 +170,18 @@ fn read_session(port: u16, id: &str, filter: &str, count: usize, within: Duratio
         .collect()
 }
 
+/// `lines` without repeats, each where it first came (QoS 1 may come
+/// twice across a restart).
+fn first_occurrences(lines: Vec<String>) -> Vec<String> {
+    let mut first: Vec<String> = Vec::new();
+    for line in lines {
+        if !first.contains(&line) {
+            first.push(line);
+        }
+    }
+    first
+}
+
 /// Waits until roost's retained bridge state for `name` is `want`.
 fn wait_state(port: u16, name: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -366,12 +378,7 @@ pub fn remote_restart_loses_nothing_acknowledged(bin: &Binary) {
     // QoS 1 may be delivered twice across the restart; nothing is missing,
     // and first deliveries keep their order within each QoS (Mosquitto's
     // queue for an offline subscriber interleaves QoS 1 and 2 its own way).
-    let mut first: Vec<String> = Vec::new();
-    for line in got {
-        if !first.contains(&line) {
-            first.push(line);
-        }
-    }
+    let first = first_occurrences(got);
     let by_parity = |lines: &[String], odd: bool| -> Vec<String> {
         lines
             .iter()
@@ -637,12 +644,7 @@ pub fn queue_survives_a_crash_while_the_remote_is_down(bin: &Binary) {
         50,
         Duration::from_secs(15),
     );
-    let mut first: Vec<String> = Vec::new();
-    for line in got {
-        if !first.contains(&line) {
-            first.push(line);
-        }
-    }
+    let first = first_occurrences(got);
     let mut missing: Vec<&String> = expected.iter().filter(|m| !first.contains(m)).collect();
     missing.sort();
     assert!(

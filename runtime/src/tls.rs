@@ -171,25 +171,7 @@ pub fn load_server_config_with(
     key_path: &Path,
     client: &ClientCerts,
 ) -> Result<ServerConfig, TlsError> {
-    let cert_pem = read(cert_path)?;
-    let key_pem = read(key_path)?;
-    let pem_error = |path: &Path, expected, source| TlsError::Pem {
-        path: path.to_path_buf(),
-        expected,
-        source,
-    };
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(cert_path, "certificate", e))?;
-    if certs.is_empty() {
-        return Err(pem_error(
-            cert_path,
-            "certificate",
-            pem::Error::NoItemsFound,
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| pem_error(key_path, "private key", e))?;
+    let (certs, key) = load_chain(cert_path, key_path)?;
     let config_error = |source| TlsError::Config {
         cert: cert_path.to_path_buf(),
         key: key_path.to_path_buf(),
@@ -206,6 +188,32 @@ pub fn load_server_config_with(
         }
     };
     builder.with_single_cert(certs, key).map_err(config_error)
+}
+
+/// A certificate chain and its private key (PKCS#8, PKCS#1 or SEC1), PEM.
+type Chain = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Reads the chain in `cert_path` (at least one certificate) and the key in
+/// `key_path`.
+fn load_chain(cert_path: &Path, key_path: &Path) -> Result<Chain, TlsError> {
+    let pem_error = |path: &Path, expected, source| TlsError::Pem {
+        path: path.to_path_buf(),
+        expected,
+        source,
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(cert_path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(cert_path, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(pem_error(
+            cert_path,
+            "certificate",
+            pem::Error::NoItemsFound,
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
+        .map_err(|e| pem_error(key_path, "private key", e))?;
+    Ok((certs, key))
 }
 
 /// The CA certificates (PEM) in `ca_path`, as trust anchors.
@@ -256,23 +264,7 @@ pub fn load_client_config(
     let Some((cert_path, key_path)) = cert_and_key else {
         return Ok(builder.with_no_client_auth());
     };
-    let pem_error = |path: &Path, expected, source| TlsError::Pem {
-        path: path.to_path_buf(),
-        expected,
-        source,
-    };
-    let certs = CertificateDer::pem_slice_iter(&read(cert_path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(cert_path, "certificate", e))?;
-    if certs.is_empty() {
-        return Err(pem_error(
-            cert_path,
-            "certificate",
-            pem::Error::NoItemsFound,
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
-        .map_err(|e| pem_error(key_path, "private key", e))?;
+    let (certs, key) = load_chain(cert_path, key_path)?;
     builder
         .with_client_auth_cert(certs, key)
         .map_err(|source| TlsError::Config {
