@@ -317,7 +317,7 @@ pub(crate) enum ToLink {
     /// Send a message published here to the interested nodes (and to the
     /// retained bucket if it is retained).
     Forward {
-        message: Message,
+        message: Box<Message>,
         client_id: Option<MqttStr>,
         username: Option<MqttStr>,
     },
@@ -365,6 +365,8 @@ pub struct ClusterStats {
     /// Messages lost on the way (a full queue, a slow consumer, a topic too
     /// long for a subject, an undecodable frame).
     pub dropped: AtomicU64,
+    /// Claims heard from other nodes (their clients' connections).
+    pub claims: AtomicU64,
     /// Whether the NATS connection is up (1) or not (0).
     pub connected: AtomicU64,
 }
@@ -567,6 +569,8 @@ impl LinkStart {
                     if !batch.is_empty() {
                         self.outstanding.fetch_add(batch.len(), Ordering::AcqRel);
                         let messages = batch.iter().filter(|i| matches!(i, FromLink::Message { .. })).count();
+                        let claims = batch.iter().filter(|i| matches!(i, FromLink::Release { .. })).count();
+                        stats.claims.fetch_add(claims as u64, Ordering::Relaxed);
                         stats.received.fetch_add(messages as u64, Ordering::Relaxed);
                         deliver(std::mem::take(&mut batch));
                     }

@@ -654,7 +654,7 @@ pub struct Config {
     /// Bridges to other brokers (`[[bridge]]`).
     pub bridges: Vec<Bridge>,
     /// This broker as a node of a cluster (`[cluster]`), if configured.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<Box<Cluster>>,
     /// Where the broker writes its process id once listening (`pid_file`,
     /// `--pid-file`); the binaries remove it at a clean exit.
     pub pid_file: Option<PathBuf>,

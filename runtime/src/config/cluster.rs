@@ -82,7 +82,7 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 pub(super) fn cluster_from_raw(
     raw: Option<RawCluster>,
     listeners: usize,
-) -> Result<Option<Cluster>, ConfigError> {
+) -> Result<Option<Box<Cluster>>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -199,7 +199,7 @@ pub(super) fn cluster_from_raw(
             ));
         }
     }
-    Ok(Some(Cluster {
+    Ok(Some(Box::new(Cluster {
         urls,
         node,
         prefix,
@@ -213,5 +213,5 @@ pub(super) fn cluster_from_raw(
         queue,
         retained,
         replicas,
-    }))
+    })))
 }

@@ -172,7 +172,7 @@ impl Driver {
     }
 
     /// Publishes this node's view of the cluster, retained, every `$SYS`
-    /// interval: `$SYS/broker/cluster/{node,connected,forwarded,received,dropped}`.
+    /// interval: `$SYS/broker/cluster/{node,connected,forwarded,received,dropped,claims}`.
     pub(super) fn cluster_handle_timeout(&mut self, now: Instant) {
         let Some(side) = &mut self.cluster else {
             return;
@@ -203,6 +203,7 @@ impl Driver {
                 stats.received.load(Ordering::Relaxed).to_string(),
             ),
             ("dropped", stats.dropped.load(Ordering::Relaxed).to_string()),
+            ("claims", stats.claims.load(Ordering::Relaxed).to_string()),
         ];
         for (name, value) in values {
             let Ok(topic) = TopicName::copy_from_str(&format!("$SYS/broker/cluster/{name}")) else {

@@ -1367,7 +1367,7 @@ impl Driver {
                 client_id,
                 username,
             } => self.cluster_send(crate::cluster::ToLink::Forward {
-                message,
+                message: Box::new(message),
                 client_id,
                 username,
             }),
