@@ -178,7 +178,16 @@ impl Broker {
         let topic = message.topic.clone();
         let qos = message.qos;
         let routed = self.match_message_retaining(message, false);
-        let matched = routed.targets.len();
+        let matched = routed
+            .targets
+            .iter()
+            .filter(|(key, _)| match (group, key) {
+                (None, SubKey::Shared(_)) => false,
+                (None, _) => true,
+                (Some(wanted), SubKey::Shared(g)) => *g == wanted,
+                (Some(_), _) => false,
+            })
+            .count();
         self.remote_group = Some(group);
         self.deliver_matched(routed, None);
         self.remote_group = None;

@@ -215,3 +215,74 @@ pub(super) fn cluster_from_raw(
         replicas,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text)
+            .expect_err("should be invalid")
+            .to_string()
+    }
+
+    const BASE: &str =
+        "[cluster]\nurls = [\"nats://127.0.0.1:4222\", \"tls://n2:4222\"]\nnode = \"a-1\"\n";
+
+    #[test]
+    fn without_the_table_there_is_no_cluster() {
+        assert_eq!(Config::from_toml_str("").expect("empty").cluster, None);
+    }
+
+    #[test]
+    fn the_table_with_its_defaults() {
+        let config = Config::from_toml_str(BASE).expect("valid");
+        let c = config.cluster.expect("configured");
+        assert_eq!(c.urls.len(), 2);
+        assert_eq!(c.node, "a-1");
+        assert_eq!(c.prefix, "roost");
+        assert_eq!(c.queue, 8192);
+        assert!(c.retained);
+        assert_eq!(c.replicas, 1);
+        assert_eq!(c.acl_listener, 0);
+        assert_eq!(c.user, None);
+    }
+
+    #[test]
+    fn what_is_missing_wrong_or_not_built_is_refused_by_name() {
+        assert!(err("[cluster]\nnode = \"a\"\n").contains("cluster.urls"));
+        assert!(err("[cluster]\nurls = []\nnode = \"a\"\n").contains("cluster.urls"));
+        assert!(err("[cluster]\nurls = [\"n:4222\"]\n").contains("cluster.node"));
+        assert!(err("[cluster]\nurls = [\"http://n\"]\nnode = \"a\"\n").contains("cluster.urls"));
+        assert!(err("[cluster]\nurls = [\"n:4222\"]\nnode = \"a.b\"\n").contains("cluster.node"));
+        assert!(err(&format!("{BASE}prefix = \"r>\"\n")).contains("cluster.prefix"));
+        assert!(err(&format!("{BASE}user = \"u\"\n")).contains("cluster.password"));
+        assert!(
+            err(&format!(
+                "{BASE}user = \"u\"\npassword = \"p\"\ntoken = \"t\"\n"
+            ))
+            .contains("one of")
+        );
+        assert!(err(&format!("{BASE}tls_cert = \"c.pem\"\n")).contains("cluster.tls_key"));
+        assert!(err(&format!("{BASE}acl_listener = 1\n")).contains("cluster.acl_listener"));
+        assert!(err(&format!("{BASE}queue = 1\n")).contains("cluster.queue"));
+        assert!(err(&format!("{BASE}replicas = 7\n")).contains("cluster.replicas"));
+        assert!(err(&format!("{BASE}retained = \"redis\"\n")).contains("cluster.retained"));
+        let not_built = err(&format!("{BASE}sessions = \"jetstream\"\n"));
+        assert!(not_built.contains("not implemented"), "{not_built}");
+        assert!(err(&format!("{BASE}reuse_port = true\n")).contains("reuse_port"));
+    }
+
+    #[test]
+    fn credentials_and_tls_are_read() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}user = \"u\"\npassword = \"p\"\ntls_ca = \"ca.pem\"\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nrequire_tls = true\nretained = \"local\"\n"
+        ))
+        .expect("valid");
+        let c = config.cluster.expect("configured");
+        assert_eq!(c.user, Some(("u".into(), "p".into())));
+        assert!(c.tls_client.is_some() && c.tls_ca.is_some() && c.require_tls);
+        assert!(!c.retained);
+    }
+}
