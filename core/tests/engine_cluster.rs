@@ -127,7 +127,6 @@ fn interest_is_told_for_the_first_and_last_subscriber_of_a_filter() {
 fn what_is_published_here_is_forwarded_and_what_came_from_the_cluster_is_not() {
     let mut sim = node();
     let (p, _) = sim.connect_with(connect("pub", V4, true, 0));
-    let p = p;
     let mut with_will = connect("mortal", V5, true, 0);
     with_will.will = Some(will("w/mortal", b"gone", QoS::AtLeastOnce, false));
     let (m, _) = sim.connect_with(with_will);

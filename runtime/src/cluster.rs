@@ -351,6 +351,8 @@ pub(crate) enum FromLink {
         client_id: MqttStr,
         clean_start: bool,
     },
+    /// The NATS connection went up or down (see [`ClusterStats`]).
+    Status,
 }
 
 /// Counters shared by the link and the driver (for logs, `$SYS` and
@@ -446,7 +448,9 @@ impl LinkStart {
     async fn serve(mut self, deliver: Deliver) {
         let config = self.config.clone();
         let stats = self.stats.clone();
-        let client = match connect(&config, stats.clone()).await {
+        // Connection changes, so the driver publishes them in `$SYS` at once.
+        let (status_tx, mut status_rx) = mpsc::channel::<()>(4);
+        let client = match connect(&config, stats.clone(), status_tx).await {
             Ok(client) => client,
             Err(e) => {
                 error!(error = %e, "cluster: cannot use the NATS settings; this node stays alone");
@@ -575,6 +579,7 @@ impl LinkStart {
                         deliver(std::mem::take(&mut batch));
                     }
                 }
+                Some(()) = status_rx.recv() => deliver(vec![FromLink::Status]),
                 // The driver is behind: look again shortly (it takes
                 // batches as its loop turns).
                 _ = tokio::time::sleep(Duration::from_millis(1)), if self.outstanding.load(Ordering::Acquire) >= config.queue => {}
@@ -707,6 +712,7 @@ fn accept(
 async fn connect(
     config: &Cluster,
     stats: Arc<ClusterStats>,
+    status: mpsc::Sender<()>,
 ) -> Result<async_nats::Client, Box<dyn std::error::Error>> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("roost {}", config.node))
@@ -716,15 +722,18 @@ async fn connect(
         .client_capacity(config.queue)
         .event_callback(move |event| {
             let stats = stats.clone();
+            let status = status.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         stats.connected.store(1, Ordering::Relaxed);
                         info!("cluster: connected to NATS");
+                        let _ = status.try_send(());
                     }
                     async_nats::Event::Disconnected => {
                         stats.connected.store(0, Ordering::Relaxed);
                         warn!("cluster: disconnected from NATS; reconnecting");
+                        let _ = status.try_send(());
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         stats.dropped.fetch_add(1, Ordering::Relaxed);

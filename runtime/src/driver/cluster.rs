@@ -126,7 +126,12 @@ impl Driver {
         };
         let listener = side.acl_listener;
         let outstanding = side.link.as_ref().map(|l| l.outstanding.clone());
-        let n = batch.len();
+        // Status items travel outside the bound on outstanding messages.
+        let n = batch
+            .iter()
+            .filter(|i| !matches!(i, FromLink::Status))
+            .count();
+        let mut status = false;
         for item in batch {
             match item {
                 FromLink::Message {
@@ -143,6 +148,7 @@ impl Driver {
                     self.broker.publish_remote(now, message, from, &target);
                 }
                 FromLink::Retained(message) => self.broker.set_retained(now, message),
+                FromLink::Status => status = true,
                 FromLink::Release {
                     client_id,
                     clean_start,
@@ -155,6 +161,14 @@ impl Driver {
         }
         if let Some(outstanding) = outstanding {
             outstanding.fetch_sub(n, Ordering::AcqRel);
+        }
+        if status {
+            if let Some(side) = &mut self.cluster {
+                if side.sys_every.is_some() {
+                    side.sys_next = Some(now);
+                }
+            }
+            self.cluster_handle_timeout(now);
         }
     }
 
