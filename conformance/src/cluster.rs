@@ -31,6 +31,7 @@ macro_rules! cluster_tests {
         $crate::cluster_tests!(@one $bin, shared_subscription_balanced_across_nodes);
         $crate::cluster_tests!(@one $bin, acl_applies_to_messages_from_other_nodes);
         $crate::cluster_tests!(@one $bin, nats_server_killed_traffic_continues);
+        $crate::cluster_tests!(@one $bin, a_killed_node_restarts_as_itself);
         $crate::cluster_tests!(@one $bin, refuses_what_is_not_implemented);
     };
     (@one $bin:expr, $check:ident) => {
@@ -709,6 +710,53 @@ pub fn nats_server_killed_traffic_continues(bin: &Binary) {
     };
     assert_eq!(only(&on_b, "k/ab"), ab, "[{}] a to b", bin.name());
     assert_eq!(only(&on_a, "k/ba"), ba, "[{}] b to a", bin.name());
+}
+
+/// A node killed (SIGKILL) and started again under its name is a new run
+/// of it: the others take its messages at once (they do not take its new
+/// numbering for duplicates of its former run's), and it serves again the
+/// retained messages it had published, from the bucket.
+pub fn a_killed_node_restarts_as_itself(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (a, a_port) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    let filters: &[&str] = &["r/#"];
+    make_session(b, "sub-b", filters);
+    probe(a_port, "r/probe", &[(b, "sub-b", filters)]);
+    publish(a_port, "r/kept", "by-a", 1, true);
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(b, "r/kept").as_deref() != Some("by-a") {
+        assert!(
+            Instant::now() < deadline,
+            "[{}] r/kept never reached b",
+            bin.name()
+        );
+    }
+    drop(a);
+    let (_a, a_port) = node(bin, dir.path(), "a", &urls, "");
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(a_port, "r/kept").as_deref() != Some("by-a") {
+        assert!(
+            Instant::now() < deadline,
+            "[{}] the restarted node a never took back its retained r/kept",
+            bin.name()
+        );
+    }
+    // The first messages of the new run (node b's interest is in NATS
+    // already): numbered from 1 again, as its former run's first were.
+    for i in 0..3 {
+        publish(a_port, "r/new", &format!("m{i}"), 1, false);
+    }
+    let got = collect(b, "sub-b", filters, 3);
+    let got: Vec<String> = got.into_iter().filter(|l| l.starts_with("r/new")).collect();
+    assert_eq!(
+        got,
+        ["r/new m0", "r/new m1", "r/new m2"],
+        "[{}]",
+        bin.name()
+    );
 }
 
 /// Settings the cluster does not have yet are refused at start, by name,

@@ -226,6 +226,7 @@ fn mqtt_str(bytes: Bytes) -> Option<MqttStr> {
 /// A message between nodes: who sent it, from which client, and the
 /// message as an MQTT 5 PUBLISH.
 struct Frame {
+    /// The sending node's name and run (`name#incarnation`).
     node: Bytes,
     seq: u64,
     client_id: Option<MqttStr>,
@@ -450,8 +451,18 @@ impl LinkStart {
         let stats = self.stats.clone();
         // Connection changes, so the driver publishes them in `$SYS` at once.
         let (status_tx, mut status_rx) = mpsc::channel::<()>(4);
-        let client = match connect(&config, stats.clone(), status_tx).await {
-            Ok(client) => client,
+        // Two connections: the node publishes on the first, which does not
+        // echo its own messages back to its own (plain) subscriptions (the
+        // node delivers those itself); the queue subscriptions of shared
+        // groups live on the second, so a group with members here can be
+        // picked for a message published here too.
+        let clients = async {
+            let main = connect(&config, stats.clone(), Some(status_tx), true).await?;
+            let shared = connect(&config, stats.clone(), None, false).await?;
+            Ok::<_, Box<dyn std::error::Error>>((main, shared))
+        };
+        let (client, shared_client) = match clients.await {
+            Ok(clients) => clients,
             Err(e) => {
                 error!(error = %e, "cluster: cannot use the NATS settings; this node stays alone");
                 // Drain the driver's queue so it never fills for nothing.
@@ -460,6 +471,15 @@ impl LinkStart {
             }
         };
         info!(node = %config.node, urls = ?config.urls, "cluster: joining through NATS");
+        // This run of the node: a restarted node numbers its messages from
+        // 1 again, and must not be taken for its former self (whose
+        // numbers the others remember, and whose retained messages it must
+        // take back from the bucket).
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let sender = format!("{}#{incarnation:x}", config.node);
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.queue);
         // Claims from every node.
         let claims = match client.subscribe(format!("{}.claim", config.prefix)).await {
@@ -500,7 +520,7 @@ impl LinkStart {
                         ToLink::Forward { message, client_id, username } => {
                             seq += 1;
                             let subject = topic_subject(&config.prefix, &message.topic);
-                            let frame = encode_frame(&config.node, seq, client_id.as_ref(), username.as_ref(), &message);
+                            let frame = encode_frame(&sender, seq, client_id.as_ref(), username.as_ref(), &message);
                             let Some(frame) = frame.filter(|_| subject.len() <= MAX_SUBJECT) else {
                                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                                 warn!(topic = %message.topic.as_str(), "cluster: message not forwarded: topic too long for a NATS subject");
@@ -541,7 +561,7 @@ impl LinkStart {
                             for subject in filter_subjects(&config.prefix, filter) {
                                 let sub = match group {
                                     None => client.subscribe(subject).await,
-                                    Some(g) => client.queue_subscribe(subject, queue_name(g.as_str(), filter)).await,
+                                    Some(g) => shared_client.queue_subscribe(subject, queue_name(g.as_str(), filter)).await,
                                 };
                                 match sub {
                                     Ok(sub) => tasks.push(tokio::task::spawn(forward_subscription(sub, target.clone(), inbound_tx.clone()))),
@@ -552,7 +572,7 @@ impl LinkStart {
                             subscriptions.insert(key, tasks);
                         }
                         ToLink::Claim { client_id, clean_start } => {
-                            let payload = encode_claim(&config.node, &client_id, clean_start);
+                            let payload = encode_claim(&sender, &client_id, clean_start);
                             if let Err(e) = client.publish(format!("{}.claim", config.prefix), payload).await {
                                 warn!(error = %e, client_id = %client_id, "cluster: claim not sent");
                             }
@@ -563,7 +583,7 @@ impl LinkStart {
                     let Some(first) = inbound else { continue };
                     let mut next = Some(first);
                     while let Some(inbound) = next.take() {
-                        if let Some(item) = accept(&config, &mut dedup, inbound, &stats) {
+                        if let Some(item) = accept(&sender, &mut dedup, inbound, &stats) {
                             batch.push(item);
                         }
                         if batch.len() < BATCH && self.outstanding.load(Ordering::Acquire) + batch.len() < config.queue {
@@ -594,6 +614,7 @@ impl LinkStart {
             retained.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        drop(shared_client);
         info!(node = %config.node, "cluster: left");
     }
 }
@@ -656,12 +677,12 @@ impl Dedup {
 
 /// Decodes what came in and decides whether the driver must see it.
 fn accept(
-    config: &Cluster,
+    sender: &str,
     dedup: &mut Dedup,
     inbound: Inbound,
     stats: &ClusterStats,
 ) -> Option<FromLink> {
-    let own = |node: &Bytes| node.as_ref() == config.node.as_bytes();
+    let own = |node: &Bytes| node.as_ref() == sender.as_bytes();
     match inbound.target {
         Target::Claim => {
             let Some((node, clean_start, client_id)) = decode_claim(inbound.payload) else {
@@ -709,13 +730,22 @@ fn accept(
     }
 }
 
+/// One NATS connection; `status` (the main connection's) hears of
+/// connection changes, and `no_echo` keeps this connection's messages from
+/// its own subscriptions.
 async fn connect(
     config: &Cluster,
     stats: Arc<ClusterStats>,
-    status: mpsc::Sender<()>,
+    status: Option<mpsc::Sender<()>>,
+    no_echo: bool,
 ) -> Result<async_nats::Client, Box<dyn std::error::Error>> {
+    let main = status.is_some();
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("roost {}", config.node))
+        .name(format!(
+            "roost {}{}",
+            config.node,
+            if main { "" } else { " (shared)" }
+        ))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .subscription_capacity(config.queue)
@@ -725,15 +755,19 @@ async fn connect(
             let status = status.clone();
             async move {
                 match event {
-                    async_nats::Event::Connected => {
+                    async_nats::Event::Connected if main => {
                         stats.connected.store(1, Ordering::Relaxed);
                         info!("cluster: connected to NATS");
-                        let _ = status.try_send(());
+                        if let Some(status) = status {
+                            let _ = status.try_send(());
+                        }
                     }
-                    async_nats::Event::Disconnected => {
+                    async_nats::Event::Disconnected if main => {
                         stats.connected.store(0, Ordering::Relaxed);
                         warn!("cluster: disconnected from NATS; reconnecting");
-                        let _ = status.try_send(());
+                        if let Some(status) = status {
+                            let _ = status.try_send(());
+                        }
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -746,6 +780,9 @@ async fn connect(
                 }
             }
         });
+    if no_echo {
+        options = options.no_echo();
+    }
     if let Some((user, password)) = &config.user {
         options = options.user_and_password(user.clone(), password.clone());
     }
