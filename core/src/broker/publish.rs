@@ -381,7 +381,17 @@ impl Broker {
     /// identifiers. Returns the number of matching subscriptions.
     pub(super) fn route_message(&mut self, message: Message, origin: Option<SessionId>) -> usize {
         let routed = self.match_message(message);
-        let matched = routed.targets.len();
+        // In a cluster, shared groups are reached through the cluster, not
+        // from here (see `deliver_matched`).
+        let matched = if self.config.cluster {
+            routed
+                .targets
+                .iter()
+                .filter(|(key, _)| !matches!(key, SubKey::Shared(_)))
+                .count()
+        } else {
+            routed.targets.len()
+        };
         self.deliver_matched(routed, origin);
         matched
     }
