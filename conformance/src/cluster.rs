@@ -75,6 +75,11 @@ struct Nats {
 
 impl Nats {
     fn start(dir: &Path, n: usize) -> Nats {
+        Nats::start_with(dir, n, None)
+    }
+
+    /// [`Nats::start`], requiring `user`/`password` of clients if given.
+    fn start_with(dir: &Path, n: usize, auth: Option<(&str, &str)>) -> Nats {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route_list = routes
@@ -91,6 +96,9 @@ impl Nats {
                 .arg("-sd")
                 .arg(&store)
                 .args(["--server_name", &format!("n{i}")]);
+            if let Some((user, password)) = auth {
+                command.args(["--user", user, "--pass", password]);
+            }
             if n > 1 {
                 command.args([
                     "--cluster_name",
@@ -138,6 +146,21 @@ impl Drop for Nats {
 /// A roost node named `name` on a free port, joined through `urls`, with
 /// `extra` TOML appended; its `$SYS` updates every second.
 fn node(bin: &Binary, dir: &Path, name: &str, urls: &[String], extra: &str) -> (Broker, u16) {
+    let (broker, port) = start_node(bin, dir, name, urls, extra, "");
+    wait_sys(port, "connected", "1");
+    (broker, port)
+}
+
+/// [`node`] with `cluster` appended to its `[cluster]` table, not waiting
+/// for it to join.
+fn start_node(
+    bin: &Binary,
+    dir: &Path,
+    name: &str,
+    urls: &[String],
+    extra: &str,
+    cluster: &str,
+) -> (Broker, u16) {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let port = free_port();
@@ -149,12 +172,11 @@ fn node(bin: &Binary, dir: &Path, name: &str, urls: &[String], extra: &str) -> (
     let toml = format!(
         "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:{port}\"\nallow_anonymous = true\n{extra}\n\
          [limits]\nqueue_qos0_offline = true\n\n[sys]\ninterval_secs = 1\n\n\
-         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\n"
+         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\n{cluster}"
     );
     let broker = bin
         .start(&dir, &toml, 1)
         .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
-    wait_sys(port, "connected", "1");
     (broker, port)
 }
 
@@ -437,10 +459,30 @@ fn wait_claims(port: u16, n: u64) {
 /// at the same moment may both be closed (see the README).
 pub fn takeover_across_nodes(bin: &Binary) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let nats = Nats::start(dir.path(), 1);
+    // A NATS that wants a password: the nodes give it (`cluster.user`,
+    // `cluster.password`); a node with the wrong one is refused, and says so.
+    let nats = Nats::start_with(dir.path(), 1, Some(("roost", "s3cret")));
     let urls = [nats.url(0)];
-    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
-    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    let login = "user = \"roost\"\npassword = \"s3cret\"\n";
+    let (_a, a) = start_node(bin, dir.path(), "a", &urls, "", login);
+    let (_b, b) = start_node(bin, dir.path(), "b", &urls, "", login);
+    wait_sys(a, "connected", "1");
+    wait_sys(b, "connected", "1");
+    let (wrong, _) = start_node(
+        bin,
+        dir.path(),
+        "c",
+        &urls,
+        "",
+        "user = \"roost\"\npassword = \"wrong\"\n",
+    );
+    assert!(
+        wrong.wait_log("uthorization", 1, PATIENCE),
+        "[{}] a node with the wrong NATS password did not say so:\n{}",
+        bin.name(),
+        wrong.log()
+    );
+    drop(wrong);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
