@@ -29,7 +29,9 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 mod bridge;
+mod cluster;
 pub use bridge::{Bridge, BridgeProtocol, BridgeTls, Direction, TopicRule};
+pub use cluster::Cluster;
 
 use roost_core::broker::Limits as EngineLimits;
 
@@ -651,6 +653,8 @@ pub struct Config {
     pub http: Option<Http>,
     /// Bridges to other brokers (`[[bridge]]`).
     pub bridges: Vec<Bridge>,
+    /// This broker as a node of a cluster (`[cluster]`), if configured.
+    pub cluster: Option<Box<Cluster>>,
     /// Where the broker writes its process id once listening (`pid_file`,
     /// `--pid-file`); the binaries remove it at a clean exit.
     pub pid_file: Option<PathBuf>,
@@ -670,6 +674,7 @@ impl Default for Config {
             mqtt: Mqtt::default(),
             http: None,
             bridges: Vec::new(),
+            cluster: None,
             pid_file: None,
             verbosity: 0,
             notes: Vec::new(),
@@ -769,6 +774,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     bridge: Vec<bridge::RawBridge>,
+    cluster: Option<cluster::RawCluster>,
     pid_file: Option<PathBuf>,
 }
 
@@ -1246,6 +1252,7 @@ impl Config {
         };
 
         let bridges = bridge::bridges_from_raw(raw.bridge)?;
+        let cluster = cluster::cluster_from_raw(raw.cluster, listeners.len())?;
         let config = Config {
             listeners,
             limits,
@@ -1254,6 +1261,7 @@ impl Config {
             mqtt,
             http,
             bridges,
+            cluster,
             pid_file: raw.pid_file,
             verbosity: 0,
             notes,

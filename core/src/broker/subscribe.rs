@@ -265,6 +265,7 @@ impl Broker {
         }
         match filter.shared() {
             Ok(Some((name, inner))) => {
+                let key_name = name.clone();
                 let key = (name, inner.clone());
                 let group = match self.shared_index.get(&key) {
                     Some(&g) => g,
@@ -279,6 +280,7 @@ impl Broker {
                             },
                         );
                         self.subscriptions.insert(&inner, SubKey::Shared(g), entry);
+                        self.shared_interest(&key_name, &inner, true);
                         g
                     }
                 };
@@ -290,8 +292,7 @@ impl Broker {
                 }
             }
             _ => {
-                self.subscriptions
-                    .insert(filter, SubKey::Session(sid), entry);
+                self.trie_insert(filter, SubKey::Session(sid), entry);
             }
         }
     }
@@ -313,10 +314,11 @@ impl Broker {
                     self.subscriptions.remove(&key.1, &SubKey::Shared(g));
                     self.shared_groups.remove(&g);
                     self.shared_index.remove(&key);
+                    self.shared_interest(&key.0, &key.1, false);
                 }
             }
             _ => {
-                self.subscriptions.remove(filter, &SubKey::Session(sid));
+                self.trie_remove(filter, &SubKey::Session(sid));
             }
         }
     }
@@ -533,8 +535,7 @@ impl Broker {
             },
             id: None,
         };
-        self.subscriptions
-            .insert(&filter, SubKey::Local(local), entry);
+        self.trie_insert(&filter, SubKey::Local(local), entry);
         let mut retained = Vec::new();
         self.retained.for_each_match(&filter, |_, r| {
             if r.expires_at.is_none_or(|at| at > now) {
@@ -559,8 +560,7 @@ impl Broker {
         self.advance(now);
         match self.locals.remove(&subscription.0) {
             Some(filter) => {
-                self.subscriptions
-                    .remove(&filter, &SubKey::Local(subscription.0));
+                self.trie_remove(&filter, &SubKey::Local(subscription.0));
                 true
             }
             None => false,

@@ -42,6 +42,8 @@ pub struct Sim {
     )>,
     /// The last batch the engine was told is durable.
     pub confirmed: u64,
+    /// Cluster actions (`Forward`, `Interest`, `Claimed`), in order.
+    pub cluster: Vec<Action>,
 }
 
 impl Sim {
@@ -59,6 +61,7 @@ impl Sim {
             auto_confirm: true,
             batches: Vec::new(),
             confirmed: 0,
+            cluster: Vec::new(),
         }
     }
 
@@ -183,6 +186,9 @@ impl Sim {
                     } else {
                         self.unconfirmed.push_back(id);
                     }
+                }
+                a @ (Action::Forward { .. } | Action::Interest { .. } | Action::Claimed { .. }) => {
+                    self.cluster.push(a)
                 }
                 other => panic!("unexpected action {other:?}"),
             }

@@ -46,9 +46,10 @@
 //! each that and nothing more.
 
 mod bridge;
+mod cluster;
 mod files;
 pub mod http;
-mod jobs;
+pub(crate) mod jobs;
 mod metrics;
 #[cfg(test)]
 mod tests;
@@ -382,6 +383,8 @@ pub struct Driver {
     /// [`Driver::open`], which every runtime calls on its engine thread's
     /// behalf. `None` keeps [`Driver::new`] free of I/O.
     busy_probe: Option<fn() -> Option<Duration>>,
+    /// The link to the other nodes, with `[cluster]`.
+    cluster: Option<cluster::ClusterSide>,
 }
 
 /// A store opened for the driver, with what it held.
@@ -520,6 +523,7 @@ impl Driver {
                 accepted: 0,
             });
         }
+        engine.cluster = config.cluster.is_some();
         let (broker, store) = match store {
             Some(opened) => {
                 // Only a durable store makes the engine emit storage actions
@@ -542,11 +546,20 @@ impl Driver {
         let flush_every = (matches!(store, StoreSlot::Idle(_))
             && config.persistence.durability == config::Durability::Periodic)
             .then(|| Duration::from_millis(config.persistence.flush_interval_ms.max(1)));
+        // The cluster link's thread starts with the first events.
+        let mut events = VecDeque::new();
+        let cluster = config.cluster.as_ref().map(|c| {
+            let every = (config.sys.interval_secs > 0)
+                .then(|| Duration::from_secs(u64::from(config.sys.interval_secs)));
+            let (side, start) = cluster::ClusterSide::new(c, every, now);
+            events.push_back(start);
+            side
+        });
         Ok(Driver {
             broker,
             listeners,
             conns: HashMap::with_hasher(SeededState::new(seed)),
-            events: VecDeque::new(),
+            events,
             follow_ups: Vec::new(),
             password_queue: VecDeque::new(),
             passwords_running: 0,
@@ -575,6 +588,7 @@ impl Driver {
             metrics: metrics::DriverMetrics::default(),
             busy_probe: None,
             bridges,
+            cluster,
         })
     }
 
@@ -714,6 +728,7 @@ impl Driver {
             grace,
             retry,
             self.bridges_timeout(),
+            self.cluster_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -1035,6 +1050,7 @@ impl Driver {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.broker.handle_timeout(now);
         self.bridges_handle_timeout(now);
+        self.cluster_handle_timeout(now);
         while let Some(&(until, conn)) = self.lingering.front() {
             let still = self
                 .conns
@@ -1099,6 +1115,7 @@ impl Driver {
                 }
                 self.store_settled(now, error);
             }
+            DoneKind::Cluster(batch) => self.cluster_received(now, batch),
         }
         self.pump(now);
     }
@@ -1337,6 +1354,7 @@ impl Driver {
         }
         self.start_password_checks();
         self.start_store_job(now);
+        self.cluster_flush();
         self.advance_shutdown(now);
     }
 
@@ -1378,6 +1396,31 @@ impl Driver {
             }),
             Action::Event(event) => self.log_event(now, &event),
             Action::Store { id, ops } => self.store_batches.push((id, ops)),
+            Action::Forward {
+                message,
+                client_id,
+                username,
+            } => self.cluster_send(crate::cluster::ToLink::Forward {
+                message: Box::new(message),
+                client_id,
+                username,
+            }),
+            Action::Interest {
+                filter,
+                group,
+                present,
+            } => self.cluster_send(crate::cluster::ToLink::Interest {
+                filter,
+                group,
+                present,
+            }),
+            Action::Claimed {
+                client_id,
+                clean_start,
+            } => self.cluster_send(crate::cluster::ToLink::Claim {
+                client_id,
+                clean_start,
+            }),
             _ => {}
         }
     }
@@ -1601,6 +1644,7 @@ impl Driver {
         if matches!(stage, Some(ShutdownStage::Flushing { .. })) && flushed {
             self.set_shutdown_stage(ShutdownStage::Done);
             info!("stopped");
+            self.cluster_stop();
             self.events.push_back(Event::Stopped);
         }
     }
