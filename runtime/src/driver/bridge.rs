@@ -276,11 +276,11 @@ impl Driver {
         };
         self.conns.insert(
             conn,
-            ConnIo {
+            Box::new(ConnIo {
                 bridge: Some(b),
                 remote,
                 ..ConnIo::new(0, now)
-            },
+            }),
         );
         let bridge = &mut self.bridges[b];
         bridge.link = Link::Open(conn);
