@@ -14,7 +14,7 @@
 //! ```text
 //!  poll (readiness, or the driver's next deadline)
 //!   ├─ listener readable ──► accept until WouldBlock ──► Driver::handle_accept
-//!   ├─ socket readable   ──► read until drained      ──► Driver::handle_read
+//!   ├─ socket readable   ──► read until WouldBlock   ──► Driver::handle_read
 //!   ├─ socket writable   ──► Driver::handle_write until drained or WouldBlock
 //!   ├─ waker             ──► jobs done on the worker pool ──► Driver::handle_job_done
 //!   └─ deadline passed   ──► Driver::handle_timeout
@@ -22,9 +22,8 @@
 //!  Job ──► the pool; requests and deliveries ──► queues the host takes
 //! ```
 //!
-//! Sockets are edge-triggered: each is read until `WouldBlock` or a read
-//! that does not fill the buffer (the kernel had no more), written until
-//! `WouldBlock`, and is registered for WRITABLE only while it has output the kernel would
+//! Sockets are edge-triggered: each is read and written until `WouldBlock`,
+//! and is registered for WRITABLE only while it has output the kernel would
 //! not take.
 //!
 //! ```no_run
@@ -591,9 +590,8 @@ impl Server {
         }
     }
 
-    /// Reads until the socket is drained (`WouldBlock`, or a read shorter
-    /// than the buffer), the driver pauses reading, or the end of this
-    /// turn.
+    /// Reads until `WouldBlock`, the driver pauses reading, or the end of
+    /// this turn.
     fn read(&mut self, token: Token) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -608,15 +606,6 @@ impl Server {
                 Ok(n) => {
                     let now = self.clock.now();
                     self.driver.handle_read(now, id, &self.read_buf[..n]);
-                    if n < self.read_buf.len() {
-                        // A read that did not fill the buffer took all the
-                        // socket had: the next edge says when there is
-                        // more, so no `read` that only says WouldBlock
-                        // (one system call less per message when each read
-                        // is one request; tokio does the same).
-                        conn.readable = false;
-                        return;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;

@@ -474,7 +474,7 @@ impl Connection {
                 match stream.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let mut buf = shared.read_buf.borrow_mut();
-                        match read_clearing(stream, &mut buf) {
+                        match stream.try_read(&mut buf) {
                             Ok(0) => return Poll::Ready(End::Gone),
                             Ok(n) => {
                                 let now = shared.clock.now();
@@ -523,32 +523,6 @@ impl Future for Connection {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// Reads what `stream` has into `buf`. A read that does not fill `buf`
-/// took everything the socket had, so the socket's readiness is cleared
-/// as tokio's own `poll_read` does: the next wait goes to the reactor
-/// instead of spending a `read` that would only say `WouldBlock` (one
-/// system call less per message when every read is one request).
-fn read_clearing(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = None;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        // try_read inside try_io: the inner call reads (readiness is set,
-        // or we would not be here), the outer one clears on WouldBlock.
-        let n = stream.try_read(buf)?;
-        got = Some(n);
-        if n > 0 && n < buf.len() {
-            // Clears the readiness this read was made under (and only
-            // that: an event that came since sets it again).
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match (result, got) {
-        (Ok(n), _) => Ok(n),
-        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => Ok(n),
-        (Err(e), _) => Err(e),
     }
 }
 
