@@ -70,6 +70,8 @@ if [ "$QUICK" = 1 ]; then
         "fanout|fanout --subscribers 100 --qos 0 --duration 2"
         "fanout-q1|fanout --subscribers 100 --qos 1 --duration 2"
         "pairs|pairs --clients 100 --qos 1 --count 500"
+        "reqres|reqres --clients 100 --qos 1 --duration 3"
+        "reqres-sub|reqres --clients 100 --qos 1 --subscribe --duration 3"
         "latency|latency --rate 10000 --qos 0 --duration 3"
         "latency-q1|latency --rate 10000 --qos 1 --duration 3"
         "conns|conns --connections 2000"
@@ -88,6 +90,8 @@ else
         "fanout|fanout --subscribers 100 --qos 0 --duration 5"
         "fanout-q1|fanout --subscribers 100 --qos 1 --duration 5"
         "pairs|pairs --clients 1000 --qos 1 --count 200"
+        "reqres|reqres --clients 1000 --qos 1 --duration 5"
+        "reqres-sub|reqres --clients 1000 --qos 1 --subscribe --duration 5"
         "latency|latency --rate 10000 --qos 0 --duration 5"
         "latency-q1|latency --rate 10000 --qos 1 --duration 5"
         # Three runs per round: one takes well under a second, and its rate
@@ -327,6 +331,16 @@ metrics = {
              ("delivered msgs/s", lambda r: r["delivered_per_s"], "higher"),
              ("latency p99 (ms)", lambda r: r["latency"]["p99_us"] / 1e3, "lower")],
 }
+# Unbatched request-response: every message is its own round trip, so
+# what a message costs the broker (CPU, and how often its loop slept and
+# was woken) is the point.
+metrics["reqres"] = metrics["reqres-sub"] = [
+    ("round trips/s", lambda r: r["delivered_per_s"], "higher"),
+    ("latency p50 (ms)", lambda r: r["latency"]["p50_us"] / 1e3, "lower"),
+    ("latency p99 (ms)", lambda r: r["latency"]["p99_us"] / 1e3, "lower"),
+    ("broker CPU µs/msg", lambda r: (r["broker_cpu_ns_per_msg"] or 0) / 1e3, "lower"),
+    ("broker context switches/msg", lambda r: r["extra"].get("broker_ctx_switches_per_msg"), "lower"),
+]
 default = [("delivered msgs/s", lambda r: r["delivered_per_s"], "higher"),
            ("latency p50 (ms)", lambda r: r["latency"]["p50_us"] / 1e3, "lower"),
            ("latency p99 (ms)", lambda r: r["latency"]["p99_us"] / 1e3, "lower"),

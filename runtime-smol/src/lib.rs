@@ -46,15 +46,16 @@ use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, WriteStatus};
 use roost_runtime::embed::{self, Command, Deciding, Embedded};
 use roost_runtime::pool::Pool;
+use roost_runtime::wakeup::Wakeups;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::{Async, LocalExecutor, Task, Timer};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use tracing::{info, warn};
 
 pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
@@ -156,7 +157,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 ex: ex.clone(),
                 driver: RefCell::new(driver),
                 clock,
-                notifiers: RefCell::new(HashMap::new()),
+                wakeups: RefCell::new(Wakeups::new()),
                 timer: Notify::new(),
                 armed: Cell::new(None),
                 read_buf: RefCell::new(vec![0; 64 * 1024]),
@@ -199,7 +200,9 @@ struct Shared<'ex> {
     ex: Rc<LocalExecutor<'ex>>,
     driver: RefCell<Driver>,
     clock: Clock,
-    notifiers: RefCell<HashMap<ConnId, Notify>>,
+    /// One wake-up slot per connection: set when the driver wakes it,
+    /// awaited by its task.
+    wakeups: RefCell<Wakeups>,
     /// Wakes the timer task when the next deadline moved earlier.
     timer: Notify,
     armed: Cell<Option<roost_core::broker::Instant>>,
@@ -222,11 +225,7 @@ impl<'ex> Shared<'ex> {
                 break;
             };
             match event {
-                Event::Wake(id) => {
-                    if let Some(n) = self.notifiers.borrow().get(&id) {
-                        n.notify();
-                    }
-                }
+                Event::Wake(id) => self.wakeups.borrow_mut().wake(id),
                 Event::Job(job) => self.pool.submit(job),
                 Event::Deliver {
                     subscription,
@@ -346,12 +345,11 @@ async fn accept_loop(shared: Rc<Shared<'_>>, listener: Async<TcpListener>, index
             .driver
             .borrow_mut()
             .handle_accept(now, index, Some(remote));
-        let notify = Notify::new();
-        shared.notifiers.borrow_mut().insert(id, notify.clone());
+        shared.wakeups.borrow_mut().insert(id);
         shared.after();
         shared
             .ex
-            .spawn(connection(shared.clone(), stream, id, notify))
+            .spawn(connection(shared.clone(), stream, id))
             .detach();
     }
 }
@@ -373,13 +371,12 @@ async fn dial(shared: Rc<Shared<'_>>, id: ConnId, addr: String) {
             let _ = stream.get_ref().set_nodelay(true);
             let now = shared.clock.now();
             let remote = stream.get_ref().peer_addr().ok();
-            let notify = Notify::new();
-            shared.notifiers.borrow_mut().insert(id, notify.clone());
+            shared.wakeups.borrow_mut().insert(id);
             shared.driver.borrow_mut().handle_connected(now, id, remote);
             shared.after();
             shared
                 .ex
-                .spawn(connection(shared.clone(), stream, id, notify))
+                .spawn(connection(shared.clone(), stream, id))
                 .detach();
         }
         Err(e) => {
@@ -403,7 +400,7 @@ enum Wake {
 /// A connection's task: writes what the driver has for it and reads what
 /// the socket has, as [`Driver::interest`] says, until the driver or the
 /// peer ends it.
-async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId, notify: Notify) {
+async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId) {
     // Whether the socket may still hold unread bytes: after a read that
     // filled bytes, read again (after yielding) before waiting for
     // readiness, which costs a reactor round trip.
@@ -434,10 +431,12 @@ async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId
             future::yield_now().await;
             Wake::Readable(Ok(()))
         } else {
-            let notified = async {
-                notify.notified().await;
-                Wake::Notified
-            };
+            // The wake-up slot, polled like a future: its flag, or its
+            // waker kept for the next wake-up.
+            let notified = future::poll_fn(|cx| match shared.wakeups.borrow_mut().take(id, cx) {
+                Some(false) => Poll::Pending,
+                _ => Poll::Ready(Wake::Notified),
+            });
             let writable = async {
                 if need_writable {
                     Wake::Writable(stream.writable().await)
@@ -454,6 +453,9 @@ async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId
             };
             notified.or(writable).or(readable).await
         };
+        // Until it waits again, a wake-up this task causes itself is only
+        // the flag, not a second poll.
+        shared.wakeups.borrow_mut().running(id);
         match wake {
             Wake::Notified => {}
             Wake::Writable(ready) => {
@@ -482,7 +484,7 @@ async fn connection(shared: Rc<Shared<'_>>, stream: Async<TcpStream>, id: ConnId
             }
         }
     };
-    shared.notifiers.borrow_mut().remove(&id);
+    shared.wakeups.borrow_mut().remove(id);
     if gone {
         let now = shared.clock.now();
         shared.driver.borrow_mut().handle_closed(now, id);

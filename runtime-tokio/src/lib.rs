@@ -38,8 +38,8 @@ use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, WriteStatus};
 use roost_runtime::embed::{self, Command, Deciding, Embedded, LocalSink, Offer};
 use roost_runtime::pool::Pool;
+use roost_runtime::wakeup::Wakeups;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -172,7 +172,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
             let shared = Rc::new(Shared {
                 driver: RefCell::new(driver),
                 clock,
-                wakeups: RefCell::new(HashMap::new()),
+                wakeups: RefCell::new(Wakeups::new()),
                 timer: Notify::new(),
                 armed: Cell::new(None),
                 read_buf: RefCell::new(vec![0; 64 * 1024]),
@@ -196,8 +196,8 @@ struct Shared {
     driver: RefCell<Driver>,
     clock: Clock,
     /// One wake-up slot per connection: set when the driver wakes it,
-    /// awaited by its task (see [`Wakeup`]).
-    wakeups: RefCell<HashMap<ConnId, Wakeup>>,
+    /// awaited by its task.
+    wakeups: RefCell<Wakeups>,
     /// Wakes the timer task when the next deadline moved earlier.
     timer: Notify,
     armed: Cell<Option<roost_core::broker::Instant>>,
@@ -212,20 +212,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether `id`'s slot was woken since the last call; if not, `cx`'s
-    /// waker is kept for the next wake-up. `None` if the slot is gone.
-    fn take_wakeup(&self, id: ConnId, cx: &std::task::Context<'_>) -> Option<bool> {
-        let mut wakeups = self.wakeups.borrow_mut();
-        let slot = wakeups.get_mut(&id)?;
-        if std::mem::take(&mut slot.woken) {
-            return Some(true);
-        }
-        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            slot.waker = Some(cx.waker().clone());
-        }
-        Some(false)
-    }
-
     /// After every call into the driver: carry out its events, then re-arm
     /// the timer.
     fn after(self: &Rc<Self>) {
@@ -234,11 +220,7 @@ impl Shared {
                 break;
             };
             match event {
-                Event::Wake(id) => {
-                    if let Some(slot) = self.wakeups.borrow_mut().get_mut(&id) {
-                        slot.wake();
-                    }
-                }
+                Event::Wake(id) => self.wakeups.borrow_mut().wake(id),
                 Event::Job(job) => self.pool.submit(job),
                 Event::Deliver {
                     subscription,
@@ -361,7 +343,7 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
             .driver
             .borrow_mut()
             .handle_accept(now, index, Some(remote));
-        shared.wakeups.borrow_mut().insert(id, Wakeup::default());
+        shared.wakeups.borrow_mut().insert(id);
         shared.after();
         tokio::task::spawn_local(Connection {
             shared: shared.clone(),
@@ -380,7 +362,7 @@ async fn dial(shared: Rc<Shared>, id: ConnId, addr: String) {
             let _ = stream.set_nodelay(true);
             let now = shared.clock.now();
             let remote = stream.peer_addr().ok();
-            shared.wakeups.borrow_mut().insert(id, Wakeup::default());
+            shared.wakeups.borrow_mut().insert(id);
             shared.driver.borrow_mut().handle_connected(now, id, remote);
             shared.after();
             tokio::task::spawn_local(Connection {
@@ -402,31 +384,13 @@ async fn dial(shared: Rc<Shared>, id: ConnId, addr: String) {
     }
 }
 
-/// A connection's wake-up: a flag and the waker of its task. Lighter than a
-/// `Notify` (an allocation per connection, and a larger future in every
-/// connection's task) because only one task ever waits on it.
-#[derive(Default)]
-struct Wakeup {
-    woken: bool,
-    waker: Option<std::task::Waker>,
-}
-
-impl Wakeup {
-    fn wake(&mut self) {
-        self.woken = true;
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
 /// A connection's task: writes what the driver has for it and reads what
 /// the socket has, as [`Driver::interest`] says, until the driver or the
 /// peer ends it.
 ///
 /// Written as a future by hand, not as an `async fn` with `select!`: it
 /// waits through the socket's own readiness slots (`poll_read_ready`,
-/// `poll_write_ready`) and its [`Wakeup`], so it holds no readiness future
+/// `poll_write_ready`) and its wake-up slot ([`Wakeups`]), so it holds no readiness future
 /// and an idle connection's task is a few words, not hundreds of bytes.
 struct Connection {
     shared: Rc<Shared>,
@@ -476,7 +440,7 @@ impl Connection {
             // The wake-up slot first: new output is written before more
             // input is read, as the output may be what a slow reader waits
             // for.
-            match shared.take_wakeup(id, cx) {
+            match shared.wakeups.borrow_mut().take(id, cx) {
                 Some(true) => continue,
                 Some(false) => {}
                 None => return Poll::Ready(End::Released),
@@ -539,6 +503,7 @@ impl Future for Connection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.shared.wakeups.borrow_mut().running(this.id);
         if let Some(pause) = &mut this.pause {
             if pause.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -548,7 +513,7 @@ impl Future for Connection {
         match this.serve(cx) {
             Poll::Ready(end) => {
                 let shared = &this.shared;
-                shared.wakeups.borrow_mut().remove(&this.id);
+                shared.wakeups.borrow_mut().remove(this.id);
                 if let End::Gone = end {
                     let now = shared.clock.now();
                     shared.driver.borrow_mut().handle_closed(now, this.id);

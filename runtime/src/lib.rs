@@ -15,6 +15,8 @@
 //! * [`hooks`]: the embedding program's asynchronous hooks, for every
 //!   runtime.
 //! * [`pool`]: the worker threads that run the driver's blocking jobs.
+//! * [`wakeup`]: one wake-up slot per connection, for runtimes whose
+//!   connections are tasks.
 //! * [`clock`]: the runtime's clock, as the engine's time.
 //! * [`net`]: listening sockets.
 //! * [`cli`]: what every binary does before it serves.
@@ -53,4 +55,5 @@ pub mod passwd;
 pub mod pool;
 pub mod service;
 pub mod tls;
+pub mod wakeup;
 pub mod ws;

@@ -96,7 +96,7 @@ impl Broker {
         let limits = &self.config.limits;
         let v5 = connect.protocol == Protocol::V5;
         if let Some(c) = self.conns.get_mut(&id) {
-            if let Some(identity) = &c.identity {
+            if let Some(identity) = c.identity() {
                 // The transport's proof of who this is wins over what the
                 // client claims; a password has nothing left to prove.
                 connect.username = Some(identity.clone());
@@ -193,7 +193,9 @@ impl Broker {
                 let request =
                     self.auth_request(id, &connect, connect.properties.authentication_data.clone());
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.auth_method = connect.properties.authentication_method.clone();
+                    if let Some(method) = &connect.properties.authentication_method {
+                        c.auth_mut().method = Some(method.clone());
+                    }
                     c.auth_step = AuthStep::Deciding;
                     c.state = ConnState::Authenticating { connect };
                 }
@@ -227,8 +229,8 @@ impl Broker {
         let connecting = matches!(c.state, ConnState::Authenticating { .. });
         // The same method throughout, and only if the CONNECT named one
         // (section 4.12, [MQTT-4.12.0-5]).
-        let method_matches = c.auth_method.is_some()
-            && auth.properties.authentication_method == c.auth_method
+        let method_matches = c.auth_method().is_some()
+            && auth.properties.authentication_method.as_ref() == c.auth_method()
             && matches!(self.config.authentication, Authentication::External);
         let in_turn = match (auth.reason, c.auth_step) {
             // The answer to our AUTH 0x18 (section 4.12).
@@ -259,7 +261,7 @@ impl Broker {
             client_id: c.client_id.clone(),
             username: c.username.clone(),
             password: None,
-            method: c.auth_method.clone(),
+            method: c.auth_method().cloned(),
             data: auth.properties.authentication_data,
         };
         self.actions.push_back(Action::Authenticate(request));
@@ -296,13 +298,13 @@ impl Broker {
                 let auth = Auth {
                     reason: ReasonCode::Success,
                     properties: AuthProperties {
-                        authentication_method: c.auth_method.clone(),
+                        authentication_method: c.auth_method().cloned(),
                         ..AuthProperties::default()
                     },
                 };
                 self.send(id, &Packet::Auth(Box::new(auth)));
             }
-            AuthDecision::Continue { .. } if c.auth_method.is_none() => {
+            AuthDecision::Continue { .. } if c.auth_method().is_none() => {
                 // No method, so no AUTH packet the client could read.
                 if connecting {
                     self.refuse(id, ReasonCode::BadAuthenticationMethod);
@@ -318,7 +320,7 @@ impl Broker {
                 let auth = Auth {
                     reason: ReasonCode::ContinueAuthentication,
                     properties: AuthProperties {
-                        authentication_method: c.auth_method.clone(),
+                        authentication_method: c.auth_method().cloned(),
                         authentication_data: Some(data),
                         ..AuthProperties::default()
                     },
@@ -355,7 +357,7 @@ impl Broker {
                 } else if connecting {
                     self.refuse(id, reason);
                 } else {
-                    c.redirect = Some(server_reference);
+                    c.auth_mut().redirect = Some(server_reference);
                     self.close(id, CloseReason::Protocol(reason));
                 }
             }
@@ -611,7 +613,7 @@ impl Broker {
             properties.assigned_client_identifier = assigned;
             // [MQTT-4.12.0-5]: the CONNECT's method, on success too.
             properties.authentication_method =
-                self.conns.get(&id).and_then(|c| c.auth_method.clone());
+                self.conns.get(&id).and_then(|c| c.auth_method().cloned());
             properties.server_keep_alive = server_keep_alive;
             properties.receive_maximum = NonZeroU16::new(config.receive_maximum);
             properties.maximum_packet_size =

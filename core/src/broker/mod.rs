@@ -451,7 +451,7 @@ impl Broker {
     /// unknown connection.
     pub fn set_identity(&mut self, conn: ConnId, username: MqttStr) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.identity = Some(username);
+            c.auth_mut().identity = Some(username);
         }
     }
 
@@ -747,7 +747,7 @@ impl Broker {
             // A DisconnectWithWillMessage "reason" is the client's own.
             if let Some(code) = code.filter(|c| c.is_error()) {
                 let mut d = Disconnect::new(code);
-                d.properties.server_reference = c.redirect.take();
+                d.properties.server_reference = c.auth.as_mut().and_then(|a| a.redirect.take());
                 d.properties.reason_string = Some(Self::disconnect_text(reason, detail));
                 self.send(id, &Packet::Disconnect(d));
             }

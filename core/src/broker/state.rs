@@ -100,9 +100,6 @@ pub(crate) struct Conn {
     pub(crate) timer: Option<Instant>,
     pub(crate) client_id: MqttStr,
     pub(crate) username: Option<MqttStr>,
-    /// The user name the transport proved (a TLS client certificate, see
-    /// `Broker::set_identity`): it replaces the CONNECT's.
-    pub(crate) identity: Option<MqttStr>,
     /// Boxed: few clients have a will, and every connection would pay for
     /// one inline.
     pub(crate) will: Option<Box<Will>>,
@@ -114,13 +111,13 @@ pub(crate) struct Conn {
     /// Whether the client wants reason strings and user properties on
     /// failures (MQTT 5 Request Problem Information).
     pub(crate) problem_info: bool,
-    pub(crate) auth_method: Option<MqttStr>,
+    /// Boxed, and only there when one of its parts is: most clients use
+    /// neither a client certificate as their name nor enhanced
+    /// authentication, and every connection would pay for three strings.
+    pub(crate) auth: Option<Box<ConnAuth>>,
     /// Where an enhanced authentication exchange stands, while connecting
     /// or re-authenticating (MQTT 5 section 4.12).
     pub(crate) auth_step: AuthStep,
-    /// Server Reference for the DISCONNECT that ends a redirected
-    /// re-authentication.
-    pub(crate) redirect: Option<MqttStr>,
     /// A DISCONNECT that asks to publish the will (0x04), or none received.
     pub(crate) graceful: bool,
     /// The runtime cannot take more output for now (see
@@ -149,15 +146,13 @@ impl Conn {
             timer: None,
             client_id: MqttStr::EMPTY,
             username: None,
-            identity: None,
             will: None,
             aliases: None,
             client_alias_max: 0,
             client_max_packet: u32::MAX,
             problem_info: true,
-            auth_method: None,
+            auth: None,
             auth_step: AuthStep::Idle,
-            redirect: None,
             graceful: false,
             blocked: false,
             held: VecDeque::new(),
@@ -170,12 +165,40 @@ impl Conn {
         }
     }
 
+    /// The MQTT 5 Authentication Method in use, if any.
+    pub(crate) fn auth_method(&self) -> Option<&MqttStr> {
+        self.auth.as_ref()?.method.as_ref()
+    }
+
+    /// The user name the transport proved, if any.
+    pub(crate) fn identity(&self) -> Option<&MqttStr> {
+        self.auth.as_ref()?.identity.as_ref()
+    }
+
+    /// The authentication parts, made on first use.
+    pub(crate) fn auth_mut(&mut self) -> &mut ConnAuth {
+        self.auth.get_or_insert_with(Box::default)
+    }
+
     pub(crate) fn session(&self) -> Option<SessionId> {
         match self.state {
             ConnState::Connected { session } => Some(session),
             _ => None,
         }
     }
+}
+
+/// The rarer authentication parts of a [`Conn`].
+#[derive(Default)]
+pub(crate) struct ConnAuth {
+    /// The user name the transport proved (a TLS client certificate, see
+    /// `Broker::set_identity`): it replaces the CONNECT's.
+    pub(crate) identity: Option<MqttStr>,
+    /// The MQTT 5 Authentication Method of an enhanced authentication.
+    pub(crate) method: Option<MqttStr>,
+    /// Server Reference for the DISCONNECT that ends a redirected
+    /// re-authentication.
+    pub(crate) redirect: Option<MqttStr>,
 }
 
 /// The batch of a [`Conn::held`] entry added by the current input, until

@@ -342,12 +342,12 @@ impl Driver {
         };
         self.conns.insert(
             conn,
-            ConnIo {
+            Box::new(ConnIo {
                 bridge: Some(b),
                 remote,
                 tls,
                 ..ConnIo::new(0, now)
-            },
+            }),
         );
         // The ClientHello.
         self.push_stage_output(conn);

@@ -172,7 +172,7 @@ impl Driver {
         debug!(%conn, remote = %super::DisplayAddr(remote), "http accepted");
         self.conns.insert(
             conn,
-            ConnIo {
+            Box::new(ConnIo {
                 listener,
                 tls: None,
                 ws: None,
@@ -187,7 +187,7 @@ impl Driver {
                 remote,
                 opened: now,
                 bridge: None,
-            },
+            }),
         );
         self.http_open += 1;
         if self.http_open > MAX_HTTP_CONNECTIONS || self.shutdown.is_some() {

@@ -42,6 +42,22 @@ pub enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// C clients, each publishing one message to its own topic and waiting
+    /// for its acknowledgement before the next (QoS 1 by default; with
+    /// `--subscribe`, each also subscribes to its own topic and waits for
+    /// its message too): unbatched request-response, as a fleet of devices
+    /// does. Latency is the round's time.
+    Reqres {
+        /// Number of clients.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Each client subscribes to its own topic and waits for its own
+        /// message as well as the acknowledgement.
+        #[arg(long)]
+        subscribe: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// A paced publisher to one subscriber, for end-to-end latency
     /// (`--rate` defaults to 10,000 msgs/s here).
     Latency {
@@ -126,7 +142,7 @@ pub struct Common {
     /// a cluster's other nodes learn of them a moment later.
     #[arg(long, default_value_t = 0.0)]
     pub settle: f64,
-    /// QoS for publishing and subscribing (default 0; 1 for `pairs`).
+    /// QoS for publishing and subscribing (default 0; 1 for `pairs` and `reqres`).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: Option<u8>,
     /// Payload bytes per message (at least 16: the stamp).

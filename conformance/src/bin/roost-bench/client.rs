@@ -478,6 +478,105 @@ pub async fn subscribe_loop(mut conn: Conn, mut rx: Receiver, run: Rc<Run>) -> i
     }
 }
 
+/// What one request-response client does (see `scenarios::reqres`).
+pub struct Request {
+    /// Publisher id stamped into payloads.
+    pub id: u32,
+    /// Its own topic.
+    pub topic: Vec<u8>,
+    /// QoS 0, 1 or 2.
+    pub qos: u8,
+    /// Payload size in bytes (at least [`STAMP_LEN`]).
+    pub payload: usize,
+    /// It is subscribed to its own topic: each message also comes back.
+    pub subscribed: bool,
+    /// Stop after this many messages (else run until `Run::stop`).
+    pub count: Option<u64>,
+}
+
+/// Publishes one message, waits for its acknowledgement (PUBACK, or
+/// PUBCOMP at QoS 2) and, when subscribed, for its own copy, then the next:
+/// no batching anywhere, as a device that reports and waits does. Each
+/// finished round counts as one delivery; latency is the round's time.
+pub async fn request_loop(mut conn: Conn, req: Request, run: Rc<Run>) -> io::Result<()> {
+    let mut payload = vec![0u8; req.payload.max(STAMP_LEN)];
+    let (mut seq, mut pid) = (0u32, 0u16);
+    loop {
+        if run.stop.get() || req.count.is_some_and(|c| u64::from(seq) >= c) {
+            return Ok(());
+        }
+        let sent_at = now_ns();
+        stats::stamp(&mut payload, sent_at, req.id, seq);
+        pid = pid % 65_535 + 1;
+        wire::publish(&mut conn.wbuf, &req.topic, req.qos, false, pid, &payload);
+        conn.flush().await?;
+        run.sent.set(run.sent.get() + 1);
+        let (mut acked, mut delivered) = (req.qos == 0, !req.subscribed);
+        let mut duplicates = 0;
+        loop {
+            while let Some(p) = conn.rd.next_packet()? {
+                match p {
+                    Packet::Puback(id) if req.qos == 1 && id == pid => acked = true,
+                    Packet::Pubcomp(id) if req.qos == 2 && id == pid => acked = true,
+                    Packet::Pubrec(id) => wire::ack(&mut conn.wbuf, kind::PUBREL, id),
+                    Packet::Publish {
+                        qos,
+                        pid: theirs,
+                        payload: body,
+                        ..
+                    } => {
+                        let ours = stats::read_stamp(body)
+                            .is_some_and(|(_, p, s)| p == req.id && s == seq);
+                        if ours && !delivered {
+                            delivered = true;
+                        } else {
+                            duplicates += 1;
+                        }
+                        match qos {
+                            1 => wire::ack(&mut conn.wbuf, kind::PUBACK, theirs),
+                            2 => wire::ack(&mut conn.wbuf, kind::PUBREC, theirs),
+                            _ => {}
+                        }
+                    }
+                    Packet::Pubrel(id) => wire::ack(&mut conn.wbuf, kind::PUBCOMP, id),
+                    _ => {}
+                }
+            }
+            if !conn.wbuf.is_empty() {
+                conn.flush().await?;
+            }
+            if acked && delivered {
+                break;
+            }
+            conn.rd.fill(&mut conn.stream).await?;
+        }
+        let now = now_ns();
+        let mut st = run.stats.borrow_mut();
+        let st = st.as_mut().expect("stats live for the whole run");
+        st.received += 1 + duplicates;
+        st.duplicates += duplicates;
+        if st.first_recv == 0 {
+            st.first_recv = now;
+        }
+        st.last_recv = now;
+        st.hist
+            .saturating_record(now.saturating_sub(sent_at).max(1_000));
+        seq = seq.wrapping_add(1);
+    }
+}
+
+/// Spawns a request-response client; its end (either way) is counted in
+/// `run.pubs_done`.
+pub fn spawn_requester(conn: Conn, req: Request, run: &Rc<Run>) {
+    let run = run.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(e) = request_loop(conn, req, run.clone()).await {
+            run.error(format_args!("client: {e}"));
+        }
+        run.pubs_done.set(run.pubs_done.get() + 1);
+    });
+}
+
 /// Opens `n` connections named `{prefix}{i}`, at most `concurrency` at once.
 /// Returns, in order, each connection and how long its CONNECT took (ns).
 pub async fn open_many(

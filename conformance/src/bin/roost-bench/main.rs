@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         Scenario::Fanin { common, .. } => ("fanin", common),
         Scenario::Fanout { common, .. } => ("fanout", common),
         Scenario::Pairs { common, .. } => ("pairs", common),
+        Scenario::Reqres { common, .. } => ("reqres", common),
         Scenario::Latency { common, .. } => ("latency", common),
         Scenario::Conns { common, .. } => ("conns", common),
         Scenario::Retained { common, .. } => ("retained", common),
@@ -100,6 +101,9 @@ fn main() -> ExitCode {
                     scenarios::fanout(&c, *subscribers, run).await
                 }
                 Scenario::Pairs { clients, .. } => scenarios::pairs(&c, *clients, run).await,
+                Scenario::Reqres {
+                    clients, subscribe, ..
+                } => scenarios::reqres(&c, *clients, *subscribe, run).await,
                 Scenario::Latency { .. } => scenarios::latency(&c, run).await,
                 Scenario::Conns {
                     connections,
@@ -189,7 +193,11 @@ fn report(name: &str, c: &Common, run: &Rc<Run>, partial: bool) -> Report {
     Report {
         scenario: name.to_string(),
         label: c.label.clone(),
-        qos: c.qos.unwrap_or(if name == "pairs" { 1 } else { 0 }),
+        qos: c.qos.unwrap_or(if matches!(name, "pairs" | "reqres") {
+            1
+        } else {
+            0
+        }),
         payload: c.payload.max(stats::STAMP_LEN),
         sent: run.sent.get(),
         expected,

@@ -141,6 +141,57 @@ pub async fn pairs(c: &Common, clients: usize, run: Rc<Run>) -> io::Result<()> {
     Ok(())
 }
 
+/// C clients, each publishing to `bench/rr/{i}` and waiting for the
+/// acknowledgement (and, with `subscribe`, for its own copy: each is
+/// subscribed to its own topic) before the next message. Nothing batches:
+/// every message costs the broker its own reads, writes and wake-ups.
+pub async fn reqres(c: &Common, clients: usize, subscribe: bool, run: Rc<Run>) -> io::Result<()> {
+    let qos = c.qos.unwrap_or(1);
+    if qos == 0 && !subscribe {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "reqres at QoS 0 waits for nothing without --subscribe",
+        ));
+    }
+    let conns = client::open_all(&c.addr(), "rb-rr-", clients, 0).await?;
+    let mut ready = Vec::with_capacity(clients);
+    if subscribe {
+        let mut pending = Vec::with_capacity(clients);
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            pending.push(tokio::task::spawn_local(async move {
+                conn.subscribe(&[format!("bench/rr/{i}").into_bytes()], qos, 1)
+                    .await?;
+                io::Result::Ok(conn)
+            }));
+        }
+        for p in pending {
+            ready.push(p.await.map_err(io::Error::other)??);
+        }
+    } else {
+        ready = conns;
+    }
+    let switches = c.broker_pid.and_then(stats::ctx_switches);
+    run.start_clock(c.broker_pid);
+    for (i, conn) in ready.into_iter().enumerate() {
+        let req = client::Request {
+            id: i as u32,
+            topic: format!("bench/rr/{i}").into_bytes(),
+            qos,
+            payload: c.payload,
+            subscribed: subscribe,
+            count: c.count,
+        };
+        client::spawn_requester(conn, req, &run);
+    }
+    drive(&run, clients, c).await;
+    let after = c.broker_pid.and_then(stats::ctx_switches);
+    if let (Some(a), Some(b)) = (switches, after) {
+        let done = run.unique().max(1);
+        run.put("broker_ctx_switches_per_msg", (b - a) as f64 / done as f64);
+    }
+    Ok(())
+}
+
 /// One paced publisher at `rate` msgs/s to one subscriber.
 pub async fn latency(c: &Common, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);

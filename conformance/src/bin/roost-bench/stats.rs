@@ -32,7 +32,7 @@ pub fn stamp(payload: &mut [u8], ts: u64, publisher: u32, seq: u32) {
     payload[12..16].copy_from_slice(&seq.to_le_bytes());
 }
 
-fn read_stamp(payload: &[u8]) -> Option<(u64, u32, u32)> {
+pub fn read_stamp(payload: &[u8]) -> Option<(u64, u32, u32)> {
     let s = payload.get(..STAMP_LEN)?;
     Some((
         u64::from_le_bytes(s[0..8].try_into().ok()?),
@@ -148,6 +148,28 @@ pub fn cpu_ns(pid: Option<u32>) -> Option<u64> {
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // Linux reports these in USER_HZ, which is 100 on every architecture it exposes.
     Some(ticks * 10_000_000)
+}
+
+/// Context switches (voluntary + involuntary) of every thread of a
+/// process, from `/proc/PID/task/*/status`: for an event loop, a voluntary
+/// one is a wait for readiness, so their count per message says how often
+/// the loop went to sleep and was woken.
+pub fn ctx_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in `/proc/PID/status`).
