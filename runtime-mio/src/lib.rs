@@ -148,7 +148,7 @@ impl Server {
     /// [`Server::poll_once`].
     pub fn bind(config: Config) -> io::Result<Server> {
         let clock = Clock::new();
-        let driver = Driver::open(&config, clock.now()).map_err(invalid)?;
+        let mut driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
@@ -157,10 +157,11 @@ impl Server {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
             poll.registry()
                 .register(&mut listener, Token(index), Interest::READABLE)?;
-            let addr = listener.local_addr()?;
-            info!(protocol = l.protocol.name(), %addr, "listening");
-            addrs.push(addr);
+            addrs.push(listener.local_addr()?);
             listeners.push(Some(listener));
+        }
+        for (index, addr) in addrs.iter().enumerate() {
+            driver.handle_listening(index, *addr);
         }
         for warning in config.warnings() {
             warn!("{warning}");

@@ -69,9 +69,13 @@ fn connects_disconnects_and_refusals_are_one_line_each() {
         "client_id=good-client",
         "user=alice",
         "remote=127.0.0.1:",
-        // The listener as configured (port 0 here: the system chose).
-        "listener=127.0.0.1:0",
+        // The address the listener is bound to, not the configured port 0.
+        &format!("listener=127.0.0.1:{port} "),
         "transport=tcp",
+        // mosquitto_pub's defaults: MQTT 3.1.1, clean session, 60 s.
+        "protocol=3.1.1",
+        "session=clean",
+        "keep_alive_s=60",
         " INFO ",
     ] {
         assert!(connected.contains(field), "{field} missing: {connected}");
