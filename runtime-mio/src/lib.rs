@@ -142,6 +142,18 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
+/// SIGINT, SIGTERM and SIGHUP caught and kept until a [`Server`] handles
+/// them ([`Server::handle_caught_signals`]).
+pub struct CaughtSignals(Signals);
+
+impl CaughtSignals {
+    /// Installs the handlers: from now on these signals no longer stop the
+    /// process at once.
+    pub fn catch() -> io::Result<CaughtSignals> {
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).map(CaughtSignals)
+    }
+}
+
 impl Server {
     /// Loads the files the configuration names and binds every listener
     /// (errors are returned here). Nothing is accepted until the first
@@ -208,7 +220,15 @@ impl Server {
     /// server's loop. For the `roost-mio` binary; an embedding program
     /// usually handles signals itself.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        self.handle_caught_signals(CaughtSignals::catch()?)
+    }
+
+    /// As [`Server::handle_signals`], with handlers installed earlier
+    /// ([`CaughtSignals::catch`], before [`Server::bind`]): a signal that
+    /// came in between is handled by the first [`Server::poll_once`]
+    /// rather than killing the process.
+    pub fn handle_caught_signals(&mut self, signals: CaughtSignals) -> io::Result<()> {
+        let mut signals = signals.0;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 mod bridge;
+mod reload;
 pub use bridge::{Bridge, BridgeProtocol, BridgeTls, Direction, TopicRule};
 
 use roost_core::broker::Limits as EngineLimits;

@@ -489,7 +489,7 @@ impl Driver {
                 let qos = m.qos;
                 if let Err(e) = bridge.remote.publish(now, Message { topic, ..*m }) {
                     if qos != QoS::AtMostOnce {
-                        warn!(bridge = bridge.name(), error = ?e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                        warn!(bridge = bridge.name(), error = %e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
                     }
                 }
             }

@@ -52,7 +52,7 @@ impl fmt::Display for FileError {
                 bind,
                 key,
                 source,
-            } => write!(f, "listener[{listener}] ({bind}).{key}: {source}"),
+            } => write!(f, "listener[{listener}].{key} ({bind}): {source}"),
             FileError::Passwd { listener, source } => {
                 write!(f, "listener[{listener}].password_file: {source}")
             }
