@@ -41,3 +41,8 @@ fn reload_names_what_waits_for_a_restart() {
 fn reload_certificate() {
     service_bin::reload_certificate(binary());
 }
+
+#[test]
+fn mosquitto_password_file() {
+    service_bin::mosquitto_password_file(binary());
+}

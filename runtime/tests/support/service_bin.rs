@@ -755,3 +755,176 @@ pub fn reload_certificate(binary: &Path) {
         "{log}"
     );
 }
+
+/// Runs `program args` with `stdin` to its end (each program here ends by
+/// itself: mosquitto_pub gives up on its own).
+fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): apt-get install mosquitto mosquitto-clients")
+        });
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// The hash `user` has in the password file at `path`.
+fn hash_of(path: &Path, user: &str) -> String {
+    std::fs::read_to_string(path)
+        .expect("read the password file")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{user}:")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {user} in the password file"))
+}
+
+/// Migrating from Mosquitto: a password file made by the real
+/// `mosquitto_passwd` works unchanged, `passwd` takes passwords from
+/// standard input (no terminal needed) and refuses empty ones, and a
+/// Mosquitto hash becomes Argon2id in the file at its user's first
+/// successful login (not at a failed one).
+pub fn mosquitto_password_file(binary: &Path) {
+    let dir = temp("mosquitto-passwd");
+    let file = dir.path().join("passwd");
+    let f = file.to_str().expect("utf-8");
+    // $7$ (PBKDF2-SHA512, Mosquitto 2's default) and $6$ (SHA-512).
+    let made = run_with(
+        "mosquitto_passwd",
+        &["-c", "-b", f, "alice", "s3cret"],
+        None,
+    );
+    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    let made = run_with(
+        "mosquitto_passwd",
+        &["-H", "sha512", "-b", f, "bob", "hunter2"],
+        None,
+    );
+    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(hash_of(&file, "alice").starts_with("$7$"));
+    assert!(hash_of(&file, "bob").starts_with("$6$"));
+
+    // passwd, password on stdin: the explicit flag, and a pipe alone.
+    let roost = binary.to_str().expect("utf-8");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "carol", "--password-stdin", "--file", f],
+        Some("pw carol\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "dave", "--file", f],
+        Some("pw dave\n"),
+    );
+    assert!(out.status.success(), "no terminal: stdin is read: {out:?}");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "erin", "--password-stdin", "--file", f],
+        Some("\n"),
+    );
+    assert!(!out.status.success(), "an empty password is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    let out = run_with(
+        roost,
+        &["passwd", "add", "erin", "--password", "", "--file", f],
+        None,
+    );
+    assert!(!out.status.success(), "an empty --password is refused");
+    // upgrade names the users still on Mosquitto hashes.
+    let out = run_with(roost, &["passwd", "upgrade", "--file", f], None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
+        "{out:?}"
+    );
+
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\npassword_file = \"passwd\"\n\
+         [sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let port = roost.addrs[0].port().to_string();
+    let publish = |user: &str, password: &str| {
+        run_with(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                user,
+                "-P",
+                password,
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ],
+            None,
+        )
+        .status
+        .success()
+    };
+    // Wrong passwords change nothing.
+    assert!(!publish("alice", "s3cret!"), "$7$ hash, wrong password");
+    assert!(!publish("bob", "hunter"), "$6$ hash, wrong password");
+    assert!(hash_of(&file, "alice").starts_with("$7$"));
+    assert!(hash_of(&file, "bob").starts_with("$6$"));
+    // The right ones log in, and the hash is Argon2id from then on.
+    assert!(publish("alice", "s3cret"), "$7$ hash, right password");
+    assert!(publish("bob", "hunter2"), "$6$ hash, right password");
+    for user in ["alice", "bob"] {
+        assert!(
+            poll(|| hash_of(&file, user).starts_with("$argon2id$").then_some(())).is_some(),
+            "{user}'s hash was not upgraded; log:\n{}",
+            roost.log()
+        );
+    }
+    assert!(
+        roost.wait_log("password hash upgraded from Mosquitto's to Argon2id", 2),
+        "{}",
+        roost.log()
+    );
+    assert!(
+        publish("carol", "pw carol"),
+        "added through --password-stdin"
+    );
+    assert!(publish("dave", "pw dave"), "added through a pipe");
+    assert!(!publish("erin", ""), "never added");
+    // The new hashes: after a reload (the file read again) and before.
+    assert!(publish("alice", "s3cret"), "{}", roost.log());
+    roost.signal("HUP");
+    assert!(roost.wait_log("files reloaded", 1), "{}", roost.log());
+    assert!(publish("alice", "s3cret"), "{}", roost.log());
+    assert!(publish("bob", "hunter2"), "{}", roost.log());
+    assert!(!publish("bob", "hunter"), "{}", roost.log());
+    let out = run_with(
+        binary.to_str().unwrap(),
+        &["passwd", "upgrade", "--file", f],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("every user has an Argon2id hash"),
+        "{out:?}"
+    );
+    assert_no_debug_output(&roost.log());
+}
