@@ -46,3 +46,8 @@ fn reload_certificate() {
 fn mosquitto_password_file() {
     service_bin::mosquitto_password_file(binary());
 }
+
+#[test]
+fn operator_log_lines() {
+    service_bin::operator_log_lines(binary());
+}

@@ -928,3 +928,95 @@ pub fn mosquitto_password_file(binary: &Path) {
     );
     assert_no_debug_output(&roost.log());
 }
+
+/// What an operator reads on stderr at the default level: one line per
+/// connect (with the listener's bound address, the MQTT version, the
+/// session kind and the keep-alive), disconnect and refused
+/// authentication, with the fields named in README, and no Rust debug
+/// output.
+pub fn operator_log_lines(binary: &Path) {
+    let dir = temp("operator-logs");
+    let mut file = roost_runtime::passwd::PasswordFile::new();
+    file.set("alice", "right").expect("set");
+    file.save(dir.path().join("passwd")).expect("save");
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\npassword_file = \"passwd\"\n\
+         [sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let port = roost.addrs[0].port().to_string();
+    let publish = |id: &str, password: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            id,
+            "-u",
+            "alice",
+            "-P",
+            password,
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ];
+        args.extend_from_slice(extra);
+        run_with("mosquitto_pub", &args, None).status.success()
+    };
+    assert!(publish("good-client", "right", &[]));
+    assert!(publish(
+        "kept-client",
+        "right",
+        &["-V", "mqttv5", "-c", "-x", "300", "-k", "30"]
+    ));
+    assert!(!publish("bad-client", "wrong", &[]));
+    assert!(
+        roost.wait_log("authentication refused", 1),
+        "{}",
+        roost.log()
+    );
+    assert!(roost.wait_log("client disconnected", 2), "{}", roost.log());
+    let log = roost.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} line in:\n{log}"))
+    };
+    let connected = line("client connected client_id=good-client");
+    for field in [
+        "user=alice",
+        "remote=127.0.0.1:",
+        // The address the listener is bound to, not the configured port 0.
+        &format!("listener=127.0.0.1:{port} "),
+        "transport=tcp",
+        // mosquitto_pub's defaults: MQTT 3.1.1, clean session, 60 s.
+        "protocol=3.1.1",
+        "session=clean",
+        "keep_alive_s=60",
+        " INFO ",
+    ] {
+        assert!(connected.contains(field), "{field} missing: {connected}");
+    }
+    let kept = line("client connected client_id=kept-client");
+    for field in ["protocol=5.0", "session=persistent", "keep_alive_s=30"] {
+        assert!(kept.contains(field), "{field} missing: {kept}");
+    }
+    let disconnected = line("client disconnected client_id=good-client");
+    for field in ["reason=", "duration_s=", "remote=127.0.0.1:", " INFO "] {
+        assert!(
+            disconnected.contains(field),
+            "{field} missing: {disconnected}"
+        );
+    }
+    let refused = line("authentication refused");
+    for field in ["user=alice", "remote=127.0.0.1:", "reason="] {
+        assert!(refused.contains(field), "{field} missing: {refused}");
+    }
+    assert_no_debug_output(&log);
+    assert!(!log.contains("None"), "Rust debug output in:\n{log}");
+}
