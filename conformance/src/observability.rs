@@ -267,6 +267,18 @@ pub fn check(binary: &Binary) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     let sent1 = value(&before, "roost_messages_sent_total{qos=\"1\"}")?;
+    let payload = |m: &HashMap<String, f64>, way: &str, q: u8| {
+        value(
+            m,
+            &format!("roost_payload_bytes_{way}_total{{qos=\"{q}\"}}"),
+        )
+    };
+    let payload_in = [
+        payload(&before, "received", 0)?,
+        payload(&before, "received", 1)?,
+    ];
+    let payload_out1 = payload(&before, "sent", 1)?;
+    let busy = value(&before, "roost_engine_busy_seconds_total")?;
     let accepted = value(&before, "roost_connections_accepted_total")?;
 
     let mut sub = Mqtt::connect(mqtt, "metrics-sub")?;
@@ -288,6 +300,16 @@ pub fn check(binary: &Binary) -> Result<(), String> {
     })?;
     if value(&after, "roost_messages_received_total{qos=\"2\"}")? != received[2] {
         return Err("QoS 2 counter moved without QoS 2 traffic".into());
+    }
+    // Two payload bytes per message, five messages per QoS.
+    if payload(&after, "received", 0)? != payload_in[0] + 10.0
+        || payload(&after, "received", 1)? != payload_in[1] + 10.0
+        || payload(&after, "sent", 1)? != payload_out1 + 10.0
+    {
+        return Err("payload bytes by QoS did not rise by 10".into());
+    }
+    if value(&after, "roost_engine_busy_seconds_total")? < busy {
+        return Err("roost_engine_busy_seconds_total went backwards".into());
     }
     if value(&after, "roost_connections_accepted_total")? != accepted + 2.0 {
         return Err("roost_connections_accepted_total did not rise by 2".into());

@@ -930,6 +930,13 @@ impl Config {
                 anchor(&mut l.client_certs.ca);
                 anchor(&mut l.client_certs.crl);
             }
+            for t in config.bridges.iter_mut().filter_map(|b| b.tls.as_mut()) {
+                if t.ca.is_relative() {
+                    t.ca = dir.join(&t.ca);
+                }
+                anchor(&mut t.cert);
+                anchor(&mut t.key);
+            }
             anchor(&mut config.persistence.path);
             anchor(&mut config.pid_file);
         }

@@ -1,4 +1,5 @@
-//! TLS as a sans-IO byte stage on [`rustls::ServerConnection`].
+//! TLS as a sans-IO byte stage on a [`rustls::Connection`]: the server side
+//! of listeners, and the client side of bridges.
 //!
 //! ```text
 //!   socket bytes ─▶ feed_ciphertext ─▶ [TlsStage] ─▶ take_plaintext ─▶ next stage
@@ -23,10 +24,13 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+};
 
 use crate::config::{CertIdentity, ClientCerts};
 
@@ -199,25 +203,7 @@ pub fn load_server_config_with(
     key_path: &Path,
     client: &ClientCerts,
 ) -> Result<ServerConfig, TlsError> {
-    let cert_pem = read(cert_path)?;
-    let key_pem = read(key_path)?;
-    let pem_error = |path: &Path, expected, source| TlsError::Pem {
-        path: path.to_path_buf(),
-        expected,
-        source,
-    };
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(cert_path, "certificate", e))?;
-    if certs.is_empty() {
-        return Err(pem_error(
-            cert_path,
-            "certificate",
-            pem::Error::NoItemsFound,
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| pem_error(key_path, "private key", e))?;
+    let (certs, key) = load_chain(cert_path, key_path)?;
     let config_error = |source| TlsError::Config {
         cert: cert_path.to_path_buf(),
         key: key_path.to_path_buf(),
@@ -236,11 +222,34 @@ pub fn load_server_config_with(
     builder.with_single_cert(certs, key).map_err(config_error)
 }
 
-fn client_verifier(
-    ca_path: &Path,
-    client: &ClientCerts,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+/// A certificate chain and its private key (PKCS#8, PKCS#1 or SEC1), PEM.
+type Chain = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Reads the chain in `cert_path` (at least one certificate) and the key in
+/// `key_path`.
+fn load_chain(cert_path: &Path, key_path: &Path) -> Result<Chain, TlsError> {
+    let pem_error = |path: &Path, expected, source| TlsError::Pem {
+        path: path.to_path_buf(),
+        expected,
+        source,
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(cert_path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(cert_path, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(pem_error(
+            cert_path,
+            "certificate",
+            pem::Error::NoItemsFound,
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
+        .map_err(|e| pem_error(key_path, "private key", e))?;
+    Ok((certs, key))
+}
+
+/// The CA certificates (PEM) in `ca_path`, as trust anchors.
+fn load_roots(ca_path: &Path) -> Result<RootCertStore, TlsError> {
     let ca_pem = read(ca_path)?;
     let mut roots = RootCertStore::empty();
     let cas = CertificateDer::pem_slice_iter(&ca_pem)
@@ -263,6 +272,46 @@ fn client_verifier(
             source,
         })?;
     }
+    Ok(roots)
+}
+
+/// Builds the client configuration of a bridge: the remote must present a
+/// certificate that chains to a CA in `ca_path` (PEM; a system bundle such
+/// as `/etc/ssl/certs/ca-certificates.crt` for a public broker) and is
+/// valid for the server name; with `cert_and_key`, this broker presents
+/// that client certificate. TLS 1.2 and 1.3, the `ring` provider.
+pub fn load_client_config(
+    ca_path: &Path,
+    cert_and_key: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
+    let roots = load_roots(ca_path)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Anchor {
+            path: ca_path.to_path_buf(),
+            source,
+        })?
+        .with_root_certificates(roots);
+    let Some((cert_path, key_path)) = cert_and_key else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let (certs, key) = load_chain(cert_path, key_path)?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|source| TlsError::Config {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            source,
+        })
+}
+
+fn client_verifier(
+    ca_path: &Path,
+    client: &ClientCerts,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let roots = load_roots(ca_path)?;
     let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     if let Some(crl_path) = &client.crl {
         let crl_pem = read(crl_path)?;
@@ -350,9 +399,10 @@ fn escape_rfc2253(value: &str, out: &mut String) {
     }
 }
 
-/// The server side of one TLS connection, driven by bytes.
+/// One TLS connection, driven by bytes: the server side of an accepted
+/// connection, or the client side of a bridge's.
 pub struct TlsStage {
-    conn: ServerConnection,
+    conn: Connection,
     plaintext: Vec<u8>,
     peer_closed: bool,
     failed: bool,
@@ -373,17 +423,32 @@ impl fmt::Debug for TlsStage {
 impl TlsStage {
     /// Starts a server-side connection.
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsStage, TlsError> {
-        let mut conn = ServerConnection::new(config).map_err(TlsError::Protocol)?;
+        let conn = ServerConnection::new(config).map_err(TlsError::Protocol)?;
+        Ok(TlsStage::with(conn.into()))
+    }
+
+    /// Starts a client-side connection to `server_name` (verified against
+    /// the remote's certificate, and sent as SNI when it is a DNS name).
+    /// Application data written before the handshake ends is sent after it.
+    pub fn client(
+        config: Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> Result<TlsStage, TlsError> {
+        let conn = ClientConnection::new(config, server_name).map_err(TlsError::Protocol)?;
+        Ok(TlsStage::with(conn.into()))
+    }
+
+    fn with(mut conn: Connection) -> TlsStage {
         // Outgoing data is bounded by the runtime's write buffer instead (see
         // the module docs); a rustls limit would make writes partial.
         conn.set_buffer_limit(None);
-        Ok(TlsStage {
+        TlsStage {
             conn,
             plaintext: Vec::new(),
             peer_closed: false,
             failed: false,
             closing: false,
-        })
+        }
     }
 
     /// Takes bytes read from the socket. Decrypted data becomes available
@@ -489,7 +554,10 @@ impl TlsStage {
 
     /// The server name the client asked for (SNI), if any.
     pub fn server_name(&self) -> Option<&str> {
-        self.conn.server_name()
+        match &self.conn {
+            Connection::Server(conn) => conn.server_name(),
+            Connection::Client(_) => None,
+        }
     }
 }
 

@@ -472,6 +472,10 @@ pub struct Stats {
     pub received_by_qos: [u64; 3],
     /// [`Stats::messages_sent`] by the QoS they were sent with.
     pub sent_by_qos: [u64; 3],
+    /// Payload bytes of [`Stats::received_by_qos`], by the same QoS.
+    pub payload_received_by_qos: [u64; 3],
+    /// Payload bytes of [`Stats::sent_by_qos`], by the same QoS.
+    pub payload_sent_by_qos: [u64; 3],
     /// Of [`Stats::dropped`]: messages a session's queue had no room for,
     /// and QoS 0 messages for a connection whose output was over its limit.
     pub dropped_queue_full: u64,

@@ -60,12 +60,12 @@ impl Broker {
             return;
         }
         self.stats.messages_received += 1;
-        if let Some(n) = self
-            .stats
-            .received_by_qos
-            .get_mut(usize::from(p.qos.qos() as u8))
-        {
+        let level = usize::from(p.qos.qos() as u8);
+        if let Some(n) = self.stats.received_by_qos.get_mut(level) {
             *n += 1;
+        }
+        if let Some(n) = self.stats.payload_received_by_qos.get_mut(level) {
+            *n += p.payload.len() as u64;
         }
         self.busiest.publish(&p.topic, self.now);
 
@@ -765,8 +765,12 @@ impl Broker {
             self.dirty.push(conn);
         }
         self.stats.messages_sent += 1;
-        if let Some(n) = self.stats.sent_by_qos.get_mut(usize::from(qos.qos() as u8)) {
+        let level = usize::from(qos.qos() as u8);
+        if let Some(n) = self.stats.sent_by_qos.get_mut(level) {
             *n += 1;
+        }
+        if let Some(n) = self.stats.payload_sent_by_qos.get_mut(level) {
+            *n += delivery.message.payload.len() as u64;
         }
         true
     }

@@ -21,6 +21,12 @@
 //! in flight when it dropped are sent again on the next connection, with
 //! DUP set when the server kept the session, in their original order.
 //!
+//! With [`ClientConfig::manual_ack`], a QoS 1/2 message from the server is
+//! acknowledged (PUBACK, or PUBREC) only when the program calls
+//! [`Client::ack`] with the [`InboundId`] its [`ClientEvent::Message`]
+//! carried: a bridge acknowledges a message only once the next hop has it,
+//! so the server keeps (and resends) what was not passed on.
+//!
 //! ```
 //! use roost_core::client::{Client, ClientConfig, ClientEvent};
 //! use roost_core::broker::Instant;
@@ -85,6 +91,8 @@ pub struct ClientConfig {
     pub max_packet_size: usize,
     /// How long the server has to answer CONNECT.
     pub connect_timeout: Duration,
+    /// Acknowledge inbound QoS 1/2 messages only on [`Client::ack`].
+    pub manual_ack: bool,
 }
 
 impl ClientConfig {
@@ -105,6 +113,7 @@ impl ClientConfig {
             max_queued_bytes: 64 * 1024 * 1024,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(30),
+            manual_ack: false,
         }
     }
 
@@ -153,6 +162,17 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
+/// An inbound QoS 1/2 message waiting for [`Client::ack`] (with
+/// [`ClientConfig::manual_ack`]). It stays valid across reconnections that
+/// keep the session; once the server has started a new session it is
+/// ignored (the server forgot the message, and may reuse its packet id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboundId {
+    pid: PacketId,
+    qos: QoS,
+    session: u32,
+}
+
 /// What happened, drained with [`Client::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -165,8 +185,10 @@ pub enum ClientEvent {
     /// The server answered the SUBSCRIBE of this connection: each
     /// subscription's granted QoS or failure code, in order.
     Subscribed(Vec<Result<QoS, ReasonCode>>),
-    /// A message from the server (boxed: the other events are small).
-    Message(alloc::boxed::Box<Message>),
+    /// A message from the server (boxed: the other events are small),
+    /// with, under [`ClientConfig::manual_ack`], the id to acknowledge it
+    /// by (QoS 1 and 2 only).
+    Message(alloc::boxed::Box<Message>, Option<InboundId>),
     /// The server acknowledged a QoS 1/2 message completely (PUBACK or
     /// PUBCOMP); QoS 0 messages are never acknowledged.
     Acked(MessageId),
@@ -236,6 +258,19 @@ pub struct Client {
     /// QoS 2 messages received and delivered, waiting for PUBREL: a
     /// re-sent PUBLISH with one of these ids is not delivered again.
     incoming: BTreeSet<PacketId>,
+    /// Under `manual_ack`: inbound messages delivered and not yet acked
+    /// (a resent PUBLISH with one of these ids is not delivered again).
+    held: BTreeSet<PacketId>,
+    /// Under `manual_ack`: acks given while disconnected, sent when a
+    /// connection resumes the session.
+    owed: Vec<(PacketId, QoS)>,
+    /// Under `manual_ack`: QoS 1 ids whose owed PUBACK went out on this
+    /// connection. The server may have resent the message (DUP) before it
+    /// read the PUBACK; that copy is not delivered again.
+    resumed: BTreeSet<PacketId>,
+    /// Counts sessions the server started anew, to tell stale
+    /// [`InboundId`]s.
+    session: u32,
     next_pid: PacketId,
     next_message: u64,
     /// The server's receive maximum on this connection.
@@ -267,6 +302,10 @@ impl Client {
             queued_bytes: 0,
             inflight: VecDeque::new(),
             incoming: BTreeSet::new(),
+            held: BTreeSet::new(),
+            owed: Vec::new(),
+            resumed: BTreeSet::new(),
+            session: 0,
             next_pid: PacketId::MIN,
             next_message: 0,
             window,
@@ -456,6 +495,37 @@ impl Client {
         Ok(id)
     }
 
+    /// Acknowledges an inbound message delivered with `id` (see
+    /// [`ClientConfig::manual_ack`]): PUBACK for QoS 1, PUBREC for QoS 2,
+    /// now or, while disconnected, when the next connection resumes the
+    /// session. An id from a session the server has since forgotten, or
+    /// one acknowledged already, is ignored.
+    pub fn ack(&mut self, now: Instant, id: InboundId) {
+        self.advance(now);
+        if id.session != self.session || !self.held.remove(&id.pid) {
+            return;
+        }
+        if self.state == State::Connected {
+            self.send_ack(id.pid, id.qos);
+        } else {
+            self.owed.push((id.pid, id.qos));
+        }
+    }
+
+    fn send_ack(&mut self, pid: PacketId, qos: QoS) {
+        if qos == QoS::ExactlyOnce {
+            self.incoming.insert(pid);
+            self.send(&Packet::PubRec(PubResponse::new(pid)));
+        } else {
+            self.send(&Packet::PubAck(PubResponse::new(pid)));
+        }
+    }
+
+    /// Inbound messages delivered and waiting for [`Client::ack`].
+    pub fn unacked(&self) -> usize {
+        self.held.len() + self.owed.len()
+    }
+
     /// Sends DISCONNECT (normal disconnection); the runtime then closes the
     /// transport. Messages in flight and queued are kept.
     pub fn disconnect(&mut self, now: Instant) {
@@ -634,6 +704,9 @@ impl Client {
             // received (PUBREL stage) are delivered already; the rest go
             // again as new messages.
             self.incoming.clear();
+            self.held.clear();
+            self.owed.clear();
+            self.session = self.session.wrapping_add(1);
             let mut kept = VecDeque::with_capacity(self.inflight.len());
             for f in core::mem::take(&mut self.inflight) {
                 match f.stage {
@@ -642,6 +715,14 @@ impl Client {
                 }
             }
             self.inflight = kept;
+        }
+        // Acks given while disconnected (none left without a session).
+        self.resumed.clear();
+        for (pid, qos) in core::mem::take(&mut self.owed) {
+            if qos == QoS::AtLeastOnce {
+                self.resumed.insert(pid);
+            }
+            self.send_ack(pid, qos);
         }
         // Resend what is in flight, in order; DUP marks a re-delivery the
         // server may have seen.
@@ -696,8 +777,27 @@ impl Client {
             self.drop_connection(DisconnectReason::ProtocolError);
             return;
         }
+        let manual = self.config.manual_ack;
+        let mut token = None;
         let deliver = match p.qos {
             QosPid::AtMostOnce => true,
+            // QoS 2 received (PUBREC sent) already: PUBREC again, once.
+            QosPid::ExactlyOnce(pid) if self.incoming.contains(&pid) => {
+                self.send(&Packet::PubRec(PubResponse::new(pid)));
+                false
+            }
+            // Acknowledged on resuming; this is the server's resend from
+            // before it read that ack. (Without DUP it is a new message.)
+            QosPid::AtLeastOnce(pid) if self.resumed.remove(&pid) && p.dup => false,
+            // Delivered and not yet acknowledged: the ack will come.
+            QosPid::AtLeastOnce(pid) | QosPid::ExactlyOnce(pid) if manual => {
+                token = Some(InboundId {
+                    pid,
+                    qos: p.qos.qos(),
+                    session: self.session,
+                });
+                self.held.insert(pid)
+            }
             QosPid::AtLeastOnce(pid) => {
                 self.send(&Packet::PubAck(PubResponse::new(pid)));
                 true
@@ -720,7 +820,7 @@ impl Client {
                 },
             };
             self.events
-                .push_back(ClientEvent::Message(alloc::boxed::Box::new(message)));
+                .push_back(ClientEvent::Message(alloc::boxed::Box::new(message), token));
         }
     }
 

@@ -230,7 +230,7 @@ fn subscribes_and_receives_at_every_qos() {
             .take_events()
             .into_iter()
             .map(|e| match e {
-                ClientEvent::Message(m) => (m.qos, m.payload),
+                ClientEvent::Message(m, _) => (m.qos, m.payload),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -548,4 +548,120 @@ fn garbage_from_the_server_ends_the_connection() {
         events.last(),
         Some(&ClientEvent::Disconnected(DisconnectReason::ProtocolError))
     );
+}
+
+/// The messages of `events` with their ack ids, in order.
+fn messages(events: Vec<ClientEvent>) -> Vec<(Bytes, Option<InboundId>)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(m, id) => Some((m.payload, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn manual(protocol: Protocol) -> ClientConfig {
+    ClientConfig {
+        manual_ack: true,
+        subscriptions: vec![subscription(
+            TopicFilter::from_static("cmd/#"),
+            QoS::ExactlyOnce,
+            false,
+        )],
+        ..persistent(protocol)
+    }
+}
+
+/// Under `manual_ack` the server holds a QoS 1/2 message in flight until
+/// `ack`: only then does its flow complete. QoS 0 carries no id.
+#[test]
+fn manual_ack_holds_each_flow_until_acked() {
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let mut pair = Pair::new(manual(protocol));
+        pair.connect();
+        pair.take_events();
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+        {
+            pair.broker
+                .publish(pair.now, message("cmd/x", &i.to_string(), qos));
+        }
+        pair.settle();
+        let got = messages(pair.take_events());
+        assert_eq!(got.len(), 3, "{protocol:?}");
+        assert!(got[0].1.is_none(), "QoS 0 has nothing to ack");
+        assert_eq!(pair.broker.inflight_count("bridge-1"), 2, "{protocol:?}");
+        assert_eq!(pair.client.unacked(), 2);
+        pair.client.ack(pair.now, got[1].1.expect("QoS 1 id"));
+        pair.settle();
+        assert_eq!(pair.broker.inflight_count("bridge-1"), 1, "{protocol:?}");
+        pair.client.ack(pair.now, got[2].1.expect("QoS 2 id"));
+        // A second ack of the same id sends nothing more.
+        pair.client.ack(pair.now, got[2].1.expect("QoS 2 id"));
+        pair.settle();
+        assert_eq!(pair.broker.inflight_count("bridge-1"), 0, "{protocol:?}");
+        assert_eq!(pair.client.unacked(), 0);
+    }
+}
+
+/// A message delivered and not acknowledged when the connection drops is
+/// resent by the server (DUP) and not delivered twice; an ack given while
+/// disconnected is sent when the session resumes.
+#[test]
+fn manual_ack_survives_a_reconnect_without_delivering_twice() {
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let mut pair = Pair::new(manual(protocol));
+        pair.connect();
+        pair.take_events();
+        pair.broker
+            .publish(pair.now, message("cmd/x", "one", QoS::AtLeastOnce));
+        pair.broker
+            .publish(pair.now, message("cmd/x", "two", QoS::ExactlyOnce));
+        pair.settle();
+        let got = messages(pair.take_events());
+        assert_eq!(got.len(), 2);
+        pair.cut();
+        // Acked while down: owed.
+        pair.client.ack(pair.now, got[0].1.expect("id"));
+        pair.connect();
+        let again = messages(pair.take_events());
+        assert!(again.is_empty(), "{protocol:?}: delivered twice: {again:?}");
+        assert_eq!(pair.broker.inflight_count("bridge-1"), 1, "{protocol:?}");
+        pair.client.ack(pair.now, got[1].1.expect("id"));
+        pair.settle();
+        assert_eq!(pair.broker.inflight_count("bridge-1"), 0, "{protocol:?}");
+    }
+}
+
+/// Once the server starts a new session it has forgotten the messages: an
+/// id from before is ignored, so it cannot acknowledge a new message that
+/// reuses the packet id.
+#[test]
+fn manual_ack_ids_of_a_forgotten_session_are_ignored() {
+    let mut pair = Pair::new(manual(Protocol::V5));
+    pair.connect();
+    pair.take_events();
+    pair.broker
+        .publish(pair.now, message("cmd/x", "old", QoS::AtLeastOnce));
+    pair.settle();
+    let old = messages(pair.take_events())[0].1.expect("id");
+    pair.cut();
+    // The server forgets the session.
+    pair.client.config.clean_start = true;
+    pair.connect();
+    pair.take_events();
+    pair.client.config.clean_start = false;
+    pair.broker
+        .publish(pair.now, message("cmd/x", "new", QoS::AtLeastOnce));
+    pair.settle();
+    let new = messages(pair.take_events())[0].1.expect("id");
+    assert_eq!(new.pid, old.pid, "the test needs the packet id reused");
+    pair.client.ack(pair.now, old);
+    pair.settle();
+    assert_eq!(pair.broker.inflight_count("bridge-1"), 1);
+    pair.client.ack(pair.now, new);
+    pair.settle();
+    assert_eq!(pair.broker.inflight_count("bridge-1"), 0);
 }

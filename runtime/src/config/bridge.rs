@@ -72,9 +72,10 @@ impl TopicRule {
 /// TLS to the remote broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeTls {
-    /// CA certificates (PEM) that vouch for the remote; the system's
-    /// roots (webpki-roots) when absent.
-    pub ca: Option<PathBuf>,
+    /// CA certificates (PEM) that vouch for the remote: a private CA, or
+    /// the system's bundle (`/etc/ssl/certs/ca-certificates.crt`) for a
+    /// public broker. Required, as Mosquitto's `bridge_cafile` is.
+    pub ca: PathBuf,
     /// A client certificate chain (PEM), with `key`.
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
@@ -114,8 +115,12 @@ pub struct Bridge {
     pub local_username: Option<String>,
     /// Outgoing QoS 1/2 messages in flight at once.
     pub max_inflight: u16,
-    /// Outgoing messages queued (while the remote is down, or beyond the
-    /// in-flight window); beyond it they are dropped and counted.
+    /// Outgoing messages the bridge's client holds beyond the in-flight
+    /// window (while the remote is down); beyond it they are dropped and
+    /// counted. The bridge's session on this broker hands it at most
+    /// `[limits] max_inflight` unacknowledged messages and keeps the rest
+    /// itself (in the store, with persistence), so this bound only matters
+    /// when set lower than that.
     pub max_queued_messages: usize,
     /// Outgoing payload and topic bytes queued.
     pub max_queued_bytes: usize,
@@ -246,8 +251,16 @@ fn bridge_from_raw(i: usize, b: RawBridge) -> Result<Bridge, ConfigError> {
                 because: "a client certificate needs both cert and key".into(),
             });
         }
+        let Some(ca) = b.ca else {
+            return Err(ConfigError::Required {
+                key: key("ca"),
+                because: "tls = true verifies the remote against these CAs \
+                          (/etc/ssl/certs/ca-certificates.crt for a public broker)"
+                    .into(),
+            });
+        };
         Some(BridgeTls {
-            ca: b.ca,
+            ca,
             cert: b.cert,
             key: b.key,
             sni: b.sni,
@@ -464,6 +477,7 @@ mod tests {
                 "bridge[0].keep_alive",
             ),
             ("ca = \"x\"\n[[bridge.topic]]\n", "bridge[0].ca"),
+            ("tls = true\n[[bridge.topic]]\n", "bridge[0].ca"),
             (
                 "tls = true\ncert = \"c\"\n[[bridge.topic]]\n",
                 "bridge[0].key",

@@ -2,8 +2,9 @@
 //! (SIGHUP), and what waits for the next restart.
 //!
 //! Live: the files a listener names (`cert`, `key`, `client_ca`,
-//! `crl_file` with `require_certificate`, `password_file`, `acl_file`) are
-//! read again, from the paths the new file gives. Everything else (the
+//! `crl_file` with `require_certificate`, `password_file`, `acl_file`) and
+//! a bridge's TLS files (`ca`, `cert`, `key`) are read again, from the
+//! paths the new file gives. Everything else (the
 //! listeners themselves, limits, MQTT capabilities, persistence, `[http]`,
 //! bridges, the pid file) keeps its running value until the broker
 //! restarts, and each such change is named in a warning.
@@ -136,10 +137,21 @@ impl Config {
             _ => {}
         }
         for b in &new.bridges {
-            match self.bridges.iter().find(|o| o.name == b.name) {
-                None => keys.push(format!("bridge {:?} added", b.name)),
-                Some(o) if o != b => keys.push(format!("bridge {:?} changed", b.name)),
-                Some(_) => {}
+            let Some(j) = self.bridges.iter().position(|o| o.name == b.name) else {
+                keys.push(format!("bridge {:?} added", b.name));
+                continue;
+            };
+            // A bridge's TLS client configuration is built again from its
+            // files on reload (the next connection uses it); the server
+            // name it verifies is not.
+            let live = &mut merged.bridges[j];
+            if let (Some(running), Some(now)) = (&mut live.tls, &b.tls) {
+                if running.sni == now.sni {
+                    running.clone_from(now);
+                }
+            }
+            if *live != *b {
+                keys.push(format!("bridge {:?} changed", b.name));
             }
         }
         for b in &self.bridges {
@@ -267,6 +279,30 @@ mod tests {
                 "reload: listener[0] changed from tls on 127.0.0.1:8883 to tls on \
               127.0.0.1:8884; this takes effect at the next restart"
             ]
+        );
+    }
+
+    #[test]
+    fn a_bridge_takes_new_tls_files_and_names_the_rest() {
+        let bridge = |ca: &str, keep_alive: u16| {
+            format!(
+                "{TLS}[[bridge]]\nname = \"up\"\naddress = \"remote:8883\"\n\
+                 keep_alive = {keep_alive}\ntls = true\nca = \"{ca}\"\n\
+                 [[bridge.topic]]\npattern = \"#\"\ndirection = \"out\"\n"
+            )
+        };
+        let running = config(&bridge("ca1.crt", 60));
+        let (merged, warnings) = running.reloaded(&config(&bridge("ca2.crt", 60)));
+        assert_eq!(
+            merged.bridges[0].tls.as_ref().map(|t| t.ca.clone()),
+            Some(std::path::PathBuf::from("ca2.crt"))
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (merged, warnings) = running.reloaded(&config(&bridge("ca2.crt", 30)));
+        assert_eq!(merged.bridges[0].keep_alive, 60);
+        assert_eq!(
+            warnings,
+            ["reload: bridge \"up\" changed; this takes effect at the next restart"]
         );
     }
 

@@ -27,20 +27,31 @@
 
 use super::{ConnIo, Driver, Event, Phase};
 use crate::config::{self, BridgeProtocol};
+use crate::tls::TlsStage;
 use bytes::Bytes;
 use roost_core::MqttStr;
 use roost_core::broker::{ConnId, ConnInfo, Instant, Message};
-use roost_core::client::{Client, ClientConfig, ClientEvent, DisconnectReason};
+use roost_core::client::{
+    Client, ClientConfig, ClientEvent, DisconnectReason, InboundId, MessageId,
+};
 use roost_core::codec::{Protocol, PublishProperties, QoS};
 use roost_core::topic::{TopicFilter, TopicName};
+use rustls::pki_types::ServerName;
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// How long the runtime has to establish a dialled TCP connection before the
 /// bridge gives up on it and tries the next address.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the bridge's session on this broker outlives the bridge (one
+/// week): the bridge is connected whenever roost runs, so this only counts
+/// for a bridge removed from the configuration.
+const LOCAL_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
 
 /// Messages sent out over an MQTT 3.1.1 bridge that the remote may echo back
 /// (their topic is also bridged in), remembered to drop the echo.
@@ -79,6 +90,15 @@ pub(super) struct Bridge {
     echo: VecDeque<(TopicName, u64)>,
     filters_out: Vec<(TopicFilter, usize)>,
     filters_in: Vec<(TopicFilter, usize)>,
+    /// Messages from this broker handed to the remote client, by its id,
+    /// with the id that acknowledges them here once the remote has them.
+    out_pending: BTreeMap<MessageId, InboundId>,
+    /// Messages from the remote handed to the local client, by its id,
+    /// with the id that acknowledges them to the remote once this broker
+    /// has them (durably, with persistence).
+    in_pending: BTreeMap<MessageId, InboundId>,
+    /// The TLS client configuration, when `tls = true` (replaced on reload).
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn topic_filter(text: &str) -> TopicFilter {
@@ -94,6 +114,14 @@ fn mqtt_str(text: &str) -> Option<MqttStr> {
     MqttStr::copy_from_str(text).ok()
 }
 
+/// The host of `host:port` (`[v6]:port` gives `v6`).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 fn payload_hash(payload: &[u8]) -> u64 {
     // FNV-1a: deterministic, and good enough to tell echoes apart.
     payload.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -102,6 +130,26 @@ fn payload_hash(payload: &[u8]) -> u64 {
 }
 
 impl Bridge {
+    /// A TLS client stage for a new connection to the current address, or
+    /// `None` over plain TCP. The server name is `sni` when set, else the
+    /// address's host (a DNS name, or an IP address the certificate must
+    /// name).
+    fn tls_stage(&self) -> Result<Option<Box<TlsStage>>, String> {
+        let (Some(cfg), Some(t)) = (&self.tls, &self.config.tls) else {
+            return Ok(None);
+        };
+        let address = &self.config.addresses[self.next_address];
+        let host = match &t.sni {
+            Some(sni) => sni.as_str(),
+            None => host_of(address),
+        };
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("server name {host:?}: {e}"))?;
+        TlsStage::client(cfg.clone(), name)
+            .map(|stage| Some(Box::new(stage)))
+            .map_err(|e| e.to_string())
+    }
+
     pub(super) fn new(config: &config::Bridge, index: usize, seed: u64, now: Instant) -> Bridge {
         let protocol = match config.protocol_version {
             BridgeProtocol::V3_1_1 => Protocol::V3_1_1,
@@ -140,13 +188,18 @@ impl Bridge {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
+            manual_ack: true,
             ..ClientConfig::new(
                 mqtt_str(&config.client_id).unwrap_or(MqttStr::from_static("roost-bridge")),
             )
         };
+        // A persistent session here: what the remote has not acknowledged
+        // stays in it (in the store, with persistence) and comes again.
         let local = ClientConfig {
             protocol: Protocol::V5,
-            clean_start: true,
+            clean_start: false,
+            session_expiry: LOCAL_SESSION_EXPIRY,
+            manual_ack: true,
             keep_alive: 0,
             username: config.local_username.as_deref().and_then(mqtt_str),
             subscriptions: filters_out
@@ -178,6 +231,9 @@ impl Bridge {
             echo: VecDeque::new(),
             filters_out,
             filters_in,
+            out_pending: BTreeMap::new(),
+            in_pending: BTreeMap::new(),
+            tls: None,
         }
     }
 
@@ -274,14 +330,27 @@ impl Driver {
             self.pump(now);
             return;
         };
+        let tls = match self.bridges[b].tls_stage() {
+            Ok(tls) => tls,
+            Err(error) => {
+                let bridge = &mut self.bridges[b];
+                warn!(bridge = bridge.name(), %error, "bridge cannot start TLS");
+                bridge.schedule_retry(now);
+                self.pump(now);
+                return;
+            }
+        };
         self.conns.insert(
             conn,
             ConnIo {
                 bridge: Some(b),
                 remote,
+                tls,
                 ..ConnIo::new(0, now)
             },
         );
+        // The ClientHello.
+        self.push_stage_output(conn);
         let bridge = &mut self.bridges[b];
         bridge.link = Link::Open(conn);
         debug!(bridge = bridge.name(), remote = %super::DisplayAddr(remote), "bridge connection established");
@@ -368,7 +437,7 @@ impl Driver {
         }
     }
 
-    fn close_bridge_conn(&mut self, now: Instant, conn: ConnId) {
+    pub(super) fn close_bridge_conn(&mut self, now: Instant, conn: ConnId) {
         if let Some(io) = self.conns.get_mut(&conn) {
             if io.phase == Phase::Open {
                 io.phase = Phase::Closing;
@@ -472,8 +541,11 @@ impl Driver {
     fn bridge_local_event(&mut self, now: Instant, b: usize, event: ClientEvent) -> bool {
         let bridge = &mut self.bridges[b];
         match event {
-            ClientEvent::Message(m) => {
+            ClientEvent::Message(m, token) => {
                 let Some(topic) = bridge.map_out(&m.topic) else {
+                    if let Some(token) = token {
+                        bridge.local.ack(now, token);
+                    }
                     return false;
                 };
                 if bridge.remote.config().protocol != Protocol::V5
@@ -486,11 +558,26 @@ impl Driver {
                         .echo
                         .push_back((topic.clone(), payload_hash(&m.payload)));
                 }
-                let qos = m.qos;
-                if let Err(e) = bridge.remote.publish(now, Message { topic, ..*m }) {
-                    if qos != QoS::AtMostOnce {
-                        warn!(bridge = bridge.name(), error = %e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                match bridge.remote.publish(now, Message { topic, ..*m }) {
+                    // Acknowledged here once the remote acknowledges it.
+                    Ok(id) => {
+                        if let Some(token) = token {
+                            bridge.out_pending.insert(id, token);
+                        }
                     }
+                    Err(e) => {
+                        if let Some(token) = token {
+                            warn!(bridge = bridge.name(), error = %e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                            bridge.local.ack(now, token);
+                        }
+                    }
+                }
+            }
+            // This broker has a message from the remote: now the remote
+            // may forget it.
+            ClientEvent::Acked(id) => {
+                if let Some(token) = bridge.in_pending.remove(&id) {
+                    bridge.remote.ack(now, token);
                 }
             }
             ClientEvent::Subscribed(results) => {
@@ -500,8 +587,11 @@ impl Driver {
                     }
                 }
             }
-            ClientEvent::Rejected(_, code) => {
+            ClientEvent::Rejected(id, code) => {
                 warn!(bridge = bridge.name(), %code, "a message from the remote broker was refused here (ACL)");
+                if let Some(token) = bridge.in_pending.remove(&id) {
+                    bridge.remote.ack(now, token);
+                }
             }
             ClientEvent::Disconnected(reason) => {
                 warn!(bridge = bridge.name(), %reason, "bridge's local connection ended");
@@ -541,26 +631,50 @@ impl Driver {
                 self.bridge_state(now, b, true);
                 return true;
             }
-            ClientEvent::Message(m) => {
-                if !bridge.echo.is_empty() {
-                    let key = (m.topic.clone(), payload_hash(&m.payload));
-                    if let Some(i) = bridge.echo.iter().position(|e| *e == key) {
+            ClientEvent::Message(m, token) => {
+                let echo = (m.topic.clone(), payload_hash(&m.payload));
+                let topic = match bridge.echo.iter().position(|e| *e == echo) {
+                    Some(i) => {
                         bridge.echo.remove(i);
-                        return false;
+                        None
                     }
-                }
-                let Some(topic) = bridge.map_in(&m.topic) else {
+                    None => bridge.map_in(&m.topic),
+                };
+                let Some(topic) = topic else {
+                    if let Some(token) = token {
+                        bridge.remote.ack(now, token);
+                    }
                     return false;
                 };
-                if bridge.local.publish(now, Message { topic, ..*m }).is_err() {
-                    warn!(
-                        bridge = bridge.name(),
-                        "bridge's local queue full: message dropped"
-                    );
+                match bridge.local.publish(now, Message { topic, ..*m }) {
+                    // Acknowledged to the remote once this broker has it.
+                    Ok(id) => {
+                        if let Some(token) = token {
+                            bridge.in_pending.insert(id, token);
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(token) = token {
+                            warn!(
+                                bridge = bridge.name(),
+                                "bridge's local queue full: message dropped"
+                            );
+                            bridge.remote.ack(now, token);
+                        }
+                    }
                 }
             }
-            ClientEvent::Rejected(_, code) => {
+            // The remote has it: this broker's session may forget it.
+            ClientEvent::Acked(id) => {
+                if let Some(token) = bridge.out_pending.remove(&id) {
+                    bridge.local.ack(now, token);
+                }
+            }
+            ClientEvent::Rejected(id, code) => {
                 warn!(bridge = bridge.name(), %code, "remote broker refused a bridged message");
+                if let Some(token) = bridge.out_pending.remove(&id) {
+                    bridge.local.ack(now, token);
+                }
             }
             ClientEvent::Disconnected(reason) => {
                 let address = bridge.config.addresses[bridge.next_address].clone();

@@ -28,6 +28,16 @@ pub enum FileError {
         /// Why (boxed: the error stays small on the success path).
         source: Box<tls::TlsError>,
     },
+    /// A bridge's CA, client certificate or key.
+    BridgeTls {
+        /// The bridge's name.
+        bridge: String,
+        /// The key naming the file that failed (`ca`, `cert`, `key`), or
+        /// `cert/key` when they do not fit together.
+        key: &'static str,
+        /// Why.
+        source: Box<tls::TlsError>,
+    },
     /// A listener's password file.
     Passwd {
         /// Which listener.
@@ -53,6 +63,11 @@ impl fmt::Display for FileError {
                 key,
                 source,
             } => write!(f, "listener[{listener}].{key} ({bind}): {source}"),
+            FileError::BridgeTls {
+                bridge,
+                key,
+                source,
+            } => write!(f, "bridge \"{bridge}\".{key}: {source}"),
             FileError::Passwd { listener, source } => {
                 write!(f, "listener[{listener}].password_file: {source}")
             }
@@ -66,7 +81,7 @@ impl fmt::Display for FileError {
 impl std::error::Error for FileError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            FileError::Tls { source, .. } => Some(&**source),
+            FileError::Tls { source, .. } | FileError::BridgeTls { source, .. } => Some(&**source),
             FileError::Passwd { source, .. } => Some(source),
             FileError::Acl { source, .. } => Some(source),
         }
@@ -84,6 +99,9 @@ pub(crate) struct ListenerFiles {
 /// Every file a configuration names, loaded (see [`Files::load`]).
 pub struct Files {
     pub(crate) listeners: Vec<ListenerFiles>,
+    /// Each bridge's TLS client configuration, in configuration order
+    /// (`None`: plain TCP).
+    pub(crate) bridges: Vec<Option<Result<Arc<rustls::ClientConfig>, FileError>>>,
 }
 
 impl Files {
@@ -127,32 +145,79 @@ impl Files {
                 }),
             })
             .collect();
-        Files { listeners }
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| {
+                let t = b.tls.as_ref()?;
+                let cert_and_key = t.cert.as_deref().zip(t.key.as_deref());
+                Some(
+                    tls::load_client_config(&t.ca, cert_and_key)
+                        .map(Arc::new)
+                        .map_err(|source| {
+                            let key = match &source {
+                                tls::TlsError::Read { path, .. }
+                                | tls::TlsError::Pem { path, .. }
+                                | tls::TlsError::Anchor { path, .. } => {
+                                    if *path == t.ca {
+                                        "ca"
+                                    } else if t.key.as_ref() == Some(path) {
+                                        "key"
+                                    } else {
+                                        "cert"
+                                    }
+                                }
+                                _ => "cert/key",
+                            };
+                            FileError::BridgeTls {
+                                bridge: b.name.clone(),
+                                key,
+                                source: Box::new(source),
+                            }
+                        }),
+                )
+            })
+            .collect();
+        Files { listeners, bridges }
     }
 
     /// The first file that failed to load, if any: at start, any failure
     /// is fatal.
     pub fn first_error(&self) -> Option<&FileError> {
-        self.listeners.iter().find_map(|l| {
-            l.tls
-                .as_ref()
-                .and_then(|r| r.as_ref().err())
-                .or_else(|| l.passwords.as_ref().and_then(|r| r.as_ref().err()))
-                .or_else(|| l.acl.as_ref().and_then(|r| r.as_ref().err()))
-        })
+        self.listeners
+            .iter()
+            .find_map(|l| {
+                l.tls
+                    .as_ref()
+                    .and_then(|r| r.as_ref().err())
+                    .or_else(|| l.passwords.as_ref().and_then(|r| r.as_ref().err()))
+                    .or_else(|| l.acl.as_ref().and_then(|r| r.as_ref().err()))
+            })
+            .or_else(|| {
+                self.bridges
+                    .iter()
+                    .find_map(|b| b.as_ref().and_then(|r| r.as_ref().err()))
+            })
     }
 
     /// Every file that failed to load.
     pub fn errors(&self) -> impl Iterator<Item = &FileError> {
-        self.listeners.iter().flat_map(|l| {
-            [
-                l.tls.as_ref().and_then(|r| r.as_ref().err()),
-                l.passwords.as_ref().and_then(|r| r.as_ref().err()),
-                l.acl.as_ref().and_then(|r| r.as_ref().err()),
-            ]
-            .into_iter()
-            .flatten()
-        })
+        self.listeners
+            .iter()
+            .flat_map(|l| {
+                [
+                    l.tls.as_ref().and_then(|r| r.as_ref().err()),
+                    l.passwords.as_ref().and_then(|r| r.as_ref().err()),
+                    l.acl.as_ref().and_then(|r| r.as_ref().err()),
+                ]
+                .into_iter()
+                .flatten()
+            })
+            .chain(
+                self.bridges
+                    .iter()
+                    .filter_map(|b| b.as_ref().and_then(|r| r.as_ref().err())),
+            )
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::{Driver, Phase};
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -178,6 +178,18 @@ impl Driver {
             "PUBLISH packets sent to clients, by QoS",
             by_qos(stats.sent_by_qos),
         );
+        counters(
+            &mut r,
+            "payload_bytes_received",
+            "Payload bytes of the PUBLISH packets received from clients, by QoS",
+            by_qos(stats.payload_received_by_qos),
+        );
+        counters(
+            &mut r,
+            "payload_bytes_sent",
+            "Payload bytes of the PUBLISH packets sent to clients, by QoS",
+            by_qos(stats.payload_sent_by_qos),
+        );
         counter(
             &mut r,
             "bytes_received",
@@ -269,6 +281,15 @@ impl Driver {
             "HTTP requests answered on the [http] listener",
             self.metrics.http_requests,
         );
+        if let Some(busy) = self.busy_probe.and_then(|probe| probe()) {
+            r.register_with_unit(
+                "engine_busy",
+                "CPU time of the thread that runs the engine and the driver: the engine \
+                 loop's busy time (its rate over time is the loop's utilisation, 1.0 = saturated)",
+                Unit::Seconds,
+                ConstCounter::new(busy.as_secs_f64()),
+            );
+        }
         r.register_with_unit("uptime", "Time since the broker started", Unit::Seconds, {
             let g = Gauge::<i64>::default();
             let up = now.saturating_duration_since(stats.started).as_secs();

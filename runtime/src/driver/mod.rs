@@ -377,6 +377,10 @@ pub struct Driver {
     http_idle: VecDeque<(Instant, ConnId)>,
     metrics: metrics::DriverMetrics,
     bridges: Vec<bridge::Bridge>,
+    /// Reads the engine thread's CPU time for `/metrics`; set by
+    /// [`Driver::open`], which every runtime calls on its engine thread's
+    /// behalf. `None` keeps [`Driver::new`] free of I/O.
+    busy_probe: Option<fn() -> Option<Duration>>,
 }
 
 /// A store opened for the driver, with what it held.
@@ -434,7 +438,9 @@ impl Driver {
     pub fn open(config: &Config, now: Instant) -> Result<Driver, DriverError> {
         let files = Files::load(config);
         let store = Self::open_store(config)?;
-        Driver::new(config, files, store, now)
+        let mut driver = Driver::new(config, files, store, now)?;
+        driver.busy_probe = Some(crate::clock::thread_cpu_time);
+        Ok(driver)
     }
 
     /// Builds the driver from a configuration and what it names, already
@@ -527,18 +533,13 @@ impl Driver {
             }
             None => (Broker::new(engine, now), StoreSlot::None),
         };
-        if config.bridges.iter().any(|b| b.tls.is_some()) {
-            return Err(DriverError::Unsupported(
-                "bridge with tls = true: TLS to a remote broker is not built yet",
-            ));
-        }
         let seed = engine_seed(&broker);
-        let bridges = config
-            .bridges
-            .iter()
-            .enumerate()
-            .map(|(i, b)| bridge::Bridge::new(b, i, seed, now))
-            .collect();
+        let mut bridges = Vec::with_capacity(config.bridges.len());
+        for ((i, b), tls) in config.bridges.iter().enumerate().zip(files.bridges) {
+            let mut bridge = bridge::Bridge::new(b, i, seed, now);
+            bridge.tls = tls.transpose().map_err(DriverError::File)?;
+            bridges.push(bridge);
+        }
         let flush_every = (matches!(store, StoreSlot::Idle(_))
             && config.persistence.durability == config::Durability::Periodic)
             .then(|| Duration::from_millis(config.persistence.flush_interval_ms.max(1)));
@@ -573,6 +574,7 @@ impl Driver {
             http_open: 0,
             http_idle: VecDeque::new(),
             metrics: metrics::DriverMetrics::default(),
+            busy_probe: None,
             bridges,
         })
     }
@@ -841,7 +843,27 @@ impl Driver {
             }
             Phase::Open if io.bridge.is_some() => {
                 let b = io.bridge.unwrap_or_default();
-                self.bridge_read(now, b, bytes);
+                match io.tls.as_deref_mut() {
+                    None => self.bridge_read(now, b, bytes),
+                    Some(tls) => {
+                        let mut plain = std::mem::take(&mut self.scratch);
+                        plain.clear();
+                        let result = tls.feed_ciphertext(bytes);
+                        tls.take_plaintext(&mut plain);
+                        // Handshake records and alerts for the remote.
+                        self.push_stage_output(conn);
+                        if !plain.is_empty() {
+                            self.bridge_read(now, b, &plain);
+                        }
+                        self.scratch = plain;
+                        if let Err(e) = result {
+                            let name = self.bridges.get(b).map_or("", |b| b.name());
+                            warn!(bridge = name, error = %e, "bridge TLS failed");
+                            self.bridge_closed(now, b);
+                            self.close_bridge_conn(now, conn);
+                        }
+                    }
+                }
                 self.pump(now);
                 return;
             }
@@ -1172,6 +1194,14 @@ impl Driver {
                 }
                 None => None,
             });
+        }
+        for (b, result) in self.bridges.iter_mut().zip(files.bridges) {
+            match result {
+                // The next connection uses it.
+                Some(Ok(cfg)) => b.tls = Some(cfg),
+                Some(Err(e)) => errors.push(e),
+                None => {}
+            }
         }
         // The ACLs are one policy: all of them are replaced, or none.
         if !acl_failed && !self.custom_policy && acls.iter().any(Option::is_some) {

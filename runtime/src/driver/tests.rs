@@ -290,6 +290,7 @@ fn password_harness() -> Harness {
             passwords: Some(Ok(cheap_passwords(&[("alice", "secret")]))),
             acl: None,
         }],
+        bridges: Vec::new(),
     };
     Harness::new(&config, files, None)
 }
@@ -544,6 +545,7 @@ fn reload_with_a_broken_file_keeps_the_previous_one() {
             passwords: None,
             acl: Some(Ok(deny)),
         }],
+        bridges: Vec::new(),
     };
     let mut h = Harness::new(&config, files, None);
     let broken = Files {
@@ -558,6 +560,7 @@ fn reload_with_a_broken_file_keeps_the_previous_one() {
                 source: Acl::parse("bogus directive\n").unwrap_err(),
             })),
         }],
+        bridges: Vec::new(),
     };
     let errors = h.driver.handle_reload(h.now, broken);
     assert_eq!(errors.len(), 2);
