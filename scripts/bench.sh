@@ -2,7 +2,7 @@
 # Runs every roost-bench scenario against every broker that exists here, in
 # alternation (A B A B ...), and writes the medians into BENCHMARKS.md.
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--no-write] [--sink] [--http]
+#   scripts/bench.sh [--quick] [--rounds N] [--no-write] [--sink] [--http] [--cluster]
 #
 # --sink adds roost-bench's own trivial forwarding sink as a "broker": its
 # column is the load generator's ceiling on this machine, not a competitor.
@@ -10,6 +10,14 @@
 # --http adds "roost-http": target/release/roost with the [http] endpoint on
 # (port + 1) and /metrics scraped every second during each run, beside the
 # plain "roost" column: the cost of metrics is the difference.
+#
+# --cluster adds two clustered rooms (nats-server must be installed):
+# "roost-1node", target/release/roost with [cluster] on one nats-server,
+# publishers and subscribers on it (the cost of being a cluster node), and
+# "roost-2nodes", two such nodes with the publishers on the first and the
+# subscribers on the second (--sub-port): every message crosses NATS. They
+# run the fan-in, fan-out and latency scenarios only; their CPU column is
+# the first node's (the publishers').
 #
 # Brokers: Mosquitto (Debian's `mosquitto`), and roost's binaries
 # target/release/roost, roost-smol, roost-mio once they exist and start. A
@@ -26,6 +34,7 @@ ROUNDS=3
 WRITE=1
 SINK=0
 HTTP=0
+CLUSTER=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -33,7 +42,8 @@ while [ $# -gt 0 ]; do
         --no-write) WRITE=0 ;;
         --sink) SINK=1 ;;
         --http) HTTP=1 ;;
-        *) echo "usage: $0 [--quick] [--rounds N] [--no-write] [--sink] [--http]" >&2; exit 2 ;;
+        --cluster) CLUSTER=1 ;;
+        *) echo "usage: $0 [--quick] [--rounds N] [--no-write] [--sink] [--http] [--cluster]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -114,6 +124,13 @@ for b in roost roost-smol roost-mio; do
     fi
 done
 [ "$SINK" = 1 ] && BROKERS+=(sink)
+if [ "$CLUSTER" = 1 ]; then
+    if command -v nats-server > /dev/null && [ -x target/release/roost ]; then
+        BROKERS+=(roost-1node roost-2nodes)
+    else
+        NOTES[roost-1node]="needs nats-server and target/release/roost; skipped, no numbers"
+    fi
+fi
 
 mosquitto_conf() {
     # Limits chosen so Mosquitto never drops or throttles what the test sends:
@@ -136,6 +153,33 @@ EOF
 
 BROKER_PID=
 SCRAPER_PID=
+CLUSTER_PIDS=()
+EXTRA_ARGS=""
+
+cluster_conf() { # name port nats-port
+    { cat scripts/bench-roost.toml
+      printf '\n[cluster]\nurls = ["nats://127.0.0.1:%s"]\nnode = "%s"\nretained = "local"\n' "$3" "$1"
+    } > "$WORK/$1.toml"
+    echo "$WORK/$1.toml"
+}
+
+# The ports of a cluster run: the first node on $1, the second on $1 + 1,
+# nats-server on $1 + 2.
+start_cluster() { # name port
+    local name="$1" port="$2" nats=$(($2 + 2))
+    nats-server -a 127.0.0.1 -p "$nats" > "$WORK/$name-nats.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    for _ in $(seq 100); do (exec 3<> "/dev/tcp/127.0.0.1/$nats") 2> /dev/null && break; sleep 0.05; done
+    if [ "$name" = roost-2nodes ]; then
+        target/release/roost -c "$(cluster_conf b "$port" "$nats")" --port $((port + 1)) > "$WORK/$name-b.log" 2>&1 &
+        CLUSTER_PIDS+=($!)
+        EXTRA_ARGS="--sub-port $((port + 1)) --settle 1"
+    else
+        EXTRA_ARGS="--settle 1"
+    fi
+    target/release/roost -c "$(cluster_conf a "$port" "$nats")" --port "$port" > "$WORK/$name.log" 2>&1 &
+    BROKER_PID=$!
+}
 start_broker() { # name port
     local name="$1" port="$2"
     case "$name" in
@@ -156,10 +200,11 @@ start_broker() { # name port
                     && cat <&3 > /dev/null; } 2> /dev/null || true
               done ) &
             SCRAPER_PID=$! ;;
+        roost-1node|roost-2nodes) start_cluster "$name" "$port" ;;
         roost*) "target/release/$name" -c "$PWD/scripts/bench-roost.toml" --port "$port" > "$WORK/$name.log" 2>&1 & ;;
         sink) "$BENCH" sink --port "$port" --deadline $((DEADLINE + 60)) > "$WORK/$name.log" 2>&1 & ;;
     esac
-    [ "$name" = roost-http ] || BROKER_PID=$!
+    case "$name" in roost-http|roost-1node|roost-2nodes) ;; *) BROKER_PID=$! ;; esac
     for _ in $(seq 100); do
         if ! kill -0 "$BROKER_PID" 2> /dev/null; then
             return 1
@@ -184,6 +229,12 @@ stop_broker() {
         wait "$BROKER_PID" 2> /dev/null || true
         BROKER_PID=
     fi
+    for pid in "${CLUSTER_PIDS[@]}"; do
+        kill "$pid" 2> /dev/null || true
+        wait "$pid" 2> /dev/null || true
+    done
+    CLUSTER_PIDS=()
+    EXTRA_ARGS=""
 }
 trap stop_broker EXIT
 
@@ -199,7 +250,12 @@ for round in $(seq "$ROUNDS"); do
             [ -n "${DEAD[$broker]:-}" ] && continue
             # The sink keeps no retained messages: the scenario would only wait out its deadline.
             [ "$broker" = sink ] && [ "$key" = retained ] && continue
-            PORT=$((PORT + 1))
+            # Clusters: the message-flow scenarios only.
+            case "$broker" in
+                roost-1node|roost-2nodes)
+                    case "$key" in fanin*|fanout*|latency*) ;; *) continue ;; esac ;;
+            esac
+            PORT=$((PORT + 3))
             if ! start_broker "$broker" "$PORT"; then
                 NOTES[$broker]="did not start (see its log); skipped, no numbers"
                 DEAD[$broker]=1
@@ -208,7 +264,8 @@ for round in $(seq "$ROUNDS"); do
             fi
             echo "== round $round $key $broker" >&2
             # shellcheck disable=SC2086 # $args is a word list on purpose
-            if out="$(timeout $((DEADLINE + 30)) "$BENCH" $args --port "$PORT" \
+            # shellcheck disable=SC2086 # $EXTRA_ARGS too
+            if out="$(timeout $((DEADLINE + 30)) "$BENCH" $args $EXTRA_ARGS --port "$PORT" \
                 --broker-pid "$BROKER_PID" --label "$broker" --deadline "$DEADLINE" --json)"; then
                 echo "$out" | head -n -1 >&2
                 echo "$out" | tail -n 1 |
@@ -227,7 +284,7 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 MOSQ_VERSION="$({ mosquitto -h 2> /dev/null || true; } | head -n 1)"
 NOTES_TEXT=""
-for b in mosquitto roost roost-smol roost-mio; do
+for b in mosquitto roost roost-smol roost-mio roost-1node; do
     if [ -n "${NOTES[$b]:-}" ]; then
         NOTES_TEXT+="- $b: ${NOTES[$b]}"$'\n'
     fi
@@ -249,7 +306,7 @@ from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # Mosquitto and every roost runtime always get a column (blank until measured).
-brokers = [b for b in ["mosquitto", "roost", "roost-http", "roost-fjall", "roost-smol", "roost-mio", "sink"] if b in sys.argv[3:]]
+brokers = [b for b in ["mosquitto", "roost", "roost-http", "roost-fjall", "roost-smol", "roost-mio", "roost-1node", "roost-2nodes", "sink"] if b in sys.argv[3:]]
 # (label, how to read it from a report, which way is better)
 metrics = {
     "conns": [("connections/s", lambda r: r["delivered_per_s"], "higher"),

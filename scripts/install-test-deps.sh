@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what tests/clients needs on a fresh Debian machine (run as root).
+# Installs what the tests need on a fresh Debian machine (run as root): the
+# third-party clients and browser of tests/clients, Mosquitto (a bridge peer)
+# and nats-server (cluster nodes).
 # Idempotent and quick when everything is already there: each step first
 # checks for what it would install. Never downloads a browser build: the
 # tests drive Debian's /usr/bin/chromium through playwright-core.
@@ -10,6 +12,10 @@ apt_missing=()
 command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || apt_missing+=(mosquitto-clients)
 # mosquitto_passwd (Mosquitto password files, for the migration test)
 command -v mosquitto_passwd >/dev/null || apt_missing+=(mosquitto)
+# The broker itself: the bridge tests' remote, and the reference run.
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_missing+=(mosquitto)
+# The cluster tests' NATS servers (JetStream).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_missing+=(nats-server)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v node >/dev/null || apt_missing+=(nodejs)

@@ -69,6 +69,7 @@ mod bad_input;
 pub mod blocking;
 pub mod bridge;
 pub mod client;
+pub mod cluster;
 mod common;
 mod corners;
 pub mod crash;

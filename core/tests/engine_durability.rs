@@ -5,6 +5,7 @@ mod support;
 
 use roost_core::broker::{Broker, Config, Recovered, StoreOp};
 use roost_core::codec::*;
+use roost_core::topic::TopicFilter;
 use support::*;
 
 const V4: Protocol = Protocol::V3_1_1;
@@ -325,7 +326,7 @@ fn reasons(acks: &[Packet]) -> Vec<(u16, ReasonCode)> {
 }
 
 #[test]
-fn a_failed_batch_answers_mqtt5_publishers_with_quota_exceeded() {
+fn a_failed_batch_answers_mqtt5_qos1_publishers_with_quota_exceeded() {
     let (mut sim, p) = failing(V5);
     sim.send(
         p,
@@ -333,7 +334,7 @@ fn a_failed_batch_answers_mqtt5_publishers_with_quota_exceeded() {
     );
     sim.send(
         p,
-        Packet::Publish(publish("t", b"2", QoS::ExactlyOnce, 2, false)),
+        Packet::Publish(publish("t", b"2", QoS::AtLeastOnce, 2, false)),
     );
     assert!(acks(&mut sim, p).is_empty());
     sim.fail_all();
@@ -350,50 +351,64 @@ fn a_failed_batch_answers_mqtt5_publishers_with_quota_exceeded() {
     );
     assert_eq!(sim.broker.stats().store_failures, 2);
 
-    // The store works again: the next batch is confirmed as usual, and the
-    // QoS 2 identifier whose PUBREC failed is free (no PUBREL expected).
+    // The store works again: the next batch is confirmed as usual.
     sim.send(
         p,
-        Packet::Publish(publish("t", b"3", QoS::ExactlyOnce, 2, false)),
+        Packet::Publish(publish("t", b"3", QoS::AtLeastOnce, 1, false)),
     );
     sim.confirm_all();
-    assert_eq!(reasons(&acks(&mut sim, p)), [(2, ReasonCode::Success)]);
-    sim.send(
-        p,
-        Packet::PubRel(PubResponse::new(PacketId::new(2).unwrap())),
-    );
-    sim.confirm_all();
-    assert_eq!(reasons(&acks(&mut sim, p)), [(2, ReasonCode::Success)]);
+    assert_eq!(reasons(&acks(&mut sim, p)), [(1, ReasonCode::Success)]);
 }
 
+/// Found by the simulator (`roost-sim --qos2-exactly-once`): a PUBREC
+/// 0x97 released the identifier of a message that had been routed
+/// already, and a publisher whose connection died before the PUBREC
+/// reached it sent the message again, which was routed again. Now the
+/// publisher is disconnected, the identifier stays in use, and the resend
+/// is acknowledged without being routed a second time.
 #[test]
-fn a_failed_pubrec_releases_the_identifier_in_the_store_too() {
+fn a_failed_pubrec_keeps_the_identifier_so_the_resend_is_not_routed_twice() {
     let mut sim = durable();
     sim.auto_confirm = false;
+    let (s, _) = sim.connect("keeper", V4, false);
+    sim.subscribe(s, 1, &[("t", QoS::ExactlyOnce)]);
+    sim.disconnect(s);
+    sim.confirm_all();
     // A persistent MQTT 5 publisher: its inbound QoS 2 identifiers are stored.
-    let mut c = connect("p", V5, false, 0);
-    c.properties.session_expiry_interval = Some(3600);
-    let (p, ack) = sim.connect_with(c);
+    let persistent = || {
+        let mut c = connect("p", V5, false, 0);
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    };
+    let (p, ack) = sim.connect_with(persistent());
     assert_eq!(ack.unwrap().reason, ReasonCode::Success);
     sim.send(
         p,
         Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 7, false)),
     );
     sim.fail_all();
+    assert!(acks(&mut sim, p).is_empty(), "no PUBREC 0x97");
     assert_eq!(
-        reasons(&acks(&mut sim, p)),
-        [(7, ReasonCode::QuotaExceeded)]
+        sim.closed(p),
+        Some(roost_core::broker::CloseReason::StoreFailed)
+    );
+    assert_eq!(sim.broker.queued_count("keeper"), 1, "routed once");
+
+    // The client never had a PUBREC: it reconnects and sends it again.
+    let (p, ack) = sim.connect_with(persistent());
+    assert!(ack.unwrap().session_present);
+    let mut again = publish("t", b"x", QoS::ExactlyOnce, 7, false);
+    again.dup = true;
+    sim.send(p, Packet::Publish(again));
+    sim.confirm_all();
+    assert_eq!(reasons(&acks(&mut sim, p)), [(7, ReasonCode::Success)]);
+    assert_eq!(sim.broker.queued_count("keeper"), 1, "not routed again");
+    sim.send(
+        p,
+        Packet::PubRel(PubResponse::new(PacketId::new(7).unwrap())),
     );
     sim.confirm_all();
-    // Replaying every operation (the failed batch too, as a store that keeps
-    // it writes it later) leaves no identifier behind.
-    let replayed = sim.replayed();
-    let session = replayed
-        .sessions
-        .iter()
-        .find(|s| s.client_id == "p")
-        .unwrap();
-    assert!(session.incoming.is_empty(), "{:?}", session.incoming);
+    assert_eq!(reasons(&acks(&mut sim, p)), [(7, ReasonCode::Success)]);
 }
 
 #[test]
@@ -414,7 +429,7 @@ fn a_failed_batch_disconnects_mqtt3_publishers() {
     );
     assert_eq!(
         roost_core::broker::CloseReason::StoreFailed.to_string(),
-        "the store could not make a published message durable"
+        "the store could not make a message or subscription durable"
     );
 }
 
@@ -552,4 +567,85 @@ fn resuming_a_stored_session_does_not_wait() {
         matches!(sim.recv(id), Some(Packet::ConnAck(a)) if a.session_present),
         "the session was stored already"
     );
+}
+
+/// Found by the simulator (`roost-sim --durable-sessions`): a SUBACK left
+/// before its subscription was durable, and a crash then lost a
+/// subscription the client had been promised (and the messages it would
+/// have queued). It now waits for the batch that stores it, as UNSUBACK
+/// waits for the removal.
+#[test]
+fn suback_and_unsuback_wait_until_the_store_has_them() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (c, _) = sim.connect("s", V4, false);
+    sim.confirm_all();
+    sim.recv_all(c);
+    sim.send(c, subscribe_packet(1, "t"));
+    assert!(sim.recv_all(c).is_empty(), "SUBACK before the store has it");
+    sim.confirm_all();
+    assert!(matches!(sim.recv(c), Some(Packet::SubAck(_))));
+    sim.send(
+        c,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: PacketId::new(2).unwrap(),
+            filters: vec![TopicFilter::from_static("t")],
+            properties: Default::default(),
+        }),
+    );
+    assert!(
+        sim.recv_all(c).is_empty(),
+        "UNSUBACK before the store has it"
+    );
+    sim.confirm_all();
+    assert!(matches!(sim.recv(c), Some(Packet::UnsubAck(_))));
+}
+
+/// A SUBACK whose batch failed is not sent: the client is disconnected,
+/// never told a subscription the store may not have, and subscribes again.
+#[test]
+fn a_failed_subscription_batch_disconnects_instead_of_acknowledging() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (c, _) = sim.connect("s", V4, false);
+    sim.confirm_all();
+    sim.recv_all(c);
+    sim.send(c, subscribe_packet(1, "t"));
+    sim.fail_all();
+    assert!(
+        !sim.recv_all(c)
+            .iter()
+            .any(|p| matches!(p, Packet::SubAck(_))),
+        "no SUBACK for a subscription the store failed"
+    );
+    assert_eq!(
+        sim.closed(c),
+        Some(roost_core::broker::CloseReason::StoreFailed)
+    );
+}
+
+/// A session that is not stored has nothing to wait for: its SUBACK is
+/// not held behind the store.
+#[test]
+fn a_clean_session_gets_its_suback_at_once() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let (c, _) = sim.connect("clean", V5, true);
+    sim.recv_all(c);
+    sim.send(c, subscribe_packet(1, "t"));
+    assert!(matches!(sim.recv(c), Some(Packet::SubAck(_))));
+}
+
+fn subscribe_packet(pid: u16, filter: &str) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(pid).unwrap(),
+        subscriptions: vec![Subscription {
+            filter: TopicFilter::copy_from_str(filter).unwrap(),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+        properties: Default::default(),
+    })
 }

@@ -29,8 +29,10 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 mod bridge;
+mod cluster;
 mod reload;
 pub use bridge::{Bridge, BridgeProtocol, BridgeTls, Direction, TopicRule};
+pub use cluster::Cluster;
 
 use roost_core::broker::Limits as EngineLimits;
 
@@ -653,6 +655,8 @@ pub struct Config {
     pub http: Option<Http>,
     /// Bridges to other brokers (`[[bridge]]`).
     pub bridges: Vec<Bridge>,
+    /// This broker as a node of a cluster (`[cluster]`), if configured.
+    pub cluster: Option<Box<Cluster>>,
     /// Where the broker writes its process id once listening (`pid_file`,
     /// `--pid-file`); the binaries remove it at a clean exit.
     pub pid_file: Option<PathBuf>,
@@ -672,6 +676,7 @@ impl Default for Config {
             mqtt: Mqtt::default(),
             http: None,
             bridges: Vec::new(),
+            cluster: None,
             pid_file: None,
             verbosity: 0,
             notes: Vec::new(),
@@ -771,6 +776,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     bridge: Vec<bridge::RawBridge>,
+    cluster: Option<cluster::RawCluster>,
     pid_file: Option<PathBuf>,
 }
 
@@ -1248,6 +1254,7 @@ impl Config {
         };
 
         let bridges = bridge::bridges_from_raw(raw.bridge)?;
+        let cluster = cluster::cluster_from_raw(raw.cluster, listeners.len())?;
         let config = Config {
             listeners,
             limits,
@@ -1256,6 +1263,7 @@ impl Config {
             mqtt,
             http,
             bridges,
+            cluster,
             pid_file: raw.pid_file,
             verbosity: 0,
             notes,

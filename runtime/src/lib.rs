@@ -43,6 +43,7 @@
 pub mod acl;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod driver;
 pub mod embed;

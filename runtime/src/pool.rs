@@ -20,6 +20,10 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 pub struct Pool {
     jobs: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<JobDone>,
+    /// For the cluster link's thread, which hands its messages back as
+    /// finished jobs.
+    done_tx: mpsc::Sender<JobDone>,
+    wake: Wake,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -57,12 +61,25 @@ impl Pool {
         Ok(Pool {
             jobs: Some(jobs),
             done,
+            done_tx,
+            wake,
             threads,
         })
     }
 
-    /// Runs `job` on a free worker.
+    /// Runs `job` on a free worker; the cluster link ([`Job::is_link`])
+    /// gets a thread of its own, which ends when the driver lets go of it.
     pub fn submit(&self, job: Job) {
+        if let crate::driver::jobs::JobKind::ClusterLink(link) = job.0 {
+            let (done, wake) = (self.done_tx.clone(), self.wake.clone());
+            let spawned = std::thread::Builder::new()
+                .name("roost-cluster".into())
+                .spawn(move || link.run(done, wake));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cluster: cannot start the link's thread; this node stays alone");
+            }
+            return;
+        }
         if let Some(jobs) = &self.jobs {
             // Fails only when every worker is gone, which only happens
             // after `finish`.

@@ -455,9 +455,17 @@ impl TlsStage {
     /// through [`TlsStage::take_plaintext`]; handshake replies through
     /// [`TlsStage::take_ciphertext`]. After an error, take the ciphertext
     /// (it may hold an alert for the peer) and close the connection.
+    ///
+    /// After [`TlsStage::close`] input is discarded: the connection is
+    /// going away, and rustls must not process records after it queued
+    /// `close_notify` (a bad record would make it queue a second alert,
+    /// which it asserts against; the `tls` fuzz target found this).
     pub fn feed_ciphertext(&mut self, mut data: &[u8]) -> Result<(), TlsError> {
         if self.failed {
             return Err(TlsError::Closed);
+        }
+        if self.closing {
+            return Ok(());
         }
         while !data.is_empty() {
             if self.plaintext.len() >= MAX_BUFFERED_PLAINTEXT {
@@ -720,6 +728,24 @@ pub(crate) mod tests {
         pump(&mut server, &mut client);
         let state = client.process_new_packets().expect("client");
         assert!(state.peer_has_closed());
+    }
+
+    /// Found by the `tls` fuzz target: garbage after `close` made rustls
+    /// queue a fatal alert after `close_notify` and fail its debug assertion.
+    #[test]
+    fn input_after_close_is_discarded() {
+        let (mut server, mut client) = server_and_client("after-close");
+        pump(&mut server, &mut client);
+        server.close();
+        // A plaintext alert record where an encrypted one is due.
+        let result = server.feed_ciphertext(&[0x15, 0x03, 0x03, 0x00, 0x02, 0xff, 0xff]);
+        assert!(result.is_ok(), "{result:?}");
+        let mut plain = Vec::new();
+        server.take_plaintext(&mut plain);
+        assert!(plain.is_empty());
+        pump(&mut server, &mut client);
+        let state = client.process_new_packets().expect("client");
+        assert!(state.peer_has_closed(), "close_notify still leaves");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Options: `--seed N`, `--seeds A..B`, `--steps N`, `--clients N`,
-//! `--qos2-exactly-once` (duplicates and reused packet ids at QoS 2 fail
-//! the run), `--durable-sessions` (a confirmed session or subscription
+//! `--qos2-exactly-once` (the default: duplicates and reused packet ids at
+//! QoS 2 fail the run; `--report-qos2-duplicates` only counts them),
+//! `--durable-sessions` (a confirmed session or subscription
 //! lost in a crash fails the run),
 //! `--no-crashes`, `--no-disk-faults`, `--no-net-faults`,
 //! `--check-determinism` (runs each seed twice and compares the traces),
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             "--steps" => options.steps = value().parse().expect("--steps N"),
             "--clients" => options.clients = value().parse().expect("--clients N"),
             "--qos2-exactly-once" => options.check_qos2_duplicates = true,
+            "--report-qos2-duplicates" => options.check_qos2_duplicates = false,
             "--durable-sessions" => options.check_session_durability = true,
             "--no-crashes" => options.crashes = false,
             "--no-disk-faults" => options.disk_faults = false,

@@ -36,14 +36,15 @@ pub struct Options {
     pub net_faults: bool,
     /// Treat a QoS 2 message delivered twice to one subscriber session, or
     /// a packet identifier reused while the subscriber still holds it, as a
-    /// failure. Off: they are counted and reported only (known bugs across
-    /// crashes and store failures, being fixed on the `durable` branch).
+    /// failure (on by default: 0 in 1,000 seeds). Off: they are counted and
+    /// reported only.
     pub check_qos2_duplicates: bool,
     /// Treat a session lost in a crash after its CONNACK, or a
-    /// subscription lost after its SUBACK, as a failure. Off: it is
-    /// reported, and that session is owed nothing (known gaps in core:
-    /// SUBACK is not held until the subscription is durable, nor is the
-    /// CONNACK of a clean start that replaces a stored session).
+    /// subscription lost after its SUBACK, as a failure. Off by default:
+    /// it is reported, and that session is owed nothing. SUBACK and
+    /// UNSUBACK now wait for the store; one case remains in 1,000 seeds
+    /// (seed 885: a confirmed MQTT 3 session missing after a crash that
+    /// followed a disk failure), not yet explained.
     pub check_session_durability: bool,
     /// Break the disk (commits write nothing), to check the checks.
     pub lying_disk: bool,
@@ -57,7 +58,7 @@ impl Default for Options {
             crashes: true,
             disk_faults: true,
             net_faults: true,
-            check_qos2_duplicates: false,
+            check_qos2_duplicates: true,
             check_session_durability: false,
             lying_disk: false,
         }
@@ -131,8 +132,8 @@ pub fn replay_command(seed: u64, options: &Options) -> String {
         "cargo run -p roost-sim -- --seed {seed} --steps {}",
         options.steps
     );
-    if options.check_qos2_duplicates {
-        cmd.push_str(" --qos2-exactly-once");
+    if !options.check_qos2_duplicates {
+        cmd.push_str(" --report-qos2-duplicates");
     }
     if options.check_session_durability {
         cmd.push_str(" --durable-sessions");
@@ -1381,7 +1382,13 @@ impl World {
             }
             95..=96 if faults && self.opts.disk_faults => {
                 let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+                let was = disk.failing;
                 disk.failing = !disk.failing && self.rng.chance(400);
+                let now = disk.failing;
+                drop(disk);
+                if was != now {
+                    self.log(|| format!("disk {}", if now { "fails" } else { "works again" }));
+                }
             }
             97 if faults && self.opts.crashes && self.rng.chance(150) => self.crash(),
             98 => self.vandal(),

@@ -108,9 +108,11 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The broker is shutting down.
     ServerShutdown,
-    /// The store could not make durable a message this MQTT 3 client
-    /// published (a full disk, an I/O error), and MQTT 3 has no negative
-    /// acknowledgement to say so. See [`super::Broker::handle_store_failed`].
+    /// The store could not make durable what an acknowledgement to this
+    /// client would have promised (a full disk, an I/O error): a message
+    /// it published at QoS 2 (or at QoS 1 over MQTT 3, which has no
+    /// negative acknowledgement), or a subscription change. See
+    /// [`super::Broker::handle_store_failed`].
     StoreFailed,
 }
 
@@ -143,7 +145,7 @@ impl fmt::Display for CloseReason {
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
             CloseReason::StoreFailed => {
-                f.write_str("the store could not make a published message durable")
+                f.write_str("the store could not make a message or subscription durable")
             }
         }
     }
@@ -406,6 +408,42 @@ pub enum Action {
     Authorize(AuthorizeRequest),
     /// Something happened (only with [`super::Config::events`]).
     Event(Event),
+    /// A message published on this node, for the other nodes of the
+    /// cluster (only with [`super::Config::cluster`]). Never emitted for a
+    /// message that came from the cluster, nor for `$SYS` topics, which are
+    /// each node's own.
+    Forward {
+        /// The message as published (its `retain` flag as the publisher
+        /// set it).
+        message: Message,
+        /// The publishing client's identifier; `None` for the embedding
+        /// program.
+        client_id: Option<MqttStr>,
+        /// The publishing client's user name, if any.
+        username: Option<MqttStr>,
+    },
+    /// The set of filters this node has subscribers for changed (only with
+    /// [`super::Config::cluster`]): subscribe the node to `filter` in the
+    /// cluster (`present`), or no longer.
+    Interest {
+        /// The filter (without any `$share/<group>/` prefix).
+        filter: crate::topic::TopicFilter,
+        /// The shared subscription group, for a shared subscription.
+        group: Option<MqttStr>,
+        /// Whether this node now has subscribers for it.
+        present: bool,
+    },
+    /// A client connected here (only with [`super::Config::cluster`]): the
+    /// other nodes must end its connection and session there
+    /// ([`super::Broker::release_client`]), as one client identifier is
+    /// one session cluster-wide.
+    Claimed {
+        /// The client identifier.
+        client_id: MqttStr,
+        /// Whether the new connection started clean (the old one's will
+        /// is then due).
+        clean_start: bool,
+    },
 }
 
 /// What a connected client's CONNECT settled ([`super::Broker::client_info`]),

@@ -214,6 +214,15 @@ pub struct Config {
     /// On: any identity resumes the session (Mosquitto's behaviour), and
     /// becomes its owner.
     pub share_sessions_across_identities: bool,
+    /// Whether this broker is one node of a cluster (see
+    /// [`crate::broker::Broker::publish_remote`]): it then emits
+    /// [`crate::broker::Action::Forward`] for every message published here,
+    /// [`crate::broker::Action::Interest`] when the set of subscribed
+    /// filters changes and [`crate::broker::Action::Claimed`] when a client
+    /// connects, and leaves shared subscriptions to the cluster (a message
+    /// published here reaches a shared group only through
+    /// `publish_remote`, so that one member cluster-wide gets it).
+    pub cluster: bool,
     /// Who may connect.
     pub authentication: Authentication,
     /// What connected clients may publish and subscribe to.
@@ -241,6 +250,7 @@ impl Default for Config {
             random_seed: 0x5eed,
             persistence: false,
             share_sessions_across_identities: false,
+            cluster: false,
             authentication: Authentication::AllowAll,
             authorization: Box::new(AllowAll),
         }

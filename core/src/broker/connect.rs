@@ -522,6 +522,7 @@ impl Broker {
                 self.publish_will(*will, &from);
             }
         }
+        self.claim(&client_id, connect.clean_start);
         let sid = match existing.filter(|_| session_present) {
             Some(sid) => sid,
             None => {
@@ -880,7 +881,7 @@ impl Broker {
     /// denied will is dropped and counted in [`super::Stats::wills_denied`].
     /// A policy that defers cannot be asked now (the connection is gone, and
     /// a will does not wait): the decision made at CONNECT stands.
-    fn publish_will(&mut self, will: Will, from: &WillFrom) {
+    pub(super) fn publish_will(&mut self, will: Will, from: &WillFrom) {
         let client = ClientRef {
             client_id: &from.client_id,
             username: from.username.as_ref(),
@@ -912,6 +913,7 @@ impl Broker {
                 ..Default::default()
             },
         };
+        self.forward(&message, Some(&from.client_id), from.username.as_ref());
         self.route_message(message, None);
     }
 }

@@ -237,8 +237,8 @@ impl Broker {
         self.hold(conn, Held::Packet(packet));
     }
 
-    /// Sends a packet that reflects state recorded for the store (a PUBREL)
-    /// once batch `needs` is durable, in order with the connection's other
+    /// Sends a packet that reflects state recorded for the store (a PUBREL,
+    /// SUBACK or UNSUBACK) once batch `needs` is durable, in order with the connection's other
     /// output. Without persistence it is sent at once.
     pub(super) fn send_held(&mut self, conn: ConnId, packet: Packet, needs: u64) {
         if !self.config.persistence {
@@ -335,24 +335,40 @@ impl Broker {
     ///
     /// What waited on those batches is answered now:
     ///
-    /// - an MQTT 5 QoS 1 / QoS 2 publisher gets PUBACK / PUBREC 0x97 Quota
-    ///   exceeded (a QoS 2 packet identifier is released: no PUBREL is
-    ///   expected after a failed PUBREC);
-    /// - an MQTT 3 publisher, which has no negative acknowledgement, is
-    ///   disconnected ([`CloseReason::StoreFailed`]);
+    /// - an MQTT 5 QoS 1 publisher gets PUBACK 0x97 Quota exceeded;
+    /// - a QoS 2 publisher (either version), and an MQTT 3 QoS 1 publisher,
+    ///   which has no negative acknowledgement, is disconnected
+    ///   ([`CloseReason::StoreFailed`]). The QoS 2 packet identifier stays
+    ///   in use: the message was routed already (see below), so when the
+    ///   client sends it again after reconnecting (as it must, never having
+    ///   had a PUBREC), it is acknowledged and not routed a second time.
+    ///   (A PUBREC 0x97 would release the identifier, and a client that
+    ///   never received it, its connection lost, would send the message
+    ///   again and have it delivered twice: the simulator found this.)
+    /// - a subscriber whose PUBREL waited for its message's "released"
+    ///   state is disconnected: a crash could bring the message back as
+    ///   unreleased and send it again as a PUBLISH, after the client had
+    ///   completed it with PUBCOMP (the simulator found this). Disconnected,
+    ///   it still holds the packet identifier, so either resend is safe;
+    /// - a client whose SUBACK or UNSUBACK waited is disconnected
+    ///   ([`CloseReason::StoreFailed`]) rather than promised a change the
+    ///   store may lose; it learns nothing was acknowledged and subscribes
+    ///   again;
     /// - a PUBCOMP is sent as it was: the exchange is over in memory and no
     ///   message depends on it;
     /// - a connection whose CONNACK waited for its new session to be stored
     ///   gets CONNACK 0x97 Quota exceeded (MQTT 3: 0x03 Server
     ///   unavailable) and is closed; its session is discarded (its will is
-    ///   not published), and nothing queued for it is sent.
+    ///   not published), and nothing queued for it is sent;
+    /// - a subscriber whose deliveries waited for those batches is
+    ///   disconnected and those deliveries do not leave.
     ///
     /// The broker's memory does not roll back: a message whose PUBACK says
-    /// 0x97 was already routed, so connected subscribers may have received
-    /// it and stored sessions hold it, and the store may still write it
-    /// later (a store that keeps failed batches, as `FjallStore` does,
-    /// writes them when the disk accepts writes again). A publisher that
-    /// sends it again may therefore cause a duplicate, which QoS 1 allows.
+    /// 0x97 was already routed, so stored sessions hold it, and the store
+    /// may still write it later (a store that keeps failed batches, as
+    /// `FjallStore` does, writes them when the disk accepts writes again).
+    /// A QoS 1 publisher that sends it again may therefore cause a
+    /// duplicate, which QoS 1 allows.
     /// What the client was told durable stays durable: nothing confirmed by
     /// `handle_store_done` is affected.
     pub fn handle_store_failed(&mut self, now: Instant, id: StoreId) {
@@ -397,7 +413,6 @@ impl Broker {
             let mut close = false;
             while let Some(c) = self.conns.get_mut(&conn) {
                 let v5 = c.protocol == Protocol::V5;
-                let session = c.session();
                 let Some((needs, item)) = c.held.pop_front() else {
                     break;
                 };
@@ -407,11 +422,15 @@ impl Broker {
                     break;
                 }
                 let packet = match item {
-                    // Deliveries go as they were: memory does not roll
-                    // back (see above).
+                    // Deliveries that waited for the batch do not leave:
+                    // a crash before the store writes it would forget them
+                    // and reuse their packet identifiers while the client
+                    // still held them (the simulator found this). The
+                    // connection closes; a stored session sends them again
+                    // on reconnect.
                     Held::Bytes(_) => {
-                        release(c, item);
-                        continue;
+                        close = true;
+                        break;
                     }
                     Held::Packet(packet) => packet,
                 };
@@ -428,17 +447,12 @@ impl Broker {
                         self.stats.store_failures += 1;
                         self.send(conn, &Packet::PubAck(r));
                     }
-                    Packet::PubRec(mut r) if v5 => {
-                        if let Some(sid) = session {
-                            self.release_incoming(sid, r.packet_id);
-                        }
-                        r.reason = ReasonCode::QuotaExceeded;
-                        r.properties = self.ack_properties(conn, Some(r.reason));
-                        self.stats.store_failures += 1;
-                        self.send(conn, &Packet::PubRec(r));
-                    }
                     Packet::PubAck(_) | Packet::PubRec(_) => {
                         self.stats.store_failures += 1;
+                        close = true;
+                        break;
+                    }
+                    Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PubRel(_) => {
                         close = true;
                         break;
                     }
@@ -453,22 +467,6 @@ impl Broker {
             }
         }
         self.flush();
-    }
-
-    /// Forgets an inbound QoS 2 packet identifier whose PUBREC failed.
-    fn release_incoming(&mut self, sid: SessionId, packet_id: crate::codec::PacketId) {
-        let removed = self
-            .sessions
-            .get_mut(&sid)
-            .is_some_and(|s| s.incoming_qos2.remove(&packet_id));
-        if removed {
-            if let Some(client_id) = self.stored_client(sid) {
-                self.record(StoreOp::IncomingDelete {
-                    client_id,
-                    packet_id,
-                });
-            }
-        }
     }
 
     /// A broker rebuilt from what a store recovered: sessions (offline, their

@@ -65,6 +65,7 @@
 
 mod action;
 mod authorize;
+mod cluster;
 mod config;
 mod connect;
 mod durable;
@@ -82,6 +83,7 @@ pub use action::{
     AuthorizeToken, ClientInfo, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message,
     Operation, PublishDecision, SessionTotals, Stats, SubscribeDecision,
 };
+pub use cluster::{RemoteOrigin, RemoteTarget};
 pub use config::{
     AccessPolicy, AllowAll, Authentication, ClientRef, Config, DeferAll, Limits, Verdict,
 };
@@ -163,6 +165,12 @@ pub struct Broker {
     gated: Vec<ConnId>,
     connected: usize,
     shutting_down: bool,
+    /// Cluster mode: how many local routing entries each filter has, so
+    /// the cluster hears only of the first and the last.
+    interest: HashMap<TopicFilter, usize>,
+    /// Cluster mode, while a message from another node is delivered: the
+    /// shared group it is for (`Some(None)`: the plain subscriptions).
+    remote_group: Option<Option<u64>>,
 }
 
 impl Broker {
@@ -200,6 +208,8 @@ impl Broker {
             gated: Vec::new(),
             connected: 0,
             shutting_down: false,
+            interest: HashMap::with_hasher(hasher.clone()),
+            remote_group: None,
             hasher,
         };
         // The first `$SYS` statistics are due at once, so subscribers do not

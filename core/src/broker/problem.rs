@@ -88,7 +88,9 @@ impl Broker {
             CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
             CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,
             CloseReason::StoreFailed => {
-                return MqttStr::from_static("the broker could not store a message");
+                return MqttStr::from_static(
+                    "the broker could not store a message or subscription",
+                );
             }
             _ => ReasonCode::UnspecifiedError,
         };

@@ -174,6 +174,10 @@ impl Broker {
                 retain: p.retain,
                 properties: p.properties,
             };
+            if self.config.cluster {
+                let username = self.conns.get(&id).and_then(|c| c.username.clone());
+                self.forward(&message, Some(&client_id), username.as_ref());
+            }
             let r = self.match_message(message);
             if r.targets.is_empty() {
                 reason = ReasonCode::NoMatchingSubscribers;
@@ -359,6 +363,7 @@ impl Broker {
         self.advance(now);
         let topic = message.topic.clone();
         let qos = message.qos;
+        self.forward(&message, None, None);
         let matched = self.route_message(message, None);
         self.event(Event::Published {
             client_id: None,
@@ -376,7 +381,17 @@ impl Broker {
     /// identifiers. Returns the number of matching subscriptions.
     pub(super) fn route_message(&mut self, message: Message, origin: Option<SessionId>) -> usize {
         let routed = self.match_message(message);
-        let matched = routed.targets.len();
+        // In a cluster, shared groups are reached through the cluster, not
+        // from here (see `deliver_matched`).
+        let matched = if self.config.cluster {
+            routed
+                .targets
+                .iter()
+                .filter(|(key, _)| !matches!(key, SubKey::Shared(_)))
+                .count()
+        } else {
+            routed.targets.len()
+        };
         self.deliver_matched(routed, origin);
         matched
     }
@@ -384,12 +399,22 @@ impl Broker {
     /// The first half of [`Broker::route_message`]: retains the message and
     /// finds its subscriptions, delivering nothing yet.
     pub(super) fn match_message(&mut self, message: Message) -> Routed {
+        self.match_message_retaining(message, true)
+    }
+
+    /// [`Broker::match_message`], storing a retained message only if
+    /// `store_retained`.
+    pub(super) fn match_message_retaining(
+        &mut self,
+        message: Message,
+        store_retained: bool,
+    ) -> Routed {
         let now = self.now;
         let expires_at = message
             .properties
             .message_expiry_interval
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
-        if message.retain && self.config.retain_available {
+        if store_retained && message.retain && self.config.retain_available {
             self.retain(&message, expires_at);
         }
         let message = Arc::new(message);
@@ -414,10 +439,23 @@ impl Broker {
         } = routed;
         let needs = self.input_batch();
         targets.sort_unstable_by_key(|t| t.0);
+        // In a cluster, shared groups are served through the cluster (one
+        // member cluster-wide), and a message from another node is for
+        // either the plain subscriptions or one group.
+        let only = if self.config.cluster {
+            Some(self.remote_group.flatten())
+        } else {
+            None
+        };
         for group in targets.chunk_by(|a, b| a.0 == b.0) {
             let Some(&(key, _)) = group.first() else {
                 continue;
             };
+            match (only, key) {
+                (None, _) | (Some(None), SubKey::Session(_) | SubKey::Local(_)) => {}
+                (Some(Some(wanted)), SubKey::Shared(g)) if g == wanted => {}
+                _ => continue,
+            }
             let mut qos = None;
             let mut retain_as_published = false;
             let mut ids = Vec::new();
@@ -478,7 +516,7 @@ impl Broker {
         self.scratch = targets;
     }
 
-    fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
+    pub(super) fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         if message.payload.is_empty() {
             if self.retained.remove(&message.topic).is_some() {
@@ -794,7 +832,7 @@ pub(super) struct Routed {
     pub(super) targets: Vec<(SubKey, super::state::SubEntry)>,
 }
 
-fn is_sys(topic: &TopicName) -> bool {
+pub(super) fn is_sys(topic: &TopicName) -> bool {
     let t = topic.as_bytes();
     t == b"$SYS" || t.starts_with(b"$SYS/")
 }

@@ -142,7 +142,10 @@ impl Broker {
             reasons,
             properties: self.ack_properties(id, failure),
         };
-        self.send(id, &Packet::SubAck(ack));
+        // SUBACK promises a subscription that outlives a restart when the
+        // session is stored: it waits for the batch that stores it (and
+        // the retained messages after it keep their place behind it).
+        self.send_subscription_ack(id, sid, Packet::SubAck(ack));
         for (filter, entry) in retained_for {
             self.send_retained(sid, &filter, entry);
         }
@@ -262,6 +265,7 @@ impl Broker {
         }
         match filter.shared() {
             Ok(Some((name, inner))) => {
+                let key_name = name.clone();
                 let key = (name, inner.clone());
                 let group = match self.shared_index.get(&key) {
                     Some(&g) => g,
@@ -276,6 +280,7 @@ impl Broker {
                             },
                         );
                         self.subscriptions.insert(&inner, SubKey::Shared(g), entry);
+                        self.shared_interest(&key_name, &inner, true);
                         g
                     }
                 };
@@ -287,8 +292,7 @@ impl Broker {
                 }
             }
             _ => {
-                self.subscriptions
-                    .insert(filter, SubKey::Session(sid), entry);
+                self.trie_insert(filter, SubKey::Session(sid), entry);
             }
         }
     }
@@ -310,10 +314,11 @@ impl Broker {
                     self.subscriptions.remove(&key.1, &SubKey::Shared(g));
                     self.shared_groups.remove(&g);
                     self.shared_index.remove(&key);
+                    self.shared_interest(&key.0, &key.1, false);
                 }
             }
             _ => {
-                self.subscriptions.remove(filter, &SubKey::Session(sid));
+                self.trie_remove(filter, &SubKey::Session(sid));
             }
         }
     }
@@ -513,7 +518,9 @@ impl Broker {
             reasons,
             properties: AckProperties::default(),
         };
-        self.send(id, &Packet::UnsubAck(ack));
+        // Like SUBACK: a removal the store has not made durable could come
+        // back after a restart.
+        self.send_subscription_ack(id, sid, Packet::UnsubAck(ack));
     }
 
     /// Subscribes the embedding program itself: matching messages come out
@@ -528,8 +535,7 @@ impl Broker {
             },
             id: None,
         };
-        self.subscriptions
-            .insert(&filter, SubKey::Local(local), entry);
+        self.trie_insert(&filter, SubKey::Local(local), entry);
         let mut retained = Vec::new();
         self.retained.for_each_match(&filter, |_, r| {
             if r.expires_at.is_none_or(|at| at > now) {
@@ -554,8 +560,7 @@ impl Broker {
         self.advance(now);
         match self.locals.remove(&subscription.0) {
             Some(filter) => {
-                self.subscriptions
-                    .remove(&filter, &SubKey::Local(subscription.0));
+                self.trie_remove(&filter, &SubKey::Local(subscription.0));
                 true
             }
             None => false,
@@ -568,5 +573,19 @@ fn granted_code(qos: QoS) -> ReasonCode {
         QoS::AtMostOnce => ReasonCode::Success,
         QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
         QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+impl Broker {
+    /// Sends a SUBACK or UNSUBACK: for a stored session, once the batch of
+    /// this input (which records the change) is durable; otherwise at once,
+    /// in order with the rest of the connection's output.
+    fn send_subscription_ack(&mut self, id: ConnId, sid: SessionId, packet: Packet) {
+        if self.sessions.get(&sid).is_some_and(|s| s.stored) {
+            let needs = self.horizon();
+            self.send_held(id, packet, needs);
+        } else {
+            self.send(id, &packet);
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct Sim {
     )>,
     /// The last batch the engine was told is durable.
     pub confirmed: u64,
+    /// Cluster actions (`Forward`, `Interest`, `Claimed`), in order.
+    pub cluster: Vec<Action>,
 }
 
 impl Sim {
@@ -59,6 +61,7 @@ impl Sim {
             auto_confirm: true,
             batches: Vec::new(),
             confirmed: 0,
+            cluster: Vec::new(),
         }
     }
 
@@ -184,6 +187,9 @@ impl Sim {
                         self.unconfirmed.push_back(id);
                     }
                 }
+                a @ (Action::Forward { .. } | Action::Interest { .. } | Action::Claimed { .. }) => {
+                    self.cluster.push(a)
+                }
                 other => panic!("unexpected action {other:?}"),
             }
         }
@@ -297,6 +303,10 @@ impl Sim {
     pub fn subscribe_with(&mut self, id: ConnId, sub: Subscribe) -> Vec<ReasonCode> {
         let pid = sub.packet_id;
         self.send(id, Packet::Subscribe(sub));
+        if !self.auto_confirm && self.clients.get(&id).is_some_and(|c| c.packets.is_empty()) {
+            // A SUBACK for a stored session waits for the store.
+            self.confirm_all();
+        }
         match self.recv(id) {
             Some(Packet::SubAck(ack)) => {
                 assert_eq!(ack.packet_id, pid);

@@ -39,6 +39,10 @@ mod bridge {
     roost_conformance::bridge_tests!(env!("CARGO_BIN_EXE_roost-std"));
 }
 
+mod cluster {
+    roost_conformance::cluster_tests!(env!("CARGO_BIN_EXE_roost-std"));
+}
+
 mod crash {
     roost_conformance::crash_tests!(env!("CARGO_BIN_EXE_roost-std"));
 }

@@ -6,7 +6,7 @@
 //! a bridge's TLS files (`ca`, `cert`, `key`) are read again, from the
 //! paths the new file gives. Everything else (the
 //! listeners themselves, limits, MQTT capabilities, persistence, `[http]`,
-//! bridges, the pid file) keeps its running value until the broker
+//! bridges, `[cluster]`, the pid file) keeps its running value until the broker
 //! restarts, and each such change is named in a warning.
 
 use super::{Config, Http, Limits, Listener, Mqtt, Persistence, Sys};
@@ -158,6 +158,12 @@ impl Config {
             if !new.bridges.iter().any(|n| n.name == b.name) {
                 keys.push(format!("bridge {:?} removed", b.name));
             }
+        }
+        match (&self.cluster, &new.cluster) {
+            (None, Some(_)) => keys.push("[cluster] added".to_owned()),
+            (Some(_), None) => keys.push("[cluster] removed".to_owned()),
+            (Some(a), Some(b)) if a != b => keys.push("[cluster] changed".to_owned()),
+            _ => {}
         }
         if self.pid_file != new.pid_file {
             keys.push("pid_file".to_owned());

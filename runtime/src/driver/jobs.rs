@@ -21,6 +21,9 @@ pub struct Job(pub(crate) JobKind);
 pub(crate) enum JobKind {
     Password(PasswordCheck),
     Store(StoreJob),
+    /// The cluster link: not a job that ends, but a thread of its own (see
+    /// [`crate::pool::Pool::submit`]).
+    ClusterLink(Box<crate::cluster::LinkStart>),
 }
 
 pub(crate) struct PasswordCheck {
@@ -53,6 +56,7 @@ impl fmt::Debug for Job {
                 .field("batches", &job.batches.len())
                 .field("flush", &job.flush)
                 .finish(),
+            JobKind::ClusterLink(link) => f.debug_tuple("Job::ClusterLink").field(link).finish(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub(crate) enum DoneKind {
         /// The last error, if any.
         error: Option<StoreError>,
     },
+    /// Messages, retained messages and claims from the other nodes.
+    Cluster(Vec<crate::cluster::FromLink>),
 }
 
 impl fmt::Debug for JobDone {
@@ -92,15 +98,36 @@ impl fmt::Debug for JobDone {
                 .field("outcomes", outcomes)
                 .field("error", error)
                 .finish(),
+            DoneKind::Cluster(batch) => f
+                .debug_struct("JobDone::Cluster")
+                .field("items", &batch.len())
+                .finish(),
         }
+    }
+}
+
+impl JobDone {
+    pub(crate) fn cluster(batch: Vec<crate::cluster::FromLink>) -> JobDone {
+        JobDone(DoneKind::Cluster(batch))
     }
 }
 
 impl Job {
     /// Runs the job, blocking: tens of milliseconds of CPU for a password
     /// check, an fsync for a store batch.
+    ///
+    /// The cluster link ([`Job::is_link`]) is not run here: it lives as
+    /// long as the broker, on a thread of its own, which
+    /// [`crate::pool::Pool::submit`] starts. Run here (a runtime without
+    /// the pool), it ends at once and the node stays alone.
     pub fn run(self) -> JobDone {
         JobDone(match self.0 {
+            JobKind::ClusterLink(_) => {
+                tracing::error!(
+                    "cluster: the link needs roost_runtime::pool::Pool; this node stays alone"
+                );
+                DoneKind::Cluster(Vec::new())
+            }
             JobKind::Password(check) => {
                 let ok = std::str::from_utf8(&check.password).is_ok_and(|password| {
                     let ok = check.passwords.verify(&check.user, password);
@@ -122,6 +149,12 @@ impl Job {
             }
             JobKind::Store(job) => job.run(),
         })
+    }
+
+    /// Whether this is the cluster link, which runs as long as the broker
+    /// on a thread of its own rather than on a worker.
+    pub fn is_link(&self) -> bool {
+        matches!(self.0, JobKind::ClusterLink(_))
     }
 
     /// Whether this is a password check (runtimes may log it).

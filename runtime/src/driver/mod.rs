@@ -46,9 +46,10 @@
 //! each that and nothing more.
 
 mod bridge;
+mod cluster;
 mod files;
 pub mod http;
-mod jobs;
+pub(crate) mod jobs;
 mod metrics;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,7 @@ use roost_core::broker::{
     StoreOp, SubscribeDecision,
 };
 use roost_core::codec::{QoS, ReasonCode};
+use roost_core::hash::SeededState;
 use roost_core::topic::TopicFilter;
 use roost_persistence::{Recovered, Store};
 use std::collections::{HashMap, VecDeque};
@@ -341,7 +343,10 @@ enum ShutdownStage {
 pub struct Driver {
     broker: Broker,
     listeners: Vec<ListenerState>,
-    conns: HashMap<ConnId, ConnIo>,
+    /// Keyed by the engine's seed, like every table in `core`: shutdown
+    /// walks it, and the order it walks reaches the wire (which connection
+    /// is dropped first), so one seed must give one order.
+    conns: HashMap<ConnId, ConnIo, SeededState>,
     events: VecDeque<Event>,
     follow_ups: Vec<FollowUp>,
     /// Password checks waiting for a slot, and how many run.
@@ -381,6 +386,8 @@ pub struct Driver {
     /// [`Driver::open`], which every runtime calls on its engine thread's
     /// behalf. `None` keeps [`Driver::new`] free of I/O.
     busy_probe: Option<fn() -> Option<Duration>>,
+    /// The link to the other nodes, with `[cluster]`.
+    cluster: Option<cluster::ClusterSide>,
 }
 
 /// A store opened for the driver, with what it held.
@@ -521,6 +528,7 @@ impl Driver {
                 bound: None,
             });
         }
+        engine.cluster = config.cluster.is_some();
         let (broker, store) = match store {
             Some(opened) => {
                 // Only a durable store makes the engine emit storage actions
@@ -543,11 +551,20 @@ impl Driver {
         let flush_every = (matches!(store, StoreSlot::Idle(_))
             && config.persistence.durability == config::Durability::Periodic)
             .then(|| Duration::from_millis(config.persistence.flush_interval_ms.max(1)));
+        // The cluster link's thread starts with the first events.
+        let mut events = VecDeque::new();
+        let cluster = config.cluster.as_ref().map(|c| {
+            let every = (config.sys.interval_secs > 0)
+                .then(|| Duration::from_secs(u64::from(config.sys.interval_secs)));
+            let (side, start) = cluster::ClusterSide::new(c, every, now);
+            events.push_back(start);
+            side
+        });
         Ok(Driver {
             broker,
             listeners,
-            conns: HashMap::new(),
-            events: VecDeque::new(),
+            conns: HashMap::with_hasher(SeededState::new(seed)),
+            events,
             follow_ups: Vec::new(),
             password_queue: VecDeque::new(),
             passwords_running: 0,
@@ -576,6 +593,7 @@ impl Driver {
             metrics: metrics::DriverMetrics::default(),
             busy_probe: None,
             bridges,
+            cluster,
         })
     }
 
@@ -724,6 +742,7 @@ impl Driver {
             grace,
             retry,
             self.bridges_timeout(),
+            self.cluster_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -1045,6 +1064,7 @@ impl Driver {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.broker.handle_timeout(now);
         self.bridges_handle_timeout(now);
+        self.cluster_handle_timeout(now);
         while let Some(&(until, conn)) = self.lingering.front() {
             let still = self
                 .conns
@@ -1109,6 +1129,7 @@ impl Driver {
                 }
                 self.store_settled(now, error);
             }
+            DoneKind::Cluster(batch) => self.cluster_received(now, batch),
         }
         self.pump(now);
     }
@@ -1347,6 +1368,7 @@ impl Driver {
         }
         self.start_password_checks();
         self.start_store_job(now);
+        self.cluster_flush();
         self.advance_shutdown(now);
     }
 
@@ -1388,6 +1410,31 @@ impl Driver {
             }),
             Action::Event(event) => self.log_event(now, &event),
             Action::Store { id, ops } => self.store_batches.push((id, ops)),
+            Action::Forward {
+                message,
+                client_id,
+                username,
+            } => self.cluster_send(crate::cluster::ToLink::Forward {
+                message: Box::new(message),
+                client_id,
+                username,
+            }),
+            Action::Interest {
+                filter,
+                group,
+                present,
+            } => self.cluster_send(crate::cluster::ToLink::Interest {
+                filter,
+                group,
+                present,
+            }),
+            Action::Claimed {
+                client_id,
+                clean_start,
+            } => self.cluster_send(crate::cluster::ToLink::Claim {
+                client_id,
+                clean_start,
+            }),
             _ => {}
         }
     }
@@ -1611,6 +1658,7 @@ impl Driver {
         if matches!(stage, Some(ShutdownStage::Flushing { .. })) && flushed {
             self.set_shutdown_stage(ShutdownStage::Done);
             info!("stopped");
+            self.cluster_stop();
             self.events.push_back(Event::Stopped);
         }
     }

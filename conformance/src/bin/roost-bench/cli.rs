@@ -117,6 +117,15 @@ pub struct Common {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Port the subscribers connect to (`fanin`, `fanout`, `latency`,
+    /// `pairs`), when it is not `--port`: another node of a cluster, so
+    /// every message crosses between nodes.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
+    /// Seconds to wait after the subscriptions are made, before publishing:
+    /// a cluster's other nodes learn of them a moment later.
+    #[arg(long, default_value_t = 0.0)]
+    pub settle: f64,
     /// QoS for publishing and subscribing (default 0; 1 for `pairs`).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: Option<u8>,
@@ -163,6 +172,18 @@ impl Common {
     /// `host:port`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// `host:port` of the subscribers (`--sub-port`, or `--port`).
+    pub fn sub_addr(&self) -> String {
+        format!("{}:{}", self.host, self.sub_port.unwrap_or(self.port))
+    }
+
+    /// Waits `--settle` seconds (after subscribing).
+    pub async fn settle(&self) {
+        if self.settle > 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(self.settle)).await;
+        }
     }
 
     /// The publishing time limit: `--duration`, or 10 s when neither it nor `--count` is set.

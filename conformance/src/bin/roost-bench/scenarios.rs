@@ -70,7 +70,7 @@ async fn subscriber(
     publishers: usize,
     run: &Rc<Run>,
 ) -> io::Result<()> {
-    let mut conn = Conn::open(&c.addr(), id, 0).await?;
+    let mut conn = Conn::open(&c.sub_addr(), id, 0).await?;
     let f: Vec<Vec<u8>> = filters.iter().map(|f| f.as_bytes().to_vec()).collect();
     conn.subscribe(&f, qos, 100).await?;
     client::spawn_subscriber(conn, Receiver::new(publishers), run);
@@ -81,6 +81,7 @@ async fn subscriber(
 pub async fn fanin(c: &Common, publishers: usize, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);
     subscriber(c, "rb-fanin-sub", &["bench/fanin/+"], qos, publishers, &run).await?;
+    c.settle().await;
     let pubs = client::open_all(&c.addr(), "rb-fanin-pub", publishers, 0).await?;
     run.close_loop(c.open_loop, c.inflight, publishers);
     run.start_clock(c.broker_pid);
@@ -95,11 +96,12 @@ pub async fn fanin(c: &Common, publishers: usize, run: Rc<Run>) -> io::Result<()
 /// One publisher on `bench/fanout`, N subscribers on it.
 pub async fn fanout(c: &Common, subscribers: usize, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);
-    let subs = client::open_all(&c.addr(), "rb-fanout-sub", subscribers, 0).await?;
+    let subs = client::open_all(&c.sub_addr(), "rb-fanout-sub", subscribers, 0).await?;
     for mut conn in subs {
         conn.subscribe(&[b"bench/fanout".to_vec()], qos, 1).await?;
         client::spawn_subscriber(conn, Receiver::new(1), &run);
     }
+    c.settle().await;
     run.fanout.set(subscribers as u64);
     run.close_loop(c.open_loop, c.inflight, 1);
     let conn = Conn::open(&c.addr(), "rb-fanout-pub", 0).await?;
@@ -112,7 +114,7 @@ pub async fn fanout(c: &Common, subscribers: usize, run: Rc<Run>) -> io::Result<
 /// C publishers each to `bench/pairs/{i}`, each with its own subscriber.
 pub async fn pairs(c: &Common, clients: usize, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(1);
-    let subs = client::open_all(&c.addr(), "rb-pairs-sub", clients, 0).await?;
+    let subs = client::open_all(&c.sub_addr(), "rb-pairs-sub", clients, 0).await?;
     let mut pending = Vec::with_capacity(clients);
     for (i, mut conn) in subs.into_iter().enumerate() {
         let run = run.clone();
@@ -127,6 +129,7 @@ pub async fn pairs(c: &Common, clients: usize, run: Rc<Run>) -> io::Result<()> {
     for p in pending {
         p.await.map_err(io::Error::other)??;
     }
+    c.settle().await;
     let pubs = client::open_all(&c.addr(), "rb-pairs-pub", clients, 0).await?;
     run.close_loop(c.open_loop, c.inflight, clients);
     run.start_clock(c.broker_pid);
@@ -142,6 +145,7 @@ pub async fn pairs(c: &Common, clients: usize, run: Rc<Run>) -> io::Result<()> {
 pub async fn latency(c: &Common, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);
     subscriber(c, "rb-lat-sub", &["bench/latency"], qos, 1, &run).await?;
+    c.settle().await;
     let conn = Conn::open(&c.addr(), "rb-lat-pub", 0).await?;
     run.close_loop(c.open_loop, c.inflight, 1);
     run.start_clock(c.broker_pid);

@@ -1,0 +1,836 @@
+//! Clusters (`[cluster]`), checked the same way against every runtime's
+//! binary: real `nats-server` processes (JetStream on, one server or a
+//! cluster of three) on free loopback ports, two to four roost nodes, and
+//! Mosquitto's `mosquitto_pub`/`mosquitto_sub` and the suite's raw client
+//! on different nodes.
+//!
+//! A node subscribes to NATS a moment after its client's SUBACK, so before
+//! each check the publisher sends *probe* messages on the subscribed filter
+//! until the subscriber has one: a condition waited for, not a sleep.
+//! Subscribers use persistent sessions made before anything is published,
+//! as in the bridge checks.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::attacks::{Binary, Broker, SERIAL};
+use crate::client::RawClient;
+use crate::scenario::Target;
+use crate::wire::{Connect, Version, Will};
+
+/// Declares one `#[test]` per cluster check against the broker executable
+/// at `$bin`.
+#[macro_export]
+macro_rules! cluster_tests {
+    ($bin:expr) => {
+        $crate::cluster_tests!(@one $bin, routes_qos_0_1_2_to_interested_nodes_without_collisions);
+        $crate::cluster_tests!(@one $bin, takeover_across_nodes);
+        $crate::cluster_tests!(@one $bin, retained_and_wills_across_nodes);
+        $crate::cluster_tests!(@one $bin, shared_subscription_balanced_across_nodes);
+        $crate::cluster_tests!(@one $bin, acl_applies_to_messages_from_other_nodes);
+        $crate::cluster_tests!(@one $bin, nats_server_killed_traffic_continues);
+        $crate::cluster_tests!(@one $bin, a_killed_node_restarts_as_itself);
+        $crate::cluster_tests!(@one $bin, refuses_what_is_not_implemented);
+    };
+    (@one $bin:expr, $check:ident) => {
+        #[test]
+        fn $check() {
+            $crate::cluster::run($crate::cluster::$check, $bin);
+        }
+    };
+}
+
+/// Runs one check against the executable at `path`, alone.
+pub fn run(check: fn(&Binary), path: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    check(&Binary::new(path));
+}
+
+/// How long a check waits for the cluster to carry something.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `nats-server` processes with JetStream: one, or a cluster; killed when
+/// dropped.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+impl Nats {
+    fn start(dir: &Path, n: usize) -> Nats {
+        Nats::start_with(dir, n, None)
+    }
+
+    /// [`Nats::start`], requiring `user`/`password` of clients if given.
+    fn start_with(dir: &Path, n: usize, auth: Option<(&str, &str)>) -> Nats {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let store = dir.join(format!("nats{i}"));
+            let mut command = Command::new("nats-server");
+            command
+                .args(["-a", "127.0.0.1", "-p", &ports[i].to_string(), "-js"])
+                .arg("-sd")
+                .arg(&store)
+                .args(["--server_name", &format!("n{i}")]);
+            if let Some((user, password)) = auth {
+                command.args(["--user", user, "--pass", password]);
+            }
+            if n > 1 {
+                command.args([
+                    "--cluster_name",
+                    "roost-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes",
+                    &route_list,
+                ]);
+            }
+            let child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is installed");
+            servers.push(Some(child));
+        }
+        for &p in &ports {
+            wait_port(p);
+        }
+        Nats { servers, ports }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// SIGKILL of server `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A roost node named `name` on a free port, joined through `urls`, with
+/// `extra` TOML appended; its `$SYS` updates every second.
+fn node(bin: &Binary, dir: &Path, name: &str, urls: &[String], extra: &str) -> (Broker, u16) {
+    let (broker, port) = start_node(bin, dir, name, urls, extra, "");
+    wait_sys(port, "connected", "1");
+    (broker, port)
+}
+
+/// [`node`] with `cluster` appended to its `[cluster]` table, not waiting
+/// for it to join.
+fn start_node(
+    bin: &Binary,
+    dir: &Path,
+    name: &str,
+    urls: &[String],
+    extra: &str,
+    cluster: &str,
+) -> (Broker, u16) {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let port = free_port();
+    let urls = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let toml = format!(
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:{port}\"\nallow_anonymous = true\n{extra}\n\
+         [limits]\nqueue_qos0_offline = true\n\n[sys]\ninterval_secs = 1\n\n\
+         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\n{cluster}"
+    );
+    let broker = bin
+        .start(&dir, &toml, 1)
+        .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
+    (broker, port)
+}
+
+/// `mosquitto_pub` one message (`-r` if `retain`); panics unless the
+/// broker took it (for QoS 1 and 2: acknowledged).
+fn publish(port: u16, topic: &str, payload: &str, qos: u8, retain: bool) {
+    let mut command = Command::new("mosquitto_pub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .args(["-t", topic, "-m", payload, "-q", &qos.to_string()]);
+    if retain {
+        command.arg("-r");
+    }
+    let status = command.status().expect("mosquitto_pub is installed");
+    assert!(status.success(), "mosquitto_pub {topic} {payload} failed");
+}
+
+/// Makes the persistent session `id` subscribed to `filters` at QoS 2.
+fn make_session(port: u16, id: &str, filters: &[&str]) {
+    let mut command = Command::new("mosquitto_sub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "311"])
+        .args(["-c", "-i", id, "-q", "2", "-E"]);
+    for f in filters {
+        command.args(["-t", f]);
+    }
+    let _ = command.status().expect("mosquitto_sub is installed");
+}
+
+/// Reads the persistent session `id` (subscribed to `filters`) until
+/// `count` messages came or `within` passed: `topic payload` lines.
+fn read_session(
+    port: u16,
+    id: &str,
+    filters: &[&str],
+    count: usize,
+    within: Duration,
+) -> Vec<String> {
+    let mut command = Command::new("mosquitto_sub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "311"])
+        .args(["-c", "-i", id, "-q", "2", "-v"])
+        .args([
+            "-C",
+            &count.to_string(),
+            "-W",
+            &within.as_secs().max(1).to_string(),
+        ]);
+    for f in filters {
+        command.args(["-t", f]);
+    }
+    let out = command.output().expect("mosquitto_sub is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads one retained message on `topic` from a fresh subscriber, if any
+/// comes within a second.
+fn read_retained(port: u16, topic: &str) -> Option<String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", topic, "-C", "1", "-W", "1", "--retained-only"])
+        .output()
+        .expect("mosquitto_sub is installed");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Waits until `$SYS/broker/cluster/<name>` on the node at `port` is `want`.
+fn wait_sys(port: u16, name: &str, want: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    let topic = format!("$SYS/broker/cluster/{name}");
+    loop {
+        if read_retained(port, &topic).as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} never became {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The node's `$SYS/broker/cluster/<name>`, as published after this call
+/// (the second value a fresh subscriber sees).
+fn fresh_sys(port: u16, name: &str) -> String {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", &format!("$SYS/broker/cluster/{name}")])
+        .args(["-C", "2", "-W", "5"])
+        .output()
+        .expect("mosquitto_sub is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Publishes `probe` messages on `topic` at `pub_port` until each of the
+/// sessions `(port, id, filters)` has one: the cluster routes that filter
+/// to them now. Returns, per session, the probes it read (a probe read
+/// again, unacknowledged by a client that stopped at its count, once) and
+/// the lines it read that were not probes.
+fn probe(
+    pub_port: u16,
+    topic: &str,
+    sessions: &[(u16, &str, &[&str])],
+) -> Vec<(HashSet<String>, Vec<String>)> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = vec![(HashSet::new(), Vec::new()); sessions.len()];
+    let mut n = 0;
+    while seen.iter().any(|(probes, _)| probes.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never routed {topic} to every subscriber"
+        );
+        n += 1;
+        publish(pub_port, topic, &format!("probe{n}"), 1, false);
+        for (i, (port, id, filters)) in sessions.iter().enumerate() {
+            if !seen[i].0.is_empty() {
+                continue;
+            }
+            for line in read_session(*port, id, filters, 1, Duration::from_secs(1)) {
+                if line.contains(" probe") {
+                    seen[i].0.insert(line);
+                } else {
+                    seen[i].1.push(line);
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Reads the persistent session `id` until it has had at least `n` lines
+/// that are not probes (or [`PATIENCE`] passed); returns those lines.
+fn collect(port: u16, id: &str, filters: &[&str], n: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut got = Vec::new();
+    // Each read ends by its timeout, not by a count: Mosquitto's client
+    // may leave the message that reaches its count unacknowledged, and
+    // the next read would see it again.
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(no_probes(read_session(
+            port,
+            id,
+            filters,
+            usize::from(u16::MAX),
+            Duration::from_secs(2),
+        )));
+    }
+    got
+}
+
+/// The lines of each QoS (the payload names it: `m-<qos>`), in order:
+/// Mosquitto's client prints a QoS 2 message only once it is released, so
+/// it may show up after QoS 0 and 1 messages that came later.
+fn by_qos(lines: &[String]) -> Vec<Vec<String>> {
+    (0..3)
+        .map(|q| {
+            lines
+                .iter()
+                .filter(|l| l.ends_with(&format!("m-{q}")))
+                .cloned()
+                .collect()
+        })
+        .collect()
+}
+
+/// Drops probe lines.
+fn no_probes(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|l| !l.contains(" probe"))
+        .collect()
+}
+
+/// QoS 0, 1 and 2 published on one node reach persistent subscribers on the
+/// others exactly once and in order, over topics whose levels hold `.`,
+/// `*`, `>`, `$`, spaces, `=` and nothing; a node gets only what matches
+/// its subscriptions (`t/a.b` is not `t/a/b`), and counts what it received
+/// in `$SYS/broker/cluster/received`.
+pub fn routes_qos_0_1_2_to_interested_nodes_without_collisions(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    let (_c, c) = node(bin, dir.path(), "c", &urls, "");
+    let b_filters: &[&str] = &["t/#", "$d/#"];
+    let c_filters: &[&str] = &["t/a.b", "t/probe"];
+    make_session(b, "sub-b", b_filters);
+    make_session(c, "sub-c", c_filters);
+    let probed = probe(
+        a,
+        "t/probe",
+        &[(b, "sub-b", b_filters), (c, "sub-c", c_filters)],
+    );
+    probe(a, "$d/probe", &[(b, "sub-b", b_filters)]);
+    let sent = [
+        ("t/q0", 0),
+        ("t/q1", 1),
+        ("t/q2", 2),
+        ("t/a.b", 1),
+        ("t/a/b", 1),
+        ("t/*", 1),
+        ("t/>", 1),
+        ("t/ sp ace", 2),
+        ("t//empty", 1),
+        ("t/a=2Eb", 1),
+        ("$d/x.y", 1),
+    ];
+    for (topic, qos) in sent {
+        publish(a, topic, &format!("m-{qos}"), qos, false);
+    }
+    let got = collect(b, "sub-b", b_filters, sent.len());
+    let want: Vec<String> = sent.iter().map(|(t, q)| format!("{t} m-{q}")).collect();
+    assert_eq!(got.len(), want.len(), "[{}] on node b: {got:?}", bin.name());
+    assert_eq!(by_qos(&got), by_qos(&want), "[{}] on node b", bin.name());
+    let got_c = read_session(c, "sub-c", c_filters, 1000, Duration::from_secs(2));
+    let mut probes_c = probed[1].0.clone();
+    probes_c.extend(got_c.iter().filter(|l| l.contains(" probe")).cloned());
+    let probes_c = probes_c.len();
+    assert_eq!(
+        no_probes(got_c.clone()),
+        ["t/a.b m-1"],
+        "[{}] on node c: only what matches t/a.b",
+        bin.name()
+    );
+    // Nothing twice on b either.
+    let again = no_probes(read_session(
+        b,
+        "sub-b",
+        b_filters,
+        1000,
+        Duration::from_secs(2),
+    ));
+    assert!(
+        again.is_empty(),
+        "[{}] duplicates on b: {again:?}",
+        bin.name()
+    );
+    // What node c took from NATS: its probes and the one match, nothing of
+    // the rest (NATS sends a node only what it subscribed to).
+    let received: usize = fresh_sys(c, "received").parse().unwrap_or(usize::MAX);
+    assert_eq!(
+        received,
+        probes_c + 1,
+        "[{}] node c received more than it subscribed to",
+        bin.name()
+    );
+    assert_eq!(
+        read_retained(c, "$SYS/broker/cluster/node").as_deref(),
+        Some("c")
+    );
+}
+
+/// Waits until node `port` has heard of `n` claims from other nodes.
+fn wait_claims(port: u16, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let heard: u64 = read_retained(port, "$SYS/broker/cluster/claims")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if heard >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node never heard {n} claims");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One client identifier is one client cluster-wide: connecting on node b
+/// closes its connection on node a (MQTT 5: DISCONNECT 0x8E Session taken
+/// over; 3.1.1: the connection is closed), and node b keeps the new one.
+///
+/// Node b is let hear of the connection on node a (its claim) before the
+/// client connects there: two connections of one client made on two nodes
+/// at the same moment may both be closed (see the README).
+pub fn takeover_across_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A NATS that wants a password: the nodes give it (`cluster.user`,
+    // `cluster.password`); a node with the wrong one is refused, and says so.
+    let nats = Nats::start_with(dir.path(), 1, Some(("roost", "s3cret")));
+    let urls = [nats.url(0)];
+    let login = "user = \"roost\"\npassword = \"s3cret\"\n";
+    let (_a, a) = start_node(bin, dir.path(), "a", &urls, "", login);
+    let (_b, b) = start_node(bin, dir.path(), "b", &urls, "", login);
+    wait_sys(a, "connected", "1");
+    wait_sys(b, "connected", "1");
+    let (wrong, _) = start_node(
+        bin,
+        dir.path(),
+        "c",
+        &urls,
+        "",
+        "user = \"roost\"\npassword = \"wrong\"\n",
+    );
+    assert!(
+        wrong.wait_log("uthorization", 1, PATIENCE),
+        "[{}] a node with the wrong NATS password did not say so:\n{}",
+        bin.name(),
+        wrong.log()
+    );
+    drop(wrong);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let target = |port| Target {
+        host: "127.0.0.1".into(),
+        port,
+        transport: Default::default(),
+    };
+    for (round, version) in [Version::V5, Version::V311].into_iter().enumerate() {
+        let connect = Connect::new(version, "roaming");
+        let result: Result<(), String> = runtime.block_on(async {
+            let (mut old, _) = RawClient::connect(&target(a), &connect)
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_claims(b, round as u64 + 1);
+            let (mut new, _) = RawClient::connect(&target(b), &connect)
+                .await
+                .map_err(|e| e.to_string())?;
+            let closed = old
+                .expect_close(PATIENCE)
+                .await
+                .map_err(|e| format!("the old connection on node a: {e}"))?;
+            if version == Version::V5 && closed.disconnect_code() != Some(0x8E) {
+                return Err(format!(
+                    "node a closed without DISCONNECT 0x8E: {:?}",
+                    closed.packets
+                ));
+            }
+            new.ping()
+                .await
+                .map_err(|e| format!("the new connection on node b: {e}"))?;
+            new.disconnect()
+                .await
+                .map_err(|e| format!("the new connection on node b: {e}"))?;
+            Ok(())
+        });
+        result.unwrap_or_else(|e| panic!("[{}] {version:?}: {e}", bin.name()));
+    }
+}
+
+/// A retained message published on one node is served by the others,
+/// including a node started afterwards, and clearing it clears it
+/// everywhere; a client's will published on its node reaches a subscriber
+/// on another.
+pub fn retained_and_wills_across_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    publish(a, "keep/1", "kept", 1, true);
+    let until = |port: u16, want: Option<&str>, what: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        while read_retained(port, "keep/1").as_deref() != want {
+            assert!(Instant::now() < deadline, "[{}] {what}", bin.name());
+        }
+    };
+    until(b, Some("kept"), "retained keep/1 never reached node b");
+    let (_c, c) = node(bin, dir.path(), "c", &urls, "");
+    until(c, Some("kept"), "node c, started later, never had keep/1");
+    publish(b, "keep/1", "", 1, true);
+    until(
+        a,
+        None,
+        "clearing keep/1 on node b never cleared it on node a",
+    );
+    until(
+        c,
+        None,
+        "clearing keep/1 on node b never cleared it on node c",
+    );
+
+    let filters: &[&str] = &["will/#"];
+    make_session(b, "will-watch", filters);
+    probe(a, "will/probe", &[(b, "will-watch", filters)]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let mut connect = Connect::new(Version::V5, "mortal");
+        connect.will = Some(Will {
+            topic: "will/mortal".into(),
+            payload: b"gone".to_vec(),
+            qos: 1,
+            ..Default::default()
+        });
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port: a,
+            transport: Default::default(),
+        };
+        let (client, _) = RawClient::connect(&target, &connect)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] connect with a will: {e}", bin.name()));
+        // The connection dies without DISCONNECT: the will is due.
+        drop(client);
+    });
+    let got = collect(b, "will-watch", filters, 1);
+    assert_eq!(
+        got,
+        ["will/mortal gone"],
+        "[{}] the will on node b",
+        bin.name()
+    );
+}
+
+/// `$share/g/s/#` subscribers on two nodes share the messages published on
+/// a third: each message reaches exactly one of them, both get some, and a
+/// plain subscriber gets them all.
+pub fn shared_subscription_balanced_across_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    let (_c, c) = node(bin, dir.path(), "c", &urls, "");
+    let shared: &[&str] = &["$share/g/s/#"];
+    let plain: &[&str] = &["s/#"];
+    make_session(b, "share-b", shared);
+    make_session(c, "share-c", shared);
+    make_session(b, "plain-b", plain);
+    // Each member must be routed a probe: both nodes are in the group.
+    probe(a, "s/probe", &[(b, "plain-b", plain)]);
+    let mut stray = probe(a, "s/probe", &[(b, "share-b", shared)]);
+    stray.extend(probe(a, "s/probe", &[(c, "share-c", shared)]));
+    assert!(stray.iter().all(|(_, other)| other.is_empty()), "{stray:?}");
+    let n = 40;
+    for i in 0..n {
+        publish(a, &format!("s/{i}"), &format!("m{i}"), 1, false);
+    }
+    let all = no_probes(read_session(
+        b,
+        "plain-b",
+        plain,
+        n + 100,
+        Duration::from_secs(3),
+    ));
+    let want: Vec<String> = (0..n).map(|i| format!("s/{i} m{i}")).collect();
+    assert_eq!(all, want, "[{}] the plain subscriber", bin.name());
+    let on_b = no_probes(read_session(
+        b,
+        "share-b",
+        shared,
+        n + 100,
+        Duration::from_secs(3),
+    ));
+    let on_c = no_probes(read_session(
+        c,
+        "share-c",
+        shared,
+        n + 100,
+        Duration::from_secs(3),
+    ));
+    let mut both: Vec<String> = on_b.iter().chain(&on_c).cloned().collect();
+    both.sort_by_key(|l| {
+        l.split(' ')
+            .next()
+            .and_then(|t| t.trim_start_matches("s/").parse::<usize>().ok())
+    });
+    assert_eq!(
+        both,
+        want,
+        "[{}] each message to exactly one member (b had {}, c had {})",
+        bin.name(),
+        on_b.len(),
+        on_c.len()
+    );
+    assert!(
+        !on_b.is_empty() && !on_c.is_empty(),
+        "[{}] not balanced: b had {}, c had {}",
+        bin.name(),
+        on_b.len(),
+        on_c.len()
+    );
+}
+
+/// A node's ACL applies to messages other nodes forward, as to any
+/// publish: node b's ACL lets anonymous clients publish only `public/#`,
+/// so an anonymous client's message on `secret/x` published on node a (no
+/// ACL there) is not delivered on node b.
+pub fn acl_applies_to_messages_from_other_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let acl = dir.path().join("b.acl");
+    std::fs::write(
+        &acl,
+        "topic read #\ntopic read $SYS/#\ntopic write public/#\n",
+    )
+    .expect("write acl");
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(
+        bin,
+        dir.path(),
+        "b",
+        &urls,
+        &format!("acl_file = \"{}\"\n", acl.display()),
+    );
+    let filters: &[&str] = &["#"];
+    make_session(b, "all-b", filters);
+    make_session(a, "all-a", filters);
+    probe(a, "public/probe", &[(b, "all-b", filters)]);
+    publish(a, "secret/x", "s", 1, false);
+    publish(a, "public/x", "p", 1, false);
+    let got = no_probes(read_session(
+        b,
+        "all-b",
+        filters,
+        100,
+        Duration::from_secs(3),
+    ));
+    assert_eq!(
+        got,
+        ["public/x p"],
+        "[{}] node b delivered what its ACL refuses",
+        bin.name()
+    );
+    // Node a has no ACL: its own subscriber had both.
+    let on_a = no_probes(read_session(
+        a,
+        "all-a",
+        filters,
+        100,
+        Duration::from_secs(2),
+    ));
+    assert_eq!(
+        on_a,
+        ["secret/x s", "public/x p"],
+        "[{}] node a",
+        bin.name()
+    );
+}
+
+/// Three NATS servers in a cluster; node a knows only the first. SIGKILL
+/// of that server: node a reconnects to another and messages flow again
+/// between the nodes, both ways.
+pub fn nats_server_killed_traffic_continues(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = Nats::start(dir.path(), 3);
+    let (_a, a) = node(bin, dir.path(), "a", &[nats.url(0)], "");
+    let (_b, b) = node(bin, dir.path(), "b", &[nats.url(1), nats.url(2)], "");
+    let filters: &[&str] = &["k/#"];
+    make_session(a, "sub-a", filters);
+    make_session(b, "sub-b", filters);
+    probe(a, "k/probe", &[(b, "sub-b", filters)]);
+    probe(b, "k/probe", &[(a, "sub-a", filters)]);
+    nats.kill(0);
+    // Node a reconnects through the servers node a learnt from the first.
+    probe(a, "k/probe", &[(b, "sub-b", filters)]);
+    probe(b, "k/probe", &[(a, "sub-a", filters)]);
+    for i in 0..5 {
+        publish(a, "k/ab", &format!("m{i}"), 1, false);
+        publish(b, "k/ba", &format!("m{i}"), 1, false);
+    }
+    let on_b = collect(b, "sub-b", filters, 10);
+    let on_a = collect(a, "sub-a", filters, 10);
+    let ab: Vec<String> = (0..5).map(|i| format!("k/ab m{i}")).collect();
+    let ba: Vec<String> = (0..5).map(|i| format!("k/ba m{i}")).collect();
+    let only = |lines: &[String], prefix: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(only(&on_b, "k/ab"), ab, "[{}] a to b", bin.name());
+    assert_eq!(only(&on_a, "k/ba"), ba, "[{}] b to a", bin.name());
+}
+
+/// A node killed (SIGKILL) and started again under its name is a new run
+/// of it: the others take its messages at once (they do not take its new
+/// numbering for duplicates of its former run's), and it serves again the
+/// retained messages it had published, from the bucket.
+pub fn a_killed_node_restarts_as_itself(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (a, a_port) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+    let filters: &[&str] = &["r/#"];
+    make_session(b, "sub-b", filters);
+    probe(a_port, "r/probe", &[(b, "sub-b", filters)]);
+    publish(a_port, "r/kept", "by-a", 1, true);
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(b, "r/kept").as_deref() != Some("by-a") {
+        assert!(
+            Instant::now() < deadline,
+            "[{}] r/kept never reached b",
+            bin.name()
+        );
+    }
+    drop(a);
+    let (_a, a_port) = node(bin, dir.path(), "a", &urls, "");
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(a_port, "r/kept").as_deref() != Some("by-a") {
+        assert!(
+            Instant::now() < deadline,
+            "[{}] the restarted node a never took back its retained r/kept",
+            bin.name()
+        );
+    }
+    // The first messages of the new run (node b's interest is in NATS
+    // already): numbered from 1 again, as its former run's first were.
+    for i in 0..3 {
+        publish(a_port, "r/new", &format!("m{i}"), 1, false);
+    }
+    let got = collect(b, "sub-b", filters, 3);
+    let got: Vec<String> = got.into_iter().filter(|l| l.starts_with("r/new")).collect();
+    assert_eq!(
+        got,
+        ["r/new m0", "r/new m1", "r/new m2"],
+        "[{}]",
+        bin.name()
+    );
+}
+
+/// Settings the cluster does not have yet are refused at start, by name,
+/// never ignored.
+pub fn refuses_what_is_not_implemented(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (setting, needle) in [
+        ("sessions = \"jetstream\"", "not implemented"),
+        ("reuse_port = true", "reuse_port"),
+    ] {
+        let toml = format!(
+            "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n\
+             [cluster]\nurls = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n{setting}\n"
+        );
+        let config = dir.path().join("roost.toml");
+        std::fs::write(&config, toml).expect("write");
+        let ran = bin
+            .run(
+                &["--config".into(), config.into_os_string()],
+                Duration::from_secs(10),
+            )
+            .expect("run");
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "[{}] started with {setting}",
+            bin.name()
+        );
+        assert!(
+            ran.stderr.contains(needle),
+            "[{}] {setting}: {}",
+            bin.name(),
+            ran.stderr
+        );
+    }
+}
