@@ -207,3 +207,33 @@ fn sys_statistics_are_not_stored() {
         sim.stored
     );
 }
+
+/// `Broker::client_info`, behind the operator's connect log line: the
+/// protocol, the session kind and the keep-alive of a connected client, and
+/// nothing for one that is not connected.
+#[test]
+fn client_info_says_what_the_connect_settled() {
+    let mut sim = Sim::quiet();
+    let (a, _) = sim.connect_with(connect("clean-3", V4, true, 30));
+    let info = sim.broker.client_info(a).expect("connected");
+    assert_eq!(info.protocol, V4);
+    assert!(!info.persistent);
+    assert_eq!(info.keep_alive_secs, 30);
+    let (b, _) = sim.connect_with(connect("kept-3", V4, false, 0));
+    let info = sim.broker.client_info(b).expect("connected");
+    assert!(info.persistent);
+    assert_eq!(info.session_expiry_secs, u32::MAX);
+    assert_eq!(info.keep_alive_secs, 0);
+    let mut c = connect("kept-5", V5, false, 60);
+    c.properties.session_expiry_interval = Some(3600);
+    let (c, _) = sim.connect_with(c);
+    let info = sim.broker.client_info(c).expect("connected");
+    assert_eq!(info.protocol, V5);
+    assert!(info.persistent);
+    assert_eq!(info.session_expiry_secs, 3600);
+    assert_eq!(info.keep_alive_secs, 60);
+    let waiting = sim.open(V5);
+    assert_eq!(sim.broker.client_info(waiting), None);
+    sim.disconnect(a);
+    assert_eq!(sim.broker.client_info(a), None);
+}

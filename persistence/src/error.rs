@@ -109,7 +109,12 @@ impl fmt::Display for StoreError {
                 path,
                 action,
                 source,
-            } => write!(f, "store at {}: {action} failed: {source}", path.display()),
+            } => write!(
+                f,
+                "store at {}: {action} failed: {}",
+                path.display(),
+                DbError(source)
+            ),
             StoreError::Corrupt {
                 keyspace,
                 key,
@@ -161,6 +166,55 @@ impl fmt::Display for StoreError {
                  emitted"
             ),
         }
+    }
+}
+
+/// fjall's own messages are its Rust debug output (`FjallError: Locked`,
+/// `Io(Os { code: 20, .. })`): these are words for an operator.
+struct DbError<'a>(&'a fjall::Error);
+
+impl fmt::Display for DbError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            fjall::Error::Locked => {
+                f.write_str("the database is locked: another process (another roost?) has it open")
+            }
+            fjall::Error::Io(e) => write!(f, "{e}"),
+            fjall::Error::Storage(e) => storage(f, e),
+            fjall::Error::JournalRecovery(_) => f.write_str("its journal cannot be recovered"),
+            fjall::Error::InvalidVersion(_) => {
+                f.write_str("written by an unknown version of the database format")
+            }
+            fjall::Error::Decompress(_) => f.write_str("a block cannot be decompressed"),
+            fjall::Error::InvalidTrailer | fjall::Error::InvalidTag(_) => {
+                f.write_str("damaged data (an unreadable block)")
+            }
+            fjall::Error::Poisoned => f.write_str(
+                "an earlier write or sync failed (a full or failing disk); restart to recover",
+            ),
+            fjall::Error::KeyspaceDeleted => f.write_str("a keyspace was deleted"),
+            fjall::Error::Unrecoverable => {
+                f.write_str("the database cannot be recovered: files it needs are missing")
+            }
+            _ => f.write_str("the database failed"),
+        }
+    }
+}
+
+fn storage(f: &mut fmt::Formatter<'_>, e: &fjall::LsmError) -> fmt::Result {
+    match e {
+        fjall::LsmError::Io(e) => write!(f, "{e}"),
+        fjall::LsmError::ChecksumMismatch { .. } => {
+            f.write_str("damaged data (a block's checksum does not match)")
+        }
+        fjall::LsmError::Unrecoverable => {
+            f.write_str("the database cannot be recovered: files it needs are missing")
+        }
+        fjall::LsmError::InvalidVersion(_) => {
+            f.write_str("written by an unknown version of the database format")
+        }
+        fjall::LsmError::Decompress(_) => f.write_str("a block cannot be decompressed"),
+        _ => f.write_str("damaged data (an unreadable block)"),
     }
 }
 

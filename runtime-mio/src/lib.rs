@@ -142,13 +142,25 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
+/// SIGINT, SIGTERM and SIGHUP caught and kept until a [`Server`] handles
+/// them ([`Server::handle_caught_signals`]).
+pub struct CaughtSignals(Signals);
+
+impl CaughtSignals {
+    /// Installs the handlers: from now on these signals no longer stop the
+    /// process at once.
+    pub fn catch() -> io::Result<CaughtSignals> {
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).map(CaughtSignals)
+    }
+}
+
 impl Server {
     /// Loads the files the configuration names and binds every listener
     /// (errors are returned here). Nothing is accepted until the first
     /// [`Server::poll_once`].
     pub fn bind(config: Config) -> io::Result<Server> {
         let clock = Clock::new();
-        let driver = Driver::open(&config, clock.now()).map_err(invalid)?;
+        let mut driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
@@ -157,10 +169,11 @@ impl Server {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
             poll.registry()
                 .register(&mut listener, Token(index), Interest::READABLE)?;
-            let addr = listener.local_addr()?;
-            info!(protocol = l.protocol.name(), %addr, "listening");
-            addrs.push(addr);
+            addrs.push(listener.local_addr()?);
             listeners.push(Some(listener));
+        }
+        for (index, addr) in addrs.iter().enumerate() {
+            driver.handle_listening(index, *addr);
         }
         for warning in config.warnings() {
             warn!("{warning}");
@@ -207,7 +220,15 @@ impl Server {
     /// server's loop. For the `roost-mio` binary; an embedding program
     /// usually handles signals itself.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        self.handle_caught_signals(CaughtSignals::catch()?)
+    }
+
+    /// As [`Server::handle_signals`], with handlers installed earlier
+    /// ([`CaughtSignals::catch`], before [`Server::bind`]): a signal that
+    /// came in between is handled by the first [`Server::poll_once`]
+    /// rather than killing the process.
+    pub fn handle_caught_signals(&mut self, signals: CaughtSignals) -> io::Result<()> {
+        let mut signals = signals.0;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

@@ -12,6 +12,16 @@ fn main() -> ExitCode {
         roost_runtime::cli::Start::Exit(code) => return code,
         roost_runtime::cli::Start::Serve(service) => service,
     };
+    // Signal handlers go in before the listeners, so a SIGHUP or SIGTERM
+    // that arrives as soon as the broker listens is not the default
+    // (fatal) one.
+    let signals = match roost_mio::CaughtSignals::catch() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("roost-mio: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut server = match roost_mio::Server::bind(service.config().clone()) {
         Ok(server) => server,
         Err(e) => {
@@ -19,15 +29,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = server.handle_caught_signals(signals) {
+        eprintln!("roost-mio: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = service.ready() {
         eprintln!("roost-mio: {e}");
         return ExitCode::FAILURE;
     }
     server.set_service(service);
-    if let Err(e) = server.handle_signals() {
-        eprintln!("roost-mio: cannot handle signals: {e}");
-        return ExitCode::FAILURE;
-    }
     if let Err(e) = server.run() {
         eprintln!("roost-mio: {e}");
         return ExitCode::FAILURE;

@@ -56,7 +56,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
@@ -139,8 +139,8 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
         .iter()
         .map(|l| l.local_addr())
         .collect::<io::Result<Vec<_>>>()?;
-    for (l, addr) in driver.listeners().zip(&addrs) {
-        info!(protocol = l.protocol.name(), %addr, "listening");
+    for (index, addr) in addrs.iter().enumerate() {
+        driver.handle_listening(index, *addr);
     }
     for warning in config.warnings() {
         warn!("{warning}");

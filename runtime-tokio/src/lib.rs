@@ -50,7 +50,7 @@ use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use roost_runtime::hooks::{Authenticator, Authorizer, Hooks};
 
@@ -145,8 +145,8 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
         .iter()
         .map(|l| l.local_addr())
         .collect::<io::Result<Vec<_>>>()?;
-    for (l, addr) in driver.listeners().zip(&addrs) {
-        info!(protocol = l.protocol.name(), %addr, "listening");
+    for (index, addr) in addrs.iter().enumerate() {
+        driver.handle_listening(index, *addr);
     }
     for warning in config.warnings() {
         warn!("{warning}");

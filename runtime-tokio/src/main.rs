@@ -10,6 +10,35 @@ fn main() -> ExitCode {
         roost_runtime::cli::Start::Exit(code) => return code,
         roost_runtime::cli::Start::Serve(service) => service,
     };
+    let signals = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signal handlers go in before the broker starts, so a SIGHUP or
+    // SIGTERM that arrives as soon as it listens is not the default
+    // (fatal) one.
+    let caught = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _runtime = signals.enter();
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        )
+    };
+    let (mut term, mut int, mut hup) = match caught {
+        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("roost: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match roost_tokio::start(service.config().clone(), roost_tokio::Hooks::default()) {
         Ok(server) => server,
         Err(e) => {
@@ -21,26 +50,7 @@ fn main() -> ExitCode {
         eprintln!("roost: {e}");
         return ExitCode::FAILURE;
     }
-    let signals = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("roost: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     signals.block_on(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            server.join();
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => break,

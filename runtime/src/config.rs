@@ -30,6 +30,7 @@ use serde::Deserialize;
 
 mod bridge;
 mod cluster;
+mod reload;
 pub use bridge::{Bridge, BridgeProtocol, BridgeTls, Direction, TopicRule};
 pub use cluster::Cluster;
 
@@ -138,7 +139,8 @@ pub enum PasswdCommand {
     },
     /// List the users whose hash is still Mosquitto's ($6$ or $7$). They
     /// log in as they are; a hash cannot be converted without its
-    /// password, so set theirs again with `add` to make it Argon2id.
+    /// password, so the broker makes it Argon2id at the user's next login
+    /// (when it may write the file), or set theirs again with `add`.
     Upgrade {
         /// Password file (default: the configured listener's password_file).
         #[arg(long, value_name = "FILE")]

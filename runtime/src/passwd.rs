@@ -6,8 +6,10 @@
 //! unchanged: `$6$<salt>$<hash>` (SHA-512 of the password then the salt,
 //! both base64, Mosquitto 1.6's) and `$7$<iterations>$<salt>$<hash>`
 //! (PBKDF2-HMAC-SHA512, Mosquitto 2's). They cannot be converted without
-//! the password: `roost passwd upgrade` lists them, and setting a user's
-//! password (`roost passwd add`) replaces one with Argon2id.
+//! the password: the broker replaces one with Argon2id in the file when its
+//! user logs in ([`PasswordFile::rehash_on_login`]), `roost passwd upgrade`
+//! lists those left, and setting a user's password (`roost passwd add`)
+//! replaces one too.
 //!
 //! Blank lines and lines starting with `#` are ignored on load and dropped on
 //! save; a commented-out line that holds an entry is reported in
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -231,6 +234,33 @@ pub struct PasswordFile {
     cost: HashCost,
     /// Lines that loaded but probably do not mean what was meant.
     warnings: Vec<String>,
+    /// The file it was loaded from ([`PasswordFile::load`]), where
+    /// [`PasswordFile::rehash_on_login`] writes.
+    path: Option<PathBuf>,
+}
+
+/// Serializes the rewrites [`PasswordFile::rehash_on_login`] makes (logins
+/// are checked on several threads), and holds the files that could not be
+/// written, so that each is reported once until it is loaded again.
+static REHASH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// What [`PasswordFile::rehash_on_login`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Rehash {
+    /// The user's hash is not Mosquitto's (or the file was not loaded from
+    /// a path): nothing to do.
+    NotNeeded,
+    /// The file now holds an Argon2id hash for the user.
+    Rewritten(PathBuf),
+    /// The file on disk no longer holds the hash that was verified (the
+    /// user was changed, or already rehashed): left alone.
+    Changed,
+    /// The file could not be rewritten; reported once per file until it is
+    /// loaded again, [`Rehash::Unwritable`] after that.
+    Failed(PasswdError),
+    /// The file could not be rewritten before either; not tried again.
+    Unwritable,
 }
 
 /// Why a user name cannot be stored in a password file: each would make
@@ -309,14 +339,21 @@ impl PasswordFile {
             path: path.to_path_buf(),
             source,
         })?;
-        PasswordFile::parse(&text).map_err(|err| match err {
+        let mut file = PasswordFile::parse(&text).map_err(|err| match err {
             PasswdError::Syntax { line, problem, .. } => PasswdError::Syntax {
                 path: Some(path.to_path_buf()),
                 line,
                 problem,
             },
             other => other,
-        })
+        })?;
+        file.path = Some(path.to_path_buf());
+        // Loaded again (SIGHUP): a file that could not be written may be
+        // writable now.
+        if let Ok(mut unwritable) = REHASH.lock() {
+            unwritable.retain(|p| p != path);
+        }
+        Ok(file)
     }
 
     /// Parses the text of a password file; errors carry the 1-based line.
@@ -386,6 +423,63 @@ impl PasswordFile {
                 .is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// Whether `user`'s hash is Mosquitto's (`$6$`/`$7$`).
+    pub fn is_legacy(&self, user: &str) -> bool {
+        self.entries
+            .get(user)
+            .is_some_and(|hash| Legacy::parse(hash).is_some())
+    }
+
+    /// Call once `password` verified for `user`: if their hash is
+    /// Mosquitto's, replaces it with an Argon2id hash of `password` in the
+    /// file this was loaded from, so that Mosquitto's weaker hashes leave
+    /// the file as users log in. The file is read again (under a lock
+    /// shared by every login), and the entry replaced only if it still
+    /// holds the hash that verified, so edits made since are kept; it is
+    /// written atomically ([`PasswordFile::save`]). This copy is not
+    /// changed: the hash it holds keeps working until the next reload.
+    pub fn rehash_on_login(&self, user: &str, password: &str) -> Rehash {
+        let (Some(path), Some(verified)) = (&self.path, self.entries.get(user)) else {
+            return Rehash::NotNeeded;
+        };
+        if Legacy::parse(verified).is_none() {
+            return Rehash::NotNeeded;
+        }
+        let Ok(mut unwritable) = REHASH.lock() else {
+            return Rehash::Unwritable;
+        };
+        if unwritable.contains(path) {
+            return Rehash::Unwritable;
+        }
+        let result = (|| {
+            let mut on_disk = PasswordFile::load_unlocked(path)?;
+            if on_disk.entries.get(user) != Some(verified) {
+                return Ok(false);
+            }
+            on_disk.set(user, password)?;
+            on_disk.save(path)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => Rehash::Rewritten(path.clone()),
+            Ok(false) => Rehash::Changed,
+            Err(e) => {
+                unwritable.push(path.clone());
+                Rehash::Failed(e)
+            }
+        }
+    }
+
+    /// [`PasswordFile::load`] without touching [`REHASH`] (whose lock the
+    /// caller holds).
+    fn load_unlocked(path: &Path) -> Result<PasswordFile, PasswdError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PasswdError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        PasswordFile::parse(&text)
     }
 
     /// Adds a new user; fails if the user exists.
@@ -613,8 +707,9 @@ pub fn run_command(
             } else {
                 format!(
                     "{}: {} of {} users still have a Mosquitto hash ($6$/$7$), which works \
-                     but cannot be converted without the password; set it again with \
-                     `roost passwd add USER` to make it Argon2id: {}",
+                     but cannot be converted without the password: the broker makes it \
+                     Argon2id at the user's next login (if it may write the file), or set it \
+                     again with `roost passwd add USER`: {}",
                     path.display(),
                     legacy.len(),
                     passwords.len(),
@@ -639,7 +734,7 @@ mod tests {
     use super::*;
 
     /// Debug builds hash slowly; tests use the smallest cost argon2 accepts.
-    fn cheap() -> PasswordFile {
+    pub(super) fn cheap() -> PasswordFile {
         let mut file = PasswordFile::new();
         file.set_cost(HashCost {
             memory_kib: 8,
@@ -649,7 +744,7 @@ mod tests {
         file
     }
 
-    fn temp_path(name: &str) -> PathBuf {
+    pub(super) fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("roost-passwd-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir.join("passwords")
@@ -936,6 +1031,7 @@ mod tests {
 
 #[cfg(test)]
 mod mosquitto_hashes {
+    use super::tests::{cheap, temp_path};
     use super::*;
 
     /// Made by Mosquitto 2.0's `mosquitto_passwd -b` (`$7$`, the default)
@@ -954,6 +1050,85 @@ bob:$6$v5nGpfgvzgT6X7zV$UtP2mAoe2Hipoy2FzQJ7xyf2iHW5bU2/3DnOwKcCc4FU+Sbf+jE1PE6p
         assert!(file.verify("bob", "hunter2"));
         assert!(!file.verify("bob", "secret"));
         assert_eq!(file.legacy_users().collect::<Vec<_>>(), ["alice", "bob"]);
+    }
+
+    #[test]
+    fn a_mosquitto_hash_is_rehashed_on_login() {
+        let path = temp_path("rehash");
+        std::fs::write(&path, MOSQUITTO_FILE).expect("write");
+        let file = PasswordFile::load(&path).expect("load");
+        assert!(file.verify("alice", "secret"));
+        assert!(matches!(
+            file.rehash_on_login("alice", "secret"),
+            Rehash::Rewritten(ref p) if *p == path
+        ));
+        let after = PasswordFile::load(&path).expect("reload");
+        assert!(!after.is_legacy("alice"));
+        assert!(after.entries["alice"].starts_with("$argon2id$"));
+        assert!(after.verify("alice", "secret"));
+        assert!(!after.verify("alice", "hunter2"));
+        // Only the user who logged in; bob keeps Mosquitto's hash.
+        assert_eq!(after.legacy_users().collect::<Vec<_>>(), ["bob"]);
+        // The copy in memory still holds the old hash, which still works;
+        // the file already changed, so a second login leaves it alone.
+        assert!(file.verify("alice", "secret"));
+        assert!(matches!(
+            file.rehash_on_login("alice", "secret"),
+            Rehash::Changed
+        ));
+        assert_eq!(PasswordFile::load(&path).expect("load"), after);
+        // An Argon2id hash needs nothing.
+        assert!(matches!(
+            after.rehash_on_login("alice", "secret"),
+            Rehash::NotNeeded
+        ));
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
+    }
+
+    #[test]
+    fn rehashing_keeps_edits_made_since_the_load() {
+        let path = temp_path("rehash-edited");
+        std::fs::write(&path, MOSQUITTO_FILE).expect("write");
+        let file = PasswordFile::load(&path).expect("load");
+        // The operator replaces bob's password after the broker loaded it.
+        let mut edited = cheap();
+        edited.entries = file.entries.clone();
+        edited.set("bob", "new one").expect("set");
+        edited.save(&path).expect("save");
+        assert!(matches!(
+            file.rehash_on_login("bob", "hunter2"),
+            Rehash::Changed
+        ));
+        let on_disk = PasswordFile::load(&path).expect("load");
+        assert!(on_disk.verify("bob", "new one"));
+        assert!(!on_disk.verify("bob", "hunter2"));
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_rewritten_is_reported_once() {
+        let path = temp_path("rehash-gone");
+        std::fs::write(&path, MOSQUITTO_FILE).expect("write");
+        let file = PasswordFile::load(&path).expect("load");
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("remove");
+        let failed = file.rehash_on_login("alice", "secret");
+        assert!(
+            matches!(failed, Rehash::Failed(PasswdError::Io { .. })),
+            "{failed:?}"
+        );
+        assert!(matches!(
+            file.rehash_on_login("bob", "hunter2"),
+            Rehash::Unwritable
+        ));
+        // Loading the file again (a reload) tries again.
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+        std::fs::write(&path, MOSQUITTO_FILE).expect("write");
+        let file = PasswordFile::load(&path).expect("load");
+        assert!(matches!(
+            file.rehash_on_login("bob", "hunter2"),
+            Rehash::Rewritten(_)
+        ));
+        std::fs::remove_dir_all(path.parent().expect("dir")).expect("cleanup");
     }
 
     #[test]

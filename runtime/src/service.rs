@@ -58,7 +58,10 @@ impl Service {
     }
 
     /// Call on SIGHUP: tells systemd a reload began, re-reads the
-    /// configuration file and returns the configuration to reload with.
+    /// configuration file and returns the configuration to reload with:
+    /// the running one with the files the new one names (see
+    /// [`Config::reloaded`]; each other change is logged as waiting for a
+    /// restart).
     /// A file that fails to load is logged and the running configuration
     /// is returned, so the runtime still re-reads the certificates,
     /// password and ACL files it names. Call [`Service::reloaded`] after.
@@ -70,12 +73,11 @@ impl Service {
         };
         match Config::from_cli(cli.clone()) {
             Ok(config) => {
-                if config.pid_file != self.config.pid_file {
-                    warn!("reload: pid_file changes at the next restart");
+                let (config, later) = self.config.reloaded(&config);
+                for warning in later {
+                    warn!("{warning}");
                 }
-                let pid_file = self.config.pid_file.clone();
                 self.config = config;
-                self.config.pid_file = pid_file;
                 info!("configuration file re-read");
             }
             Err(e) => warn!(

@@ -107,12 +107,26 @@ impl fmt::Display for TlsError {
                 expected,
                 source,
             } => write!(f, "{}: invalid PEM {expected}: {source}", path.display()),
+            TlsError::Config {
+                cert,
+                key,
+                source: rustls::Error::InconsistentKeys(_),
+            } => write!(
+                f,
+                "{} / {}: the key does not belong to the certificate",
+                cert.display(),
+                key.display()
+            ),
             TlsError::Config { cert, key, source } => write!(
                 f,
                 "{} / {}: unusable certificate and key: {source}",
                 cert.display(),
                 key.display()
             ),
+            TlsError::ClientCa {
+                path,
+                source: rustls::server::VerifierBuilderError::InvalidCrl(e),
+            } => write!(f, "{}: unusable CRL: {}", path.display(), crl_problem(e)),
             TlsError::ClientCa { path, source } => write!(
                 f,
                 "{}: cannot verify client certificates with it: {source}",
@@ -128,6 +142,24 @@ impl fmt::Display for TlsError {
             ),
             TlsError::Closed => f.write_str("TLS stage is closed"),
         }
+    }
+}
+
+/// rustls names CRL problems by their Rust variant (`BadSignature`).
+fn crl_problem(e: &rustls::CertRevocationListError) -> &'static str {
+    use rustls::CertRevocationListError as E;
+    match e {
+        E::BadSignature => "its signature does not verify with the client_ca certificates",
+        E::ParseError => "it does not parse",
+        E::IssuerInvalidForCrl => "its issuer may not sign CRLs",
+        E::InvalidCrlNumber | E::InvalidRevokedCertSerialNumber => "it holds an invalid number",
+        E::UnsupportedCrlVersion => "its version is not supported",
+        E::UnsupportedCriticalExtension => "it has a critical extension that is not supported",
+        E::UnsupportedDeltaCrl => "delta CRLs are not supported",
+        E::UnsupportedIndirectCrl => "indirect CRLs are not supported",
+        E::UnsupportedRevocationReason => "it gives a revocation reason that is not supported",
+        E::Other(_) => "it cannot be used",
+        _ => "its signature algorithm is not supported",
     }
 }
 
@@ -765,7 +797,8 @@ pub(crate) mod tests {
         let e = load_server_config(&cert, &other_key).expect_err("mismatch");
         assert!(matches!(e, TlsError::Config { .. }), "{e}");
         assert!(
-            e.to_string().contains("unusable certificate and key"),
+            e.to_string()
+                .contains("the key does not belong to the certificate"),
             "{e}"
         );
 

@@ -446,6 +446,23 @@ pub enum Action {
     },
 }
 
+/// What a connected client's CONNECT settled ([`super::Broker::client_info`]),
+/// for operator logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientInfo {
+    /// The MQTT version it speaks.
+    pub protocol: crate::codec::Protocol,
+    /// Its session outlives the connection (MQTT 3 clean session 0, MQTT 5
+    /// a session expiry interval above 0).
+    pub persistent: bool,
+    /// Session expiry interval in seconds (`u32::MAX`: never).
+    pub session_expiry_secs: u32,
+    /// The keep-alive in force, in seconds (the server's when it overrode
+    /// the client's; 0: none).
+    pub keep_alive_secs: u64,
+}
+
 /// Totals across sessions ([`super::Broker::session_totals`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionTotals {

@@ -80,8 +80,8 @@ pub mod topics;
 
 pub use action::{
     Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
-    AuthorizeToken, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message, Operation,
-    PublishDecision, SessionTotals, Stats, SubscribeDecision,
+    AuthorizeToken, ClientInfo, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message,
+    Operation, PublishDecision, SessionTotals, Stats, SubscribeDecision,
 };
 pub use cluster::{RemoteOrigin, RemoteTarget};
 pub use config::{
@@ -301,6 +301,22 @@ impl Broker {
     /// leak checks.
     pub fn timer_count(&self) -> usize {
         self.timers.len()
+    }
+
+    /// What a connected client's CONNECT settled: protocol, session kind,
+    /// keep-alive. `None` unless `conn` is connected (CONNACK sent).
+    pub fn client_info(&self, conn: ConnId) -> Option<ClientInfo> {
+        let c = self.conns.get(&conn)?;
+        let state::ConnState::Connected { session } = &c.state else {
+            return None;
+        };
+        let expiry = self.sessions.get(session)?.expiry_interval;
+        Some(ClientInfo {
+            protocol: c.protocol,
+            persistent: expiry > 0,
+            session_expiry_secs: expiry,
+            keep_alive_secs: c.keep_alive_ms / 1000,
+        })
     }
 
     /// Whether a session exists for `client_id`.

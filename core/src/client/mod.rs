@@ -210,6 +210,15 @@ pub enum PublishError {
     NotConnected,
 }
 
+impl core::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            PublishError::QueueFull => "queue full",
+            PublishError::NotConnected => "not connected",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Disconnected,

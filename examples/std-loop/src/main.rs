@@ -94,11 +94,11 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The driver's listeners: the configured MQTT ones, then `[http]`.
     let mut listeners = Vec::new();
-    for l in driver.listeners() {
-        let listener = TcpListener::bind(l.bind)?;
+    let binds: Vec<_> = driver.listeners().map(|l| l.bind).collect();
+    for bind in binds {
+        let listener = TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        tracing::info!(protocol = l.protocol.name(), %addr, "listening");
+        driver.handle_listening(listeners.len(), listener.local_addr()?);
         listeners.push(Some(listener));
     }
     for warning in config.warnings() {

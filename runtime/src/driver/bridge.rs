@@ -567,7 +567,7 @@ impl Driver {
                     }
                     Err(e) => {
                         if let Some(token) = token {
-                            warn!(bridge = bridge.name(), error = ?e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
+                            warn!(bridge = bridge.name(), error = %e, dropped = bridge.remote.dropped(), "bridge queue full: message dropped");
                             bridge.local.ack(now, token);
                         }
                     }

@@ -62,7 +62,7 @@ impl fmt::Display for FileError {
                 bind,
                 key,
                 source,
-            } => write!(f, "listener[{listener}] ({bind}).{key}: {source}"),
+            } => write!(f, "listener[{listener}].{key} ({bind}): {source}"),
             FileError::BridgeTls {
                 bridge,
                 key,

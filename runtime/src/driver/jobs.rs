@@ -3,7 +3,7 @@
 //! run at once; a runtime only runs each [`Job`] it is given somewhere off
 //! its event loop and hands the [`JobDone`] back.
 
-use crate::passwd::PasswordFile;
+use crate::passwd::{PasswordFile, Rehash};
 use roost_core::broker::{AuthDecision, AuthToken, ConnId, StoreId, StoreOp};
 use roost_core::codec::ReasonCode;
 use roost_persistence::{Store, StoreError};
@@ -129,8 +129,13 @@ impl Job {
                 DoneKind::Cluster(Vec::new())
             }
             JobKind::Password(check) => {
-                let ok = std::str::from_utf8(&check.password)
-                    .is_ok_and(|password| check.passwords.verify(&check.user, password));
+                let ok = std::str::from_utf8(&check.password).is_ok_and(|password| {
+                    let ok = check.passwords.verify(&check.user, password);
+                    if ok && check.passwords.is_legacy(&check.user) {
+                        rehash(&check.passwords, &check.user, password);
+                    }
+                    ok
+                });
                 DoneKind::Password {
                     token: check.token,
                     conn: check.conn,
@@ -155,6 +160,24 @@ impl Job {
     /// Whether this is a password check (runtimes may log it).
     pub fn is_password_check(&self) -> bool {
         matches!(self.0, JobKind::Password(_))
+    }
+}
+
+/// Replaces a Mosquitto hash that just verified with Argon2id in the
+/// password file, and says so.
+fn rehash(passwords: &PasswordFile, user: &str, password: &str) {
+    match passwords.rehash_on_login(user, password) {
+        Rehash::Rewritten(path) => tracing::info!(
+            user,
+            file = %path.display(),
+            "password hash upgraded from Mosquitto's to Argon2id"
+        ),
+        Rehash::Failed(e) => tracing::warn!(
+            user,
+            "cannot upgrade Mosquitto password hashes to Argon2id on login ({e}); they keep \
+             working, and `roost passwd add USER` sets one anew"
+        ),
+        _ => {}
     }
 }
 

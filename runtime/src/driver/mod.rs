@@ -234,6 +234,9 @@ struct ListenerState {
     backoff: Option<Duration>,
     /// Connections accepted on it, for metrics.
     accepted: u64,
+    /// The address it is bound to (see [`Driver::handle_listening`]), once
+    /// known: `bind` with port 0 becomes the port the system chose.
+    bound: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,6 +507,7 @@ impl Driver {
                 passwords,
                 backoff: None,
                 accepted: 0,
+                bound: None,
             });
         }
         let denied = files::denied_code(config);
@@ -524,6 +528,7 @@ impl Driver {
                 passwords: None,
                 backoff: None,
                 accepted: 0,
+                bound: None,
             });
         }
         engine.cluster = config.cluster.is_some();
@@ -635,6 +640,15 @@ impl Driver {
     /// listeners, then the `[http]` endpoint if configured.
     pub fn listeners(&self) -> impl Iterator<Item = &config::Listener> {
         self.listeners.iter().map(|l| &l.config)
+    }
+
+    /// The runtime bound listener `index` (in [`Driver::listeners`] order)
+    /// to `addr`: logged, and named in the connect lines of its clients.
+    pub fn handle_listening(&mut self, index: usize, addr: SocketAddr) {
+        if let Some(l) = self.listeners.get_mut(index) {
+            l.bound = Some(addr);
+            info!(protocol = l.config.protocol.name(), %addr, "listening");
+        }
     }
 
     /// Connections the runtime holds a socket for (lingering ones too).
@@ -1702,6 +1716,15 @@ fn log_close(conn: ConnId, reason: &CloseReason) {
     }
 }
 
+/// The MQTT version as operators write it.
+fn mqtt_version(protocol: roost_core::codec::Protocol) -> &'static str {
+    match protocol {
+        roost_core::codec::Protocol::V3_1 => "3.1",
+        roost_core::codec::Protocol::V3_1_1 => "3.1.1",
+        roost_core::codec::Protocol::V5 => "5.0",
+    }
+}
+
 impl Driver {
     /// One line per connect and per disconnect at the default level, with
     /// what an operator (or fail2ban) needs, and no Rust debug output.
@@ -1710,7 +1733,7 @@ impl Driver {
         let listener = |conn: &ConnId| {
             io(conn)
                 .and_then(|io| self.listeners.get(io.listener))
-                .map(|l| (l.config.protocol.name(), l.config.bind))
+                .map(|l| (l.config.protocol.name(), l.bound.unwrap_or(l.config.bind)))
         };
         match event {
             EngineEvent::ClientConnected {
@@ -1719,12 +1742,16 @@ impl Driver {
                 username,
             } => {
                 let (transport, bind) = listener(conn).unzip();
+                let client = self.broker.client_info(*conn);
                 info!(
                     %client_id,
                     user = %username.as_ref().map_or("-", |u| u.as_str()),
                     remote = %DisplayAddr(io(conn).and_then(|io| io.remote)),
                     listener = %DisplayAddr(bind),
                     transport = %transport.unwrap_or("-"),
+                    protocol = %client.map_or("-", |c| mqtt_version(c.protocol)),
+                    session = %client.map_or("-", |c| if c.persistent { "persistent" } else { "clean" }),
+                    keep_alive_s = client.map_or(0, |c| c.keep_alive_secs),
                     certificate = io(conn).is_some_and(|io| io.cert_user),
                     "client connected"
                 )

@@ -293,14 +293,18 @@ pub fn systemd_notify(binary: &Path) {
     );
     let ready = systemd.next(|| roost.log());
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    // Ready means listening: the address is logged and takes clients.
-    let addr: SocketAddr = roost
-        .log()
-        .lines()
-        .find(|l| l.contains("listening"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("READY=1 before listening:\n{}", roost.log()));
+    // Ready means listening: the address is logged (the broker wrote it
+    // before READY=1; the test's reader of its stderr may lag) and takes
+    // clients.
+    let addr: SocketAddr = poll(|| {
+        roost
+            .log()
+            .lines()
+            .find(|l| l.contains("listening"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+            .and_then(|a| a.parse().ok())
+    })
+    .unwrap_or_else(|| panic!("READY=1 but no listening line:\n{}", roost.log()));
     Raw::connected(
         addr,
         V311,
@@ -386,4 +390,633 @@ pub fn reload_configuration(binary: &Path) {
     assert!(line.contains(&config.display().to_string()), "{line}");
     assert_eq!(suback(addr, "b/x"), 0, "{log}");
     assert_eq!(suback(addr, "a/x"), 0x80, "{log}");
+}
+
+/// Runs `binary args` to its exit, as an operator starting it would, and
+/// returns its status and what it wrote to stderr.
+fn start_fails(binary: &Path, config: &Path) -> String {
+    let mut roost = Roost::spawn(binary, &["--config", config.to_str().unwrap()], &[]);
+    let status = roost.wait_exit();
+    let log = roost.log();
+    assert!(!status.success(), "started anyway:\n{log}");
+    log
+}
+
+/// What an operator reads is words, not Rust's debug output.
+fn assert_no_debug_output(log: &str) {
+    for debug in [
+        "Os {",
+        "kind: ",
+        "Some(",
+        "FjallError",
+        "LsmTreeError",
+        "Error {",
+    ] {
+        assert!(
+            !log.contains(debug),
+            "Rust debug output {debug:?} in:\n{log}"
+        );
+    }
+}
+
+/// Start-up errors name the key at fault and say what is wrong in words:
+/// a store another broker holds, a store path under a file, a missing
+/// certificate, a key that does not belong to its certificate, a CRL that
+/// does not parse.
+pub fn startup_errors(binary: &Path) {
+    let dir = temp("errors");
+    let d = dir.path();
+    let store_at = |path: &str| {
+        format!(
+            "{LISTENER}[persistence]\nstore = \"fjall\"\npath = \"{path}\"\n[sys]\ninterval_secs = 0\n"
+        )
+    };
+
+    // The store directory is in use by another broker.
+    let holder_config = d.join("holder.toml");
+    std::fs::write(&holder_config, store_at("data")).expect("config");
+    let holder = Roost::start(
+        binary,
+        &["--config", holder_config.to_str().unwrap()],
+        &[],
+        1,
+    );
+    let log = start_fails(binary, &holder_config);
+    assert!(
+        log.contains("another process (another roost?) has it open"),
+        "{log}"
+    );
+    assert!(log.contains(&d.join("data").display().to_string()), "{log}");
+    assert_no_debug_output(&log);
+    drop(holder);
+
+    // The store path runs through a file.
+    std::fs::write(d.join("file"), "x").expect("file");
+    let config = d.join("under-file.toml");
+    std::fs::write(&config, store_at("file/data")).expect("config");
+    let log = start_fails(binary, &config);
+    assert!(log.contains("Not a directory"), "{log}");
+    assert_no_debug_output(&log);
+
+    // A missing certificate on the second listener.
+    let tls = |cert: &str, key: &str, extra: &str| {
+        format!(
+            "{LISTENER}[[listener]]\nprotocol = \"tls\"\nbind = \"127.0.0.1:0\"\n\
+             allow_anonymous = true\ncert = \"{cert}\"\nkey = \"{key}\"\n{extra}"
+        )
+    };
+    let config = d.join("no-cert.toml");
+    std::fs::write(&config, tls("missing.crt", "missing.key", "")).expect("config");
+    let log = start_fails(binary, &config);
+    assert!(
+        log.contains("listener[1].cert (127.0.0.1:0): ")
+            && log.contains("missing.crt: No such file or directory"),
+        "{log}"
+    );
+    assert_no_debug_output(&log);
+
+    // A key that belongs to another certificate.
+    let pki = crate::pki::Pki::new("startup errors CA");
+    let (cert, _) = pki.client(1, "a").write(d, "a");
+    let (_, key) = pki.client(2, "b").write(d, "b");
+    let config = d.join("mismatch.toml");
+    std::fs::write(
+        &config,
+        tls(cert.to_str().unwrap(), key.to_str().unwrap(), ""),
+    )
+    .expect("config");
+    let log = start_fails(binary, &config);
+    assert!(
+        log.contains("listener[1].cert/key (127.0.0.1:0): ")
+            && log.contains("the key does not belong to the certificate"),
+        "{log}"
+    );
+    assert_no_debug_output(&log);
+
+    // A CRL whose PEM holds no CRL a parser can read.
+    let (cert, key) = pki.client(3, "c").write(d, "c");
+    std::fs::write(d.join("ca.crt"), &pki.ca_pem).expect("ca");
+    std::fs::write(
+        d.join("bad.crl"),
+        "-----BEGIN X509 CRL-----\nAAAAAAAA\n-----END X509 CRL-----\n",
+    )
+    .expect("crl");
+    let config = d.join("bad-crl.toml");
+    std::fs::write(
+        &config,
+        tls(
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "client_ca = \"ca.crt\"\ncrl_file = \"bad.crl\"\n",
+        ),
+    )
+    .expect("config");
+    let log = start_fails(binary, &config);
+    assert!(
+        log.contains("listener[1].crl_file (127.0.0.1:0): ") && log.contains("unusable CRL"),
+        "{log}"
+    );
+    assert_no_debug_output(&log);
+}
+
+/// SIGHUP: what cannot change while the broker runs (a listener added,
+/// a limit, an MQTT capability) is named in a warning, and the rest of the
+/// file (a new password file path) is applied.
+pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
+    let dir = temp("reload-later");
+    let d = dir.path();
+    let config = d.join("roost.toml");
+    let listener = "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n";
+    std::fs::write(&config, format!("{LISTENER}[limits]\nmax_inflight = 10\n")).expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    std::fs::write(
+        &config,
+        format!(
+            "{LISTENER}{listener}allow_anonymous = true\n\
+             [limits]\nmax_inflight = 20\n[mqtt]\nmaximum_qos = 1\n"
+        ),
+    )
+    .expect("config");
+    roost.signal("HUP");
+    assert!(
+        roost.wait_log("configuration file re-read", 1),
+        "{}",
+        roost.log()
+    );
+    let log = roost.log();
+    for needle in [
+        "reload: listener[1] (tcp on 127.0.0.1:0) added; this takes effect at the next restart",
+        "reload: limits.max_inflight changed; this takes effect at the next restart",
+        "reload: mqtt.maximum_qos changed; this takes effect at the next restart",
+    ] {
+        let line = log.lines().find(|l| l.contains(needle));
+        assert!(
+            line.is_some_and(|l| l.contains(" WARN ")),
+            "no warning {needle:?} in:\n{log}"
+        );
+    }
+    // Still the running configuration: one listener, QoS 2 granted.
+    assert_eq!(
+        log.lines().filter(|l| l.contains("listening")).count(),
+        1,
+        "{log}"
+    );
+    let mut client = Raw::connected(
+        roost.addrs[0],
+        V311,
+        &Connect {
+            client_id: "qos-probe",
+            ..Default::default()
+        },
+    );
+    assert_eq!(client.subscribe(1, "q/#", 2), 2, "{log}");
+    client.disconnect();
+    assert_no_debug_output(&log);
+}
+
+/// A line-by-line reader of a child's stdout.
+struct Lines {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Lines {
+    fn spawn(program: &str, args: &[String]) -> Lines {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install mosquitto-clients"));
+        let stdout = child.stdout.take().expect("stdout");
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut out = sink.lock().expect("out");
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        Lines { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().expect("out").clone()
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs mosquitto_pub to its end (bounded); whether it succeeded, and
+/// what it said.
+fn mosquitto_pub(args: &[String]) -> (bool, String) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub: install mosquitto-clients");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// SIGHUP swaps the server certificate: a client connected before keeps
+/// its connection (and receives), a new client is served the new
+/// certificate (it verifies against the new one's CA only), with
+/// mosquitto_sub and mosquitto_pub.
+pub fn reload_certificate(binary: &Path) {
+    use roost_conformance::blocking::TestCert;
+    let dir = temp("reload-cert");
+    let d = dir.path();
+    let old_dir = d.join("old");
+    let new_dir = d.join("new");
+    std::fs::create_dir_all(&old_dir).expect("dir");
+    std::fs::create_dir_all(&new_dir).expect("dir");
+    let old = TestCert::new(&old_dir);
+    let new = TestCert::new(&new_dir);
+    let served = d.join("served");
+    std::fs::create_dir_all(&served).expect("dir");
+    let serve = |cert: &TestCert| {
+        std::fs::copy(&cert.cert_path, served.join("server.crt")).expect("copy");
+        std::fs::copy(&cert.key_path, served.join("server.key")).expect("copy");
+    };
+    serve(&old);
+    let config = d.join("roost.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nprotocol = \"tls\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\
+         cert = \"served/server.crt\"\nkey = \"served/server.key\"\n[sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let port = roost.addrs[0].port().to_string();
+    let args = |ca: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["-h", "127.0.0.1", "-p", &port, "--cafile"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        a.push(ca.to_str().unwrap().to_owned());
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+
+    // Before: the old certificate is served.
+    let (ok, said) = mosquitto_pub(&args(&new.cert_path, &["-t", "t", "-m", "x"]));
+    assert!(!ok, "the new CA verified the old certificate: {said}");
+    let sub = Lines::spawn(
+        "mosquitto_sub",
+        &args(
+            &old.cert_path,
+            &["-i", "keeper", "-t", "swap/t", "-q", "1", "-W", "30"],
+        ),
+    );
+    // Publish until the subscriber has one (its SUBACK may not be back).
+    let subscribed = poll(|| {
+        let (ok, said) = mosquitto_pub(&args(
+            &old.cert_path,
+            &["-t", "swap/t", "-m", "before-swap", "-q", "1"],
+        ));
+        assert!(ok, "publish with the old certificate: {said}");
+        sub.text().contains("before-swap").then_some(())
+    });
+    assert!(
+        subscribed.is_some(),
+        "subscriber: {}\nlog:\n{}",
+        sub.text(),
+        roost.log()
+    );
+
+    serve(&new);
+    roost.signal("HUP");
+    assert!(
+        roost.wait_log("certificates, password and ACL files reloaded", 1),
+        "{}",
+        roost.log()
+    );
+
+    // A new client sees the new certificate: the old CA no longer
+    // verifies it, the new one does.
+    let (ok, said) = mosquitto_pub(&args(&old.cert_path, &["-t", "t", "-m", "x"]));
+    assert!(!ok, "the old certificate is still served: {said}");
+    let (ok, said) = mosquitto_pub(&args(
+        &new.cert_path,
+        &[
+            "-i",
+            "newcomer",
+            "-t",
+            "swap/t",
+            "-m",
+            "after-swap",
+            "-q",
+            "1",
+        ],
+    ));
+    assert!(
+        ok,
+        "the new certificate is not served: {said}\n{}",
+        roost.log()
+    );
+
+    // The subscriber connected before the swap is still on its connection
+    // (it could not reconnect: it trusts only the old CA) and receives.
+    assert!(
+        poll(|| sub.text().contains("after-swap").then_some(())).is_some(),
+        "subscriber: {}\nlog:\n{}",
+        sub.text(),
+        roost.log()
+    );
+    let log = roost.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("client connected") && l.contains("client_id=keeper"))
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// Runs `program args` with `stdin` to its end (each program here ends by
+/// itself: mosquitto_pub gives up on its own).
+fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): apt-get install mosquitto mosquitto-clients")
+        });
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// The hash `user` has in the password file at `path`.
+fn hash_of(path: &Path, user: &str) -> String {
+    std::fs::read_to_string(path)
+        .expect("read the password file")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{user}:")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {user} in the password file"))
+}
+
+/// Migrating from Mosquitto: a password file made by the real
+/// `mosquitto_passwd` works unchanged, `passwd` takes passwords from
+/// standard input (no terminal needed) and refuses empty ones, and a
+/// Mosquitto hash becomes Argon2id in the file at its user's first
+/// successful login (not at a failed one).
+pub fn mosquitto_password_file(binary: &Path) {
+    let dir = temp("mosquitto-passwd");
+    let file = dir.path().join("passwd");
+    let f = file.to_str().expect("utf-8");
+    // $7$ (PBKDF2-SHA512, Mosquitto 2's default) and $6$ (SHA-512).
+    let made = run_with(
+        "mosquitto_passwd",
+        &["-c", "-b", f, "alice", "s3cret"],
+        None,
+    );
+    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    let made = run_with(
+        "mosquitto_passwd",
+        &["-H", "sha512", "-b", f, "bob", "hunter2"],
+        None,
+    );
+    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(hash_of(&file, "alice").starts_with("$7$"));
+    assert!(hash_of(&file, "bob").starts_with("$6$"));
+
+    // passwd, password on stdin: the explicit flag, and a pipe alone.
+    let roost = binary.to_str().expect("utf-8");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "carol", "--password-stdin", "--file", f],
+        Some("pw carol\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "dave", "--file", f],
+        Some("pw dave\n"),
+    );
+    assert!(out.status.success(), "no terminal: stdin is read: {out:?}");
+    let out = run_with(
+        roost,
+        &["passwd", "add", "erin", "--password-stdin", "--file", f],
+        Some("\n"),
+    );
+    assert!(!out.status.success(), "an empty password is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    let out = run_with(
+        roost,
+        &["passwd", "add", "erin", "--password", "", "--file", f],
+        None,
+    );
+    assert!(!out.status.success(), "an empty --password is refused");
+    // upgrade names the users still on Mosquitto hashes.
+    let out = run_with(roost, &["passwd", "upgrade", "--file", f], None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
+        "{out:?}"
+    );
+
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\npassword_file = \"passwd\"\n\
+         [sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let port = roost.addrs[0].port().to_string();
+    let publish = |user: &str, password: &str| {
+        run_with(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                user,
+                "-P",
+                password,
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ],
+            None,
+        )
+        .status
+        .success()
+    };
+    // Wrong passwords change nothing.
+    assert!(!publish("alice", "s3cret!"), "$7$ hash, wrong password");
+    assert!(!publish("bob", "hunter"), "$6$ hash, wrong password");
+    assert!(hash_of(&file, "alice").starts_with("$7$"));
+    assert!(hash_of(&file, "bob").starts_with("$6$"));
+    // The right ones log in, and the hash is Argon2id from then on.
+    assert!(publish("alice", "s3cret"), "$7$ hash, right password");
+    assert!(publish("bob", "hunter2"), "$6$ hash, right password");
+    for user in ["alice", "bob"] {
+        assert!(
+            poll(|| hash_of(&file, user).starts_with("$argon2id$").then_some(())).is_some(),
+            "{user}'s hash was not upgraded; log:\n{}",
+            roost.log()
+        );
+    }
+    assert!(
+        roost.wait_log("password hash upgraded from Mosquitto's to Argon2id", 2),
+        "{}",
+        roost.log()
+    );
+    assert!(
+        publish("carol", "pw carol"),
+        "added through --password-stdin"
+    );
+    assert!(publish("dave", "pw dave"), "added through a pipe");
+    assert!(!publish("erin", ""), "never added");
+    // The new hashes: after a reload (the file read again) and before.
+    assert!(publish("alice", "s3cret"), "{}", roost.log());
+    roost.signal("HUP");
+    assert!(roost.wait_log("files reloaded", 1), "{}", roost.log());
+    assert!(publish("alice", "s3cret"), "{}", roost.log());
+    assert!(publish("bob", "hunter2"), "{}", roost.log());
+    assert!(!publish("bob", "hunter"), "{}", roost.log());
+    let out = run_with(
+        binary.to_str().unwrap(),
+        &["passwd", "upgrade", "--file", f],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("every user has an Argon2id hash"),
+        "{out:?}"
+    );
+    assert_no_debug_output(&roost.log());
+}
+
+/// What an operator reads on stderr at the default level: one line per
+/// connect (with the listener's bound address, the MQTT version, the
+/// session kind and the keep-alive), disconnect and refused
+/// authentication, with the fields named in README, and no Rust debug
+/// output.
+pub fn operator_log_lines(binary: &Path) {
+    let dir = temp("operator-logs");
+    let mut file = roost_runtime::passwd::PasswordFile::new();
+    file.set("alice", "right").expect("set");
+    file.save(dir.path().join("passwd")).expect("save");
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\npassword_file = \"passwd\"\n\
+         [sys]\ninterval_secs = 0\n",
+    )
+    .expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let port = roost.addrs[0].port().to_string();
+    let publish = |id: &str, password: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            id,
+            "-u",
+            "alice",
+            "-P",
+            password,
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ];
+        args.extend_from_slice(extra);
+        run_with("mosquitto_pub", &args, None).status.success()
+    };
+    assert!(publish("good-client", "right", &[]));
+    assert!(publish(
+        "kept-client",
+        "right",
+        &["-V", "mqttv5", "-c", "-x", "300", "-k", "30"]
+    ));
+    assert!(!publish("bad-client", "wrong", &[]));
+    assert!(
+        roost.wait_log("authentication refused", 1),
+        "{}",
+        roost.log()
+    );
+    assert!(roost.wait_log("client disconnected", 2), "{}", roost.log());
+    let log = roost.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} line in:\n{log}"))
+    };
+    let connected = line("client connected client_id=good-client");
+    for field in [
+        "user=alice",
+        "remote=127.0.0.1:",
+        // The address the listener is bound to, not the configured port 0.
+        &format!("listener=127.0.0.1:{port} "),
+        "transport=tcp",
+        // mosquitto_pub's defaults: MQTT 3.1.1, clean session, 60 s.
+        "protocol=3.1.1",
+        "session=clean",
+        "keep_alive_s=60",
+        " INFO ",
+    ] {
+        assert!(connected.contains(field), "{field} missing: {connected}");
+    }
+    let kept = line("client connected client_id=kept-client");
+    for field in ["protocol=5.0", "session=persistent", "keep_alive_s=30"] {
+        assert!(kept.contains(field), "{field} missing: {kept}");
+    }
+    let disconnected = line("client disconnected client_id=good-client");
+    for field in ["reason=", "duration_s=", "remote=127.0.0.1:", " INFO "] {
+        assert!(
+            disconnected.contains(field),
+            "{field} missing: {disconnected}"
+        );
+    }
+    let refused = line("authentication refused");
+    for field in ["user=alice", "remote=127.0.0.1:", "reason="] {
+        assert!(refused.contains(field), "{field} missing: {refused}");
+    }
+    assert_no_debug_output(&log);
+    assert!(!log.contains("None"), "Rust debug output in:\n{log}");
 }
