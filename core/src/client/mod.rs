@@ -93,6 +93,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Acknowledge inbound QoS 1/2 messages only on [`Client::ack`].
     pub manual_ack: bool,
+    /// Send the subscriptions right behind CONNECT instead of after
+    /// CONNACK (MQTT allows it [MQTT-3.1.4-5]), so that they are in place as
+    /// soon as the server has read them.
+    pub subscribe_with_connect: bool,
 }
 
 impl ClientConfig {
@@ -114,6 +118,7 @@ impl ClientConfig {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(30),
             manual_ack: false,
+            subscribe_with_connect: false,
         }
     }
 
@@ -405,6 +410,9 @@ impl Client {
             deadline: now + c.connect_timeout,
         };
         self.send(&Packet::Connect(alloc::boxed::Box::new(connect)));
+        if self.config.subscribe_with_connect {
+            self.subscribe();
+        }
     }
 
     /// Bytes arrived from the transport, split anyhow.
@@ -740,17 +748,25 @@ impl Client {
             };
             self.send(&packet);
         }
-        if !self.config.subscriptions.is_empty() {
-            let pid = self.fresh_pid();
-            self.subscribe_pid = Some(pid);
-            let subscribe = Subscribe {
-                packet_id: pid,
-                subscriptions: self.config.subscriptions.clone(),
-                properties: SubscribeProperties::default(),
-            };
-            self.send(&Packet::Subscribe(subscribe));
+        if !self.config.subscribe_with_connect {
+            self.subscribe();
         }
         self.pump();
+    }
+
+    /// Sends the configured subscriptions, if any.
+    fn subscribe(&mut self) {
+        if self.config.subscriptions.is_empty() {
+            return;
+        }
+        let pid = self.fresh_pid();
+        self.subscribe_pid = Some(pid);
+        let subscribe = Subscribe {
+            packet_id: pid,
+            subscriptions: self.config.subscriptions.clone(),
+            properties: SubscribeProperties::default(),
+        };
+        self.send(&Packet::Subscribe(subscribe));
     }
 
     fn handle_suback(&mut self, ack: SubAck) {

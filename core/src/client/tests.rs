@@ -665,3 +665,38 @@ fn manual_ack_ids_of_a_forgotten_session_are_ignored() {
     pair.settle();
     assert_eq!(pair.broker.inflight_count("bridge-1"), 0);
 }
+
+/// With `subscribe_with_connect` the SUBSCRIBE leaves right behind the
+/// CONNECT, before any CONNACK, and the server takes both: the
+/// subscription is in place once the server has read the bytes.
+#[test]
+fn subscribes_behind_the_connect() {
+    let mut pair = Pair::new(ClientConfig {
+        subscribe_with_connect: true,
+        ..manual(Protocol::V5)
+    });
+    let conn = pair.broker.handle_open(pair.now, ConnInfo::default());
+    pair.conn = Some(conn);
+    pair.client.handle_connected(pair.now);
+    let first = pair.client.poll_transmit().expect("CONNECT and SUBSCRIBE");
+    pair.record_sent(&first);
+    assert_eq!(pair.sent, [0x10, 0x82], "CONNECT then SUBSCRIBE");
+    pair.broker.handle_bytes(pair.now, conn, &first);
+    // Routed at once, before the client has read CONNACK or SUBACK.
+    pair.broker
+        .publish(pair.now, message("cmd/x", "early", QoS::AtLeastOnce));
+    pair.settle();
+    let events = pair.take_events();
+    assert_eq!(
+        events[..2],
+        [
+            ClientEvent::Connected {
+                session_present: false
+            },
+            ClientEvent::Subscribed(vec![Ok(QoS::ExactlyOnce)])
+        ]
+    );
+    let got = messages(events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, Bytes::from_static(b"early"));
+}

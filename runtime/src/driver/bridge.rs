@@ -200,6 +200,9 @@ impl Bridge {
             clean_start: false,
             session_expiry: LOCAL_SESSION_EXPIRY,
             manual_ack: true,
+            // In place before any client's first PUBLISH is read, even
+            // while the CONNACK waits for the store.
+            subscribe_with_connect: true,
             keep_alive: 0,
             username: config.local_username.as_deref().and_then(mqtt_str),
             subscriptions: filters_out
