@@ -1020,3 +1020,23 @@ pub fn operator_log_lines(binary: &Path) {
     assert_no_debug_output(&log);
     assert!(!log.contains("None"), "Rust debug output in:\n{log}");
 }
+
+/// One `#[test]` per service check above, against the binary `$binary`
+/// returns (a `&Path`); every runtime's `tests/service.rs` declares them
+/// with this, after `#[macro_use] mod service_bin;`.
+macro_rules! service_tests {
+    ($binary:expr) => {
+        service_tests!(@each $binary;
+            pid_file, systemd_notify, reload_configuration, startup_errors,
+            reload_names_what_waits_for_a_restart, reload_certificate,
+            mosquitto_password_file, operator_log_lines);
+    };
+    (@each $binary:expr; $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                service_bin::$check($binary);
+            }
+        )*
+    };
+}
