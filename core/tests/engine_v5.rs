@@ -2624,3 +2624,70 @@ fn an_unfinished_packet_times_out_with_disconnect_0x8d() {
     }
     sim.assert_no_leaks();
 }
+
+// ---- reconfigure (a re-read configuration) ----
+
+/// New limits apply to new connections and to checks made from now on;
+/// what a connected MQTT 5 client was promised in its CONNACK holds.
+#[test]
+fn reconfigure_keeps_what_a_connack_promised() {
+    let mut sim = sim_with(|c| {
+        c.limits.max_packet_size = 1000;
+        c.topic_alias_maximum = 5;
+    });
+    let (old, ack) = join(&mut sim, connect5("old", true, 0));
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(1000)
+    );
+    let (sub, _) = join(&mut sim, connect5("sub", true, 0));
+    sim.subscribe(sub, 1, &[("t/#", QoS::AtMostOnce)]);
+
+    sim.broker.reconfigure(
+        sim.now,
+        Config {
+            limits: roost_core::broker::Limits {
+                max_packet_size: 200,
+                max_connections: 3,
+                ..Default::default()
+            },
+            topic_alias_maximum: 0,
+            maximum_qos: QoS::AtLeastOnce,
+            ..Config::default()
+        },
+    );
+    // The new limits for a new client: announced and enforced.
+    let (new, ack) = join(&mut sim, connect5("new", true, 0));
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(200)
+    );
+    assert_eq!(ack.properties.topic_alias_maximum, None);
+    assert_eq!(ack.properties.maximum_qos, Some(QoS::AtLeastOnce));
+    sim.publish(new, "t/1", &[b'n'; 500], QoS::AtMostOnce, 1, false);
+    assert_disconnected(&mut sim, new, ReasonCode::PacketTooLarge);
+
+    // The connected client keeps its promised 1000 bytes and alias 5.
+    sim.publish(old, "t/2", &[b'o'; 500], QoS::AtMostOnce, 1, false);
+    let mut aliased = publish("t/3", b"a", QoS::AtMostOnce, 2, false);
+    aliased.properties.topic_alias = NonZeroU16::new(5);
+    sim.send(old, Packet::Publish(aliased));
+    assert!(sim.closed(old).is_none(), "{:?}", sim.closed(old));
+    let got = sim.publishes(sub);
+    assert_eq!(
+        got.iter().map(|p| p.topic.as_str()).collect::<Vec<_>>(),
+        ["t/2", "t/3"]
+    );
+    // A check made now uses the new capability: QoS 2 is over the maximum.
+    sim.send(
+        old,
+        Packet::Publish(publish("t/4", b"q", QoS::ExactlyOnce, 3, false)),
+    );
+    assert_disconnected(&mut sim, old, ReasonCode::QoSNotSupported);
+
+    // max_connections lowered to 3: sub plus two more.
+    let _a = join(&mut sim, connect5("a", true, 0));
+    let _b = join(&mut sim, connect5("b", true, 0));
+    let (_, refused) = sim.connect_with(connect5("c", true, 0));
+    assert_eq!(refused.expect("CONNACK").reason, ReasonCode::ServerBusy);
+}

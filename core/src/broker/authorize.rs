@@ -109,7 +109,6 @@ impl Broker {
             return;
         };
         self.timers.remove(&(held.deadline, Timer::Authorize(id)));
-        let max = self.config.limits.max_packet_size as usize;
         if let HeldPacket::Will {
             connect,
             client_id,
@@ -121,7 +120,7 @@ impl Broker {
             // published, so the CONNECT that carries it may not succeed.
             if decision == AuthorizeDecision::Publish(PublishDecision::Allow) {
                 self.admit(id, connect, client_id, assigned);
-                self.process_input(id, max);
+                self.process_input(id);
             } else {
                 self.refuse(id, ReasonCode::NotAuthorized);
             }
@@ -157,7 +156,7 @@ impl Broker {
             HeldPacket::Will { .. } => {}
         }
         // What the client sent while it waited.
-        self.process_input(id, max);
+        self.process_input(id);
         // Its timer was put off while input was paused (see `conn_timer`):
         // bring it back to the real deadline.
         if self.conns.get(&id).is_some_and(|c| c.authorizing.is_none()) {

@@ -285,13 +285,12 @@ impl Broker {
         };
         c.auth_step = AuthStep::Idle;
         let connecting = matches!(c.state, ConnState::Authenticating { .. });
-        let max = self.config.limits.max_packet_size as usize;
         match decision {
             AuthDecision::Accept if connecting => {
                 let state = core::mem::replace(&mut c.state, ConnState::AwaitingConnect);
                 if let ConnState::Authenticating { connect } = state {
                     self.accept(id, connect);
-                    self.process_input(id, max);
+                    self.process_input(id);
                 }
             }
             AuthDecision::Accept => {
@@ -328,7 +327,7 @@ impl Broker {
                 self.send(id, &Packet::Auth(Box::new(auth)));
                 // The answer may be waiting in the read buffer already.
                 if connecting {
-                    self.process_input(id, max);
+                    self.process_input(id);
                 }
             }
             AuthDecision::Reject(reason) if connecting => {
@@ -598,6 +597,12 @@ impl Broker {
             .properties
             .maximum_packet_size
             .map_or(u32::MAX, |m| m.get());
+        if v5 {
+            // What the CONNACK below announces, held for this connection.
+            c.promised_max_packet = self.config.limits.max_packet_size.max(1);
+            c.promised_receive_max = self.config.receive_maximum;
+            c.promised_alias_max = self.config.topic_alias_maximum;
+        }
         c.problem_info = connect
             .properties
             .request_problem_information

@@ -215,7 +215,7 @@ impl Broker {
         // told one, and may pipeline up to a larger bound of its own.
         let (limit, reason) = if c.protocol == Protocol::V5 {
             (
-                usize::from(self.config.receive_maximum),
+                usize::from(c.promised_receive_max),
                 CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
             )
         } else {

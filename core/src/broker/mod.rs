@@ -368,14 +368,13 @@ impl Broker {
     /// Bytes arrived on `conn`. Any split of the stream is fine.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         self.advance(now);
-        let max = self.config.limits.max_packet_size as usize;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.read_buf.extend_from_slice(bytes);
         let connecting = matches!(c.state, ConnState::AwaitingConnect);
         self.stats.bytes_received += bytes.len() as u64;
-        self.process_input(conn, max);
+        self.process_input(conn);
         if connecting {
             // The buffer the CONNECT was cut from would stay allocated
             // (empty, but holding it) for as long as the connection is
@@ -390,11 +389,17 @@ impl Broker {
         self.flush();
     }
 
-    fn process_input(&mut self, conn: ConnId, max: usize) {
+    fn process_input(&mut self, conn: ConnId) {
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            // The size an MQTT 5 CONNACK promised holds for the connection;
+            // otherwise the limit in force now.
+            let max = match c.promised_max_packet {
+                0 => self.config.limits.max_packet_size,
+                promised => promised,
+            } as usize;
             if c.authorizing.is_some()
                 || (matches!(c.state, ConnState::Authenticating { .. })
                     && c.auth_step != AuthStep::Challenged)
@@ -498,6 +503,61 @@ impl Broker {
             self.pump(sid);
         }
         self.flush();
+    }
+
+    /// Takes new limits and capabilities from `new` (a re-read
+    /// configuration): [`Config::limits`], the capabilities announced to
+    /// MQTT 5 clients, topic aliases, UTF-8 validation and session sharing.
+    /// They apply to connections that connect from now on and to every
+    /// check made from now on, except what a connected MQTT 5 client was
+    /// promised in its CONNACK (Maximum Packet Size, Receive Maximum,
+    /// Topic Alias Maximum), which holds until it reconnects; a session's
+    /// in-flight window is likewise set when its client connects.
+    ///
+    /// Kept from the running configuration, because they shape state that
+    /// already exists: `random_seed`, `persistence`, `cluster`,
+    /// `sys_interval`, `broker_id`, `version`, `events`, and the
+    /// authentication and authorization policies (replaced with
+    /// [`Broker::set_authentication`] and [`Broker::set_authorization`]).
+    pub fn reconfigure(&mut self, now: Instant, new: Config) {
+        self.advance(now);
+        let Config {
+            limits,
+            receive_maximum,
+            maximum_qos,
+            retain_available,
+            wildcard_subscription_available,
+            subscription_identifiers_available,
+            shared_subscription_available,
+            topic_alias_maximum,
+            outbound_topic_aliases,
+            validate_utf8_payloads,
+            allow_disallowed_code_points,
+            share_sessions_across_identities,
+            // Kept: see above.
+            sys_interval: _,
+            broker_id: _,
+            version: _,
+            events: _,
+            random_seed: _,
+            persistence: _,
+            cluster: _,
+            authentication: _,
+            authorization: _,
+        } = new;
+        let c = &mut self.config;
+        c.limits = limits;
+        c.receive_maximum = receive_maximum;
+        c.maximum_qos = maximum_qos;
+        c.retain_available = retain_available;
+        c.wildcard_subscription_available = wildcard_subscription_available;
+        c.subscription_identifiers_available = subscription_identifiers_available;
+        c.shared_subscription_available = shared_subscription_available;
+        c.topic_alias_maximum = topic_alias_maximum;
+        c.outbound_topic_aliases = outbound_topic_aliases;
+        c.validate_utf8_payloads = validate_utf8_payloads;
+        c.allow_disallowed_code_points = allow_disallowed_code_points;
+        c.share_sessions_across_identities = share_sessions_across_identities;
     }
 
     /// Replaces how CONNECTs are authenticated, for connections that have

@@ -20,7 +20,7 @@ impl Broker {
         };
         let v5 = c.protocol == Protocol::V5;
         if let Some(alias) = p.properties.topic_alias.take() {
-            if alias.get() > self.config.topic_alias_maximum {
+            if alias.get() > c.promised_alias_max {
                 self.close(id, CloseReason::Protocol(ReasonCode::TopicAliasInvalid));
                 return;
             }
@@ -86,7 +86,7 @@ impl Broker {
             // never are, so they get a larger bound of their own.
             let (limit, reason) = if v5 {
                 (
-                    usize::from(self.config.receive_maximum),
+                    usize::from(c.promised_receive_max),
                     CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
                 )
             } else {

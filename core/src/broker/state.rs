@@ -108,6 +108,13 @@ pub(crate) struct Conn {
     pub(crate) client_alias_max: u16,
     /// The client's Maximum Packet Size.
     pub(crate) client_max_packet: u32,
+    /// What the MQTT 5 CONNACK promised this client, which a later
+    /// [`crate::broker::Broker::reconfigure`] does not take back: its
+    /// Maximum Packet Size (0: nothing promised, the configured limit
+    /// applies), Receive Maximum and Topic Alias Maximum.
+    pub(crate) promised_max_packet: u32,
+    pub(crate) promised_receive_max: u16,
+    pub(crate) promised_alias_max: u16,
     /// Whether the client wants reason strings and user properties on
     /// failures (MQTT 5 Request Problem Information).
     pub(crate) problem_info: bool,
@@ -150,6 +157,9 @@ impl Conn {
             aliases: None,
             client_alias_max: 0,
             client_max_packet: u32::MAX,
+            promised_max_packet: 0,
+            promised_receive_max: 0,
+            promised_alias_max: 0,
             problem_info: true,
             auth: None,
             auth_step: AuthStep::Idle,
