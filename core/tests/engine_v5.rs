@@ -2691,3 +2691,17 @@ fn reconfigure_keeps_what_a_connack_promised() {
     let (_, refused) = sim.connect_with(connect5("c", true, 0));
     assert_eq!(refused.expect("CONNACK").reason, ReasonCode::ServerBusy);
 }
+
+/// One connection closed by the broker (its listener was removed): MQTT 5
+/// gets DISCONNECT 0x8B, the session stays; the others are untouched.
+#[test]
+fn close_connection_says_server_shutting_down() {
+    let mut sim = sim_with(|_| {});
+    let (a, _) = join(&mut sim, connect5("a", false, 60));
+    let (b, _) = join(&mut sim, connect5("b", true, 0));
+    sim.broker.close_connection(sim.now, a);
+    sim.drain();
+    assert_disconnected(&mut sim, a, ReasonCode::ServerShuttingDown);
+    assert!(sim.closed(b).is_none());
+    assert!(sim.broker.has_session("a"));
+}

@@ -69,6 +69,10 @@ use tracing::{info, warn};
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+/// Listener number `i` is registered as `Token(LISTENERS + i)`, apart from
+/// the connections' tokens (counted up from 0), since a reload adds
+/// listeners after connections exist.
+const LISTENERS: usize = usize::MAX / 2;
 
 struct Conn {
     stream: TcpStream,
@@ -167,8 +171,11 @@ impl Server {
         let mut addrs = Vec::new();
         for (index, l) in driver.listeners().enumerate() {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
-            poll.registry()
-                .register(&mut listener, Token(index), Interest::READABLE)?;
+            poll.registry().register(
+                &mut listener,
+                Token(LISTENERS + index),
+                Interest::READABLE,
+            )?;
             addrs.push(listener.local_addr()?);
             listeners.push(Some(listener));
         }
@@ -183,7 +190,7 @@ impl Server {
             let _ = wake.wake();
         }))?;
         Ok(Server {
-            next_token: listeners.len(),
+            next_token: 0,
             config,
             clock,
             poll,
@@ -291,7 +298,9 @@ impl Server {
             match token {
                 WAKER => self.jobs_done(),
                 SIGNALS => self.handle_pending_signals(),
-                Token(i) if i < self.listeners.len() => self.accept(i),
+                Token(i) if i >= LISTENERS && i - LISTENERS < self.listeners.len() => {
+                    self.accept(i - LISTENERS);
+                }
                 token if self.conns.get(&token).is_some_and(|c| c.dialing) => {
                     self.finish_dial(token);
                 }
@@ -343,13 +352,19 @@ impl Server {
         self.service();
     }
 
-    /// Re-reads certificates, password and ACL files (what SIGHUP does).
-    /// Returns what failed to load; those keep their previous contents.
+    /// Applies the configuration again (what SIGHUP does, after
+    /// re-reading the file into it; see
+    /// `roost_runtime::driver::Driver::handle_reload`): listeners, limits
+    /// and bridges change live, certificates, password and ACL files are
+    /// re-read. Returns what failed to load; those keep their previous
+    /// contents.
     pub fn reload(&mut self) -> Vec<FileError> {
         let now = self.clock.now();
-        let errors = self.driver.handle_reload(now, Files::load(&self.config));
+        let errors = self
+            .driver
+            .handle_reload(now, &self.config, Files::load(&self.config));
         if errors.is_empty() {
-            info!("certificates, password and ACL files reloaded");
+            info!("configuration, certificates, password and ACL files reloaded");
         }
         self.service();
         errors
@@ -717,9 +732,39 @@ impl Server {
                     self.stopped = true;
                     self.to_read.clear();
                 }
+                Event::Listen { listener, bind } => self.listen(listener, bind),
+                Event::Unlisten { listener } => {
+                    if let Some(mut l) = self.listeners.get_mut(listener).and_then(Option::take) {
+                        let _ = self.poll.registry().deregister(&mut l);
+                    }
+                }
                 Event::Connect { conn, addr } => self.dial(conn, &addr),
                 _ => {}
             }
+        }
+    }
+
+    /// Binds listener number `index` (added by a reload) and accepts on
+    /// it from the next step.
+    fn listen(&mut self, index: usize, bind: SocketAddr) {
+        let bound = roost_runtime::net::listen(bind).and_then(|l| {
+            let mut listener = TcpListener::from_std(l);
+            self.poll.registry().register(
+                &mut listener,
+                Token(LISTENERS + index),
+                Interest::READABLE,
+            )?;
+            Ok((listener.local_addr()?, listener))
+        });
+        match bound {
+            Ok((addr, listener)) => {
+                if self.listeners.len() <= index {
+                    self.listeners.resize_with(index + 1, || None);
+                }
+                self.listeners[index] = Some(listener);
+                self.driver.handle_listening(index, addr);
+            }
+            Err(e) => self.driver.handle_listen_failed(index, &e),
         }
     }
 

@@ -51,6 +51,7 @@ use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::{Async, LocalExecutor, Task, Timer};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
@@ -99,8 +100,10 @@ impl ServerHandle {
         Ok(rx)
     }
 
-    /// Re-reads certificates, password and ACL files from `config` (what
-    /// SIGHUP does); a file that fails to load keeps its previous contents.
+    /// Applies `config` as SIGHUP does (see
+    /// `roost_runtime::driver::Driver::handle_reload`): listeners, limits
+    /// and bridges change live, certificates, password and ACL files are
+    /// re-read; a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
         self.handle.reload(config);
     }
@@ -164,7 +167,8 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
-                accepts: RefCell::new(Vec::new()),
+                listeners: RefCell::new(HashMap::new()),
+                accepts: RefCell::new(HashMap::new()),
                 stopped: Notify::new(),
             });
             smol::block_on(ex.run(serve(shared, listeners, commands)));
@@ -212,7 +216,10 @@ struct Shared<'ex> {
     embedded: RefCell<Embedded>,
     pool: Pool,
     jobs_done: Notify,
-    accepts: RefCell<Vec<Task<()>>>,
+    /// The listening sockets by listener number; the accept loops take
+    /// them from here, so dropping one closes it at once.
+    listeners: RefCell<HashMap<usize, Async<TcpListener>>>,
+    accepts: RefCell<HashMap<usize, Task<()>>>,
     stopped: Notify,
 }
 
@@ -245,7 +252,26 @@ impl<'ex> Shared<'ex> {
                     self.decide(deciding);
                 }
                 // Dropping a task cancels it: no new connections from here.
-                Event::StopListening => self.accepts.borrow_mut().clear(),
+                Event::StopListening => {
+                    self.listeners.borrow_mut().clear();
+                    self.accepts.borrow_mut().clear();
+                }
+                Event::Listen { listener, bind } => {
+                    let bound = roost_runtime::net::listen(bind)
+                        .and_then(Async::new)
+                        .and_then(|l| Ok((l.get_ref().local_addr()?, l)));
+                    match bound {
+                        Ok((addr, l)) => {
+                            self.start_accepting(listener, l);
+                            self.driver.borrow_mut().handle_listening(listener, addr);
+                        }
+                        Err(e) => self.driver.borrow_mut().handle_listen_failed(listener, &e),
+                    }
+                }
+                Event::Unlisten { listener } => {
+                    self.listeners.borrow_mut().remove(&listener);
+                    self.accepts.borrow_mut().remove(&listener);
+                }
                 Event::Stopped => {
                     self.embedded.borrow_mut().stopped();
                     self.stopped.notify();
@@ -260,6 +286,13 @@ impl<'ex> Shared<'ex> {
         if next.is_some() && (self.armed.get().is_none() || next < self.armed.get()) {
             self.timer.notify();
         }
+    }
+
+    /// Accepts on `listener` as listener number `index`.
+    fn start_accepting(self: &Rc<Self>, index: usize, listener: Async<TcpListener>) {
+        self.listeners.borrow_mut().insert(index, listener);
+        let task = self.ex.spawn(accept_loop(self.clone(), index));
+        self.accepts.borrow_mut().insert(index, task);
     }
 
     /// Runs a hook's decision on this thread's executor and hands it to
@@ -283,12 +316,7 @@ impl<'ex> Shared<'ex> {
 async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: embed::Commands) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match Async::new(listener) {
-            Ok(listener) => {
-                let task = shared
-                    .ex
-                    .spawn(accept_loop(shared.clone(), listener, index));
-                shared.accepts.borrow_mut().push(task);
-            }
+            Ok(listener) => shared.start_accepting(index, listener),
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
@@ -325,9 +353,44 @@ async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: em
     }
 }
 
-async fn accept_loop(shared: Rc<Shared<'_>>, listener: Async<TcpListener>, index: usize) {
+/// An accepted connection and its peer.
+type Accepted = (Async<TcpStream>, SocketAddr);
+
+/// Accepts one connection on listener `index`; `None` once it is gone.
+fn poll_accept(
+    shared: &Shared<'_>,
+    index: usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<io::Result<Accepted>>> {
+    let listeners = shared.listeners.borrow();
+    let Some(listener) = listeners.get(&index) else {
+        return Poll::Ready(None);
+    };
     loop {
-        let (stream, remote) = match listener.accept().await {
+        match listener.get_ref().accept() {
+            Ok((stream, remote)) => {
+                return Poll::Ready(Some(Async::new(stream).map(|s| (s, remote))));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match listener.poll_readable(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+async fn accept_loop(shared: Rc<Shared<'_>>, index: usize) {
+    loop {
+        // The socket stays in `Shared`: a reload that removes the listener
+        // drops it there, closing it at once.
+        let Some(accepted) = std::future::poll_fn(|cx| poll_accept(&shared, index, cx)).await
+        else {
+            return;
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 let now = shared.clock.now();

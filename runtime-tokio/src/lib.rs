@@ -40,6 +40,7 @@ use roost_runtime::embed::{self, Command, Deciding, Embedded, LocalSink, Offer};
 use roost_runtime::pool::Pool;
 use roost_runtime::wakeup::Wakeups;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -106,8 +107,10 @@ impl ServerHandle {
         Ok(rx)
     }
 
-    /// Re-reads certificates, password and ACL files from `config` (what
-    /// SIGHUP does); a file that fails to load keeps its previous contents.
+    /// Applies `config` as SIGHUP does (see
+    /// `roost_runtime::driver::Driver::handle_reload`): listeners, limits
+    /// and bridges change live, certificates, password and ACL files are
+    /// re-read; a file that fails to load keeps its previous contents.
     pub fn reload(&self, config: Config) {
         self.handle.reload(config);
     }
@@ -179,7 +182,8 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
-                accepts: RefCell::new(Vec::new()),
+                listeners: RefCell::new(HashMap::new()),
+                accepts: RefCell::new(HashMap::new()),
                 stopped: Notify::new(),
             });
             let local = tokio::task::LocalSet::new();
@@ -207,7 +211,10 @@ struct Shared {
     embedded: RefCell<Embedded>,
     pool: Pool,
     jobs_done: Arc<Notify>,
-    accepts: RefCell<Vec<JoinHandle<()>>>,
+    /// The listening sockets by listener number; the accept loops take
+    /// them from here, so dropping one closes it at once.
+    listeners: RefCell<HashMap<usize, TcpListener>>,
+    accepts: RefCell<HashMap<usize, JoinHandle<()>>>,
     stopped: Notify,
 }
 
@@ -240,7 +247,26 @@ impl Shared {
                     self.decide(deciding);
                 }
                 Event::StopListening => {
-                    for accept in self.accepts.borrow_mut().drain(..) {
+                    self.listeners.borrow_mut().clear();
+                    for (_, accept) in self.accepts.borrow_mut().drain() {
+                        accept.abort();
+                    }
+                }
+                Event::Listen { listener, bind } => {
+                    let bound = roost_runtime::net::listen(bind)
+                        .and_then(TcpListener::from_std)
+                        .and_then(|l| Ok((l.local_addr()?, l)));
+                    match bound {
+                        Ok((addr, l)) => {
+                            self.start_accepting(listener, l);
+                            self.driver.borrow_mut().handle_listening(listener, addr);
+                        }
+                        Err(e) => self.driver.borrow_mut().handle_listen_failed(listener, &e),
+                    }
+                }
+                Event::Unlisten { listener } => {
+                    self.listeners.borrow_mut().remove(&listener);
+                    if let Some(accept) = self.accepts.borrow_mut().remove(&listener) {
                         accept.abort();
                     }
                 }
@@ -258,6 +284,13 @@ impl Shared {
         if next.is_some() && (self.armed.get().is_none() || next < self.armed.get()) {
             self.timer.notify_one();
         }
+    }
+
+    /// Accepts on `listener` as listener number `index`.
+    fn start_accepting(self: &Rc<Self>, index: usize, listener: TcpListener) {
+        self.listeners.borrow_mut().insert(index, listener);
+        let task = tokio::task::spawn_local(accept_loop(self.clone(), index));
+        self.accepts.borrow_mut().insert(index, task);
     }
 
     /// Runs a hook's decision on this thread's executor and hands it to
@@ -283,10 +316,7 @@ async fn serve(
 ) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(listener) {
-            Ok(listener) => {
-                let task = tokio::task::spawn_local(accept_loop(shared.clone(), listener, index));
-                shared.accepts.borrow_mut().push(task);
-            }
+            Ok(listener) => shared.start_accepting(index, listener),
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
@@ -323,9 +353,19 @@ async fn serve(
     }
 }
 
-async fn accept_loop(shared: Rc<Shared>, listener: TcpListener, index: usize) {
+async fn accept_loop(shared: Rc<Shared>, index: usize) {
     loop {
-        let (stream, remote) = match listener.accept().await {
+        // The socket stays in `Shared`: a reload that removes the listener
+        // drops it there, closing it at once.
+        let accepted = std::future::poll_fn(|cx| match shared.listeners.borrow().get(&index) {
+            Some(listener) => listener.poll_accept(cx).map(Some),
+            None => Poll::Ready(None),
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 let now = shared.clock.now();

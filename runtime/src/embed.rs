@@ -74,7 +74,8 @@ pub enum Command {
         Box<dyn LocalSink + Send>,
         async_channel::Sender<()>,
     ),
-    /// Re-read the files `config` names.
+    /// Apply `config` and re-read the files it names (see
+    /// [`Driver::handle_reload`]).
     Reload(Config),
     /// Shut down; the reply comes once the driver has stopped.
     Shutdown(async_channel::Sender<()>),
@@ -238,8 +239,11 @@ impl Embedded {
                 let _ = done.try_send(());
             }
             Command::Reload(config) => {
-                if driver.handle_reload(now, Files::load(&config)).is_empty() {
-                    tracing::info!("certificates, password and ACL files reloaded");
+                if driver
+                    .handle_reload(now, &config, Files::load(&config))
+                    .is_empty()
+                {
+                    tracing::info!("configuration, certificates, password and ACL files reloaded");
                 }
             }
             Command::Shutdown(done) => {

@@ -58,10 +58,11 @@ impl Service {
     }
 
     /// Call on SIGHUP: tells systemd a reload began, re-reads the
-    /// configuration file and returns the configuration to reload with:
-    /// the running one with the files the new one names (see
-    /// [`Config::reloaded`]; each other change is logged as waiting for a
-    /// restart).
+    /// configuration file and returns the configuration to reload with
+    /// (hand it to `Driver::handle_reload`): the new one, with the sections
+    /// that cannot change while the broker runs kept from the running one
+    /// (see [`Config::reloaded`]; each such change is logged as waiting
+    /// for a restart).
     /// A file that fails to load is logged and the running configuration
     /// is returned, so the runtime still re-reads the certificates,
     /// password and ACL files it names. Call [`Service::reloaded`] after.

@@ -560,6 +560,18 @@ impl Broker {
         c.share_sessions_across_identities = share_sessions_across_identities;
     }
 
+    /// Ends one connection as a shutdown would (MQTT 5 clients get
+    /// DISCONNECT 0x8B Server shutting down; the will is published, the
+    /// session kept as its expiry says): for example because the listener
+    /// it came in on was removed. Ignored for an unknown connection.
+    pub fn close_connection(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        if self.conns.contains_key(&conn) {
+            self.close(conn, CloseReason::ServerShutdown);
+        }
+        self.flush();
+    }
+
     /// Replaces how CONNECTs are authenticated, for connections that have
     /// not sent CONNECT yet.
     pub fn set_authentication(&mut self, authentication: Authentication) {

@@ -39,7 +39,7 @@ use roost_runtime::pool::Pool;
 use roost_runtime::service::Service;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,8 +96,7 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
     let mut listeners = Vec::new();
     let binds: Vec<_> = driver.listeners().map(|l| l.bind).collect();
     for bind in binds {
-        let listener = TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
+        let listener = roost_runtime::net::listen(bind)?;
         driver.handle_listening(listeners.len(), listener.local_addr()?);
         listeners.push(Some(listener));
     }
@@ -125,9 +124,9 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
         if requests.reload.swap(false, Ordering::AcqRel) {
             tracing::info!("SIGHUP: reloading");
             let config = service.reload();
-            let errors = driver.handle_reload(clock.now(), Files::load(&config));
+            let errors = driver.handle_reload(clock.now(), &config, Files::load(&config));
             if errors.is_empty() {
-                tracing::info!("certificates, password and ACL files reloaded");
+                tracing::info!("configuration, certificates, password and ACL files reloaded");
             }
             service.reloaded();
         }
@@ -233,6 +232,24 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
                 }
                 Event::Job(job) => pool.submit(job),
                 Event::StopListening => listeners.iter_mut().for_each(|l| *l = None),
+                // A listener a reload added, numbered after the others.
+                Event::Listen { listener, bind } => {
+                    match roost_runtime::net::listen(bind).and_then(|l| Ok((l.local_addr()?, l))) {
+                        Ok((addr, l)) => {
+                            if listeners.len() <= listener {
+                                listeners.resize_with(listener + 1, || None);
+                            }
+                            listeners[listener] = Some(l);
+                            driver.handle_listening(listener, addr);
+                        }
+                        Err(e) => driver.handle_listen_failed(listener, &e),
+                    }
+                }
+                Event::Unlisten { listener } => {
+                    if let Some(l) = listeners.get_mut(listener) {
+                        *l = None;
+                    }
+                }
                 Event::Stopped => return Ok(()),
                 // A bridge's outbound connection: std has no non-blocking
                 // connect, so a thread dials and hands the stream back.

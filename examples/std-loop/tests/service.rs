@@ -9,8 +9,13 @@ mod service_bin;
 #[path = "../../../runtime/tests/support/pki.rs"]
 mod pki;
 
+#[macro_use]
+#[path = "../../../runtime/tests/support/reload_bin.rs"]
+mod reload_bin;
+
 fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_roost-std"))
 }
 
 service_tests!(binary());
+reload_tests!(binary());

@@ -1,23 +1,28 @@
 //! What a running broker takes from its re-read configuration file
 //! (SIGHUP), and what waits for the next restart.
 //!
-//! Live: the files a listener names (`cert`, `key`, `client_ca`,
-//! `crl_file` with `require_certificate`, `password_file`, `acl_file`) and
-//! a bridge's TLS files (`ca`, `cert`, `key`) are read again, from the
-//! paths the new file gives. Everything else (the
-//! listeners themselves, limits, MQTT capabilities, persistence, `[http]`,
-//! bridges, `[cluster]`, the pid file) keeps its running value until the broker
-//! restarts, and each such change is named in a warning.
+//! Live (the driver applies them, see [`crate::driver::Driver::handle_reload`]):
+//! the listeners (added, removed, and every setting of one that stays:
+//! its files, `allow_anonymous`, `ws_path`, the certificate-to-user
+//! mapping), every `[limits]` field, every `[mqtt]` field but
+//! `random_seed`, and the bridges (added, removed, changed). What waits for
+//! a restart, named in a warning: `[persistence]`, `[sys]`, `[http]`,
+//! `[cluster]`, `mqtt.random_seed` and the pid file, which shape state the
+//! running broker already holds (its store, its timers, its sockets to
+//! other nodes, its hash tables' seed).
 
-use super::{Config, Http, Limits, Listener, Mqtt, Persistence, Sys};
+use super::{Config, Http, Limits, Mqtt, Persistence, Sys};
 
-/// Lists the fields of a section whose value differs, as `section.field`.
-/// The destructuring is exhaustive: a field added to the section fails the
-/// build here until it is listed, so no change goes unnamed.
+/// Lists the fields of a section whose value differs, as `section.field`,
+/// among those named `restart`; those named `live` are taken from the new
+/// file. The destructuring is exhaustive: a field added to the section
+/// fails the build here until it is classified.
 macro_rules! changed_fields {
-    ($out:expr, $section:literal, $ty:ident, $old:expr, $new:expr, [$($field:ident),* $(,)?]) => {{
-        let $ty { $($field),* } = $old;
+    ($out:expr, $section:literal, $ty:ident, $old:expr, $new:expr,
+     live: [$($live:ident),* $(,)?], restart: [$($field:ident),* $(,)?]) => {{
+        let $ty { $($live: _,)* $($field),* } = $old;
         let new = $new;
+        let _ = &new;
         $(
             if *$field != new.$field {
                 $out.push(concat!($section, ".", stringify!($field)).to_owned());
@@ -28,57 +33,33 @@ macro_rules! changed_fields {
 
 impl Config {
     /// The configuration a running broker continues with when its file
-    /// now reads `new`: `self` (the one in force), with the files of each
-    /// listener that is still there taken from `new`. Returns it with one
-    /// warning per change that waits for the next restart.
+    /// now reads `new`: `new`, with the sections that cannot change while
+    /// the broker runs kept from `self` (the one in force). Returns it with
+    /// one warning per such change.
     pub fn reloaded(&self, new: &Config) -> (Config, Vec<String>) {
-        let mut merged = self.clone();
-        let mut warnings = Vec::new();
-        let mut later = |what: String| {
-            warnings.push(format!(
-                "reload: {what}; this takes effect at the next restart"
-            ))
-        };
-
-        for (i, (old, new)) in self.listeners.iter().zip(&new.listeners).enumerate() {
-            if old.protocol != new.protocol || old.bind != new.bind {
-                later(format!(
-                    "listener[{i}] changed from {} on {} to {} on {}",
-                    old.protocol.name(),
-                    old.bind,
-                    new.protocol.name(),
-                    new.bind
-                ));
-                continue;
-            }
-            let live = &mut merged.listeners[i];
-            for key in listener_changes(old, new, live) {
-                later(format!("listener[{i}].{key} changed"));
-            }
-        }
-        for (i, l) in new.listeners.iter().enumerate().skip(self.listeners.len()) {
-            later(format!(
-                "listener[{i}] ({} on {}) added",
-                l.protocol.name(),
-                l.bind
-            ));
-        }
-        for (i, l) in self.listeners.iter().enumerate().skip(new.listeners.len()) {
-            later(format!(
-                "listener[{i}] ({} on {}) removed",
-                l.protocol.name(),
-                l.bind
-            ));
-        }
-
+        let mut merged = new.clone();
         let mut keys = Vec::new();
+        // Every top-level section, so that a new one is classified too.
+        let Config {
+            listeners: _,
+            limits,
+            persistence,
+            sys,
+            mqtt,
+            http,
+            bridges: _,
+            cluster,
+            pid_file,
+            verbosity: _,
+            notes: _,
+        } = self;
         changed_fields!(
             keys,
             "limits",
             Limits,
-            &self.limits,
+            limits,
             &new.limits,
-            [
+            live: [
                 max_packet_size,
                 max_inflight,
                 max_queued_messages,
@@ -97,15 +78,16 @@ impl Config {
                 packet_timeout_ms,
                 mqtt3_max_pending_acks,
                 mqtt3_max_pending_qos2,
-            ]
+            ],
+            restart: []
         );
         changed_fields!(
             keys,
             "mqtt",
             Mqtt,
-            &self.mqtt,
+            mqtt,
             &new.mqtt,
-            [
+            live: [
                 receive_maximum,
                 maximum_qos,
                 retain_available,
@@ -118,105 +100,57 @@ impl Config {
                 allow_disallowed_code_points,
                 share_sessions_across_identities,
                 subscribe_denied,
-                random_seed,
-            ]
+            ],
+            // The engine's hash tables are keyed by it.
+            restart: [random_seed]
         );
+        merged.mqtt.random_seed = mqtt.random_seed;
         changed_fields!(
             keys,
             "persistence",
             Persistence,
-            &self.persistence,
+            persistence,
             &new.persistence,
-            [store, path, durability, flush_interval_ms, recovery]
+            live: [],
+            restart: [store, path, durability, flush_interval_ms, recovery]
         );
-        changed_fields!(keys, "sys", Sys, &self.sys, &new.sys, [interval_secs]);
-        match (&self.http, &new.http) {
+        merged.persistence = persistence.clone();
+        changed_fields!(keys, "sys", Sys, sys, &new.sys, live: [], restart: [interval_secs]);
+        merged.sys = sys.clone();
+        match (http, &new.http) {
             (Some(Http { bind }), Some(n)) if *bind != n.bind => keys.push("http.bind".to_owned()),
             (None, Some(_)) => keys.push("[http] added".to_owned()),
             (Some(_), None) => keys.push("[http] removed".to_owned()),
             _ => {}
         }
-        for b in &new.bridges {
-            let Some(j) = self.bridges.iter().position(|o| o.name == b.name) else {
-                keys.push(format!("bridge {:?} added", b.name));
-                continue;
-            };
-            // A bridge's TLS client configuration is built again from its
-            // files on reload (the next connection uses it); the server
-            // name it verifies is not.
-            let live = &mut merged.bridges[j];
-            if let (Some(running), Some(now)) = (&mut live.tls, &b.tls) {
-                if running.sni == now.sni {
-                    running.clone_from(now);
-                }
-            }
-            if *live != *b {
-                keys.push(format!("bridge {:?} changed", b.name));
-            }
-        }
-        for b in &self.bridges {
-            if !new.bridges.iter().any(|n| n.name == b.name) {
-                keys.push(format!("bridge {:?} removed", b.name));
-            }
-        }
-        match (&self.cluster, &new.cluster) {
+        merged.http = http.clone();
+        match (cluster, &new.cluster) {
             (None, Some(_)) => keys.push("[cluster] added".to_owned()),
             (Some(_), None) => keys.push("[cluster] removed".to_owned()),
             (Some(a), Some(b)) if a != b => keys.push("[cluster] changed".to_owned()),
             _ => {}
         }
-        if self.pid_file != new.pid_file {
+        merged.cluster = cluster.clone();
+        if *pid_file != new.pid_file {
             keys.push("pid_file".to_owned());
         }
-        for key in keys {
-            if key.ends_with("added") || key.ends_with("removed") || key.ends_with("changed") {
-                later(key);
-            } else {
-                later(format!("{key} changed"));
-            }
-        }
+        merged.pid_file = pid_file.clone();
+        let warnings = keys
+            .into_iter()
+            .map(|key| {
+                let what = if key.ends_with("added")
+                    || key.ends_with("removed")
+                    || key.ends_with("changed")
+                {
+                    key
+                } else {
+                    format!("{key} changed")
+                };
+                format!("reload: {what}; this takes effect at the next restart")
+            })
+            .collect();
         (merged, warnings)
     }
-}
-
-/// Puts into `live` what of `new` a running listener takes; returns the
-/// keys of the other changes.
-fn listener_changes(old: &Listener, new: &Listener, live: &mut Listener) -> Vec<&'static str> {
-    let mut later = Vec::new();
-    // The TLS configuration is built again from these files on reload:
-    // certificate, key, the client CAs, the CRL and whether a certificate
-    // is required all live in it.
-    if old.cert.is_some() && new.cert.is_some() && old.key.is_some() && new.key.is_some() {
-        live.cert.clone_from(&new.cert);
-        live.key.clone_from(&new.key);
-        live.client_certs.ca.clone_from(&new.client_certs.ca);
-        live.client_certs.crl.clone_from(&new.client_certs.crl);
-        live.client_certs.required = new.client_certs.required;
-    } else if old.cert != new.cert || old.key != new.key {
-        later.push("cert/key");
-    }
-    if old.client_certs.identity != new.client_certs.identity {
-        later.push("use_identity_as_username/use_subject_as_username");
-    }
-    // A file replaces a file; a listener without one (or one that loses
-    // its file) changes who may connect, which is set up at start.
-    if old.password_file.is_some() == new.password_file.is_some() {
-        live.password_file.clone_from(&new.password_file);
-    } else {
-        later.push("password_file");
-    }
-    if old.acl_file.is_some() == new.acl_file.is_some() {
-        live.acl_file.clone_from(&new.acl_file);
-    } else {
-        later.push("acl_file");
-    }
-    if old.allows_anonymous() != new.allows_anonymous() {
-        later.push("allow_anonymous");
-    }
-    if old.ws_path != new.ws_path {
-        later.push("ws_path");
-    }
-    later
 }
 
 #[cfg(test)]
@@ -231,33 +165,39 @@ mod tests {
                        cert = \"a.crt\"\nkey = \"a.key\"\npassword_file = \"p1\"\n";
 
     #[test]
-    fn files_are_taken_and_the_rest_is_named() {
-        let running = config(&format!("{TLS}[limits]\nmax_inflight = 10\n"));
+    fn live_sections_are_taken_and_the_rest_is_named() {
+        let running = config(&format!(
+            "{TLS}[limits]\nmax_inflight = 10\n[sys]\ninterval_secs = 10\n"
+        ));
         let new = config(&format!(
             "{}[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1884\"\n\
-             [limits]\nmax_inflight = 20\n[mqtt]\nmaximum_qos = 1\n",
+             [limits]\nmax_inflight = 20\n[mqtt]\nmaximum_qos = 1\nrandom_seed = 7\n\
+             [sys]\ninterval_secs = 5\n[persistence]\nflush_interval_ms = 7\n\
+             [http]\nbind = \"127.0.0.1:8080\"\n",
             TLS.replace("a.crt", "b.crt")
                 .replace("a.key", "b.key")
                 .replace("p1", "p2")
         ));
         let (merged, warnings) = running.reloaded(&new);
-        let l = &merged.listeners[0];
-        assert_eq!(l.cert.as_deref(), Some(std::path::Path::new("b.crt")));
-        assert_eq!(l.key.as_deref(), Some(std::path::Path::new("b.key")));
-        assert_eq!(l.password_file.as_deref(), Some(std::path::Path::new("p2")));
+        // Live: the listeners as the file has them, limits, capabilities.
+        assert_eq!(merged.listeners, new.listeners);
+        assert_eq!(merged.limits.max_inflight, 20);
+        assert_eq!(merged.mqtt.maximum_qos, 1);
         // Not live: kept, and named.
-        assert_eq!(merged.listeners.len(), 1);
-        assert_eq!(merged.limits.max_inflight, 10);
-        assert_eq!(merged.mqtt.maximum_qos, 2);
+        assert_eq!(merged.mqtt.random_seed, running.mqtt.random_seed);
+        assert_eq!(merged.sys, running.sys);
+        assert_eq!(merged.persistence, running.persistence);
+        assert_eq!(merged.http, None);
         let all = warnings.join("\n");
         for needle in [
-            "listener[1] (tcp on 127.0.0.1:1884) added",
-            "limits.max_inflight changed",
-            "mqtt.maximum_qos changed",
+            "mqtt.random_seed changed",
+            "sys.interval_secs changed",
+            "persistence.flush_interval_ms changed",
+            "[http] added",
         ] {
             assert!(all.contains(needle), "{needle} missing:\n{all}");
         }
-        assert_eq!(warnings.len(), 3, "{all}");
+        assert_eq!(warnings.len(), 4, "{all}");
         assert!(warnings.iter().all(|w| w.ends_with("at the next restart")));
     }
 
@@ -270,56 +210,20 @@ mod tests {
     }
 
     #[test]
-    fn a_listener_moved_keeps_its_files_and_is_named() {
-        let running = config(TLS);
-        let new = config(
-            &TLS.replace("8883", "8884")
-                .replace("p1", "p2")
-                .replace("password_file", "acl_file = \"acl\"\npassword_file"),
-        );
-        let (merged, warnings) = running.reloaded(&new);
-        assert_eq!(merged, running);
-        assert_eq!(
-            warnings,
-            [
-                "reload: listener[0] changed from tls on 127.0.0.1:8883 to tls on \
-              127.0.0.1:8884; this takes effect at the next restart"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_bridge_takes_new_tls_files_and_names_the_rest() {
-        let bridge = |ca: &str, keep_alive: u16| {
+    fn bridges_are_taken_as_the_file_has_them() {
+        let bridge = |keep_alive: u16| {
             format!(
                 "{TLS}[[bridge]]\nname = \"up\"\naddress = \"remote:8883\"\n\
-                 keep_alive = {keep_alive}\ntls = true\nca = \"{ca}\"\n\
+                 keep_alive = {keep_alive}\n\
                  [[bridge.topic]]\npattern = \"#\"\ndirection = \"out\"\n"
             )
         };
-        let running = config(&bridge("ca1.crt", 60));
-        let (merged, warnings) = running.reloaded(&config(&bridge("ca2.crt", 60)));
-        assert_eq!(
-            merged.bridges[0].tls.as_ref().map(|t| t.ca.clone()),
-            Some(std::path::PathBuf::from("ca2.crt"))
-        );
+        let running = config(&bridge(60));
+        let (merged, warnings) = running.reloaded(&config(&bridge(30)));
+        assert_eq!(merged.bridges[0].keep_alive, 30);
         assert!(warnings.is_empty(), "{warnings:?}");
-        let (merged, warnings) = running.reloaded(&config(&bridge("ca2.crt", 30)));
-        assert_eq!(merged.bridges[0].keep_alive, 60);
-        assert_eq!(
-            warnings,
-            ["reload: bridge \"up\" changed; this takes effect at the next restart"]
-        );
-    }
-
-    #[test]
-    fn gaining_a_password_file_waits_for_a_restart() {
-        let running = config(&TLS.replace("password_file = \"p1\"\n", ""));
         let (merged, warnings) = running.reloaded(&config(TLS));
-        assert_eq!(merged.listeners[0].password_file, None);
-        assert_eq!(
-            warnings,
-            ["reload: listener[0].password_file changed; this takes effect at the next restart"]
-        );
+        assert!(merged.bridges.is_empty());
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

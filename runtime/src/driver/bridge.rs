@@ -71,6 +71,9 @@ enum Link {
 
 /// One configured bridge and its state.
 pub(super) struct Bridge {
+    /// Stable while the driver runs (connections name their bridge by
+    /// it); a reload adds and removes bridges.
+    pub(super) id: usize,
     config: config::Bridge,
     remote: Client,
     local: Client,
@@ -150,7 +153,9 @@ impl Bridge {
             .map_err(|e| e.to_string())
     }
 
-    pub(super) fn new(config: &config::Bridge, index: usize, seed: u64, now: Instant) -> Bridge {
+    /// A bridge with stable id `id` (which also varies its back-off
+    /// jitter).
+    pub(super) fn new(config: &config::Bridge, id: usize, seed: u64, now: Instant) -> Bridge {
         let protocol = match config.protocol_version {
             BridgeProtocol::V3_1_1 => Protocol::V3_1_1,
             BridgeProtocol::V5 => Protocol::V5,
@@ -220,6 +225,7 @@ impl Bridge {
             )
         };
         Bridge {
+            id,
             config: config.clone(),
             remote: Client::new(remote),
             local: Client::new(local),
@@ -228,7 +234,7 @@ impl Bridge {
             link: Link::Waiting(now),
             next_address: 0,
             wait: Duration::ZERO,
-            rng: seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            rng: seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             published: None,
             up: false,
             echo: VecDeque::new(),
@@ -243,6 +249,39 @@ impl Bridge {
     /// The bridge's name.
     pub(super) fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Its configuration.
+    pub(super) fn config(&self) -> &config::Bridge {
+        &self.config
+    }
+
+    /// Takes a configuration that differs from its own at most in the TLS
+    /// files (the next connection uses the files the driver put in
+    /// `tls`).
+    pub(super) fn set_config(&mut self, config: &config::Bridge) {
+        self.config.clone_from(config);
+    }
+
+    /// Its in-process connection to this broker, if open.
+    pub(super) fn local_conn(&self) -> Option<ConnId> {
+        self.local_conn
+    }
+
+    /// Stops both clients for good: returns the remote's last bytes (its
+    /// DISCONNECT), the local client's (its DISCONNECT, which keeps its
+    /// session here) and the remote socket, if open.
+    pub(super) fn stop(&mut self, now: Instant) -> (Vec<Bytes>, Vec<Bytes>, Option<ConnId>) {
+        self.remote.disconnect(now);
+        self.local.disconnect(now);
+        let link = std::mem::replace(&mut self.link, Link::Stopped);
+        let remote: Vec<Bytes> = std::iter::from_fn(|| self.remote.poll_transmit()).collect();
+        let local: Vec<Bytes> = std::iter::from_fn(|| self.local.poll_transmit()).collect();
+        let conn = match link {
+            Link::Open(conn) => Some(conn),
+            _ => None,
+        };
+        (remote, local, conn)
     }
 
     fn next_random(&mut self) -> u64 {
@@ -346,7 +385,7 @@ impl Driver {
         self.conns.insert(
             conn,
             Box::new(ConnIo {
-                bridge: Some(b),
+                bridge: Some(self.bridges[b].id),
                 remote,
                 tls,
                 ..ConnIo::new(0, now)
@@ -375,18 +414,23 @@ impl Driver {
         self.pump(now);
     }
 
-    /// Bytes read from a bridge's socket.
-    pub(super) fn bridge_read(&mut self, now: Instant, b: usize, bytes: &[u8]) {
-        if let Some(bridge) = self.bridges.get_mut(b) {
+    /// Bytes read from the socket of the bridge with id `id`.
+    pub(super) fn bridge_read(&mut self, now: Instant, id: usize, bytes: &[u8]) {
+        if let Some(bridge) = self.bridges.iter_mut().find(|b| b.id == id) {
             bridge.remote.handle_bytes(now, bytes);
         }
     }
 
-    /// A bridge's socket closed under it.
-    pub(super) fn bridge_closed(&mut self, now: Instant, b: usize) {
-        if let Some(bridge) = self.bridges.get_mut(b) {
+    /// The socket of the bridge with id `id` closed under it.
+    pub(super) fn bridge_closed(&mut self, now: Instant, id: usize) {
+        if let Some(bridge) = self.bridges.iter_mut().find(|b| b.id == id) {
             bridge.remote.handle_closed(now);
         }
+    }
+
+    /// A removed bridge's state, for `$SYS`: 0, as a disconnected one.
+    pub(super) fn bridge_state_gone(&mut self, now: Instant, b: usize) {
+        self.bridge_state(now, b, false);
     }
 
     /// The engine sent bytes to a bridge's local connection.

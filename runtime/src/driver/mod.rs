@@ -51,6 +51,7 @@ mod files;
 pub mod http;
 pub(crate) mod jobs;
 mod metrics;
+mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +194,22 @@ pub enum Event {
         /// Where to connect.
         addr: String,
     },
+    /// Bind a listener a reload added: `bind` with
+    /// [`crate::net::listen`], accept on it as listener number `listener`
+    /// (the `listener` of [`Driver::handle_accept`]), and call
+    /// [`Driver::handle_listening`], or [`Driver::handle_listen_failed`].
+    Listen {
+        /// Its number.
+        listener: usize,
+        /// Where to bind.
+        bind: SocketAddr,
+    },
+    /// Stop accepting on listener number `listener` and close its socket
+    /// (a reload removed it); the driver closes its connections.
+    Unlisten {
+        /// Its number.
+        listener: usize,
+    },
     /// Stop accepting connections (after [`Driver::handle_shutdown`]).
     StopListening,
     /// Everything is closed and the store is flushed: the runtime may end.
@@ -229,6 +246,10 @@ struct ListenerState {
     auth_class: u16,
     tls: Option<Arc<rustls::ServerConfig>>,
     passwords: Option<Arc<PasswordFile>>,
+    acl: Option<Arc<crate::acl::Acl>>,
+    /// A reload removed it (or it never bound): it accepts nothing, and
+    /// its number is never reused.
+    removed: bool,
     /// The last pause after a failed accept, doubled by the next failure
     /// and forgotten by the next success.
     backoff: Option<Duration>,
@@ -385,6 +406,10 @@ pub struct Driver {
     http_idle: VecDeque<(Instant, ConnId)>,
     metrics: metrics::DriverMetrics,
     bridges: Vec<bridge::Bridge>,
+    /// The last bridge id given out.
+    next_bridge: usize,
+    /// The listeners' authentication classes (see `ListenerState::auth_class`).
+    classes: Vec<reload::AuthSetup>,
     /// Reads the engine thread's CPU time for `/metrics`; set by
     /// [`Driver::open`], which every runtime calls on its engine thread's
     /// behalf. `None` keeps [`Driver::new`] free of I/O.
@@ -462,33 +487,12 @@ impl Driver {
         now: Instant,
     ) -> Result<Driver, DriverError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut acls = Vec::with_capacity(config.listeners.len());
-        type Setup = (
-            bool,
-            Option<std::path::PathBuf>,
-            Option<(config::CertIdentity, std::path::PathBuf)>,
-        );
-        let mut classes: Vec<Setup> = Vec::new();
+        let mut classes = Vec::new();
         for (l, f) in config.listeners.iter().zip(files.listeners) {
-            // Who may connect: anonymous clients or not, which users, and
-            // which CAs vouch for user names.
-            let certs = &l.client_certs;
-            let setup = (
-                l.allows_anonymous(),
-                l.password_file.clone(),
-                (certs.identity != config::CertIdentity::None)
-                    .then(|| (certs.identity, certs.ca.clone().unwrap_or_default())),
-            );
-            let auth_class = match classes.iter().position(|c| *c == setup) {
-                Some(i) => i,
-                None => {
-                    classes.push(setup);
-                    classes.len() - 1
-                }
-            };
+            let auth_class = reload::auth_class(&mut classes, l);
             let tls = f.tls.transpose().map_err(DriverError::File)?;
             let passwords = f.passwords.transpose().map_err(DriverError::File)?;
-            acls.push(f.acl.transpose().map_err(DriverError::File)?);
+            let acl = f.acl.transpose().map_err(DriverError::File)?;
             if let Some(file) = &passwords {
                 for warning in file.warnings() {
                     warn!(
@@ -502,15 +506,18 @@ impl Driver {
             }
             listeners.push(ListenerState {
                 config: l.clone(),
-                auth_class: u16::try_from(auth_class).unwrap_or(u16::MAX),
+                auth_class,
                 tls,
                 passwords,
+                acl,
+                removed: false,
                 backoff: None,
                 accepted: 0,
                 bound: None,
             });
         }
         let denied = files::denied_code(config);
+        let acls: Vec<_> = listeners.iter().map(|l| l.acl.clone()).collect();
         let policy = acls
             .iter()
             .any(Option::is_some)
@@ -526,6 +533,8 @@ impl Driver {
                 auth_class: u16::MAX,
                 tls: None,
                 passwords: None,
+                acl: None,
+                removed: false,
                 backoff: None,
                 accepted: 0,
                 bound: None,
@@ -547,7 +556,7 @@ impl Driver {
         let seed = engine_seed(&broker);
         let mut bridges = Vec::with_capacity(config.bridges.len());
         for ((i, b), tls) in config.bridges.iter().enumerate().zip(files.bridges) {
-            let mut bridge = bridge::Bridge::new(b, i, seed, now);
+            let mut bridge = bridge::Bridge::new(b, i + 1, seed, now);
             bridge.tls = tls.transpose().map_err(DriverError::File)?;
             bridges.push(bridge);
         }
@@ -595,7 +604,9 @@ impl Driver {
             http_idle: VecDeque::new(),
             metrics: metrics::DriverMetrics::default(),
             busy_probe: None,
+            next_bridge: bridges.len(),
             bridges,
+            classes,
             cluster,
         })
     }
@@ -879,7 +890,11 @@ impl Driver {
                         }
                         self.scratch = plain;
                         if let Err(e) = result {
-                            let name = self.bridges.get(b).map_or("", |b| b.name());
+                            let name = self
+                                .bridges
+                                .iter()
+                                .find(|x| x.id == b)
+                                .map_or("", |x| x.name());
                             warn!(bridge = name, error = %e, "bridge TLS failed");
                             self.bridge_closed(now, b);
                             self.close_bridge_conn(now, conn);
@@ -1192,58 +1207,6 @@ impl Driver {
         let found = self.broker.unsubscribe(now, subscription);
         self.pump(now);
         found
-    }
-
-    /// Puts freshly loaded files in place (SIGHUP). A file that failed to
-    /// load keeps its previous contents; the errors are returned for
-    /// logging. Connections are not touched.
-    pub fn handle_reload(&mut self, now: Instant, files: Files) -> Vec<FileError> {
-        let mut errors = Vec::new();
-        let mut acls = Vec::with_capacity(self.listeners.len());
-        let mut acl_failed = false;
-        for (l, f) in self.listeners.iter_mut().zip(files.listeners) {
-            if let Some(result) = f.passwords {
-                match result {
-                    Ok(file) => l.passwords = Some(file),
-                    Err(e) => errors.push(e),
-                }
-            }
-            if let Some(result) = f.tls {
-                match result {
-                    Ok(cfg) => l.tls = Some(cfg),
-                    Err(e) => errors.push(e),
-                }
-            }
-            acls.push(match f.acl {
-                Some(Ok(acl)) => Some(acl),
-                Some(Err(e)) => {
-                    errors.push(e);
-                    acl_failed = true;
-                    None
-                }
-                None => None,
-            });
-        }
-        for (b, result) in self.bridges.iter_mut().zip(files.bridges) {
-            match result {
-                // The next connection uses it.
-                Some(Ok(cfg)) => b.tls = Some(cfg),
-                Some(Err(e)) => errors.push(e),
-                None => {}
-            }
-        }
-        // The ACLs are one policy: all of them are replaced, or none.
-        if !acl_failed && !self.custom_policy && acls.iter().any(Option::is_some) {
-            self.broker.set_authorization(Box::new(AclPolicy {
-                acls,
-                denied: self.denied,
-            }));
-        }
-        for e in &errors {
-            warn!("reload: {e}; keeping the previous one");
-        }
-        self.pump(now);
-        errors
     }
 
     /// Closes every connection (MQTT 5 clients get DISCONNECT 0x8B), stops
@@ -1788,6 +1751,28 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
     info!("random seed {random_seed} (mqtt.random_seed repeats it)");
     broker::Config {
         random_seed,
+        sys_interval: (config.sys.interval_secs > 0)
+            .then(|| Duration::from_secs(u64::from(config.sys.interval_secs))),
+        // The driver logs every connect and disconnect for the operator.
+        events: true,
+        authentication: if needs_auth {
+            Authentication::External
+        } else {
+            Authentication::AllowAll
+        },
+        authorization: match acl {
+            Some(policy) => Box::new(policy),
+            None => Box::new(broker::AllowAll),
+        },
+        ..engine_capabilities(config)
+    }
+}
+
+/// The limits and capabilities a runtime configuration gives the engine
+/// (those [`Broker::reconfigure`] takes on reload).
+fn engine_capabilities(config: &Config) -> broker::Config {
+    let m = &config.mqtt;
+    broker::Config {
         limits: config.limits.to_engine(),
         receive_maximum: m.receive_maximum,
         maximum_qos: match m.maximum_qos {
@@ -1804,19 +1789,6 @@ fn engine_config(config: &Config, needs_auth: bool, acl: Option<AclPolicy>) -> b
         validate_utf8_payloads: m.validate_utf8_payloads,
         allow_disallowed_code_points: m.allow_disallowed_code_points,
         share_sessions_across_identities: m.share_sessions_across_identities,
-        sys_interval: (config.sys.interval_secs > 0)
-            .then(|| Duration::from_secs(u64::from(config.sys.interval_secs))),
-        // The driver logs every connect and disconnect for the operator.
-        events: true,
-        authentication: if needs_auth {
-            Authentication::External
-        } else {
-            Authentication::AllowAll
-        },
-        authorization: match acl {
-            Some(policy) => Box::new(policy),
-            None => Box::new(broker::AllowAll),
-        },
         ..broker::Config::default()
     }
 }

@@ -9,6 +9,7 @@ use roost_persistence::{MemoryStore, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 mod http;
+mod reload;
 
 /// A store that counts commits and flushes and fails on demand: the
 /// real stores are tested on disk in `roost-persistence`; here only the
@@ -66,6 +67,11 @@ struct Harness {
     deliveries: Vec<(LocalSubscription, Message)>,
     stop_listening: bool,
     stopped: bool,
+    /// Listeners the driver asked to bind ([`Event::Listen`]) and to close.
+    listens: Vec<(usize, SocketAddr)>,
+    unlistens: Vec<usize>,
+    /// Connections the driver asked to dial ([`Event::Connect`]).
+    dials: Vec<(ConnId, String)>,
 }
 
 impl Harness {
@@ -83,6 +89,9 @@ impl Harness {
             deliveries: Vec::new(),
             stop_listening: false,
             stopped: false,
+            listens: Vec::new(),
+            unlistens: Vec::new(),
+            dials: Vec::new(),
         }
     }
 
@@ -107,6 +116,9 @@ impl Harness {
                 } => self.deliveries.push((subscription, message)),
                 Event::StopListening => self.stop_listening = true,
                 Event::Stopped => self.stopped = true,
+                Event::Listen { listener, bind } => self.listens.push((listener, bind)),
+                Event::Unlisten { listener } => self.unlistens.push(listener),
+                Event::Connect { conn, addr } => self.dials.push((conn, addr)),
                 _ => {}
             }
         }
@@ -562,7 +574,7 @@ fn reload_with_a_broken_file_keeps_the_previous_one() {
         }],
         bridges: Vec::new(),
     };
-    let errors = h.driver.handle_reload(h.now, broken);
+    let errors = h.driver.handle_reload(h.now, &config, broken);
     assert_eq!(errors.len(), 2);
     // The old ACL still denies an anonymous subscriber everything.
     let conn = h.accept();

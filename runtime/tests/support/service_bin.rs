@@ -519,21 +519,20 @@ pub fn startup_errors(binary: &Path) {
     assert_no_debug_output(&log);
 }
 
-/// SIGHUP: what cannot change while the broker runs (a listener added,
-/// a limit, an MQTT capability) is named in a warning, and the rest of the
-/// file (a new password file path) is applied.
+/// SIGHUP: what cannot change while the broker runs (`[sys]`, the random
+/// seed, `[http]` added) is named in a warning and keeps its running value,
+/// and the rest of the file (an MQTT capability) is applied.
 pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
     let dir = temp("reload-later");
     let d = dir.path();
     let config = d.join("roost.toml");
-    let listener = "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n";
-    std::fs::write(&config, format!("{LISTENER}[limits]\nmax_inflight = 10\n")).expect("config");
+    std::fs::write(&config, format!("{LISTENER}[sys]\ninterval_secs = 10\n")).expect("config");
     let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     std::fs::write(
         &config,
         format!(
-            "{LISTENER}{listener}allow_anonymous = true\n\
-             [limits]\nmax_inflight = 20\n[mqtt]\nmaximum_qos = 1\n"
+            "{LISTENER}[sys]\ninterval_secs = 5\n[mqtt]\nmaximum_qos = 1\nrandom_seed = 7\n\
+             [http]\nbind = \"127.0.0.1:0\"\n"
         ),
     )
     .expect("config");
@@ -545,9 +544,9 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
     );
     let log = roost.log();
     for needle in [
-        "reload: listener[1] (tcp on 127.0.0.1:0) added; this takes effect at the next restart",
-        "reload: limits.max_inflight changed; this takes effect at the next restart",
-        "reload: mqtt.maximum_qos changed; this takes effect at the next restart",
+        "reload: sys.interval_secs changed; this takes effect at the next restart",
+        "reload: mqtt.random_seed changed; this takes effect at the next restart",
+        "reload: [http] added; this takes effect at the next restart",
     ] {
         let line = log.lines().find(|l| l.contains(needle));
         assert!(
@@ -555,12 +554,13 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
             "no warning {needle:?} in:\n{log}"
         );
     }
-    // Still the running configuration: one listener, QoS 2 granted.
+    // Not bound: still one listener.
     assert_eq!(
         log.lines().filter(|l| l.contains("listening")).count(),
         1,
         "{log}"
     );
+    // Live: QoS 1 is the most granted now.
     let mut client = Raw::connected(
         roost.addrs[0],
         V311,
@@ -569,7 +569,7 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
             ..Default::default()
         },
     );
-    assert_eq!(client.subscribe(1, "q/#", 2), 2, "{log}");
+    assert_eq!(client.subscribe(1, "q/#", 2), 1, "{log}");
     client.disconnect();
     assert_no_debug_output(&log);
 }

@@ -1,0 +1,219 @@
+//! SIGHUP applying the whole re-read configuration file to a running
+//! broker binary: listeners added and removed, a lowered limit, bridges
+//! added, removed and added again. Each runtime's `tests/service.rs` runs
+//! these with its own binary (after `service_bin`, whose [`Roost`] they
+//! use). Every wait is bounded.
+#![allow(dead_code)]
+
+use crate::service_bin::Roost;
+use roost_conformance::blocking::{Connect, Raw, V5, V311};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn poll<T>(check: impl FnMut() -> Option<T>) -> Option<T> {
+    roost_conformance::blocking::poll(WAIT, check)
+}
+
+/// A directory of its own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("roost-reload-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    TempDir(dir)
+}
+
+/// A plain TCP listener on `ip`, any port.
+fn listener(ip: &str) -> String {
+    format!("[[listener]]\nprotocol = \"tcp\"\nbind = \"{ip}:0\"\nallow_anonymous = true\n")
+}
+
+/// Every address the broker logged as listening, in order.
+fn listening(roost: &Roost) -> Vec<SocketAddr> {
+    roost
+        .log()
+        .lines()
+        .filter(|l| l.contains("listening"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn client(id: &str) -> Connect<'_> {
+    Connect {
+        client_id: id,
+        ..Default::default()
+    }
+}
+
+/// Writes `text` as the configuration and sends SIGHUP; waits for the
+/// `n`th reload to be done.
+fn reload(roost: &Roost, config: &Path, text: &str, n: usize) {
+    std::fs::write(config, text).expect("config");
+    roost.signal("HUP");
+    assert!(
+        roost.wait_log("files reloaded", n),
+        "reload {n} not done; log:\n{}",
+        roost.log()
+    );
+}
+
+/// SIGHUP adds a listener (it takes clients), lowers a limit (enforced on
+/// a new connection, while a connected MQTT 5 client keeps what its CONNACK
+/// promised), and removes a listener (connections refused, its MQTT 5
+/// client gets DISCONNECT 0x8B, its MQTT 3.1.1 client is closed).
+pub fn reload_listeners_and_limits(binary: &Path) {
+    let dir = temp("listeners");
+    let config = dir.0.join("roost.toml");
+    let first = listener("127.0.0.1");
+    let second = listener("127.0.0.2");
+    std::fs::write(&config, &first).expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let old_addr = roost.addrs[0];
+    let mut promised = Raw::connected(old_addr, V5, &client("promised"));
+
+    // Added, and max_packet_size lowered.
+    reload(
+        &roost,
+        &config,
+        &format!("{first}{second}[limits]\nmax_packet_size = 1000\n"),
+        1,
+    );
+    let addrs = poll(|| Some(listening(&roost)).filter(|a| a.len() == 2))
+        .unwrap_or_else(|| panic!("the new listener is not listening:\n{}", roost.log()));
+    let new_addr = addrs[1];
+    assert_eq!(new_addr.ip().to_string(), "127.0.0.2");
+    let mut on_new = Raw::connected(new_addr, V311, &client("on-new"));
+    assert_eq!(on_new.subscribe(1, "t/#", 0), 0);
+
+    let mut limited = Raw::connected(old_addr, V5, &client("limited"));
+    limited.send(&roost_conformance::blocking::publish_packet(
+        V5,
+        "t/big",
+        &[b'x'; 2000],
+        0,
+        false,
+        1,
+    ));
+    let disconnect = limited.read_packet().expect("DISCONNECT");
+    assert_eq!(disconnect.kind(), 14, "{disconnect:?}");
+    assert_eq!(disconnect.body.first(), Some(&0x95), "Packet too large");
+    // Promised 16 MiB before the reload: still allowed.
+    assert_eq!(promised.publish("t/big", &[b'y'; 2000], 1, false), 0x00);
+    assert_eq!(on_new.expect_publish().payload.len(), 2000);
+
+    // Removed: refused, its clients closed; the other listener's stay.
+    let mut v311 = Raw::connected(old_addr, V311, &client("v311"));
+    reload(&roost, &config, &second, 2);
+    let disconnect = promised.read_packet().expect("DISCONNECT");
+    assert_eq!(disconnect.kind(), 14, "{disconnect:?}");
+    assert_eq!(disconnect.body.first(), Some(&0x8B), "Server shutting down");
+    assert!(
+        v311.read_packet().is_err(),
+        "the MQTT 3.1.1 client was not closed"
+    );
+    assert!(
+        TcpStream::connect_timeout(&old_addr, WAIT).is_err(),
+        "the removed listener still accepts; log:\n{}",
+        roost.log()
+    );
+    on_new.publish("t/after", b"still here", 0, false);
+    assert_eq!(on_new.expect_publish().payload, b"still here");
+}
+
+/// SIGHUP adds a bridge (it forwards to a second broker), removes it
+/// (nothing is forwarded, `$SYS/broker/connection/<name>/state` is 0, what
+/// it would forward waits in its session) and adds it again (what waited
+/// is delivered).
+pub fn reload_bridges(binary: &Path) {
+    let dir = temp("bridges");
+    let remote_config = dir.0.join("remote.toml");
+    std::fs::write(&remote_config, listener("127.0.0.1")).expect("config");
+    let remote = Roost::start(
+        binary,
+        &["--config", remote_config.to_str().unwrap()],
+        &[],
+        1,
+    );
+    let config = dir.0.join("roost.toml");
+    let plain = listener("127.0.0.1");
+    std::fs::write(&config, &plain).expect("config");
+    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let bridged = format!(
+        "{plain}[[bridge]]\nname = \"cloud\"\naddress = \"{}\"\n\
+         [[bridge.topic]]\npattern = \"b/#\"\ndirection = \"out\"\nqos = 1\n",
+        remote.addrs[0]
+    );
+    let mut far = Raw::connected(remote.addrs[0], V311, &client("far"));
+    assert_eq!(far.subscribe(1, "b/#", 1), 1);
+    let mut near = Raw::connected(roost.addrs[0], V311, &client("near"));
+    let state = |roost: &Roost| {
+        let mut watcher = Raw::connected(roost.addrs[0], V311, &client("watcher"));
+        watcher.subscribe(1, "$SYS/broker/connection/cloud/state", 0);
+        let state = watcher.expect_publish().payload;
+        watcher.disconnect();
+        state
+    };
+
+    // Added: it connects and forwards.
+    reload(&roost, &config, &bridged, 1);
+    assert!(
+        roost.wait_log("bridge connected", 1),
+        "the bridge did not connect; log:\n{}",
+        roost.log()
+    );
+    assert_eq!(state(&roost), b"1");
+    near.publish("b/1", b"first", 1, false);
+    assert_eq!(far.expect_publish().payload, b"first");
+
+    // Removed: nothing forwarded; the state says so.
+    reload(&roost, &config, &plain, 2);
+    assert_eq!(state(&roost), b"0");
+    near.publish("b/2", b"queued", 1, false);
+    assert!(
+        far.read_packet_within(Duration::from_millis(500)).is_err(),
+        "a removed bridge forwarded"
+    );
+
+    // Added again: what waited in its session goes out.
+    reload(&roost, &config, &bridged, 3);
+    let got = far.expect_publish();
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice()),
+        ("b/2", &b"queued"[..]),
+        "log:\n{}",
+        roost.log()
+    );
+    assert_eq!(state(&roost), b"1");
+}
+
+/// One `#[test]` per reload check above, against the binary `$binary`
+/// returns; every runtime's `tests/service.rs` declares them with this,
+/// after `#[macro_use] mod reload_bin;`.
+macro_rules! reload_tests {
+    ($binary:expr) => {
+        reload_tests!(@each $binary; reload_listeners_and_limits, reload_bridges);
+    };
+    (@each $binary:expr; $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                reload_bin::$check($binary);
+            }
+        )*
+    };
+}
