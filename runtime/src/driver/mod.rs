@@ -646,9 +646,11 @@ impl Driver {
         &self.broker
     }
 
-    /// Every listener the runtime binds, in this order (the index is the
-    /// `listener` of [`Driver::handle_accept`]): the configured MQTT
-    /// listeners, then the `[http]` endpoint if configured.
+    /// Every listener the runtime binds at start, in this order (the index
+    /// is the `listener` of [`Driver::handle_accept`]): the configured MQTT
+    /// listeners, then the `[http]` endpoint if configured. Listeners a
+    /// reload adds come later, numbered after these ([`Event::Listen`]);
+    /// a removed one keeps its number (see [`Driver::is_listener_removed`]).
     pub fn listeners(&self) -> impl Iterator<Item = &config::Listener> {
         self.listeners.iter().map(|l| &l.config)
     }
@@ -836,6 +838,9 @@ impl Driver {
         );
         if failed_tls {
             self.fail(now, conn, "TLS unavailable");
+        } else if self.listeners[index].removed {
+            // Accepted just before the runtime took the listener away.
+            self.broker.close_connection(now, conn);
         }
         self.pump(now);
         conn

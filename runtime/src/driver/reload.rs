@@ -251,7 +251,7 @@ impl Driver {
             let needs_auth = self
                 .listeners
                 .iter()
-                .filter(|l| !l.removed)
+                .filter(|l| !l.removed && l.config.protocol != config::Protocol::Http)
                 .any(|l| l.passwords.is_some() || !l.config.allows_anonymous());
             self.broker.set_authentication(if needs_auth {
                 Authentication::External
@@ -260,11 +260,10 @@ impl Driver {
             });
         }
         if !self.custom_policy {
-            let acls: Vec<_> = self
-                .listeners
-                .iter()
-                .map(|l| l.acl.clone().filter(|_| !l.removed))
-                .collect();
+            // A removed listener keeps its last ACL: no client comes in
+            // through it any more, but the bridges' own connections count
+            // as coming through listener 0.
+            let acls: Vec<_> = self.listeners.iter().map(|l| l.acl.clone()).collect();
             if acls.iter().any(Option::is_some) {
                 self.broker.set_authorization(Box::new(AclPolicy {
                     acls,

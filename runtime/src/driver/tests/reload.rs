@@ -199,3 +199,41 @@ fn bridges_are_added_removed_and_resume_their_queue() {
         "t/3 not delivered"
     );
 }
+
+#[test]
+fn a_connection_accepted_on_a_removed_listener_is_closed() {
+    let both = config(&format!("{ONE}{TWO}"));
+    let mut h = Harness::new(&both, Files::load(&both), None);
+    assert!(reload(&mut h, &config(TWO)).is_empty());
+    // A runtime that accepted before it saw the Unlisten.
+    let late = h.driver.handle_accept(h.now, 0, None);
+    h.drain();
+    assert!(h.shut_write.contains(&late) || h.dropped.contains(&late));
+    let fine = h.driver.handle_accept(h.now, 1, None);
+    h.drain();
+    h.read(fine, &connect("fine", None, true));
+    assert_eq!(connack_code(h.output(fine)), Some(0));
+}
+
+#[test]
+fn a_kept_listener_takes_its_new_settings_for_new_clients() {
+    let open = config(ONE);
+    let mut h = Harness::new(&open, Files::load(&open), None);
+    let before = h.accept();
+    h.read(before, &connect("before", None, true));
+    assert_eq!(connack_code(h.output(before)), Some(0));
+    // allow_anonymous off: the same listener (no Listen, no Unlisten)
+    // refuses anonymous newcomers; the connected client stays.
+    let closed = config(&ONE.replace("true", "false"));
+    assert!(reload(&mut h, &closed).is_empty());
+    assert!(h.listens.is_empty() && h.unlistens.is_empty());
+    let after = h.accept();
+    h.read(after, &connect("after", None, true));
+    assert_eq!(connack_code(h.output(after)), Some(5), "not authorized");
+    assert!(!h.shut_write.contains(&before));
+    // And on again.
+    assert!(reload(&mut h, &open).is_empty());
+    let again = h.accept();
+    h.read(again, &connect("again", None, true));
+    assert_eq!(connack_code(h.output(again)), Some(0));
+}
