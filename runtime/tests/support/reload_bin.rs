@@ -72,9 +72,10 @@ fn reload(roost: &Roost, config: &Path, text: &str, n: usize) {
     );
 }
 
-/// SIGHUP adds a listener (it takes clients), lowers a limit (enforced on
-/// a new connection, while a connected MQTT 5 client keeps what its CONNACK
-/// promised), and removes a listener (connections refused, its MQTT 5
+/// SIGHUP adds a listener (it takes clients; one whose port is taken is
+/// logged and left out), lowers a limit (enforced on a new connection,
+/// while a connected MQTT 5 client keeps what its CONNACK promised), and
+/// removes a listener (connections refused, its MQTT 5
 /// client gets DISCONNECT 0x8B, its MQTT 3.1.1 client is closed).
 pub fn reload_listeners_and_limits(binary: &Path) {
     let dir = temp("listeners");
@@ -86,12 +87,25 @@ pub fn reload_listeners_and_limits(binary: &Path) {
     let old_addr = roost.addrs[0];
     let mut promised = Raw::connected(old_addr, V5, &client("promised"));
 
-    // Added, and max_packet_size lowered.
+    // Added, and max_packet_size lowered; a third listener's port is
+    // taken: it is logged and left out, the rest applies.
+    let taker = std::net::TcpListener::bind("127.0.0.3:0").expect("bind");
+    let taken = taker.local_addr().expect("addr");
+    let third = format!("[[listener]]\nprotocol = \"tcp\"\nbind = \"{taken}\"\n");
     reload(
         &roost,
         &config,
-        &format!("{first}{second}[limits]\nmax_packet_size = 1000\n"),
+        &format!("{first}{second}{third}[limits]\nmax_packet_size = 1000\n"),
         1,
+    );
+    // The runtime binds after the reload's own log line: wait for it.
+    roost.wait_log("is not added", 1);
+    let log = roost.log();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains(&format!("cannot listen on {taken}"))
+            && l.contains("is not added")),
+        "the failed bind is not logged:\n{log}"
     );
     let addrs = poll(|| Some(listening(&roost)).filter(|a| a.len() == 2))
         .unwrap_or_else(|| panic!("the new listener is not listening:\n{}", roost.log()));
