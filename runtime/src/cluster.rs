@@ -35,7 +35,9 @@
 //!
 //! Claims (a client connected somewhere) go on `<prefix>.claim`; retained
 //! messages live in the JetStream key-value bucket `<prefix>_retained`,
-//! keyed by the same tokens, which every node watches.
+//! keyed by the same tokens, which every node watches. A node listens on
+//! `<prefix>.s.<client token>` for each session it holds, where a node that
+//! the client reconnects to asks for it (see `handover`).
 //!
 //! # What a failure loses
 //!
@@ -51,8 +53,13 @@
 //! does not wait for the cluster), and the messages other nodes sent it
 //! that it had not yet delivered to its sessions. A NATS server that fails
 //! loses what was in flight through it; the client reconnects to another
-//! one and resubscribes. Sessions are each node's own: they do not move on
-//! takeover and do not survive their node (see the README).
+//! one and resubscribes. A session moves with its client when the client
+//! reconnects to another node with Clean Start 0 (its QoS 1/2 messages,
+//! not its QoS 0 ones; messages published while it moves, a few
+//! milliseconds, may miss it); a session does not survive its node (see
+//! the README).
+
+mod handover;
 
 use crate::config::Cluster;
 use crate::driver::JobDone;
@@ -60,7 +67,7 @@ use crate::pool::Wake;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use roost_core::MqttStr;
-use roost_core::broker::{Message, RemoteTarget};
+use roost_core::broker::{FetchToken, Message, RecoveredSession, RemoteTarget, SessionOwner};
 use roost_core::codec::{
     DecodeOptions, Packet, PacketId, Protocol, Publish, QoS, QosPid, decode_with,
 };
@@ -333,6 +340,20 @@ pub(crate) enum ToLink {
         client_id: MqttStr,
         clean_start: bool,
     },
+    /// This node holds a client's session now (the others may ask for it),
+    /// or no longer.
+    Hosting { client_id: MqttStr, present: bool },
+    /// Ask the node that holds a client's session for it.
+    Fetch {
+        token: FetchToken,
+        client_id: MqttStr,
+        owner: SessionOwner,
+    },
+    /// The answer to a [`FromLink::HandOver`].
+    HandedOver {
+        reply: String,
+        session: Option<Box<RecoveredSession>>,
+    },
 }
 
 /// What the link hands the driver.
@@ -354,6 +375,18 @@ pub(crate) enum FromLink {
     },
     /// The NATS connection went up or down (see [`ClusterStats`]).
     Status,
+    /// The answer to a [`ToLink::Fetch`].
+    Fetched {
+        token: FetchToken,
+        session: Option<Box<RecoveredSession>>,
+    },
+    /// Another node asks for a session held here; answer with
+    /// [`ToLink::HandedOver`] to `reply`.
+    HandOver {
+        client_id: MqttStr,
+        owner: SessionOwner,
+        reply: String,
+    },
 }
 
 /// Counters shared by the link and the driver (for logs, `$SYS` and
@@ -509,6 +542,9 @@ impl LinkStart {
             (TopicFilter, Option<MqttStr>),
             Vec<tokio::task::JoinHandle<()>>,
         > = HashMap::new();
+        // The sessions held here, each listened for.
+        let mut hosting: HashMap<MqttStr, tokio::task::JoinHandle<()>> = HashMap::new();
+        let (fetched_tx, mut fetched_rx) = mpsc::channel::<FromLink>(config.queue);
         let mut dedup = Dedup::default();
         let mut seq: u64 = 0;
         let mut batch = Vec::new();
@@ -577,6 +613,42 @@ impl LinkStart {
                                 warn!(error = %e, client_id = %client_id, "cluster: claim not sent");
                             }
                         }
+                        ToLink::Hosting { client_id, present } => {
+                            if !present {
+                                if let Some(task) = hosting.remove(&client_id) {
+                                    task.abort();
+                                }
+                                continue;
+                            }
+                            if hosting.contains_key(&client_id) {
+                                continue;
+                            }
+                            let subject = handover::subject(&config.prefix, &client_id);
+                            if subject.len() > MAX_SUBJECT {
+                                continue;
+                            }
+                            match client.subscribe(subject).await {
+                                Ok(sub) => {
+                                    let task = tokio::task::spawn(forward_subscription(sub, Target::HandOver, inbound_tx.clone()));
+                                    hosting.insert(client_id, task);
+                                }
+                                Err(e) => warn!(error = %e, client_id = %client_id, "cluster: other nodes cannot ask for this session"),
+                            }
+                        }
+                        ToLink::Fetch { token, client_id, owner } => {
+                            let (client, prefix, sender, done) = (client.clone(), config.prefix.clone(), sender.clone(), fetched_tx.clone());
+                            tokio::task::spawn(async move {
+                                let session = if handover::subject(&prefix, &client_id).len() > MAX_SUBJECT {
+                                    None
+                                } else {
+                                    handover::fetch(client, prefix, sender, client_id, owner).await
+                                };
+                                let _ = done.send(FromLink::Fetched { token, session: session.map(Box::new) }).await;
+                            });
+                        }
+                        ToLink::HandedOver { reply, session } => {
+                            tokio::task::spawn(handover::answer(client.clone(), reply, session));
+                        }
                     }
                 }
                 inbound = inbound_rx.recv(), if self.outstanding.load(Ordering::Acquire) < config.queue => {
@@ -600,13 +672,22 @@ impl LinkStart {
                     }
                 }
                 Some(()) = status_rx.recv() => deliver(vec![FromLink::Status]),
+                Some(fetched) = fetched_rx.recv() => {
+                    self.outstanding.fetch_add(1, Ordering::AcqRel);
+                    deliver(vec![fetched]);
+                }
                 // The driver is behind: look again shortly (it takes
                 // batches as its loop turns).
                 _ = tokio::time::sleep(Duration::from_millis(1)), if self.outstanding.load(Ordering::Acquire) >= config.queue => {}
             }
         }
         // Shutdown: the driver let go. Stop listening, send what is queued.
-        for task in subscriptions.into_values().flatten().chain(claims) {
+        for task in subscriptions
+            .into_values()
+            .flatten()
+            .chain(claims)
+            .chain(hosting.into_values())
+        {
             task.abort();
         }
         drop(retain_tx);
@@ -626,11 +707,15 @@ enum Target {
     Shared(RemoteTarget),
     Claim,
     Retained,
+    /// A request for a session held here.
+    HandOver,
 }
 
 struct Inbound {
     target: Target,
     payload: Bytes,
+    /// Where the answer goes (requests for sessions).
+    reply: Option<String>,
 }
 
 async fn forward_subscription(
@@ -642,6 +727,7 @@ async fn forward_subscription(
         let inbound = Inbound {
             target: target.clone(),
             payload: message.payload,
+            reply: message.reply.map(|r| r.to_string()),
         };
         if tx.send(inbound).await.is_err() {
             return;
@@ -684,6 +770,18 @@ fn accept(
 ) -> Option<FromLink> {
     let own = |node: &Bytes| node.as_ref() == sender.as_bytes();
     match inbound.target {
+        Target::HandOver => {
+            let reply = inbound.reply?;
+            let Some((node, client_id, owner)) = handover::decode_request(inbound.payload) else {
+                warn!("cluster: undecodable session request dropped");
+                return None;
+            };
+            (!own(&node)).then_some(FromLink::HandOver {
+                client_id,
+                owner,
+                reply,
+            })
+        }
         Target::Claim => {
             let Some((node, clean_start, client_id)) = decode_claim(inbound.payload) else {
                 warn!("cluster: undecodable claim dropped");
@@ -724,7 +822,7 @@ fn accept(
                 Target::Retained => {
                     (!own(&frame.node)).then_some(FromLink::Retained(frame.message))
                 }
-                Target::Claim => None,
+                Target::Claim | Target::HandOver => None,
             }
         }
     }
@@ -874,6 +972,7 @@ async fn retained_bucket(
                     let item = Inbound {
                         target: Target::Retained,
                         payload: entry.value,
+                        reply: None,
                     };
                     if inbound.send(item).await.is_err() {
                         return;

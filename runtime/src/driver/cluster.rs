@@ -157,6 +157,26 @@ impl Driver {
                         info!(client_id = %client_id, "cluster: client connected on another node; its session here ends");
                     }
                 }
+                FromLink::Fetched { token, session } => {
+                    if let Some(s) = &session {
+                        info!(client_id = %s.client_id, subscriptions = s.subscriptions.len(), messages = s.messages.len(), "cluster: session moved here from another node");
+                    }
+                    self.broker.session_fetched(now, token, session.map(|s| *s));
+                }
+                FromLink::HandOver {
+                    client_id,
+                    owner,
+                    reply,
+                } => {
+                    let session = self.broker.hand_over(now, &client_id, &owner);
+                    if session.is_some() {
+                        info!(client_id = %client_id, "cluster: client reconnected on another node; its session moved there");
+                    }
+                    self.cluster_send(ToLink::HandedOver {
+                        reply,
+                        session: session.map(Box::new),
+                    });
+                }
             }
         }
         if let Some(outstanding) = outstanding {

@@ -1443,6 +1443,18 @@ impl Driver {
                 client_id,
                 clean_start,
             }),
+            Action::Hosting { client_id, present } => {
+                self.cluster_send(crate::cluster::ToLink::Hosting { client_id, present });
+            }
+            Action::FetchSession {
+                token,
+                client_id,
+                owner,
+            } => self.cluster_send(crate::cluster::ToLink::Fetch {
+                token,
+                client_id,
+                owner,
+            }),
             _ => {}
         }
     }
