@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::attacks::{Binary, Broker, SERIAL};
 use crate::client::RawClient;
 use crate::scenario::Target;
-use crate::wire::{Connect, Version, Will};
+use crate::wire::{Connect, Properties, Version, Will, prop};
 
 /// Declares one `#[test]` per cluster check against the broker executable
 /// at `$bin`.
@@ -27,6 +27,7 @@ macro_rules! cluster_tests {
     ($bin:expr) => {
         $crate::cluster_tests!(@one $bin, routes_qos_0_1_2_to_interested_nodes_without_collisions);
         $crate::cluster_tests!(@one $bin, takeover_across_nodes);
+        $crate::cluster_tests!(@one $bin, a_persistent_session_moves_across_nodes);
         $crate::cluster_tests!(@one $bin, retained_and_wills_across_nodes);
         $crate::cluster_tests!(@one $bin, shared_subscription_balanced_across_nodes);
         $crate::cluster_tests!(@one $bin, acl_applies_to_messages_from_other_nodes);
@@ -522,6 +523,143 @@ pub fn takeover_across_nodes(bin: &Binary) {
         });
         result.unwrap_or_else(|e| panic!("[{}] {version:?}: {e}", bin.name()));
     }
+}
+
+/// A persistent session moves with its client: messages queued for it on
+/// node a while it was offline are delivered when it reconnects to node b
+/// (Mosquitto's client, MQTT 3.1.1), and an MQTT 5 client that resumes on
+/// another node gets CONNACK session present, its queued QoS 1 and 2
+/// messages, and its subscriptions without subscribing again; a takeover
+/// while it is connected closes the old connection with 0x8E and moves the
+/// session back.
+pub fn a_persistent_session_moves_across_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+
+    // Mosquitto's client: queued on a, read on b.
+    make_session(a, "mover311", &["m311/#"]);
+    publish(a, "m311/x", "q1", 1, false);
+    publish(a, "m311/x", "q2", 2, false);
+    let mut got = read_session(b, "mover311", &["m311/#"], 2, Duration::from_secs(10));
+    got.sort();
+    assert_eq!(
+        got,
+        ["m311/x q1", "m311/x q2"],
+        "[{}] the queued messages did not move with the session",
+        bin.name()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let target = |port| Target {
+        host: "127.0.0.1".into(),
+        port,
+        transport: Default::default(),
+    };
+    let mut connect = Connect::new(Version::V5, "mover5");
+    connect.clean = false;
+    connect.props = Properties::new().int(prop::SESSION_EXPIRY, 600);
+    let result: Result<(), String> = runtime.block_on(async {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let (mut first, ack) = RawClient::connect(&target(a), &connect)
+            .await
+            .map_err(|e| fail("connect on a", &e))?;
+        if ack.session_present {
+            return Err("a new client had a session".into());
+        }
+        first
+            .subscribe("m5/#", 2)
+            .await
+            .map_err(|e| fail("subscribe on a", &e))?;
+        first
+            .disconnect()
+            .await
+            .map_err(|e| fail("disconnect", &e))?;
+        publish(a, "m5/x", "one", 1, false);
+        publish(a, "m5/x", "two", 2, false);
+
+        let (mut on_b, ack) = RawClient::connect(&target(b), &connect)
+            .await
+            .map_err(|e| fail("connect on b", &e))?;
+        if !ack.session_present {
+            return Err("CONNACK on b: session present 0".into());
+        }
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            let p = on_b
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("the queued messages on b", &e))?;
+            queued.push((String::from_utf8_lossy(&p.payload).into_owned(), p.qos));
+        }
+        queued.sort();
+        if queued != [("one".to_owned(), 1), ("two".to_owned(), 2)] {
+            return Err(format!("queued messages on b: {queued:?}"));
+        }
+        // The subscription moved too: a message published on a reaches the
+        // client on b, which never subscribed there (once b's interest is
+        // known to NATS: probes until one arrives).
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if Instant::now() > deadline {
+                return Err("nothing published on a reached the session on b".into());
+            }
+            publish(a, "m5/probe", "probe", 0, false);
+            if let Ok(p) = on_b.next_publish(Duration::from_millis(500)).await {
+                if p.topic == "m5/probe" {
+                    break;
+                }
+            }
+        }
+        publish(a, "m5/x", "three", 1, false);
+        loop {
+            let p = on_b
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("a live message on b", &e))?;
+            if p.payload == b"three" {
+                break;
+            }
+        }
+
+        // Taken over while connected: back to a, session and all.
+        let (mut back, ack) = RawClient::connect(&target(a), &connect)
+            .await
+            .map_err(|e| fail("connect on a again", &e))?;
+        let closed = on_b
+            .expect_close(PATIENCE)
+            .await
+            .map_err(|e| fail("the connection on b", &e))?;
+        if closed.disconnect_code() != Some(0x8E) {
+            return Err(format!(
+                "node b closed without DISCONNECT 0x8E: {:?}",
+                closed.packets
+            ));
+        }
+        if !ack.session_present {
+            return Err("CONNACK on a after the takeover: session present 0".into());
+        }
+        publish(a, "m5/x", "four", 1, false);
+        loop {
+            let p = back
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("a message after moving back", &e))?;
+            if p.payload == b"four" {
+                break;
+            }
+        }
+        back.disconnect()
+            .await
+            .map_err(|e| fail("disconnect", &e))?;
+        Ok(())
+    });
+    result.unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
 }
 
 /// A retained message published on one node is served by the others,
