@@ -28,6 +28,7 @@ macro_rules! cluster_tests {
         $crate::cluster_tests!(@one $bin, routes_qos_0_1_2_to_interested_nodes_without_collisions);
         $crate::cluster_tests!(@one $bin, takeover_across_nodes);
         $crate::cluster_tests!(@one $bin, a_persistent_session_moves_across_nodes);
+        $crate::cluster_tests!(@one $bin, two_nodes_share_one_port);
         $crate::cluster_tests!(@one $bin, retained_and_wills_across_nodes);
         $crate::cluster_tests!(@one $bin, shared_subscription_balanced_across_nodes);
         $crate::cluster_tests!(@one $bin, acl_applies_to_messages_from_other_nodes);
@@ -162,9 +163,25 @@ fn start_node(
     extra: &str,
     cluster: &str,
 ) -> (Broker, u16) {
+    let port = free_port();
+    (
+        start_node_on(bin, dir, name, urls, extra, cluster, port),
+        port,
+    )
+}
+
+/// [`start_node`] listening on `port`.
+fn start_node_on(
+    bin: &Binary,
+    dir: &Path,
+    name: &str,
+    urls: &[String],
+    extra: &str,
+    cluster: &str,
+    port: u16,
+) -> Broker {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let port = free_port();
     let urls = urls
         .iter()
         .map(|u| format!("\"{u}\""))
@@ -175,10 +192,8 @@ fn start_node(
          [limits]\nqueue_qos0_offline = true\n\n[sys]\ninterval_secs = 1\n\n\
          [cluster]\nurls = [{urls}]\nnode = \"{name}\"\n{cluster}"
     );
-    let broker = bin
-        .start(&dir, &toml, 1)
-        .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
-    (broker, port)
+    bin.start(&dir, &toml, 1)
+        .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()))
 }
 
 /// `mosquitto_pub` one message (`-r` if `retain`); panics unless the
@@ -662,6 +677,89 @@ pub fn a_persistent_session_moves_across_nodes(bin: &Binary) {
     result.unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
 }
 
+/// Two nodes on one machine listen on one port (`reuse_port = true`):
+/// the kernel spreads clients over both (each node names itself in
+/// `$SYS/broker/cluster/node`), and a message published by a client of one
+/// reaches a subscriber of the other.
+pub fn two_nodes_share_one_port(bin: &Binary) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let port = free_port();
+    let _a = start_node_on(bin, dir.path(), "a", &urls, "reuse_port = true", "", port);
+    let _b = start_node_on(bin, dir.path(), "b", &urls, "reuse_port = true", "", port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port,
+        transport: Default::default(),
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        // Clients until one has landed on each node (Linux picks by a hash
+        // of the client's port: a new connection is a new draw).
+        let mut on: [Option<RawClient>; 2] = [None, None];
+        let deadline = Instant::now() + PATIENCE;
+        let mut n = 0;
+        while on.iter().any(Option::is_none) {
+            if Instant::now() > deadline {
+                return Err(format!("{n} clients, all on one node"));
+            }
+            n += 1;
+            let connect = Connect::new(Version::V5, &format!("c{n}"));
+            let Ok((mut client, _)) = RawClient::connect(&target, &connect).await else {
+                continue;
+            };
+            client
+                .subscribe("$SYS/broker/cluster/node", 0)
+                .await
+                .map_err(|e| format!("subscribe: {e}"))?;
+            let Ok(p) = client.next_publish(Duration::from_secs(3)).await else {
+                continue;
+            };
+            let slot = match p.payload.as_slice() {
+                b"a" => 0,
+                b"b" => 1,
+                other => return Err(format!("node {:?}", String::from_utf8_lossy(other))),
+            };
+            if on[slot].is_none() {
+                on[slot] = Some(client);
+            }
+        }
+        let [Some(mut sub), Some(mut publisher)] = on else {
+            return Err("unreachable".into());
+        };
+        sub.subscribe("across/#", 1)
+            .await
+            .map_err(|e| format!("subscribe on a: {e}"))?;
+        // Probes until node a's interest is known to NATS.
+        let deadline = Instant::now() + PATIENCE;
+        let mut i = 0;
+        loop {
+            if Instant::now() > deadline {
+                return Err("nothing published on node b reached node a".into());
+            }
+            i += 1;
+            let payload = format!("m{i}");
+            publisher
+                .publish(crate::wire::Publish::new("across/x", 1, payload.as_bytes()))
+                .await
+                .map_err(|e| format!("publish on b: {e}"))?;
+            if let Ok(p) = sub.next_publish(Duration::from_millis(500)).await {
+                if p.topic == "across/x" && p.payload.starts_with(b"m") {
+                    return Ok(());
+                }
+            }
+        }
+    });
+    result.unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
+}
+
 /// A retained message published on one node is served by the others,
 /// including a node started afterwards, and clearing it clears it
 /// everywhere; a client's will published on its node reaches a subscriber
@@ -945,6 +1043,7 @@ pub fn refuses_what_is_not_implemented(bin: &Binary) {
     let dir = tempfile::tempdir().expect("tempdir");
     for (setting, needle) in [
         ("sessions = \"jetstream\"", "not implemented"),
+        // A listener's setting, not the cluster's.
         ("reuse_port = true", "reuse_port"),
     ] {
         let toml = format!(

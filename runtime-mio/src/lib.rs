@@ -166,7 +166,7 @@ impl Server {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (index, l) in driver.listeners().enumerate() {
-            let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
+            let mut listener = TcpListener::from_std(roost_runtime::net::listen_on(l)?);
             poll.registry()
                 .register(&mut listener, Token(index), Interest::READABLE)?;
             addrs.push(listener.local_addr()?);

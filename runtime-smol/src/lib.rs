@@ -133,7 +133,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let embedded = Embedded::new(hooks, &mut driver);
     let listeners = driver
         .listeners()
-        .map(|l| roost_runtime::net::listen(l.bind))
+        .map(roost_runtime::net::listen_on)
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = listeners
         .iter()

@@ -139,7 +139,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let embedded = Embedded::new(hooks, &mut driver);
     let std_listeners = driver
         .listeners()
-        .map(|l| roost_runtime::net::listen(l.bind))
+        .map(roost_runtime::net::listen_on)
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = std_listeners
         .iter()

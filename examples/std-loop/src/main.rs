@@ -94,10 +94,9 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The driver's listeners: the configured MQTT ones, then `[http]`.
     let mut listeners = Vec::new();
-    let binds: Vec<_> = driver.listeners().map(|l| l.bind).collect();
-    for bind in binds {
-        let listener = TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
+    let configured: Vec<_> = driver.listeners().cloned().collect();
+    for l in &configured {
+        let listener = roost_runtime::net::listen_on(l)?;
         driver.handle_listening(listeners.len(), listener.local_addr()?);
         listeners.push(Some(listener));
     }

@@ -216,6 +216,9 @@ fn listener_changes(old: &Listener, new: &Listener, live: &mut Listener) -> Vec<
     if old.ws_path != new.ws_path {
         later.push("ws_path");
     }
+    if old.reuse_port != new.reuse_port {
+        later.push("reuse_port");
+    }
     later
 }
 
