@@ -1071,3 +1071,196 @@ pub fn refuses_what_is_not_implemented(bin: &Binary) {
         );
     }
 }
+
+/// The cluster CI runs whole, on one runtime (`tests/cluster.rs` of
+/// `roost`): a NATS cluster of three servers with JetStream and three roost
+/// nodes on loopback, each node given every server with its own first.
+/// Cross-node publish/subscribe at QoS 0/1/2 with `mosquitto_pub`/`_sub`
+/// and paho-mqtt; the cluster totals and each node's log of its peers; a
+/// persistent session that moves with its client; a retained message and a
+/// will across nodes; a shared subscription balanced across two nodes;
+/// SIGKILL of one NATS server with traffic continuing.
+pub fn ci_topology(bin: &Binary) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = bin.name();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = Nats::start(dir.path(), 3);
+    let urls =
+        |first: usize| -> Vec<String> { (0..3).map(|i| nats.url((first + i) % 3)).collect() };
+    let (a_node, a) = node(bin, dir.path(), "a", &urls(0), "");
+    let (_b_node, b) = node(bin, dir.path(), "b", &urls(1), "");
+    let (_c_node, c) = node(bin, dir.path(), "c", &urls(2), "");
+    for port in [a, b, c] {
+        wait_sys(port, "nodes", "3");
+    }
+    assert!(
+        a_node.wait_log("cluster: peer joined", 2, PATIENCE),
+        "[{name}] node a did not log its peers joining:\n{}",
+        a_node.log()
+    );
+
+    // QoS 0/1/2 from a (Mosquitto) and from c (paho-mqtt) to b.
+    let filters: &[&str] = &["ci/#"];
+    make_session(b, "ci-sub", filters);
+    probe(a, "ci/probe", &[(b, "ci-sub", filters)]);
+    for qos in 0..3u8 {
+        publish(a, &format!("ci/q{qos}"), &format!("m-{qos}"), qos, false);
+    }
+    let paho = format!(
+        "import paho.mqtt.client as mqtt\n\
+         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='ci-paho', protocol=mqtt.MQTTv5)\n\
+         c.connect('127.0.0.1', {c})\n\
+         c.loop_start()\n\
+         for q in (1, 2):\n    c.publish('ci/paho%d' % q, 'p-%d' % q, qos=q).wait_for_publish(10)\n\
+         c.disconnect()\n\
+         c.loop_stop()\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &paho])
+        .status()
+        .expect("python3 is installed");
+    assert!(
+        status.success(),
+        "[{name}] paho-mqtt publisher on node c failed"
+    );
+    let mut got = collect(b, "ci-sub", filters, 5);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "ci/paho1 p-1",
+            "ci/paho2 p-2",
+            "ci/q0 m-0",
+            "ci/q1 m-1",
+            "ci/q2 m-2"
+        ],
+        "[{name}] cross-node publish/subscribe"
+    );
+    // Clients connected cluster-wide: node a counts those on b and c.
+    let mut held: Vec<Child> = [b, c]
+        .iter()
+        .map(|port| {
+            Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "hold/#"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("mosquitto_sub is installed")
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let total: u64 = read_retained(a, "$SYS/broker/cluster/clients/connected")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if total >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{name}] node a never counted the clients of b and c (says {total})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for child in &mut held {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // A persistent session moves from a to c with what was queued for it.
+    make_session(a, "ci-mover", &["mv/#"]);
+    publish(a, "mv/x", "queued", 1, false);
+    let moved = read_session(c, "ci-mover", &["mv/#"], 1, Duration::from_secs(10));
+    assert_eq!(moved, ["mv/x queued"], "[{name}] the session moving to c");
+
+    // Retained on b, read on c; a will on a, read on b.
+    publish(b, "ci/kept", "kept", 1, true);
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(c, "ci/kept").as_deref() != Some("kept") {
+        assert!(
+            Instant::now() < deadline,
+            "[{name}] retained never reached c"
+        );
+    }
+    let wills: &[&str] = &["will/#"];
+    make_session(b, "ci-will", wills);
+    probe(a, "will/probe", &[(b, "ci-will", wills)]);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async {
+            let mut connect = Connect::new(Version::V5, "ci-mortal");
+            connect.will = Some(Will {
+                topic: "will/ci".into(),
+                payload: b"gone".to_vec(),
+                qos: 1,
+                ..Default::default()
+            });
+            let target = Target {
+                host: "127.0.0.1".into(),
+                port: a,
+                transport: Default::default(),
+            };
+            let (client, _) = RawClient::connect(&target, &connect)
+                .await
+                .unwrap_or_else(|e| panic!("[{name}] connect with a will: {e}"));
+            drop(client);
+        });
+    assert_eq!(
+        collect(b, "ci-will", wills, 1),
+        ["will/ci gone"],
+        "[{name}] the will across nodes"
+    );
+
+    // A shared group with members on b and c, fed from a.
+    let shared: &[&str] = &["$share/ci/sh/#"];
+    make_session(b, "ci-sh-b", shared);
+    make_session(c, "ci-sh-c", shared);
+    probe(a, "sh/probe", &[(b, "ci-sh-b", shared)]);
+    probe(a, "sh/probe", &[(c, "ci-sh-c", shared)]);
+    let n = 20;
+    for i in 0..n {
+        publish(a, &format!("sh/{i}"), &format!("s{i}"), 1, false);
+    }
+    let on_b = no_probes(read_session(
+        b,
+        "ci-sh-b",
+        shared,
+        n + 50,
+        Duration::from_secs(2),
+    ));
+    let on_c = no_probes(read_session(
+        c,
+        "ci-sh-c",
+        shared,
+        n + 50,
+        Duration::from_secs(2),
+    ));
+    let mut both: Vec<String> = on_b.iter().chain(&on_c).cloned().collect();
+    both.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("sh/{i} s{i}")).collect();
+    want.sort();
+    assert_eq!(both, want, "[{name}] each shared message to one member");
+    assert!(
+        !on_b.is_empty() && !on_c.is_empty(),
+        "[{name}] not balanced: b {}, c {}",
+        on_b.len(),
+        on_c.len()
+    );
+
+    // SIGKILL of the NATS server node a was using: a reconnects to another.
+    nats.kill(0);
+    probe(a, "ci/probe", &[(b, "ci-sub", filters)]);
+    for i in 0..5 {
+        publish(a, "ci/after", &format!("k{i}"), 1, false);
+    }
+    let after: Vec<String> = collect(b, "ci-sub", filters, 5)
+        .into_iter()
+        .filter(|l| l.starts_with("ci/after"))
+        .collect();
+    let want: Vec<String> = (0..5).map(|i| format!("ci/after k{i}")).collect();
+    assert_eq!(
+        after, want,
+        "[{name}] traffic after a NATS server was killed"
+    );
+}

@@ -33,6 +33,11 @@
 //! subjects of `f` in a queue group named after `g` and `f`, so one node of
 //! those with members gets each message, and that node picks one member.
 //!
+//! Every node says it is alive on `<prefix>.hb` each [`HEARTBEAT`], with
+//! the number of clients connected to it: each node keeps a table of its
+//! peers (logged as they join and leave; one silent for
+//! [`PEER_TIMEOUT`] has left) for the cluster totals in `$SYS`.
+//!
 //! Claims (a client connected somewhere) go on `<prefix>.claim`; retained
 //! messages live in the JetStream key-value bucket `<prefix>_retained`,
 //! keyed by the same tokens, which every node watches. A node listens on
@@ -101,6 +106,12 @@ const RETAINED_BUCKET_BYTES: i64 = 1 << 30;
 
 /// The frame format version; a node refuses frames of another version.
 const VERSION: u8 = 1;
+
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A peer not heard of for this long has left the cluster.
+pub const PEER_TIMEOUT: Duration = Duration::from_millis(3500);
 
 // ---------------------------------------------------------------- subjects
 
@@ -317,6 +328,81 @@ fn decode_claim(mut buf: Bytes) -> Option<(Bytes, bool, MqttStr)> {
     Some((node, clean_start, client_id))
 }
 
+fn encode_heartbeat(node: &str, clients: u64, leaving: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(VERSION);
+    put_str(&mut out, node.as_bytes());
+    out.put_u64(clients);
+    out.put_u8(u8::from(leaving));
+    out.freeze()
+}
+
+fn decode_heartbeat(mut buf: Bytes) -> Option<(Bytes, u64, bool)> {
+    if buf.remaining() < 1 || buf.get_u8() != VERSION {
+        return None;
+    }
+    let node = get_str(&mut buf)?;
+    if buf.remaining() < 9 {
+        return None;
+    }
+    Some((node, buf.get_u64(), buf.get_u8() != 0))
+}
+
+/// A node's view of the other nodes, from their heartbeats.
+#[derive(Default)]
+struct Peers {
+    /// By node name: its run (`name#incarnation`), when last heard, its
+    /// clients.
+    known: HashMap<String, (Bytes, std::time::Instant, u64)>,
+}
+
+impl Peers {
+    /// A heartbeat from `sender` (`name#incarnation`).
+    fn heard(&mut self, sender: &Bytes, clients: u64, leaving: bool, now: std::time::Instant) {
+        let text = String::from_utf8_lossy(sender);
+        let name = text.split('#').next().unwrap_or_default().to_owned();
+        if leaving {
+            if self.known.remove(&name).is_some() {
+                info!(peer = %name, "cluster: peer left");
+            }
+            return;
+        }
+        let room = self.known.len() < MAX_ORIGINS;
+        match self.known.get_mut(&name) {
+            Some(peer) => {
+                if peer.0 != *sender {
+                    info!(peer = %name, "cluster: peer restarted");
+                    peer.0 = sender.clone();
+                }
+                peer.1 = now;
+                peer.2 = clients;
+            }
+            None if room => {
+                info!(peer = %name, "cluster: peer joined");
+                self.known.insert(name, (sender.clone(), now, clients));
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets the peers silent since `PEER_TIMEOUT` before `now`.
+    fn expire(&mut self, now: std::time::Instant) {
+        self.known.retain(|name, peer| {
+            let live = now.duration_since(peer.1) < PEER_TIMEOUT;
+            if !live {
+                warn!(peer = %name, "cluster: peer left (no heartbeat)");
+            }
+            live
+        });
+    }
+
+    /// Nodes and clients cluster-wide, with this node's `local` clients.
+    fn totals(&self, local: u64) -> (u64, u64) {
+        let clients = self.known.values().map(|p| p.2).sum::<u64>() + local;
+        (self.known.len() as u64 + 1, clients)
+    }
+}
+
 // ---------------------------------------------------------- driver <-> link
 
 /// What the driver asks of the link.
@@ -405,6 +491,13 @@ pub struct ClusterStats {
     pub claims: AtomicU64,
     /// Whether the NATS connection is up (1) or not (0).
     pub connected: AtomicU64,
+    /// Nodes in the cluster as this node sees it, itself included.
+    pub nodes: AtomicU64,
+    /// Clients connected to this node (the driver keeps it current).
+    pub local_clients: AtomicU64,
+    /// Clients connected cluster-wide: this node's, and its live peers' as
+    /// their last heartbeats said.
+    pub clients: AtomicU64,
 }
 
 /// The link's half, handed to the thread that runs it.
@@ -514,6 +607,9 @@ impl LinkStart {
             ^ u64::from(std::process::id());
         let sender = format!("{}#{incarnation:x}", config.node);
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.queue);
+        // Heartbeats bypass the bound on messages waiting for the driver:
+        // the link itself takes them.
+        let (heartbeat_tx, mut heartbeat_rx) = mpsc::channel::<(Bytes, u64, bool)>(64);
         // Claims from every node.
         let claims = match client.subscribe(format!("{}.claim", config.prefix)).await {
             Ok(sub) => Some(tokio::task::spawn(forward_subscription(
@@ -547,6 +643,26 @@ impl LinkStart {
         let (fetched_tx, mut fetched_rx) = mpsc::channel::<FromLink>(config.queue);
         let mut dedup = Dedup::default();
         let mut seq: u64 = 0;
+        // Heartbeats: every node's, and this node's own on a timer.
+        let heartbeats = match client.subscribe(format!("{}.hb", config.prefix)).await {
+            Ok(mut sub) => Some(tokio::task::spawn(async move {
+                while let Some(message) = sub.next().await {
+                    let Some(beat) = decode_heartbeat(message.payload) else {
+                        continue;
+                    };
+                    // Full: the link is busy; the next one will do.
+                    let _ = heartbeat_tx.try_send(beat);
+                }
+            })),
+            Err(e) => {
+                error!(error = %e, "cluster: cannot hear other nodes' heartbeats");
+                None
+            }
+        };
+        let mut peers = Peers::default();
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stats.nodes.store(1, Ordering::Relaxed);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -672,6 +788,25 @@ impl LinkStart {
                     }
                 }
                 Some(()) = status_rx.recv() => deliver(vec![FromLink::Status]),
+                _ = beat.tick() => {
+                    let local = stats.local_clients.load(Ordering::Relaxed);
+                    let frame = encode_heartbeat(&sender, local, false);
+                    if let Err(e) = client.publish(format!("{}.hb", config.prefix), frame).await {
+                        debug!(error = %e, "cluster: heartbeat not sent");
+                    }
+                    peers.expire(std::time::Instant::now());
+                    let (nodes, clients) = peers.totals(local);
+                    stats.nodes.store(nodes, Ordering::Relaxed);
+                    stats.clients.store(clients, Ordering::Relaxed);
+                }
+                Some((node, clients, leaving)) = heartbeat_rx.recv() => {
+                    if node.as_ref() != sender.as_bytes() {
+                        peers.heard(&node, clients, leaving, std::time::Instant::now());
+                        let (nodes, clients) = peers.totals(stats.local_clients.load(Ordering::Relaxed));
+                        stats.nodes.store(nodes, Ordering::Relaxed);
+                        stats.clients.store(clients, Ordering::Relaxed);
+                    }
+                }
                 Some(fetched) = fetched_rx.recv() => {
                     self.outstanding.fetch_add(1, Ordering::AcqRel);
                     deliver(vec![fetched]);
@@ -686,6 +821,7 @@ impl LinkStart {
             .into_values()
             .flatten()
             .chain(claims)
+            .chain(heartbeats)
             .chain(hosting.into_values())
         {
             task.abort();
@@ -694,6 +830,13 @@ impl LinkStart {
         if let Some(retained) = retained {
             retained.abort();
         }
+        // The others need not wait for silence to know this node left.
+        let _ = client
+            .publish(
+                format!("{}.hb", config.prefix),
+                encode_heartbeat(&sender, 0, true),
+            )
+            .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         drop(shared_client);
         info!(node = %config.node, "cluster: left");
@@ -1062,6 +1205,33 @@ mod tests {
         assert_eq!(back.message, message);
         assert!(decode_frame(Bytes::from_static(b"\x02garbage")).is_none());
         assert!(decode_frame(Bytes::from_static(b"\x01\x00")).is_none());
+    }
+
+    #[test]
+    fn peers_join_restart_and_leave() {
+        let t0 = std::time::Instant::now();
+        let mut peers = Peers::default();
+        assert_eq!(peers.totals(2), (1, 2));
+        let (b1, b2, c) = (
+            Bytes::from_static(b"b#1"),
+            Bytes::from_static(b"b#2"),
+            Bytes::from_static(b"c#9"),
+        );
+        peers.heard(&b1, 5, false, t0);
+        peers.heard(&c, 7, false, t0);
+        assert_eq!(peers.totals(2), (3, 14));
+        // A restarted node is the same peer.
+        peers.heard(&b2, 1, false, t0 + HEARTBEAT);
+        assert_eq!(peers.totals(2), (3, 10));
+        // c says it leaves; b goes silent.
+        peers.heard(&c, 0, true, t0 + HEARTBEAT);
+        assert_eq!(peers.totals(2), (2, 3));
+        peers.expire(t0 + HEARTBEAT + PEER_TIMEOUT);
+        assert_eq!(peers.totals(2), (1, 2));
+        let frame = encode_heartbeat("a#3", 42, true);
+        let (node, clients, leaving) = decode_heartbeat(frame).unwrap();
+        assert_eq!((node.as_ref(), clients, leaving), (&b"a#3"[..], 42, true));
+        assert!(decode_heartbeat(Bytes::from_static(b"\x01\x00\x01a")).is_none());
     }
 
     #[test]
