@@ -714,3 +714,54 @@ fn a_session_is_handed_over_only_to_its_owner() {
     assert_eq!(wills[0].topic.as_str(), "w/bob");
     assert!(a.broker.hand_over(a.now, &id, &mallory).is_none());
 }
+
+/// With persistence on both nodes, a session that moves is deleted from
+/// the store of the node it leaves and stored whole by the node it lands
+/// on, before the CONNACK that says it is present.
+#[test]
+fn a_moved_session_is_stored_where_it_lands() {
+    let stored_node = || {
+        Sim::new(Config {
+            sys_interval: None,
+            cluster: true,
+            persistence: true,
+            ..Config::default()
+        })
+    };
+    let (mut a, mut b) = (stored_node(), stored_node());
+    let c = connect("durable", V4, false, 0);
+    let (old, _) = resume(&mut a, c.clone(), None);
+    a.subscribe(old, 1, &[("d/#", QoS::AtLeastOnce)]);
+    a.drop_transport(old);
+    let (p, _) = a.connect("p", V4, true);
+    a.publish(p, "d/1", b"one", QoS::AtLeastOnce, 1, false);
+    a.confirm_all();
+    assert_eq!(a.replayed().sessions.len(), 1);
+
+    b.auto_confirm = false;
+    let (new, ack) = b.connect_with(c);
+    assert!(ack.is_none());
+    let (token, _, owner) = fetches(&mut b).remove(0);
+    let moved = a
+        .broker
+        .hand_over(a.now, &MqttStr::from_static("durable"), &owner);
+    a.drain();
+    a.confirm_all();
+    assert!(a.replayed().sessions.is_empty(), "deleted where it left");
+    b.broker.session_fetched(b.now, token, moved);
+    b.drain();
+    assert!(b.recv(new).is_none(), "CONNACK waits for the store");
+    b.confirm_all();
+    match b.recv(new) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let state = b.replayed();
+    assert_eq!(state.sessions.len(), 1);
+    assert_eq!(state.sessions[0].subscriptions.len(), 1);
+    assert_eq!(state.sessions[0].messages.len(), 1);
+    assert_eq!(state, b.broker.durable_state());
+    let got = b.publishes(new);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, "one");
+}
