@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::attacks::{Binary, Broker, SERIAL};
 use crate::client::RawClient;
 use crate::scenario::Target;
-use crate::wire::{Connect, Version, Will};
+use crate::wire::{Connect, Properties, Version, Will, prop};
 
 /// Declares one `#[test]` per cluster check against the broker executable
 /// at `$bin`.
@@ -27,6 +27,8 @@ macro_rules! cluster_tests {
     ($bin:expr) => {
         $crate::cluster_tests!(@one $bin, routes_qos_0_1_2_to_interested_nodes_without_collisions);
         $crate::cluster_tests!(@one $bin, takeover_across_nodes);
+        $crate::cluster_tests!(@one $bin, a_persistent_session_moves_across_nodes);
+        $crate::cluster_tests!(@one $bin, two_nodes_share_one_port);
         $crate::cluster_tests!(@one $bin, retained_and_wills_across_nodes);
         $crate::cluster_tests!(@one $bin, shared_subscription_balanced_across_nodes);
         $crate::cluster_tests!(@one $bin, acl_applies_to_messages_from_other_nodes);
@@ -161,9 +163,25 @@ fn start_node(
     extra: &str,
     cluster: &str,
 ) -> (Broker, u16) {
+    let port = free_port();
+    (
+        start_node_on(bin, dir, name, urls, extra, cluster, port),
+        port,
+    )
+}
+
+/// [`start_node`] listening on `port`.
+fn start_node_on(
+    bin: &Binary,
+    dir: &Path,
+    name: &str,
+    urls: &[String],
+    extra: &str,
+    cluster: &str,
+    port: u16,
+) -> Broker {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let port = free_port();
     let urls = urls
         .iter()
         .map(|u| format!("\"{u}\""))
@@ -174,10 +192,8 @@ fn start_node(
          [limits]\nqueue_qos0_offline = true\n\n[sys]\ninterval_secs = 1\n\n\
          [cluster]\nurls = [{urls}]\nnode = \"{name}\"\n{cluster}"
     );
-    let broker = bin
-        .start(&dir, &toml, 1)
-        .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
-    (broker, port)
+    bin.start(&dir, &toml, 1)
+        .unwrap_or_else(|e| panic!("[{}] {e}", bin.name()))
 }
 
 /// `mosquitto_pub` one message (`-r` if `retain`); panics unless the
@@ -524,6 +540,226 @@ pub fn takeover_across_nodes(bin: &Binary) {
     }
 }
 
+/// A persistent session moves with its client: messages queued for it on
+/// node a while it was offline are delivered when it reconnects to node b
+/// (Mosquitto's client, MQTT 3.1.1), and an MQTT 5 client that resumes on
+/// another node gets CONNACK session present, its queued QoS 1 and 2
+/// messages, and its subscriptions without subscribing again; a takeover
+/// while it is connected closes the old connection with 0x8E and moves the
+/// session back.
+pub fn a_persistent_session_moves_across_nodes(bin: &Binary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let (_a, a) = node(bin, dir.path(), "a", &urls, "");
+    let (_b, b) = node(bin, dir.path(), "b", &urls, "");
+
+    // Mosquitto's client: queued on a, read on b.
+    make_session(a, "mover311", &["m311/#"]);
+    publish(a, "m311/x", "q1", 1, false);
+    publish(a, "m311/x", "q2", 2, false);
+    let mut got = read_session(b, "mover311", &["m311/#"], 2, Duration::from_secs(10));
+    got.sort();
+    assert_eq!(
+        got,
+        ["m311/x q1", "m311/x q2"],
+        "[{}] the queued messages did not move with the session",
+        bin.name()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let target = |port| Target {
+        host: "127.0.0.1".into(),
+        port,
+        transport: Default::default(),
+    };
+    let mut connect = Connect::new(Version::V5, "mover5");
+    connect.clean = false;
+    connect.props = Properties::new().int(prop::SESSION_EXPIRY, 600);
+    let result: Result<(), String> = runtime.block_on(async {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let (mut first, ack) = RawClient::connect(&target(a), &connect)
+            .await
+            .map_err(|e| fail("connect on a", &e))?;
+        if ack.session_present {
+            return Err("a new client had a session".into());
+        }
+        first
+            .subscribe("m5/#", 2)
+            .await
+            .map_err(|e| fail("subscribe on a", &e))?;
+        first
+            .disconnect()
+            .await
+            .map_err(|e| fail("disconnect", &e))?;
+        publish(a, "m5/x", "one", 1, false);
+        publish(a, "m5/x", "two", 2, false);
+
+        let (mut on_b, ack) = RawClient::connect(&target(b), &connect)
+            .await
+            .map_err(|e| fail("connect on b", &e))?;
+        if !ack.session_present {
+            return Err("CONNACK on b: session present 0".into());
+        }
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            let p = on_b
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("the queued messages on b", &e))?;
+            queued.push((String::from_utf8_lossy(&p.payload).into_owned(), p.qos));
+        }
+        queued.sort();
+        if queued != [("one".to_owned(), 1), ("two".to_owned(), 2)] {
+            return Err(format!("queued messages on b: {queued:?}"));
+        }
+        // The subscription moved too: a message published on a reaches the
+        // client on b, which never subscribed there (once b's interest is
+        // known to NATS: probes until one arrives).
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if Instant::now() > deadline {
+                return Err("nothing published on a reached the session on b".into());
+            }
+            publish(a, "m5/probe", "probe", 0, false);
+            if let Ok(p) = on_b.next_publish(Duration::from_millis(500)).await {
+                if p.topic == "m5/probe" {
+                    break;
+                }
+            }
+        }
+        publish(a, "m5/x", "three", 1, false);
+        loop {
+            let p = on_b
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("a live message on b", &e))?;
+            if p.payload == b"three" {
+                break;
+            }
+        }
+
+        // Taken over while connected: back to a, session and all.
+        let (mut back, ack) = RawClient::connect(&target(a), &connect)
+            .await
+            .map_err(|e| fail("connect on a again", &e))?;
+        let closed = on_b
+            .expect_close(PATIENCE)
+            .await
+            .map_err(|e| fail("the connection on b", &e))?;
+        if closed.disconnect_code() != Some(0x8E) {
+            return Err(format!(
+                "node b closed without DISCONNECT 0x8E: {:?}",
+                closed.packets
+            ));
+        }
+        if !ack.session_present {
+            return Err("CONNACK on a after the takeover: session present 0".into());
+        }
+        publish(a, "m5/x", "four", 1, false);
+        loop {
+            let p = back
+                .next_publish(PATIENCE)
+                .await
+                .map_err(|e| fail("a message after moving back", &e))?;
+            if p.payload == b"four" {
+                break;
+            }
+        }
+        back.disconnect()
+            .await
+            .map_err(|e| fail("disconnect", &e))?;
+        Ok(())
+    });
+    result.unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
+}
+
+/// Two nodes on one machine listen on one port (`reuse_port = true`):
+/// the kernel spreads clients over both (each node names itself in
+/// `$SYS/broker/cluster/node`), and a message published by a client of one
+/// reaches a subscriber of the other.
+pub fn two_nodes_share_one_port(bin: &Binary) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 1);
+    let urls = [nats.url(0)];
+    let port = free_port();
+    let _a = start_node_on(bin, dir.path(), "a", &urls, "reuse_port = true", "", port);
+    let _b = start_node_on(bin, dir.path(), "b", &urls, "reuse_port = true", "", port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port,
+        transport: Default::default(),
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        // Clients until one has landed on each node (Linux picks by a hash
+        // of the client's port: a new connection is a new draw).
+        let mut on: [Option<RawClient>; 2] = [None, None];
+        let deadline = Instant::now() + PATIENCE;
+        let mut n = 0;
+        while on.iter().any(Option::is_none) {
+            if Instant::now() > deadline {
+                return Err(format!("{n} clients, all on one node"));
+            }
+            n += 1;
+            let connect = Connect::new(Version::V5, &format!("c{n}"));
+            let Ok((mut client, _)) = RawClient::connect(&target, &connect).await else {
+                continue;
+            };
+            client
+                .subscribe("$SYS/broker/cluster/node", 0)
+                .await
+                .map_err(|e| format!("subscribe: {e}"))?;
+            let Ok(p) = client.next_publish(Duration::from_secs(3)).await else {
+                continue;
+            };
+            let slot = match p.payload.as_slice() {
+                b"a" => 0,
+                b"b" => 1,
+                other => return Err(format!("node {:?}", String::from_utf8_lossy(other))),
+            };
+            if on[slot].is_none() {
+                on[slot] = Some(client);
+            }
+        }
+        let [Some(mut sub), Some(mut publisher)] = on else {
+            return Err("unreachable".into());
+        };
+        sub.subscribe("across/#", 1)
+            .await
+            .map_err(|e| format!("subscribe on a: {e}"))?;
+        // Probes until node a's interest is known to NATS.
+        let deadline = Instant::now() + PATIENCE;
+        let mut i = 0;
+        loop {
+            if Instant::now() > deadline {
+                return Err("nothing published on node b reached node a".into());
+            }
+            i += 1;
+            let payload = format!("m{i}");
+            publisher
+                .publish(crate::wire::Publish::new("across/x", 1, payload.as_bytes()))
+                .await
+                .map_err(|e| format!("publish on b: {e}"))?;
+            if let Ok(p) = sub.next_publish(Duration::from_millis(500)).await {
+                if p.topic == "across/x" && p.payload.starts_with(b"m") {
+                    return Ok(());
+                }
+            }
+        }
+    });
+    result.unwrap_or_else(|e| panic!("[{}] {e}", bin.name()));
+}
+
 /// A retained message published on one node is served by the others,
 /// including a node started afterwards, and clearing it clears it
 /// everywhere; a client's will published on its node reaches a subscriber
@@ -807,6 +1043,7 @@ pub fn refuses_what_is_not_implemented(bin: &Binary) {
     let dir = tempfile::tempdir().expect("tempdir");
     for (setting, needle) in [
         ("sessions = \"jetstream\"", "not implemented"),
+        // A listener's setting, not the cluster's.
         ("reuse_port = true", "reuse_port"),
     ] {
         let toml = format!(
@@ -833,4 +1070,197 @@ pub fn refuses_what_is_not_implemented(bin: &Binary) {
             ran.stderr
         );
     }
+}
+
+/// The cluster CI runs whole, on one runtime (`tests/cluster.rs` of
+/// `roost`): a NATS cluster of three servers with JetStream and three roost
+/// nodes on loopback, each node given every server with its own first.
+/// Cross-node publish/subscribe at QoS 0/1/2 with `mosquitto_pub`/`_sub`
+/// and paho-mqtt; the cluster totals and each node's log of its peers; a
+/// persistent session that moves with its client; a retained message and a
+/// will across nodes; a shared subscription balanced across two nodes;
+/// SIGKILL of one NATS server with traffic continuing.
+pub fn ci_topology(bin: &Binary) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = bin.name();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = Nats::start(dir.path(), 3);
+    let urls =
+        |first: usize| -> Vec<String> { (0..3).map(|i| nats.url((first + i) % 3)).collect() };
+    let (a_node, a) = node(bin, dir.path(), "a", &urls(0), "");
+    let (_b_node, b) = node(bin, dir.path(), "b", &urls(1), "");
+    let (_c_node, c) = node(bin, dir.path(), "c", &urls(2), "");
+    for port in [a, b, c] {
+        wait_sys(port, "nodes", "3");
+    }
+    assert!(
+        a_node.wait_log("cluster: peer joined", 2, PATIENCE),
+        "[{name}] node a did not log its peers joining:\n{}",
+        a_node.log()
+    );
+
+    // QoS 0/1/2 from a (Mosquitto) and from c (paho-mqtt) to b.
+    let filters: &[&str] = &["ci/#"];
+    make_session(b, "ci-sub", filters);
+    probe(a, "ci/probe", &[(b, "ci-sub", filters)]);
+    for qos in 0..3u8 {
+        publish(a, &format!("ci/q{qos}"), &format!("m-{qos}"), qos, false);
+    }
+    let paho = format!(
+        "import paho.mqtt.client as mqtt\n\
+         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='ci-paho', protocol=mqtt.MQTTv5)\n\
+         c.connect('127.0.0.1', {c})\n\
+         c.loop_start()\n\
+         for q in (1, 2):\n    c.publish('ci/paho%d' % q, 'p-%d' % q, qos=q).wait_for_publish(10)\n\
+         c.disconnect()\n\
+         c.loop_stop()\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &paho])
+        .status()
+        .expect("python3 is installed");
+    assert!(
+        status.success(),
+        "[{name}] paho-mqtt publisher on node c failed"
+    );
+    let mut got = collect(b, "ci-sub", filters, 5);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "ci/paho1 p-1",
+            "ci/paho2 p-2",
+            "ci/q0 m-0",
+            "ci/q1 m-1",
+            "ci/q2 m-2"
+        ],
+        "[{name}] cross-node publish/subscribe"
+    );
+    // Clients connected cluster-wide: node a counts those on b and c.
+    let mut held: Vec<Child> = [b, c]
+        .iter()
+        .map(|port| {
+            Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "hold/#"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("mosquitto_sub is installed")
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let total: u64 = read_retained(a, "$SYS/broker/cluster/clients/connected")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if total >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{name}] node a never counted the clients of b and c (says {total})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for child in &mut held {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // A persistent session moves from a to c with what was queued for it.
+    make_session(a, "ci-mover", &["mv/#"]);
+    publish(a, "mv/x", "queued", 1, false);
+    let moved = read_session(c, "ci-mover", &["mv/#"], 1, Duration::from_secs(10));
+    assert_eq!(moved, ["mv/x queued"], "[{name}] the session moving to c");
+
+    // Retained on b, read on c; a will on a, read on b.
+    publish(b, "ci/kept", "kept", 1, true);
+    let deadline = Instant::now() + PATIENCE;
+    while read_retained(c, "ci/kept").as_deref() != Some("kept") {
+        assert!(
+            Instant::now() < deadline,
+            "[{name}] retained never reached c"
+        );
+    }
+    let wills: &[&str] = &["will/#"];
+    make_session(b, "ci-will", wills);
+    probe(a, "will/probe", &[(b, "ci-will", wills)]);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async {
+            let mut connect = Connect::new(Version::V5, "ci-mortal");
+            connect.will = Some(Will {
+                topic: "will/ci".into(),
+                payload: b"gone".to_vec(),
+                qos: 1,
+                ..Default::default()
+            });
+            let target = Target {
+                host: "127.0.0.1".into(),
+                port: a,
+                transport: Default::default(),
+            };
+            let (client, _) = RawClient::connect(&target, &connect)
+                .await
+                .unwrap_or_else(|e| panic!("[{name}] connect with a will: {e}"));
+            drop(client);
+        });
+    assert_eq!(
+        collect(b, "ci-will", wills, 1),
+        ["will/ci gone"],
+        "[{name}] the will across nodes"
+    );
+
+    // A shared group with members on b and c, fed from a.
+    let shared: &[&str] = &["$share/ci/sh/#"];
+    make_session(b, "ci-sh-b", shared);
+    make_session(c, "ci-sh-c", shared);
+    probe(a, "sh/probe", &[(b, "ci-sh-b", shared)]);
+    probe(a, "sh/probe", &[(c, "ci-sh-c", shared)]);
+    let n = 20;
+    for i in 0..n {
+        publish(a, &format!("sh/{i}"), &format!("s{i}"), 1, false);
+    }
+    let on_b = no_probes(read_session(
+        b,
+        "ci-sh-b",
+        shared,
+        n + 50,
+        Duration::from_secs(2),
+    ));
+    let on_c = no_probes(read_session(
+        c,
+        "ci-sh-c",
+        shared,
+        n + 50,
+        Duration::from_secs(2),
+    ));
+    let mut both: Vec<String> = on_b.iter().chain(&on_c).cloned().collect();
+    both.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("sh/{i} s{i}")).collect();
+    want.sort();
+    assert_eq!(both, want, "[{name}] each shared message to one member");
+    assert!(
+        !on_b.is_empty() && !on_c.is_empty(),
+        "[{name}] not balanced: b {}, c {}",
+        on_b.len(),
+        on_c.len()
+    );
+
+    // SIGKILL of the NATS server node a was using: a reconnects to another.
+    nats.kill(0);
+    probe(a, "ci/probe", &[(b, "ci-sub", filters)]);
+    for i in 0..5 {
+        publish(a, "ci/after", &format!("k{i}"), 1, false);
+    }
+    let after: Vec<String> = collect(b, "ci-sub", filters, 5)
+        .into_iter()
+        .filter(|l| l.starts_with("ci/after"))
+        .collect();
+    let want: Vec<String> = (0..5).map(|i| format!("ci/after k{i}")).collect();
+    assert_eq!(
+        after, want,
+        "[{name}] traffic after a NATS server was killed"
+    );
 }

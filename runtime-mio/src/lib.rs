@@ -170,7 +170,7 @@ impl Server {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (index, l) in driver.listeners().enumerate() {
-            let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
+            let mut listener = TcpListener::from_std(roost_runtime::net::listen_on(l)?);
             poll.registry().register(
                 &mut listener,
                 Token(LISTENERS + index),
@@ -732,7 +732,11 @@ impl Server {
                     self.stopped = true;
                     self.to_read.clear();
                 }
-                Event::Listen { listener, bind } => self.listen(listener, bind),
+                Event::Listen {
+                    listener,
+                    bind,
+                    reuse_port,
+                } => self.listen(listener, bind, reuse_port),
                 Event::Unlisten { listener } => {
                     if let Some(mut l) = self.listeners.get_mut(listener).and_then(Option::take) {
                         let _ = self.poll.registry().deregister(&mut l);
@@ -746,8 +750,8 @@ impl Server {
 
     /// Binds listener number `index` (added by a reload) and accepts on
     /// it from the next step.
-    fn listen(&mut self, index: usize, bind: SocketAddr) {
-        let bound = roost_runtime::net::listen(bind).and_then(|l| {
+    fn listen(&mut self, index: usize, bind: SocketAddr, reuse_port: bool) {
+        let bound = roost_runtime::net::listen_with(bind, reuse_port).and_then(|l| {
             let mut listener = TcpListener::from_std(l);
             self.poll.registry().register(
                 &mut listener,

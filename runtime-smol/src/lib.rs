@@ -136,7 +136,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let embedded = Embedded::new(hooks, &mut driver);
     let listeners = driver
         .listeners()
-        .map(|l| roost_runtime::net::listen(l.bind))
+        .map(roost_runtime::net::listen_on)
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = listeners
         .iter()
@@ -256,8 +256,12 @@ impl<'ex> Shared<'ex> {
                     self.listeners.borrow_mut().clear();
                     self.accepts.borrow_mut().clear();
                 }
-                Event::Listen { listener, bind } => {
-                    let bound = roost_runtime::net::listen(bind)
+                Event::Listen {
+                    listener,
+                    bind,
+                    reuse_port,
+                } => {
+                    let bound = roost_runtime::net::listen_with(bind, reuse_port)
                         .and_then(Async::new)
                         .and_then(|l| Ok((l.get_ref().local_addr()?, l)));
                     match bound {

@@ -142,7 +142,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
     let embedded = Embedded::new(hooks, &mut driver);
     let std_listeners = driver
         .listeners()
-        .map(|l| roost_runtime::net::listen(l.bind))
+        .map(roost_runtime::net::listen_on)
         .collect::<io::Result<Vec<_>>>()?;
     let addrs = std_listeners
         .iter()
@@ -252,8 +252,12 @@ impl Shared {
                         accept.abort();
                     }
                 }
-                Event::Listen { listener, bind } => {
-                    let bound = roost_runtime::net::listen(bind)
+                Event::Listen {
+                    listener,
+                    bind,
+                    reuse_port,
+                } => {
+                    let bound = roost_runtime::net::listen_with(bind, reuse_port)
                         .and_then(TcpListener::from_std)
                         .and_then(|l| Ok((l.local_addr()?, l)));
                     match bound {

@@ -33,9 +33,16 @@
 //! subjects of `f` in a queue group named after `g` and `f`, so one node of
 //! those with members gets each message, and that node picks one member.
 //!
+//! Every node says it is alive on `<prefix>.hb` each [`HEARTBEAT`], with
+//! the number of clients connected to it: each node keeps a table of its
+//! peers (logged as they join and leave; one silent for
+//! [`PEER_TIMEOUT`] has left) for the cluster totals in `$SYS`.
+//!
 //! Claims (a client connected somewhere) go on `<prefix>.claim`; retained
 //! messages live in the JetStream key-value bucket `<prefix>_retained`,
-//! keyed by the same tokens, which every node watches.
+//! keyed by the same tokens, which every node watches. A node listens on
+//! `<prefix>.s.<client token>` for each session it holds, where a node that
+//! the client reconnects to asks for it (see `handover`).
 //!
 //! # What a failure loses
 //!
@@ -51,8 +58,13 @@
 //! does not wait for the cluster), and the messages other nodes sent it
 //! that it had not yet delivered to its sessions. A NATS server that fails
 //! loses what was in flight through it; the client reconnects to another
-//! one and resubscribes. Sessions are each node's own: they do not move on
-//! takeover and do not survive their node (see the README).
+//! one and resubscribes. A session moves with its client when the client
+//! reconnects to another node with Clean Start 0 (its QoS 1/2 messages,
+//! not its QoS 0 ones; messages published while it moves, a few
+//! milliseconds, may miss it); a session does not survive its node (see
+//! the README).
+
+mod handover;
 
 use crate::config::Cluster;
 use crate::driver::JobDone;
@@ -60,7 +72,7 @@ use crate::pool::Wake;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use roost_core::MqttStr;
-use roost_core::broker::{Message, RemoteTarget};
+use roost_core::broker::{FetchToken, Message, RecoveredSession, RemoteTarget, SessionOwner};
 use roost_core::codec::{
     DecodeOptions, Packet, PacketId, Protocol, Publish, QoS, QosPid, decode_with,
 };
@@ -94,6 +106,12 @@ const RETAINED_BUCKET_BYTES: i64 = 1 << 30;
 
 /// The frame format version; a node refuses frames of another version.
 const VERSION: u8 = 1;
+
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A peer not heard of for this long has left the cluster.
+pub const PEER_TIMEOUT: Duration = Duration::from_millis(3500);
 
 // ---------------------------------------------------------------- subjects
 
@@ -310,6 +328,81 @@ fn decode_claim(mut buf: Bytes) -> Option<(Bytes, bool, MqttStr)> {
     Some((node, clean_start, client_id))
 }
 
+fn encode_heartbeat(node: &str, clients: u64, leaving: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(VERSION);
+    put_str(&mut out, node.as_bytes());
+    out.put_u64(clients);
+    out.put_u8(u8::from(leaving));
+    out.freeze()
+}
+
+fn decode_heartbeat(mut buf: Bytes) -> Option<(Bytes, u64, bool)> {
+    if buf.remaining() < 1 || buf.get_u8() != VERSION {
+        return None;
+    }
+    let node = get_str(&mut buf)?;
+    if buf.remaining() < 9 {
+        return None;
+    }
+    Some((node, buf.get_u64(), buf.get_u8() != 0))
+}
+
+/// A node's view of the other nodes, from their heartbeats.
+#[derive(Default)]
+struct Peers {
+    /// By node name: its run (`name#incarnation`), when last heard, its
+    /// clients.
+    known: HashMap<String, (Bytes, std::time::Instant, u64)>,
+}
+
+impl Peers {
+    /// A heartbeat from `sender` (`name#incarnation`).
+    fn heard(&mut self, sender: &Bytes, clients: u64, leaving: bool, now: std::time::Instant) {
+        let text = String::from_utf8_lossy(sender);
+        let name = text.split('#').next().unwrap_or_default().to_owned();
+        if leaving {
+            if self.known.remove(&name).is_some() {
+                info!(peer = %name, "cluster: peer left");
+            }
+            return;
+        }
+        let room = self.known.len() < MAX_ORIGINS;
+        match self.known.get_mut(&name) {
+            Some(peer) => {
+                if peer.0 != *sender {
+                    info!(peer = %name, "cluster: peer restarted");
+                    peer.0 = sender.clone();
+                }
+                peer.1 = now;
+                peer.2 = clients;
+            }
+            None if room => {
+                info!(peer = %name, "cluster: peer joined");
+                self.known.insert(name, (sender.clone(), now, clients));
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets the peers silent since `PEER_TIMEOUT` before `now`.
+    fn expire(&mut self, now: std::time::Instant) {
+        self.known.retain(|name, peer| {
+            let live = now.duration_since(peer.1) < PEER_TIMEOUT;
+            if !live {
+                warn!(peer = %name, "cluster: peer left (no heartbeat)");
+            }
+            live
+        });
+    }
+
+    /// Nodes and clients cluster-wide, with this node's `local` clients.
+    fn totals(&self, local: u64) -> (u64, u64) {
+        let clients = self.known.values().map(|p| p.2).sum::<u64>() + local;
+        (self.known.len() as u64 + 1, clients)
+    }
+}
+
 // ---------------------------------------------------------- driver <-> link
 
 /// What the driver asks of the link.
@@ -333,6 +426,20 @@ pub(crate) enum ToLink {
         client_id: MqttStr,
         clean_start: bool,
     },
+    /// This node holds a client's session now (the others may ask for it),
+    /// or no longer.
+    Hosting { client_id: MqttStr, present: bool },
+    /// Ask the node that holds a client's session for it.
+    Fetch {
+        token: FetchToken,
+        client_id: MqttStr,
+        owner: SessionOwner,
+    },
+    /// The answer to a [`FromLink::HandOver`].
+    HandedOver {
+        reply: String,
+        session: Option<Box<RecoveredSession>>,
+    },
 }
 
 /// What the link hands the driver.
@@ -354,6 +461,18 @@ pub(crate) enum FromLink {
     },
     /// The NATS connection went up or down (see [`ClusterStats`]).
     Status,
+    /// The answer to a [`ToLink::Fetch`].
+    Fetched {
+        token: FetchToken,
+        session: Option<Box<RecoveredSession>>,
+    },
+    /// Another node asks for a session held here; answer with
+    /// [`ToLink::HandedOver`] to `reply`.
+    HandOver {
+        client_id: MqttStr,
+        owner: SessionOwner,
+        reply: String,
+    },
 }
 
 /// Counters shared by the link and the driver (for logs, `$SYS` and
@@ -372,6 +491,13 @@ pub struct ClusterStats {
     pub claims: AtomicU64,
     /// Whether the NATS connection is up (1) or not (0).
     pub connected: AtomicU64,
+    /// Nodes in the cluster as this node sees it, itself included.
+    pub nodes: AtomicU64,
+    /// Clients connected to this node (the driver keeps it current).
+    pub local_clients: AtomicU64,
+    /// Clients connected cluster-wide: this node's, and its live peers' as
+    /// their last heartbeats said.
+    pub clients: AtomicU64,
 }
 
 /// The link's half, handed to the thread that runs it.
@@ -481,6 +607,9 @@ impl LinkStart {
             ^ u64::from(std::process::id());
         let sender = format!("{}#{incarnation:x}", config.node);
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.queue);
+        // Heartbeats bypass the bound on messages waiting for the driver:
+        // the link itself takes them.
+        let (heartbeat_tx, mut heartbeat_rx) = mpsc::channel::<(Bytes, u64, bool)>(64);
         // Claims from every node.
         let claims = match client.subscribe(format!("{}.claim", config.prefix)).await {
             Ok(sub) => Some(tokio::task::spawn(forward_subscription(
@@ -509,8 +638,31 @@ impl LinkStart {
             (TopicFilter, Option<MqttStr>),
             Vec<tokio::task::JoinHandle<()>>,
         > = HashMap::new();
+        // The sessions held here, each listened for.
+        let mut hosting: HashMap<MqttStr, tokio::task::JoinHandle<()>> = HashMap::new();
+        let (fetched_tx, mut fetched_rx) = mpsc::channel::<FromLink>(config.queue);
         let mut dedup = Dedup::default();
         let mut seq: u64 = 0;
+        // Heartbeats: every node's, and this node's own on a timer.
+        let heartbeats = match client.subscribe(format!("{}.hb", config.prefix)).await {
+            Ok(mut sub) => Some(tokio::task::spawn(async move {
+                while let Some(message) = sub.next().await {
+                    let Some(beat) = decode_heartbeat(message.payload) else {
+                        continue;
+                    };
+                    // Full: the link is busy; the next one will do.
+                    let _ = heartbeat_tx.try_send(beat);
+                }
+            })),
+            Err(e) => {
+                error!(error = %e, "cluster: cannot hear other nodes' heartbeats");
+                None
+            }
+        };
+        let mut peers = Peers::default();
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stats.nodes.store(1, Ordering::Relaxed);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -577,6 +729,42 @@ impl LinkStart {
                                 warn!(error = %e, client_id = %client_id, "cluster: claim not sent");
                             }
                         }
+                        ToLink::Hosting { client_id, present } => {
+                            if !present {
+                                if let Some(task) = hosting.remove(&client_id) {
+                                    task.abort();
+                                }
+                                continue;
+                            }
+                            if hosting.contains_key(&client_id) {
+                                continue;
+                            }
+                            let subject = handover::subject(&config.prefix, &client_id);
+                            if subject.len() > MAX_SUBJECT {
+                                continue;
+                            }
+                            match client.subscribe(subject).await {
+                                Ok(sub) => {
+                                    let task = tokio::task::spawn(forward_subscription(sub, Target::HandOver, inbound_tx.clone()));
+                                    hosting.insert(client_id, task);
+                                }
+                                Err(e) => warn!(error = %e, client_id = %client_id, "cluster: other nodes cannot ask for this session"),
+                            }
+                        }
+                        ToLink::Fetch { token, client_id, owner } => {
+                            let (client, prefix, sender, done) = (client.clone(), config.prefix.clone(), sender.clone(), fetched_tx.clone());
+                            tokio::task::spawn(async move {
+                                let session = if handover::subject(&prefix, &client_id).len() > MAX_SUBJECT {
+                                    None
+                                } else {
+                                    handover::fetch(client, prefix, sender, client_id, owner).await
+                                };
+                                let _ = done.send(FromLink::Fetched { token, session: session.map(Box::new) }).await;
+                            });
+                        }
+                        ToLink::HandedOver { reply, session } => {
+                            tokio::task::spawn(handover::answer(client.clone(), reply, session));
+                        }
                     }
                 }
                 inbound = inbound_rx.recv(), if self.outstanding.load(Ordering::Acquire) < config.queue => {
@@ -600,19 +788,55 @@ impl LinkStart {
                     }
                 }
                 Some(()) = status_rx.recv() => deliver(vec![FromLink::Status]),
+                _ = beat.tick() => {
+                    let local = stats.local_clients.load(Ordering::Relaxed);
+                    let frame = encode_heartbeat(&sender, local, false);
+                    if let Err(e) = client.publish(format!("{}.hb", config.prefix), frame).await {
+                        debug!(error = %e, "cluster: heartbeat not sent");
+                    }
+                    peers.expire(std::time::Instant::now());
+                    let (nodes, clients) = peers.totals(local);
+                    stats.nodes.store(nodes, Ordering::Relaxed);
+                    stats.clients.store(clients, Ordering::Relaxed);
+                }
+                Some((node, clients, leaving)) = heartbeat_rx.recv() => {
+                    if node.as_ref() != sender.as_bytes() {
+                        peers.heard(&node, clients, leaving, std::time::Instant::now());
+                        let (nodes, clients) = peers.totals(stats.local_clients.load(Ordering::Relaxed));
+                        stats.nodes.store(nodes, Ordering::Relaxed);
+                        stats.clients.store(clients, Ordering::Relaxed);
+                    }
+                }
+                Some(fetched) = fetched_rx.recv() => {
+                    self.outstanding.fetch_add(1, Ordering::AcqRel);
+                    deliver(vec![fetched]);
+                }
                 // The driver is behind: look again shortly (it takes
                 // batches as its loop turns).
                 _ = tokio::time::sleep(Duration::from_millis(1)), if self.outstanding.load(Ordering::Acquire) >= config.queue => {}
             }
         }
         // Shutdown: the driver let go. Stop listening, send what is queued.
-        for task in subscriptions.into_values().flatten().chain(claims) {
+        for task in subscriptions
+            .into_values()
+            .flatten()
+            .chain(claims)
+            .chain(heartbeats)
+            .chain(hosting.into_values())
+        {
             task.abort();
         }
         drop(retain_tx);
         if let Some(retained) = retained {
             retained.abort();
         }
+        // The others need not wait for silence to know this node left.
+        let _ = client
+            .publish(
+                format!("{}.hb", config.prefix),
+                encode_heartbeat(&sender, 0, true),
+            )
+            .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         drop(shared_client);
         info!(node = %config.node, "cluster: left");
@@ -626,11 +850,15 @@ enum Target {
     Shared(RemoteTarget),
     Claim,
     Retained,
+    /// A request for a session held here.
+    HandOver,
 }
 
 struct Inbound {
     target: Target,
     payload: Bytes,
+    /// Where the answer goes (requests for sessions).
+    reply: Option<String>,
 }
 
 async fn forward_subscription(
@@ -642,6 +870,7 @@ async fn forward_subscription(
         let inbound = Inbound {
             target: target.clone(),
             payload: message.payload,
+            reply: message.reply.map(|r| r.to_string()),
         };
         if tx.send(inbound).await.is_err() {
             return;
@@ -684,6 +913,18 @@ fn accept(
 ) -> Option<FromLink> {
     let own = |node: &Bytes| node.as_ref() == sender.as_bytes();
     match inbound.target {
+        Target::HandOver => {
+            let reply = inbound.reply?;
+            let Some((node, client_id, owner)) = handover::decode_request(inbound.payload) else {
+                warn!("cluster: undecodable session request dropped");
+                return None;
+            };
+            (!own(&node)).then_some(FromLink::HandOver {
+                client_id,
+                owner,
+                reply,
+            })
+        }
         Target::Claim => {
             let Some((node, clean_start, client_id)) = decode_claim(inbound.payload) else {
                 warn!("cluster: undecodable claim dropped");
@@ -724,7 +965,7 @@ fn accept(
                 Target::Retained => {
                     (!own(&frame.node)).then_some(FromLink::Retained(frame.message))
                 }
-                Target::Claim => None,
+                Target::Claim | Target::HandOver => None,
             }
         }
     }
@@ -874,6 +1115,7 @@ async fn retained_bucket(
                     let item = Inbound {
                         target: Target::Retained,
                         payload: entry.value,
+                        reply: None,
                     };
                     if inbound.send(item).await.is_err() {
                         return;
@@ -963,6 +1205,33 @@ mod tests {
         assert_eq!(back.message, message);
         assert!(decode_frame(Bytes::from_static(b"\x02garbage")).is_none());
         assert!(decode_frame(Bytes::from_static(b"\x01\x00")).is_none());
+    }
+
+    #[test]
+    fn peers_join_restart_and_leave() {
+        let t0 = std::time::Instant::now();
+        let mut peers = Peers::default();
+        assert_eq!(peers.totals(2), (1, 2));
+        let (b1, b2, c) = (
+            Bytes::from_static(b"b#1"),
+            Bytes::from_static(b"b#2"),
+            Bytes::from_static(b"c#9"),
+        );
+        peers.heard(&b1, 5, false, t0);
+        peers.heard(&c, 7, false, t0);
+        assert_eq!(peers.totals(2), (3, 14));
+        // A restarted node is the same peer.
+        peers.heard(&b2, 1, false, t0 + HEARTBEAT);
+        assert_eq!(peers.totals(2), (3, 10));
+        // c says it leaves; b goes silent.
+        peers.heard(&c, 0, true, t0 + HEARTBEAT);
+        assert_eq!(peers.totals(2), (2, 3));
+        peers.expire(t0 + HEARTBEAT + PEER_TIMEOUT);
+        assert_eq!(peers.totals(2), (1, 2));
+        let frame = encode_heartbeat("a#3", 42, true);
+        let (node, clients, leaving) = decode_heartbeat(frame).unwrap();
+        assert_eq!((node.as_ref(), clients, leaving), (&b"a#3"[..], 42, true));
+        assert!(decode_heartbeat(Bytes::from_static(b"\x01\x00\x01a")).is_none());
     }
 
     #[test]

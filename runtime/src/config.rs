@@ -229,6 +229,13 @@ pub struct Listener {
     /// Client certificates (tls and wss only): which CAs sign them, whether
     /// one is required, and whether it names the user.
     pub client_certs: ClientCerts,
+    /// `SO_REUSEPORT` (Linux and other Unix systems): several processes
+    /// listen on the same address and port, and the kernel spreads new
+    /// connections among them (on Linux, by a hash of the client's address
+    /// and port). This is how several roost nodes of one cluster share one
+    /// port on one machine, one core each. Every process on the port must
+    /// set it.
+    pub reuse_port: bool,
 }
 
 /// Client certificates on a TLS listener, with Mosquitto's names.
@@ -282,6 +289,7 @@ impl Listener {
             password_file: None,
             acl_file: None,
             client_certs: ClientCerts::default(),
+            reuse_port: false,
         }
     }
 
@@ -634,6 +642,7 @@ impl Http {
             password_file: None,
             acl_file: None,
             client_certs: ClientCerts::default(),
+            reuse_port: false,
         }
     }
 }
@@ -820,6 +829,7 @@ struct RawListener {
     crl_file: Option<PathBuf>,
     use_identity_as_username: Option<bool>,
     use_subject_as_username: Option<bool>,
+    reuse_port: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1336,6 +1346,13 @@ fn listener_from_raw(
         ),
     })?;
     let client_certs = client_certs_from_raw(i, &raw)?;
+    let reuse_port = raw.reuse_port.unwrap_or(false);
+    if reuse_port && !cfg!(unix) {
+        return Err(ConfigError::Invalid {
+            key: key("reuse_port"),
+            problem: "SO_REUSEPORT exists on Linux and other Unix systems only".into(),
+        });
+    }
     if raw.protocol.is_tls() {
         for (name, value) in [("cert", &raw.cert), ("key", &raw.key)] {
             if value.is_none() {
@@ -1380,6 +1397,7 @@ fn listener_from_raw(
         password_file: raw.password_file,
         acl_file: raw.acl_file,
         client_certs,
+        reuse_port,
     })
 }
 
@@ -1589,6 +1607,7 @@ mod tests {
             "require_certificate",
             "use_identity_as_username",
             "use_subject_as_username",
+            "reuse_port",
             "max_packet_size",
             "max_inflight",
             "max_queued_messages",

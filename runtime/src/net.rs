@@ -14,6 +14,19 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// reusing the address so a restarted broker does not wait out TIME_WAIT.
 /// The error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    listen_with(addr, false)
+}
+
+/// The listening socket of a configured listener: [`listen`], with
+/// `SO_REUSEPORT` when the listener asks for it
+/// ([`crate::config::Listener::reuse_port`]).
+pub fn listen_on(listener: &crate::config::Listener) -> io::Result<TcpListener> {
+    listen_with(listener.bind, listener.reuse_port)
+}
+
+/// [`listen`], with `SO_REUSEPORT` when `reuse_port` is set (what
+/// [`crate::driver::Event::Listen`] carries).
+pub fn listen_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let bind = || -> io::Result<TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -21,6 +34,16 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
             Some(socket2::Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            #[cfg(unix)]
+            socket.set_reuse_port(true)?;
+            // The configuration refuses it elsewhere.
+            #[cfg(not(unix))]
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "reuse_port needs a Unix system",
+            ));
+        }
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         socket.set_nonblocking(true)?;
@@ -66,6 +89,22 @@ mod tests {
         let err = listen(addr).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn listeners_with_reuse_port_share_a_port() {
+        let mut listener = crate::config::Listener::default_local();
+        listener.bind = "127.0.0.1:0".parse().unwrap();
+        listener.reuse_port = true;
+        let first = listen_on(&listener).unwrap();
+        listener.bind = first.local_addr().unwrap();
+        let second = listen_on(&listener).unwrap();
+        assert_eq!(second.local_addr().unwrap(), listener.bind);
+        // Without it, the port is taken.
+        listener.reuse_port = false;
+        let err = listen_on(&listener).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]

@@ -57,6 +57,15 @@ pub struct AuthToken(pub(crate) u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AuthorizeToken(pub(crate) u64);
 
+/// A session asked for from the other nodes of a cluster
+/// ([`Action::FetchSession`]); answered with
+/// [`super::Broker::session_fetched`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FetchToken {
+    pub(crate) conn: ConnId,
+    pub(crate) n: u64,
+}
+
 /// An application message as the broker routes it: shared, never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -444,6 +453,31 @@ pub enum Action {
         /// is then due).
         clean_start: bool,
     },
+    /// A client asks to resume a session this node does not have (only
+    /// with [`super::Config::cluster`]; Clean Start 0): fetch it from the
+    /// node that holds it ([`super::Broker::hand_over`] there) and answer
+    /// with [`super::Broker::session_fetched`], `None` when no node has it
+    /// or it did not come in time. The CONNACK waits for the answer (at
+    /// most [`super::Limits::authorize_timeout`], then the client gets a
+    /// new session), and the connection reads nothing meanwhile.
+    FetchSession {
+        /// What the answer names.
+        token: FetchToken,
+        /// The client identifier.
+        client_id: MqttStr,
+        /// Who connects: the session is handed over only if it is theirs
+        /// (or sessions are shared across identities).
+        owner: super::SessionOwner,
+    },
+    /// This node now holds the session of `client_id` (`present`), or no
+    /// longer (only with [`super::Config::cluster`]): where the other nodes
+    /// look for it ([`Action::FetchSession`]).
+    Hosting {
+        /// The client identifier.
+        client_id: MqttStr,
+        /// Whether the session is here.
+        present: bool,
+    },
 }
 
 /// What a connected client's CONNECT settled ([`super::Broker::client_info`]),
@@ -531,4 +565,10 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Sessions that ended because their expiry interval ran out.
     pub sessions_expired: u64,
+    /// Sessions another node of the cluster handed over to this one
+    /// ([`super::Broker::session_fetched`]).
+    pub sessions_moved_in: u64,
+    /// Sessions this node handed over to another
+    /// ([`super::Broker::hand_over`]).
+    pub sessions_moved_out: u64,
 }

@@ -52,6 +52,7 @@ impl Broker {
             HeldPacket::Publish { token, .. } | HeldPacket::Will { token, .. } => {
                 self.pending_authorize.remove(token);
             }
+            HeldPacket::Session { .. } => {}
             HeldPacket::Subscribe { slots, .. } => {
                 for slot in slots {
                     if let FilterSlot::Waiting(token) = slot {
@@ -92,6 +93,7 @@ impl Broker {
         };
         let complete = match &mut held.packet {
             HeldPacket::Publish { token: t, .. } | HeldPacket::Will { token: t, .. } => *t == token,
+            HeldPacket::Session { .. } => false,
             HeldPacket::Subscribe { slots, waiting, .. } => match slots.get_mut(index) {
                 Some(slot) if matches!(*slot, FilterSlot::Waiting(t) if t == token) => {
                     *slot = FilterSlot::Decided(subscribe_result(decision));
@@ -152,8 +154,8 @@ impl Broker {
                     .collect();
                 self.finish_subscribe(id, sid, subscribe, results);
             }
-            // Handled above.
-            HeldPacket::Will { .. } => {}
+            // Handled above, or not an authorization.
+            HeldPacket::Will { .. } | HeldPacket::Session { .. } => {}
         }
         // What the client sent while it waited.
         self.process_input(id);
@@ -166,14 +168,18 @@ impl Broker {
         self.flush();
     }
 
-    /// The authorization deadline of `id` passed: close it.
+    /// The authorization deadline of `id` passed: close it (a session
+    /// fetched from the cluster that did not come: go on without it).
     pub(super) fn authorize_timer(&mut self, id: ConnId, at: Instant) {
-        let due = self
+        let held = self
             .conns
             .get(&id)
             .and_then(|c| c.authorizing.as_ref())
-            .is_some_and(|held| held.deadline == at);
-        if due {
+            .filter(|held| held.deadline == at);
+        if let Some(HeldPacket::Session { token, .. }) = held.map(|h| &h.packet) {
+            let token = *token;
+            self.finish_fetch(token, None);
+        } else if held.is_some() {
             self.close(id, CloseReason::AuthorizeTimeout);
         }
     }

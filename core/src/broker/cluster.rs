@@ -9,21 +9,42 @@
 //!                                        └─► Action::Forward ──► other nodes
 //!  first / last subscriber of a filter   ──► Action::Interest
 //!  CONNECT accepted                      ──► Action::Claimed
+//!  session made here / ended here        ──► Action::Hosting
+//!  CONNECT resuming a session not here   ──► Action::FetchSession ... Broker::session_fetched
 //!  from another node: Broker::publish_remote (authorized, never forwarded again)
-//!                     Broker::set_retained, Broker::release_client
+//!                     Broker::set_retained, Broker::release_client,
+//!                     Broker::hand_over (a session moving to that node)
 //! ```
+//!
+//! # A session that moves
+//!
+//! A client that connects to node B with Clean Start 0 while its session
+//! lives on node A takes the session along. B holds the CONNECT and asks
+//! for it ([`Action::FetchSession`]); A closes the old connection as taken
+//! over and gives the session up as a value ([`Broker::hand_over`], a
+//! [`RecoveredSession`]: subscriptions with their options and identifiers,
+//! QoS 1/2 messages queued and in flight with their packet identifiers,
+//! inbound QoS 2 identifiers); B puts it in place, keeps the subscriptions
+//! B's policy allows the new connection, and answers CONNACK with session
+//! present ([`Broker::session_fetched`]). The old connection's will is
+//! handled as for a takeover on one node: the session continues, so it is
+//! not published, and a delayed one is cancelled. QoS 0 messages queued on
+//! A do not move.
 //!
 //! A shared subscription group is served by the cluster: a message
 //! published here does not go to the local members directly; the node that
 //! the cluster picks (one per group, cluster-wide) gets it back through
 //! `publish_remote` with [`RemoteTarget::Shared`].
 
-use super::state::{SubEntry, SubKey, WillFrom};
+use super::state::{ConnState, HeldPacket, SubEntry, SubKey, WillFrom};
 use super::{
-    Action, Broker, ClientRef, CloseReason, Event, Instant, Message, PublishDecision, Verdict,
+    Action, Broker, ClientRef, CloseReason, ConnId, Event, FetchToken, Instant, Message,
+    PublishDecision, RecoveredSession, SessionOwner, SubscribeDecision, Verdict,
 };
 use crate::MqttStr;
+use crate::codec::Connect;
 use crate::topic::TopicFilter;
+use alloc::boxed::Box;
 
 /// Which local subscriptions a message from another node is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,5 +273,160 @@ impl Broker {
         }
         self.flush();
         true
+    }
+
+    /// This node holds the session of `client_id` now, or no longer.
+    pub(super) fn hosting(&mut self, client_id: &MqttStr, present: bool) {
+        if self.config.cluster {
+            self.actions.push_back(Action::Hosting {
+                client_id: client_id.clone(),
+                present,
+            });
+        }
+    }
+
+    /// Holds an accepted CONNECT that resumes a session this node does not
+    /// have while the cluster is asked for it.
+    pub(super) fn fetch_session(&mut self, id: ConnId, connect: Box<Connect>, client_id: MqttStr) {
+        let token = FetchToken {
+            conn: id,
+            n: self.fresh_id(),
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let owner = SessionOwner {
+            class: c.auth_class,
+            username: connect.username.as_ref().map(MqttStr::detached),
+        };
+        // Named as it will be known, for logs and for the policy.
+        c.client_id = client_id.clone();
+        c.username = owner.username.clone();
+        self.hold_for_authorization(
+            id,
+            HeldPacket::Session {
+                token,
+                connect,
+                client_id: client_id.clone(),
+            },
+        );
+        self.actions.push_back(Action::FetchSession {
+            token,
+            client_id,
+            owner,
+        });
+    }
+
+    /// Answers an [`Action::FetchSession`]: the session another node handed
+    /// over ([`Broker::hand_over`] there), or `None` when no node had it or
+    /// it did not come in time. The held CONNECT then goes on: with the
+    /// session (CONNACK session present; what it had in flight is re-sent,
+    /// its queue delivered), or with a new one. The session's
+    /// subscriptions are authorized again for the new connection, by this
+    /// node's policy: a denied one (or one the policy defers: no SUBSCRIBE
+    /// waits for the answer) is dropped, a granted one keeps at most the
+    /// QoS granted. A token that is unknown (answered already, its
+    /// connection closed, its deadline passed) is ignored.
+    pub fn session_fetched(
+        &mut self,
+        now: Instant,
+        token: FetchToken,
+        session: Option<RecoveredSession>,
+    ) {
+        self.advance(now);
+        self.finish_fetch(token, session);
+        self.flush();
+    }
+
+    pub(super) fn finish_fetch(&mut self, token: FetchToken, session: Option<RecoveredSession>) {
+        let id = token.conn;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let waiting = matches!(
+            c.authorizing.as_deref(),
+            Some(held) if matches!(&held.packet, HeldPacket::Session { token: t, .. } if *t == token)
+        );
+        if !waiting || !matches!(c.state, ConnState::AwaitingConnect) {
+            return;
+        }
+        let listener = c.listener;
+        let Some(held) = c.authorizing.take() else {
+            return;
+        };
+        self.timers
+            .remove(&(held.deadline, super::Timer::Authorize(id)));
+        let HeldPacket::Session {
+            connect, client_id, ..
+        } = held.packet
+        else {
+            return;
+        };
+        if let Some(mut rs) = session.filter(|rs| rs.client_id == client_id) {
+            let client = ClientRef {
+                client_id: &client_id,
+                username: connect.username.as_ref(),
+                listener,
+            };
+            let policy = &self.config.authorization;
+            rs.subscriptions.retain_mut(|(filter, options, _)| {
+                match policy.authorize_subscribe(client, filter, options.qos) {
+                    Verdict::Decided(SubscribeDecision::Grant(qos)) => {
+                        options.qos = options.qos.min(qos);
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            let max = self.config.limits.max_subscriptions_per_client;
+            rs.subscriptions.truncate(max);
+            self.stats.sessions_moved_in += 1;
+            self.install_session(rs, false);
+        }
+        self.admit_now(id, connect, client_id, false);
+        self.process_input(id);
+    }
+
+    /// Another node asks for the session of `client_id`, for a connection
+    /// there by `owner` that resumes it (Clean Start 0): this node's
+    /// connection of that client, if any, is closed as taken over (MQTT 5:
+    /// DISCONNECT 0x8E), and the session is given up and returned, as for a
+    /// takeover here that keeps the session: the old connection's will is
+    /// not published and a delayed will is cancelled. A session of another
+    /// identity (unless sessions are shared across identities) is not
+    /// handed over: it ends here as for a takeover with a new session (the
+    /// will without delay is published) and `None` is returned. `None` too
+    /// when there is no session here.
+    pub fn hand_over(
+        &mut self,
+        now: Instant,
+        client_id: &MqttStr,
+        owner: &SessionOwner,
+    ) -> Option<RecoveredSession> {
+        self.advance(now);
+        let &sid = self.by_client_id.get(client_id)?;
+        let owned = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.owner.as_ref() == Some(owner));
+        if !owned && !self.config.share_sessions_across_identities {
+            self.release_client(now, client_id, true);
+            return None;
+        }
+        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
+            // The session continues elsewhere: the will is not due.
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.will = None;
+            }
+            self.close(old, CloseReason::SessionTakenOver);
+        }
+        let session = self.sessions.get_mut(&sid).map(|s| {
+            s.pending_will = None;
+            super::durable::exported(s)
+        });
+        self.end_session(sid);
+        self.stats.sessions_moved_out += 1;
+        self.flush();
+        session
     }
 }

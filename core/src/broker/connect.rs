@@ -452,7 +452,30 @@ impl Broker {
     /// Admits an authenticated and authorized CONNECT: takes over or
     /// creates the session, sends CONNACK, and resumes what the session had
     /// in flight. `assigned`: the broker made up `client_id`.
+    ///
+    /// In a cluster, a CONNECT that asks to resume a session this node
+    /// does not hold first fetches it from the node that does
+    /// ([`Action::FetchSession`], see `cluster.rs`).
     pub(super) fn admit(
+        &mut self,
+        id: ConnId,
+        connect: Box<Connect>,
+        client_id: MqttStr,
+        assigned: bool,
+    ) {
+        if self.config.cluster
+            && !connect.clean_start
+            && !assigned
+            && !self.by_client_id.contains_key(&client_id)
+        {
+            self.fetch_session(id, connect, client_id);
+            return;
+        }
+        self.admit_now(id, connect, client_id, assigned);
+    }
+
+    /// [`Broker::admit`] with whatever session this node holds now.
+    pub(super) fn admit_now(
         &mut self,
         id: ConnId,
         connect: Box<Connect>,
@@ -535,6 +558,7 @@ impl Broker {
                 );
                 self.sessions.insert(sid, Box::new(session));
                 self.by_client_id.insert(client_id.clone(), sid);
+                self.hosting(&client_id, true);
                 sid
             }
         };
@@ -870,6 +894,7 @@ impl Broker {
             self.timers.remove(&(at, super::Timer::Session(sid)));
         }
         self.by_client_id.remove(&s.client_id);
+        self.hosting(&s.client_id, false);
         if s.stored {
             self.record(StoreOp::SessionDelete {
                 client_id: s.client_id.clone(),

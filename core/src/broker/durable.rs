@@ -478,73 +478,11 @@ impl Broker {
     /// restore it stays with the member it was given to.
     pub fn restore(config: Config, now: Instant, recovered: Recovered) -> Broker {
         let mut broker = Broker::new(config, now);
+        let stored = broker.config.persistence;
         for rs in recovered.sessions {
-            if rs.expiry_interval == 0 || broker.by_client_id.contains_key(&rs.client_id) {
-                continue;
+            if rs.expiry_interval > 0 {
+                broker.install_session(rs, stored);
             }
-            let sid = SessionId(broker.fresh_id());
-            let mut s = Session::new(
-                rs.client_id.clone(),
-                broker.config.limits.max_inflight,
-                &broker.hasher,
-            );
-            s.expiry_interval = rs.expiry_interval;
-            s.owner = rs.owner;
-            s.stored = broker.config.persistence;
-            s.expires_at = (rs.expiry_interval != u32::MAX)
-                .then(|| now + Duration::from_secs(u64::from(rs.expiry_interval)));
-            for m in rs.messages {
-                s.next_seq = s.next_seq.max(m.seq + 1);
-                let delivery = Delivery {
-                    expires_at: m
-                        .message
-                        .properties
-                        .message_expiry_interval
-                        .map(|secs| now + Duration::from_secs(u64::from(secs))),
-                    message: Arc::new(Message {
-                        topic: m.message.topic,
-                        payload: m.message.payload,
-                        qos: m.message.qos,
-                        retain: m.message.retain,
-                        properties: m.message.properties,
-                    }),
-                    qos: m.message.qos,
-                    retain: m.message.retain,
-                    subscription_ids: m.subscription_ids,
-                    shared_group: None,
-                    seq: m.seq,
-                    needs: 0,
-                };
-                match m.sent {
-                    Some((pid, released)) => {
-                        let seq = s.inflight_seq;
-                        s.inflight_seq += 1;
-                        s.inflight.insert(
-                            pid,
-                            Inflight {
-                                seq,
-                                state: if released {
-                                    OutState::Released
-                                } else {
-                                    OutState::Published
-                                },
-                                delivery,
-                            },
-                        );
-                    }
-                    None => {
-                        s.queued_bytes += delivery.payload_len();
-                        s.queue.push_back(delivery);
-                    }
-                }
-            }
-            s.incoming_qos2.extend(rs.incoming);
-            broker.sessions.insert(sid, alloc::boxed::Box::new(s));
-            broker.by_client_id.insert(rs.client_id, sid);
-            for (filter, options, id) in rs.subscriptions {
-                broker.insert_subscription(sid, &filter, SubEntry { options, id });
-            }
-            broker.arm_session(sid);
         }
         for (topic, m) in recovered.retained {
             let expires_at = m
@@ -569,6 +507,81 @@ impl Broker {
         broker
     }
 
+    /// Puts a recovered (or handed-over) session in place, offline, its
+    /// expiry and its messages' expiry counting from now; `stored`: the
+    /// store holds it already. Nothing if the client identifier has a
+    /// session here.
+    pub(super) fn install_session(&mut self, rs: RecoveredSession, stored: bool) {
+        if self.by_client_id.contains_key(&rs.client_id) {
+            return;
+        }
+        let now = self.now;
+        let sid = SessionId(self.fresh_id());
+        let mut s = Session::new(
+            rs.client_id.clone(),
+            self.config.limits.max_inflight,
+            &self.hasher,
+        );
+        s.expiry_interval = rs.expiry_interval;
+        s.owner = rs.owner;
+        s.stored = stored;
+        s.expires_at = (rs.expiry_interval != u32::MAX)
+            .then(|| now + Duration::from_secs(u64::from(rs.expiry_interval)));
+        for m in rs.messages {
+            s.next_seq = s.next_seq.max(m.seq + 1);
+            let delivery = Delivery {
+                expires_at: m
+                    .message
+                    .properties
+                    .message_expiry_interval
+                    .map(|secs| now + Duration::from_secs(u64::from(secs))),
+                message: Arc::new(Message {
+                    topic: m.message.topic,
+                    payload: m.message.payload,
+                    qos: m.message.qos,
+                    retain: m.message.retain,
+                    properties: m.message.properties,
+                }),
+                qos: m.message.qos,
+                retain: m.message.retain,
+                subscription_ids: m.subscription_ids,
+                shared_group: None,
+                seq: m.seq,
+                needs: 0,
+            };
+            match m.sent {
+                Some((pid, released)) => {
+                    let seq = s.inflight_seq;
+                    s.inflight_seq += 1;
+                    s.inflight.insert(
+                        pid,
+                        Inflight {
+                            seq,
+                            state: if released {
+                                OutState::Released
+                            } else {
+                                OutState::Published
+                            },
+                            delivery,
+                        },
+                    );
+                }
+                None => {
+                    s.queued_bytes += delivery.payload_len();
+                    s.queue.push_back(delivery);
+                }
+            }
+        }
+        s.incoming_qos2.extend(rs.incoming);
+        self.sessions.insert(sid, alloc::boxed::Box::new(s));
+        self.by_client_id.insert(rs.client_id.clone(), sid);
+        self.hosting(&rs.client_id, true);
+        for (filter, options, id) in rs.subscriptions {
+            self.insert_subscription(sid, &filter, SubEntry { options, id });
+        }
+        self.arm_session(sid);
+    }
+
     /// What a store should hold now for this broker: every session that
     /// outlives its connection with its subscriptions, stored messages and
     /// inbound QoS 2 identifiers, and every retained message, in the order
@@ -577,37 +590,7 @@ impl Broker {
     pub fn durable_state(&self) -> Recovered {
         let mut out = Recovered::default();
         for s in self.sessions.values().filter(|s| s.stored) {
-            let mut messages = Vec::new();
-            for (pid, f) in &s.inflight {
-                if f.delivery.qos != QoS::AtMostOnce {
-                    messages.push(RecoveredMessage {
-                        seq: f.delivery.seq,
-                        subscription_ids: f.delivery.subscription_ids.clone(),
-                        message: stored(&f.delivery),
-                        sent: Some((*pid, f.state == OutState::Released)),
-                    });
-                }
-            }
-            for d in s.queue.iter().filter(|d| d.qos != QoS::AtMostOnce) {
-                messages.push(RecoveredMessage {
-                    seq: d.seq,
-                    subscription_ids: d.subscription_ids.clone(),
-                    message: stored(d),
-                    sent: None,
-                });
-            }
-            out.sessions.push(RecoveredSession {
-                client_id: s.client_id.clone(),
-                expiry_interval: s.expiry_interval,
-                owner: s.owner.clone(),
-                subscriptions: s
-                    .subscriptions
-                    .iter()
-                    .map(|(f, e)| (f.clone(), e.options, e.id))
-                    .collect(),
-                messages,
-                incoming: s.incoming_qos2.iter().copied().collect(),
-            });
+            out.sessions.push(exported(s));
         }
         for (_, r) in self.retained.iter() {
             out.retained.push((
@@ -711,5 +694,43 @@ fn stored(d: &Delivery) -> StoredMessage {
         qos: d.qos,
         retain: d.retain,
         properties: d.message.properties.clone(),
+    }
+}
+
+/// A session as a value: its subscriptions, its QoS 1/2 messages queued and
+/// in flight (with their packet identifiers), its inbound QoS 2
+/// identifiers. QoS 0 messages are not part of it.
+pub(super) fn exported(s: &Session) -> RecoveredSession {
+    let mut messages = Vec::new();
+    for (pid, f) in &s.inflight {
+        if f.delivery.qos != QoS::AtMostOnce {
+            messages.push(RecoveredMessage {
+                seq: f.delivery.seq,
+                subscription_ids: f.delivery.subscription_ids.clone(),
+                message: stored(&f.delivery),
+                sent: Some((*pid, f.state == OutState::Released)),
+            });
+        }
+    }
+    for d in s.queue.iter().filter(|d| d.qos != QoS::AtMostOnce) {
+        messages.push(RecoveredMessage {
+            seq: d.seq,
+            subscription_ids: d.subscription_ids.clone(),
+            message: stored(d),
+            sent: None,
+        });
+    }
+    messages.sort_by_key(|m| m.seq);
+    RecoveredSession {
+        client_id: s.client_id.clone(),
+        expiry_interval: s.expiry_interval,
+        owner: s.owner.clone(),
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|(f, e)| (f.clone(), e.options, e.id))
+            .collect(),
+        messages,
+        incoming: s.incoming_qos2.iter().copied().collect(),
     }
 }

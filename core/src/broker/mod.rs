@@ -80,8 +80,9 @@ pub mod topics;
 
 pub use action::{
     Action, AuthDecision, AuthRequest, AuthToken, AuthorizeDecision, AuthorizeRequest,
-    AuthorizeToken, ClientInfo, CloseReason, ConnId, ConnInfo, Event, LocalSubscription, Message,
-    Operation, PublishDecision, SessionTotals, Stats, SubscribeDecision,
+    AuthorizeToken, ClientInfo, CloseReason, ConnId, ConnInfo, Event, FetchToken,
+    LocalSubscription, Message, Operation, PublishDecision, SessionTotals, Stats,
+    SubscribeDecision,
 };
 pub use cluster::{RemoteOrigin, RemoteTarget};
 pub use config::{
@@ -667,6 +668,24 @@ impl Broker {
         }
         c.timer = None;
         match c.state {
+            ConnState::AwaitingConnect
+                if c.authorizing.as_ref().is_some_and(|held| {
+                    matches!(held.packet, state::HeldPacket::Session { .. })
+                }) =>
+            {
+                // The CONNECT is whole and accepted; the cluster is asked
+                // for its session, and the fetch deadline ends the wait.
+                let due = c.authorizing.as_ref().map(|held| held.deadline);
+                match due {
+                    Some(at) if at > self.now => self.arm_conn(id, Some(at)),
+                    _ => {
+                        if let Some(held) = &c.authorizing {
+                            let at = held.deadline;
+                            self.authorize_timer(id, at);
+                        }
+                    }
+                }
+            }
             ConnState::AwaitingConnect | ConnState::Authenticating { .. } => {
                 self.close(id, CloseReason::ConnectTimeout);
             }

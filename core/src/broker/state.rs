@@ -277,6 +277,14 @@ pub(crate) enum HeldPacket {
         client_id: MqttStr,
         assigned: bool,
     },
+    /// A CONNECT resuming a session another node of the cluster holds; one
+    /// [`super::Action::FetchSession`], answered by
+    /// `Broker::session_fetched` (or the deadline: a new session).
+    Session {
+        token: super::FetchToken,
+        connect: Box<Connect>,
+        client_id: MqttStr,
+    },
     /// A SUBSCRIBE: one slot per filter, in order; `waiting` of them are
     /// still [`FilterSlot::Waiting`].
     Subscribe {

@@ -42,7 +42,8 @@ pub struct Sim {
     )>,
     /// The last batch the engine was told is durable.
     pub confirmed: u64,
-    /// Cluster actions (`Forward`, `Interest`, `Claimed`), in order.
+    /// Cluster actions (`Forward`, `Interest`, `Claimed`, `FetchSession`,
+    /// `Hosting`), in order.
     pub cluster: Vec<Action>,
 }
 
@@ -187,9 +188,11 @@ impl Sim {
                         self.unconfirmed.push_back(id);
                     }
                 }
-                a @ (Action::Forward { .. } | Action::Interest { .. } | Action::Claimed { .. }) => {
-                    self.cluster.push(a)
-                }
+                a @ (Action::Forward { .. }
+                | Action::Interest { .. }
+                | Action::Claimed { .. }
+                | Action::FetchSession { .. }
+                | Action::Hosting { .. }) => self.cluster.push(a),
                 other => panic!("unexpected action {other:?}"),
             }
         }

@@ -94,9 +94,9 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The driver's listeners: the configured MQTT ones, then `[http]`.
     let mut listeners = Vec::new();
-    let binds: Vec<_> = driver.listeners().map(|l| l.bind).collect();
-    for bind in binds {
-        let listener = roost_runtime::net::listen(bind)?;
+    let configured: Vec<_> = driver.listeners().cloned().collect();
+    for l in &configured {
+        let listener = roost_runtime::net::listen_on(l)?;
         driver.handle_listening(listeners.len(), listener.local_addr()?);
         listeners.push(Some(listener));
     }
@@ -233,8 +233,14 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
                 Event::Job(job) => pool.submit(job),
                 Event::StopListening => listeners.iter_mut().for_each(|l| *l = None),
                 // A listener a reload added, numbered after the others.
-                Event::Listen { listener, bind } => {
-                    match roost_runtime::net::listen(bind).and_then(|l| Ok((l.local_addr()?, l))) {
+                Event::Listen {
+                    listener,
+                    bind,
+                    reuse_port,
+                } => {
+                    match roost_runtime::net::listen_with(bind, reuse_port)
+                        .and_then(|l| Ok((l.local_addr()?, l)))
+                    {
                         Ok((addr, l)) => {
                             if listeners.len() <= listener {
                                 listeners.resize_with(listener + 1, || None);

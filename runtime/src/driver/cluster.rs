@@ -157,6 +157,26 @@ impl Driver {
                         info!(client_id = %client_id, "cluster: client connected on another node; its session here ends");
                     }
                 }
+                FromLink::Fetched { token, session } => {
+                    if let Some(s) = &session {
+                        info!(client_id = %s.client_id, subscriptions = s.subscriptions.len(), messages = s.messages.len(), "cluster: session moved here from another node");
+                    }
+                    self.broker.session_fetched(now, token, session.map(|s| *s));
+                }
+                FromLink::HandOver {
+                    client_id,
+                    owner,
+                    reply,
+                } => {
+                    let session = self.broker.hand_over(now, &client_id, &owner);
+                    if session.is_some() {
+                        info!(client_id = %client_id, "cluster: client reconnected on another node; its session moved there");
+                    }
+                    self.cluster_send(ToLink::HandedOver {
+                        reply,
+                        session: session.map(Box::new),
+                    });
+                }
             }
         }
         if let Some(outstanding) = outstanding {
@@ -186,11 +206,19 @@ impl Driver {
     }
 
     /// Publishes this node's view of the cluster, retained, every `$SYS`
-    /// interval: `$SYS/broker/cluster/{node,connected,forwarded,received,dropped,claims}`.
+    /// interval: `$SYS/broker/cluster/{node,connected,forwarded,received,dropped,claims}`,
+    /// and the totals `$SYS/broker/cluster/nodes` (nodes alive, this one
+    /// included) and `$SYS/broker/cluster/clients/connected` (clients
+    /// connected to any of them, as their last heartbeats said).
     pub(super) fn cluster_handle_timeout(&mut self, now: Instant) {
+        let connected = self.broker.connected_count() as u64;
         let Some(side) = &mut self.cluster else {
             return;
         };
+        // What this node's heartbeats tell the others.
+        if let Some(link) = &side.link {
+            link.stats.local_clients.store(connected, Ordering::Relaxed);
+        }
         let (Some(at), Some(every)) = (side.sys_next, side.sys_every) else {
             return;
         };
@@ -218,6 +246,11 @@ impl Driver {
             ),
             ("dropped", stats.dropped.load(Ordering::Relaxed).to_string()),
             ("claims", stats.claims.load(Ordering::Relaxed).to_string()),
+            ("nodes", stats.nodes.load(Ordering::Relaxed).to_string()),
+            (
+                "clients/connected",
+                stats.clients.load(Ordering::Relaxed).to_string(),
+            ),
         ];
         for (name, value) in values {
             let Ok(topic) = TopicName::copy_from_str(&format!("$SYS/broker/cluster/{name}")) else {

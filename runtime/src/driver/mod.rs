@@ -195,7 +195,7 @@ pub enum Event {
         addr: String,
     },
     /// Bind a listener a reload added: `bind` with
-    /// [`crate::net::listen`], accept on it as listener number `listener`
+    /// [`crate::net::listen_with`], accept on it as listener number `listener`
     /// (the `listener` of [`Driver::handle_accept`]), and call
     /// [`Driver::handle_listening`], or [`Driver::handle_listen_failed`].
     Listen {
@@ -203,6 +203,8 @@ pub enum Event {
         listener: usize,
         /// Where to bind.
         bind: SocketAddr,
+        /// Whether to bind with `SO_REUSEPORT` (the listener's `reuse_port`).
+        reuse_port: bool,
     },
     /// Stop accepting on listener number `listener` and close its socket
     /// (a reload removed it); the driver closes its connections.
@@ -1410,6 +1412,18 @@ impl Driver {
             } => self.cluster_send(crate::cluster::ToLink::Claim {
                 client_id,
                 clean_start,
+            }),
+            Action::Hosting { client_id, present } => {
+                self.cluster_send(crate::cluster::ToLink::Hosting { client_id, present });
+            }
+            Action::FetchSession {
+                token,
+                client_id,
+                owner,
+            } => self.cluster_send(crate::cluster::ToLink::Fetch {
+                token,
+                client_id,
+                owner,
             }),
             _ => {}
         }

@@ -169,7 +169,17 @@ impl Driver {
                 None => slot.acl = None,
             }
             if slot.config != *l {
+                let reuse_port = slot.config.reuse_port;
                 slot.config = l.clone();
+                // The option is set on the socket before it binds.
+                if reuse_port != l.reuse_port {
+                    warn!(
+                        "reload: reuse_port of the {} listener on {} changed; this takes effect at the next restart",
+                        l.protocol.name(),
+                        l.bind
+                    );
+                    slot.config.reuse_port = reuse_port;
+                }
                 slot.auth_class = auth_class(&mut self.classes, l);
             }
         }
@@ -207,6 +217,7 @@ impl Driver {
             self.events.push_back(Event::Listen {
                 listener: index,
                 bind: l.bind,
+                reuse_port: l.reuse_port,
             });
         }
         self.reload_access();

@@ -116,7 +116,7 @@ impl Harness {
                 } => self.deliveries.push((subscription, message)),
                 Event::StopListening => self.stop_listening = true,
                 Event::Stopped => self.stopped = true,
-                Event::Listen { listener, bind } => self.listens.push((listener, bind)),
+                Event::Listen { listener, bind, .. } => self.listens.push((listener, bind)),
                 Event::Unlisten { listener } => self.unlistens.push(listener),
                 Event::Connect { conn, addr } => self.dials.push((conn, addr)),
                 _ => {}
