@@ -13,6 +13,8 @@
 //! lost in a crash fails the run; `--report-lost-sessions` only counts
 //! them),
 //! `--no-crashes`, `--no-disk-faults`, `--no-net-faults`,
+//! `--no-clock-faults` (the runtime's clock jumps forward, steps back and
+//! catches up),
 //! `--check-determinism` (runs each seed twice and compares the traces),
 //! `--verbose` (a summary line per seed).
 
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             "--no-crashes" => options.crashes = false,
             "--no-disk-faults" => options.disk_faults = false,
             "--no-net-faults" => options.net_faults = false,
+            "--no-clock-faults" => options.clock_faults = false,
             "--check-determinism" => determinism = true,
             "--verbose" | "-v" => verbose = true,
             other => {

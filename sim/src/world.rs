@@ -34,6 +34,11 @@ pub struct Options {
     pub disk_faults: bool,
     /// Resets, stalls, partial and refused writes.
     pub net_faults: bool,
+    /// The runtime's clock misbehaves: it jumps forward (a suspended
+    /// machine: one `handle_timeout` far ahead, every deadline passed at
+    /// once), steps back (the driver is given a `now` earlier than one it
+    /// was given already, for a while) and catches up again.
+    pub clock_faults: bool,
     /// Treat a QoS 2 message delivered twice to one subscriber session, or
     /// a packet identifier reused while the subscriber still holds it, as a
     /// failure (on by default: 0 in 1,000 seeds). Off: they are counted and
@@ -56,6 +61,7 @@ impl Default for Options {
             crashes: true,
             disk_faults: true,
             net_faults: true,
+            clock_faults: true,
             check_qos2_duplicates: true,
             check_session_durability: true,
             lying_disk: false,
@@ -140,6 +146,7 @@ pub fn replay_command(seed: u64, options: &Options) -> String {
         (options.crashes, " --no-crashes"),
         (options.disk_faults, " --no-disk-faults"),
         (options.net_faults, " --no-net-faults"),
+        (options.clock_faults, " --no-clock-faults"),
     ] {
         if !on {
             cmd.push_str(flag);
@@ -345,6 +352,13 @@ struct World {
     outcome: Outcome,
     trace: u64,
     faults: bool,
+    /// How far behind the simulated time the runtime's clock reads: what
+    /// the driver is given is `now - skew` (a clock that stepped back).
+    skew: Duration,
+    /// The latest time given to the driver since it started, and the
+    /// engine's time after the last step: neither may go backwards.
+    given: Instant,
+    engine_now: Instant,
     /// Print what happens (`ROOST_SIM_LOG=1`), for reading a replayed seed.
     log: bool,
 }
@@ -418,6 +432,9 @@ impl World {
             waived: BTreeSet::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             faults: true,
+            skew: Duration::ZERO,
+            given: now,
+            engine_now: now,
             log: std::env::var_os("ROOST_SIM_LOG").is_some(),
         }
     }
@@ -522,7 +539,8 @@ impl World {
             }
         };
         let mut taken = Vec::new();
-        let status = self.driver.handle_write(self.now, conn, |bufs| {
+        let t = self.driver_now();
+        let status = self.driver.handle_write(t, conn, |bufs| {
             if budget == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -558,7 +576,8 @@ impl World {
     }
 
     fn accept(&mut self, owner: Owner, protocol: Protocol) -> usize {
-        let conn = self.driver.handle_accept(self.now, 0, None);
+        let t = self.driver_now();
+        let conn = self.driver.handle_accept(t, 0, None);
         self.outcome.connections += 1;
         self.links.push(Link {
             conn,
@@ -585,7 +604,8 @@ impl World {
         if !link.closed {
             link.closed = true;
             let conn = link.conn;
-            self.driver.handle_closed(self.now, conn);
+            let t = self.driver_now();
+            self.driver.handle_closed(t, conn);
             self.drain();
         }
     }
@@ -609,7 +629,8 @@ impl World {
         let chunk: Vec<u8> = self.links[i].to_broker.drain(..n).collect();
         let conn = self.links[i].conn;
         self.record(conn_tag(conn), &chunk);
-        self.driver.handle_read(self.now, conn, &chunk);
+        let t = self.driver_now();
+        self.driver.handle_read(t, conn, &chunk);
         self.drain();
         let link = &self.links[i];
         if link.close_when_sent && link.to_broker.is_empty() {
@@ -723,8 +744,44 @@ impl World {
     fn complete_jobs(&mut self) {
         while self.done.front().is_some_and(|(at, _)| *at <= self.now) {
             if let Some((_, done)) = self.done.pop_front() {
-                self.driver.handle_job_done(self.now, done);
+                let t = self.driver_now();
+                self.driver.handle_job_done(t, done);
                 self.drain();
+            }
+        }
+    }
+
+    /// The time the runtime's clock reads, given to the driver.
+    fn driver_now(&mut self) -> Instant {
+        let t = self.now - self.skew;
+        self.given = self.given.max(t);
+        t
+    }
+
+    /// The runtime's clock misbehaves (see [`Options::clock_faults`]).
+    fn clock_fault(&mut self) {
+        match self.rng.below(3) {
+            0 => {
+                // Suspended: time jumps, and the runtime's timer fires
+                // once, far past every deadline on the way.
+                let by = Duration::from_millis(self.rng.range(60_000, 7_200_000));
+                self.log(|| format!("clock jumps {} s forward", by.as_secs()));
+                self.now = self.now + by;
+                let t = self.driver_now();
+                self.driver.handle_timeout(t);
+                self.drain();
+                self.complete_jobs();
+            }
+            1 => {
+                let back = Duration::from_millis(self.rng.range(1, 60_000));
+                self.log(|| format!("clock steps {} ms back", back.as_millis()));
+                self.skew = back;
+            }
+            _ => {
+                if !self.skew.is_zero() {
+                    self.log(|| "clock catches up".to_string());
+                }
+                self.skew = Duration::ZERO;
             }
         }
     }
@@ -740,13 +797,15 @@ impl World {
                 ));
                 return;
             }
-            let next = self.driver.poll_timeout();
+            // The driver's deadlines are on its clock, `skew` behind.
+            let next = self.driver.poll_timeout().map(|at| at + self.skew);
             let done_at = self.done.front().map(|(at, _)| *at);
             let stop = [next, done_at].into_iter().flatten().min();
             match stop {
                 Some(at) if at <= to => {
                     self.now = self.now.max(at);
-                    self.driver.handle_timeout(self.now);
+                    let t = self.driver_now();
+                    self.driver.handle_timeout(t);
                     self.drain();
                     self.complete_jobs();
                 }
@@ -757,7 +816,8 @@ impl World {
             }
         }
         self.now = to;
-        self.driver.handle_timeout(self.now);
+        let t = self.driver_now();
+        self.driver.handle_timeout(t);
         self.drain();
         self.complete_jobs();
     }
@@ -792,6 +852,10 @@ impl World {
         self.links.clear();
         self.check_recovered();
         self.now = self.now + Duration::from_millis(self.rng.range(1, 3_000));
+        // A new process: its clock reads right, until a fault says not.
+        self.skew = Duration::ZERO;
+        self.given = self.now;
+        self.engine_now = self.now;
         self.driver = start(&self.config, &self.disk, self.now);
         self.drain();
     }
@@ -1318,6 +1382,8 @@ impl World {
     fn step(&mut self) {
         let faults = self.faults;
         match self.rng.below(100) {
+            // The runtime's clock misbehaves.
+            0 if faults && self.opts.clock_faults && self.rng.chance(300) => self.clock_fault(),
             // Time.
             0..=9 => {
                 let to = match self.rng.below(10) {
@@ -1508,6 +1574,19 @@ impl World {
                 stats.dropped_queue_full
             ));
         }
+        // Time never goes backwards inside: the driver holds the latest
+        // time it was given, the engine no more than that, and neither
+        // moves back.
+        let (driver_now, engine_now) = (self.driver.now(), broker.now());
+        if driver_now != self.given || engine_now > driver_now || engine_now < self.engine_now {
+            broken = Some(format!(
+                "time went wrong: driver at {} ms (latest given {} ms), engine at {} ms (was {} ms)",
+                driver_now.as_millis(),
+                self.given.as_millis(),
+                engine_now.as_millis(),
+                self.engine_now.as_millis()
+            ));
+        }
         let open = self.links.iter().filter(|l| !l.closed).count();
         if self.driver.connection_count() > open {
             broken = Some(format!(
@@ -1515,6 +1594,7 @@ impl World {
                 self.driver.connection_count()
             ));
         }
+        self.engine_now = engine_now;
         if let Some(b) = broken {
             self.violation(b);
         }
@@ -1524,6 +1604,7 @@ impl World {
     /// system settle: afterwards, everything owed must have arrived.
     fn quiesce(&mut self) {
         self.faults = false;
+        self.skew = Duration::ZERO;
         self.disk.lock().unwrap_or_else(|e| e.into_inner()).failing = false;
         for link in &mut self.links {
             link.stalled_until = Instant::ZERO;
