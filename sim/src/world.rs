@@ -732,6 +732,17 @@ impl World {
             return;
         };
         let done = job.run();
+        if self.log {
+            let d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+            let line = format!(
+                "job ran: {} commits, {} failures, {} staged",
+                d.commits,
+                d.failures,
+                d.staged()
+            );
+            drop(d);
+            self.log(|| line);
+        }
         let delay = if self.opts.disk_faults && self.faults && self.rng.chance(300) {
             Duration::from_millis(self.rng.range(1, 800))
         } else {
@@ -874,11 +885,18 @@ impl World {
                 .iter()
                 .map(|s| {
                     format!(
-                        "{}{:?}",
+                        "{}{:?}{:?}",
                         s.client_id.as_str(),
                         s.subscriptions
                             .iter()
                             .map(|x| x.0.as_str().to_string())
+                            .collect::<Vec<_>>(),
+                        s.messages
+                            .iter()
+                            .map(|m| (
+                                String::from_utf8_lossy(&m.message.payload).into_owned(),
+                                m.sent.map(|(p, r)| (p.get(), r))
+                            ))
                             .collect::<Vec<_>>()
                     )
                 })
@@ -1141,7 +1159,10 @@ impl World {
     }
 
     fn on_packet(&mut self, c: usize, packet: Packet) {
-        self.log(|| format!("c{c} <- {}", brief(&packet)));
+        self.log(|| {
+            let conn = self.clients[c].link.map(|i| self.links[i].conn.to_string());
+            format!("c{c} <- {} ({})", brief(&packet), conn.unwrap_or_default())
+        });
         match packet {
             Packet::ConnAck(ack) => {
                 if self.clients[c].conn != Conn::Connecting {
