@@ -569,6 +569,69 @@ fn resuming_a_stored_session_does_not_wait() {
     );
 }
 
+/// Found by the simulator (`roost-sim --durable-sessions`, 9 seeds of
+/// 10,000, the first 885): a persistent session created by a connection
+/// that went before its CONNACK (which waited for the store) was resumed by
+/// the client's next connection with CONNACK "session present" at once; a
+/// crash before the store caught up then lost the session the client had
+/// been promised. That CONNACK now waits as a new session's does, and is a
+/// refusal if the batch fails.
+#[test]
+fn resuming_a_session_not_yet_durable_waits_for_the_store() {
+    for (protocol, refused) in [
+        (V4, ReasonCode::ServerUnavailable),
+        (V5, ReasonCode::QuotaExceeded),
+    ] {
+        for fails in [false, true] {
+            let mut sim = durable();
+            sim.auto_confirm = false;
+            let persistent = || {
+                let mut c = connect("keeper", protocol, false, 0);
+                c.properties.session_expiry_interval = (protocol == V5).then_some(3600);
+                Packet::Connect(Box::new(c))
+            };
+            let first = sim.open(protocol);
+            sim.send(first, persistent());
+            assert!(
+                sim.recv_all(first).is_empty(),
+                "{protocol:?}: CONNACK before the store"
+            );
+            // The client gives up on it before its CONNACK, and comes back.
+            sim.drop_transport(first);
+            let second = sim.open(protocol);
+            sim.send(second, persistent());
+            assert!(
+                sim.recv_all(second).is_empty(),
+                "{protocol:?}: CONNACK promised a session the store may not have"
+            );
+            if fails {
+                sim.fail_all();
+                let got = sim.recv_all(second);
+                assert!(
+                    matches!(&got[..], [Packet::ConnAck(a)] if a.reason == refused && !a.session_present),
+                    "{protocol:?}: {got:?}"
+                );
+                assert!(!sim.broker.has_session("keeper"), "{protocol:?}");
+            } else {
+                sim.confirm_all();
+                let got = sim.recv_all(second);
+                assert!(
+                    matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success && a.session_present),
+                    "{protocol:?}: {got:?}"
+                );
+                // A third connection resumes a durable session: no wait.
+                sim.drop_transport(second);
+                let third = sim.open(protocol);
+                sim.send(third, persistent());
+                assert!(
+                    matches!(sim.recv(third), Some(Packet::ConnAck(a)) if a.session_present),
+                    "{protocol:?}: the session was durable already"
+                );
+            }
+        }
+    }
+}
+
 /// Found by the simulator (`roost-sim --durable-sessions`): a SUBACK left
 /// before its subscription was durable, and a crash then lost a
 /// subscription the client had been promised (and the messages it would

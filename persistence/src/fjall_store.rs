@@ -105,6 +105,15 @@ impl Ks {
 /// The most fjall allows in a key.
 const MAX_KEY: usize = u16::MAX as usize;
 
+/// How much of a keyspace's writes fjall keeps in memory before it writes
+/// them to a table (its default is 64 MiB). What is in a memtable is also
+/// what a start replays from the journal into memory, so this bounds the
+/// memory and the replay work a restart spends on history: after a crash,
+/// only writes newer than the last table are inserted again. Set when a
+/// keyspace is created: a store created with an older roost keeps fjall's
+/// default.
+const MAX_MEMTABLE: u64 = 8 * 1024 * 1024;
+
 /// Key of the batch counter in the `meta` keyspace.
 const APPLIED_KEY: &[u8] = b"applied";
 
@@ -296,13 +305,19 @@ fn open_db(path: &Path) -> Result<Open, StoreError> {
     };
     // Manual: a batch stays in the journal's write buffer until `commit`
     // says how far to push it, instead of costing a write(2) each.
+    // The smallest journal budget fjall allows: past it, fjall flushes the
+    // keyspaces that hold the oldest sealed journal back (default 512 MiB),
+    // so a start replays at most about two journals' worth.
     let db = Database::builder(path)
         .manual_journal_persist(true)
+        .max_journaling_size(64 * 1024 * 1024)
         .open()
         .map_err(|e| db_err("open", e))?;
     let open = |ks: Ks| {
-        db.keyspace(ks.name(), KeyspaceCreateOptions::default)
-            .map_err(|e| db_err("open keyspace", e))
+        db.keyspace(ks.name(), || {
+            KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE)
+        })
+        .map_err(|e| db_err("open keyspace", e))
     };
     let keyspaces = [
         open(Ks::Sessions)?,
@@ -342,8 +357,17 @@ impl FjallStore {
         let mut report = RecoveryReport::default();
         let existed = path.exists();
         let fresh = init::prepare(&path, &mut report)?;
-        if !fresh {
-            check_journal(&path, recovery, &mut report)?;
+        let active = if fresh {
+            None
+        } else {
+            check_journal(&path, recovery, &mut report)?
+        };
+        if let Some((active, intact_end)) = active.filter(|(_, end)| *end >= SEAL_AT) {
+            // Only saves the next start work: on a full disk the store
+            // still opens as it would have. Each step leaves a journal
+            // fjall reads as before (the cut drops only what fjall drops;
+            // an empty `N+1.jnl` is an empty active journal).
+            let _ = seal_journal(&path, &active, intact_end);
         }
         let open = match open_db(&path) {
             Ok(opened) => opened,
@@ -728,11 +752,14 @@ fn writes_size(writes: &Writes) -> usize {
 
 /// Reads the journal before fjall replays it: a damaged one is refused or
 /// cut, as `recovery` says; a torn tail is noted in `report`.
+///
+/// Returns the journal fjall will append to (the last file) and where its
+/// intact batches end, if there is one.
 fn check_journal(
     path: &Path,
     recovery: Recovery,
     report: &mut RecoveryReport,
-) -> Result<(), StoreError> {
+) -> Result<Option<(PathBuf, u64)>, StoreError> {
     let io_err = |source| StoreError::Io {
         path: path.to_path_buf(),
         action: "read the journal",
@@ -743,7 +770,7 @@ fn check_journal(
         if let Some(f) = verdict.files.iter().rev().find(|f| f.problem.is_some()) {
             report.torn_tail = Some((f.path.clone(), f.intact_end, f.data_end - f.intact_end));
         }
-        return Ok(());
+        return Ok(verdict.files.last().map(|f| (f.path.clone(), f.intact_end)));
     };
     let f = &verdict.files[i];
     let problem = f.problem.expect("a damaged file has a problem");
@@ -794,6 +821,64 @@ fn check_journal(
         records,
         removed,
     });
+    Ok(Some((f.path.clone(), f.intact_end)))
+}
+
+/// The active journal holds at least this much when a start seals it (see
+/// [`seal_journal`]); below it, the file is kept and appended to.
+const SEAL_AT: u64 = 1024 * 1024;
+
+/// Makes the journal a start replays the last one fjall writes to before
+/// the next start, so that each start replays what was written since the
+/// previous one (and what was not yet written to tables), not everything
+/// since fjall last rotated its journal.
+///
+/// fjall 3.1 starts a new journal file only when a flush finds the active
+/// one past 64 MB, and a start replays (and [`check_journal`] reads) all of
+/// it: restart work grew with the write history, acknowledged and deleted
+/// messages included, up to 64 MB. fjall treats the highest-numbered
+/// `N.jnl` as the active journal and every other as sealed: it replays a
+/// sealed journal into memtables that it flushes to tables, then deletes
+/// the journal. So before fjall opens, the active journal is cut at the end
+/// of its intact batches (the torn tail a crash may leave, which fjall
+/// drops anyway: a sealed journal with a torn tail followed by a later
+/// file would read as damage) and an empty `N+1.jnl` is created, as fjall's
+/// own rotation does. The replay costs this start what it cost before;
+/// the next start no longer pays for it again.
+fn seal_journal(dir: &Path, active: &Path, intact_end: u64) -> Result<(), StoreError> {
+    let io_err = |path: &Path, action| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    let Some(id) = active
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".jnl"))
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(active)
+        .map_err(io_err(active, "truncate the journal"))?;
+    file.set_len(intact_end)
+        .map_err(io_err(active, "truncate the journal"))?;
+    file.sync_all()
+        .map_err(io_err(active, "truncate the journal"))?;
+    let next = dir.join(format!("{}.jnl", id + 1));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&next)
+        .map_err(io_err(&next, "start a new journal"))?;
+    file.sync_all()
+        .map_err(io_err(&next, "start a new journal"))?;
+    init::sync_dir(dir).map_err(io_err(dir, "sync the directory"))?;
     Ok(())
 }
 
@@ -1087,5 +1172,57 @@ mod tests {
         for ks in Ks::ALL {
             assert_eq!(&**store.ks(ks).unwrap().name(), ks.name());
         }
+    }
+
+    /// A start replays into memory only what the last memtable had not
+    /// written to a table: with fjall's default (64 MiB a keyspace) a
+    /// history of 40 MB of overwritten retained messages came back whole,
+    /// in memory, at every start; now at most [`MAX_MEMTABLE`] of it.
+    #[test]
+    fn a_restart_holds_at_most_one_memtable_of_history_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path(), Durability::Periodic).unwrap();
+        let payload = Bytes::from(vec![b'x'; 1_000]);
+        for round in 0..400u32 {
+            let ops: Vec<StoreOp> = (0..100u32)
+                .map(|i| {
+                    let topic =
+                        TopicName::copy_from_str(&format!("r/{}", (round * 100 + i) % 1_000))
+                            .unwrap();
+                    StoreOp::RetainedPut {
+                        topic: topic.clone(),
+                        message: StoredMessage {
+                            topic,
+                            payload: payload.clone(),
+                            qos: QoS::AtLeastOnce,
+                            retain: true,
+                            properties: PublishProperties::default(),
+                        },
+                    }
+                })
+                .collect();
+            store.apply(&ops).unwrap();
+            store.commit().unwrap();
+        }
+        store.flush().unwrap();
+        // Let the flushes the writes started finish (fjall's workers), so
+        // what is left in memory is the active memtable only.
+        let db = &store.open.as_ref().unwrap().db;
+        for _ in 0..3_000 {
+            if db.outstanding_flushes() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(store);
+        let mut store = FjallStore::open(dir.path(), Durability::Periodic).unwrap();
+        let in_memory = store.open.as_ref().unwrap().db.write_buffer_size();
+        // 40 MB written; a memtable's worth (and a little) may come back.
+        const { assert!(MAX_MEMTABLE <= 8 << 20) };
+        assert!(
+            in_memory <= 9 << 20,
+            "{in_memory} bytes of a 40 MB history replayed into memory"
+        );
+        assert_eq!(store.recover().unwrap().retained.len(), 1_000);
     }
 }

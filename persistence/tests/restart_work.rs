@@ -11,14 +11,15 @@
 //!
 //! Work is measured in bytes (journal files a start reads), never in time.
 //!
-//! Known to fail today, hence ignored (run it with `--ignored`): fjall 3.1
-//! keeps appending to the same journal file across restarts and starts a
-//! new one only when a flush finds it past 64 MB (its `worker_pool.rs`),
-//! so every start replays, and `open` first checks, everything written
-//! since the last rotation — acknowledged and deleted messages included:
-//! 5.3 MB after 2 runs, 21.1 MB after 8 here. Work is bounded (about
-//! 64 MB of journal, plus sealed journals not yet flushed, up to fjall's
-//! 512 MB `max_journaling_size`) but grows with history inside that bound.
+//! fjall 3.1 keeps appending to the same journal file across restarts and
+//! starts a new one only when a flush finds it past 64 MB (its
+//! `worker_pool.rs`), so every start used to replay, and `open` first
+//! check, everything written since the last rotation, acknowledged and
+//! deleted messages included: 5.3 MB after 2 runs, 21.1 MB after 8 here.
+//! `FjallStore::open` now seals the journal it finds (see `seal_journal`),
+//! so a start reads what was written since the previous start: 2.6 MB
+//! after 2 runs and after 8. The bound allows one run whose sealed journal
+//! fjall had not flushed and deleted yet when the run died.
 
 use bytes::Bytes;
 use roost_core::MqttStr;
@@ -119,7 +120,6 @@ fn after_runs(runs: u64) -> u64 {
             .args([
                 "restart_reads_what_is_live_not_what_was_written",
                 "--exact",
-                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -129,10 +129,6 @@ fn after_runs(runs: u64) -> u64 {
         assert!(!status.success(), "run {run} was meant to abort");
     }
     let bytes = journal_bytes(dir.path());
-    for e in std::fs::read_dir(dir.path()).unwrap() {
-        let e = e.unwrap();
-        eprintln!("DEBUG {:?} {}", e.file_name(), e.metadata().unwrap().len());
-    }
     // The store still opens and holds what is live.
     let mut store = FjallStore::open(dir.path(), Durability::Sync).expect("open");
     let recovered = store.recover().expect("recover");
@@ -142,7 +138,6 @@ fn after_runs(runs: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "known: fjall replays up to 64 MB of history at each start (see the module docs)"]
 fn restart_reads_what_is_live_not_what_was_written() {
     if let Ok(spec) = std::env::var(CHILD) {
         run_child(&spec);
@@ -153,10 +148,10 @@ fn restart_reads_what_is_live_not_what_was_written() {
         "journal a start reads: {few} bytes after 2 runs, {many} after 8 ({} MB acknowledged in all)",
         8 * MESSAGES as usize * PAYLOAD / (1 << 20)
     );
-    // The same live data, the same last run: the same journal, give or
-    // take a little.
+    // The same live data, the same last run: the same journal, or one
+    // more run's if fjall had not yet flushed the previous one away.
     assert!(
-        many <= few + few / 4,
+        many <= 2 * few,
         "a start reads {many} journal bytes after 8 runs, {few} after 2: restart work grows with history"
     );
 }

@@ -9,9 +9,12 @@
 //! Options: `--seed N`, `--seeds A..B`, `--steps N`, `--clients N`,
 //! `--qos2-exactly-once` (the default: duplicates and reused packet ids at
 //! QoS 2 fail the run; `--report-qos2-duplicates` only counts them),
-//! `--durable-sessions` (a confirmed session or subscription
-//! lost in a crash fails the run),
+//! `--durable-sessions` (the default: a confirmed session or subscription
+//! lost in a crash fails the run; `--report-lost-sessions` only counts
+//! them),
 //! `--no-crashes`, `--no-disk-faults`, `--no-net-faults`,
+//! `--no-clock-faults` (the runtime's clock jumps forward, steps back and
+//! catches up),
 //! `--check-determinism` (runs each seed twice and compares the traces),
 //! `--verbose` (a summary line per seed).
 
@@ -43,9 +46,11 @@ fn main() -> ExitCode {
             "--qos2-exactly-once" => options.check_qos2_duplicates = true,
             "--report-qos2-duplicates" => options.check_qos2_duplicates = false,
             "--durable-sessions" => options.check_session_durability = true,
+            "--report-lost-sessions" => options.check_session_durability = false,
             "--no-crashes" => options.crashes = false,
             "--no-disk-faults" => options.disk_faults = false,
             "--no-net-faults" => options.net_faults = false,
+            "--no-clock-faults" => options.clock_faults = false,
             "--check-determinism" => determinism = true,
             "--verbose" | "-v" => verbose = true,
             other => {

@@ -596,12 +596,21 @@ impl Broker {
             // Resuming before a delayed will fires cancels it [MQTT-3.1.3-9].
             s.pending_will = None;
         }
-        let was_stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
+        // Durably stored: the batch that first stored it is confirmed.
+        let was_durable = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.stored && s.stored_in <= self.durable);
         self.record_expiry(sid);
-        // A session stored for the first time: CONNACK promises the client
-        // a session that survives a restart, so it waits for the batch that
-        // stores it (and fails if that batch fails).
-        let connack_wait = (!was_stored && self.sessions.get(&sid).is_some_and(|s| s.stored))
+        // A session stored for the first time, or resumed while the batch
+        // that first stored it is not durable yet (its creator's CONNACK
+        // still waited, or failed, when that connection went): CONNACK
+        // promises the client a session that survives a restart, so it
+        // waits for this input's batch, which records the session again and
+        // follows every earlier one, and fails if that batch fails. (The
+        // simulator found a resumed session's CONNACK leaving first, and a
+        // crash then losing the session.)
+        let connack_wait = (!was_durable && self.sessions.get(&sid).is_some_and(|s| s.stored))
             .then_some(self.last_store_id + 1);
         self.arm_session(sid);
         let Some(c) = self.conns.get_mut(&id) else {

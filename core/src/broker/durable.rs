@@ -37,6 +37,10 @@ impl Broker {
             (false, true) => {
                 s.stored = true;
                 self.record_session(sid);
+                let batch = self.horizon();
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.stored_in = batch;
+                }
             }
             (true, true) => {
                 let op = StoreOp::SessionPut {
@@ -356,8 +360,8 @@ impl Broker {
     ///   again;
     /// - a PUBCOMP is sent as it was: the exchange is over in memory and no
     ///   message depends on it;
-    /// - a connection whose CONNACK waited for its new session to be stored
-    ///   gets CONNACK 0x97 Quota exceeded (MQTT 3: 0x03 Server
+    /// - a connection whose CONNACK waited for its new session (or a
+    ///   resumed one not yet durable) to be stored gets CONNACK 0x97 Quota exceeded (MQTT 3: 0x03 Server
     ///   unavailable) and is closed; its session is discarded (its will is
     ///   not published), and nothing queued for it is sent;
     /// - a subscriber whose deliveries waited for those batches is

@@ -304,6 +304,13 @@ impl Broker {
         self.timers.len()
     }
 
+    /// The latest time the engine was given: an input with an earlier
+    /// `now` (a clock that stepped back) is handled at this time, so it
+    /// never goes backwards.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// What a connected client's CONNECT settled: protocol, session kind,
     /// keep-alive. `None` unless `conn` is connected (CONNACK sent).
     pub fn client_info(&self, conn: ConnId) -> Option<ClientInfo> {

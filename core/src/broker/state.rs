@@ -401,6 +401,10 @@ pub(crate) struct Session {
     /// Whether the store holds this session (it outlives its connection and
     /// persistence is on).
     pub(crate) stored: bool,
+    /// The storage batch that first stored this session (0: restored, or
+    /// not stored). Until it is durable a crash forgets the session, so a
+    /// CONNACK that resumes it (session present) waits too.
+    pub(crate) stored_in: u64,
     pub(crate) queue: VecDeque<Delivery>,
     pub(crate) queued_bytes: usize,
     /// Inbound QoS 2 packet identifiers between PUBREC and PUBREL: a
@@ -427,6 +431,7 @@ impl Session {
             inflight_seq: 0,
             next_seq: 1,
             stored: false,
+            stored_in: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: HashSet::with_hasher(hasher.clone()),

@@ -26,7 +26,9 @@
 //!
 //! A successful CONNACK that creates a stored session (MQTT 3 clean session
 //! 0, MQTT 5 session expiry above 0, when no stored session existed) waits
-//! for durability too: nothing is sent on that connection before it.
+//! for durability too: nothing is sent on that connection before it. So
+//! does a CONNACK that resumes a stored session whose first batch is not
+//! yet confirmed (its creator went before its own CONNACK).
 //!
 //! So does everything else that reflects state not yet durable, so that a
 //! crash can never contradict what a client saw: a delivery of a message

@@ -364,6 +364,7 @@ impl Driver {
     /// connection the bridge gave up on meanwhile is refused
     /// ([`Driver::interest`] says close).
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId, remote: Option<SocketAddr>) {
+        let now = self.clock(now);
         let Some(b) = self
             .bridges
             .iter()
@@ -402,6 +403,7 @@ impl Driver {
 
     /// Dialling for [`Event::Connect`] failed.
     pub fn handle_connect_failed(&mut self, now: Instant, conn: ConnId, error: &std::io::Error) {
+        let now = self.clock(now);
         if let Some(bridge) = self
             .bridges
             .iter_mut()

@@ -24,7 +24,10 @@
 //! 1. After any `handle_*` call, drain [`Driver::poll_event`] until it
 //!    returns `None`, then arm a timer for [`Driver::poll_timeout`] and call
 //!    [`Driver::handle_timeout`] when it passes. Spurious timeouts are
-//!    harmless; `now` never goes backwards.
+//!    harmless. `now` should not go backwards; if it does (a clock that
+//!    steps back), the driver and the engine take it as the latest `now`
+//!    they were given, and a jump forward (a suspended machine) fires
+//!    every deadline it passed in one `handle_timeout`.
 //! 2. [`Event::Wake`] means the connection has output, or must change what
 //!    the runtime does with it: call [`Driver::handle_write`] with a writer
 //!    for its socket, then look at [`Driver::interest`]: read only while
@@ -418,6 +421,9 @@ pub struct Driver {
     busy_probe: Option<fn() -> Option<Duration>>,
     /// The link to the other nodes, with `[cluster]`.
     cluster: Option<cluster::ClusterSide>,
+    /// The latest `now` given: an earlier one (a clock stepping back) is
+    /// taken as this, so time never goes backwards inside the driver.
+    clock: Instant,
 }
 
 /// A store opened for the driver, with what it held.
@@ -610,6 +616,7 @@ impl Driver {
             bridges,
             classes,
             cluster,
+            clock: now,
         })
     }
 
@@ -767,6 +774,20 @@ impl Driver {
         .min()
     }
 
+    /// The latest time the driver was given (see [`Driver::new`]'s `now`
+    /// and every `handle_*`): it never goes backwards.
+    pub fn now(&self) -> Instant {
+        self.clock
+    }
+
+    /// `now`, or the latest time already given if `now` is earlier: a
+    /// runtime whose clock steps back (or that reads it on two threads)
+    /// must not move deadlines back or reorder the lingering queue.
+    fn clock(&mut self, now: Instant) -> Instant {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
     // ----- inputs -----
 
     /// A socket was accepted on listener number `listener`.
@@ -776,6 +797,7 @@ impl Driver {
         listener: usize,
         remote: Option<SocketAddr>,
     ) -> ConnId {
+        let now = self.clock(now);
         let index = listener.min(self.listeners.len().saturating_sub(1));
         let l = &mut self.listeners[index];
         l.backoff = None;
@@ -858,6 +880,7 @@ impl Driver {
         listener: usize,
         error: &io::Error,
     ) -> Instant {
+        let now = self.clock(now);
         let Some(l) = self.listeners.get_mut(listener) else {
             return now;
         };
@@ -872,6 +895,7 @@ impl Driver {
 
     /// Bytes were read from `conn`'s socket.
     pub fn handle_read(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let now = self.clock(now);
         let Some(io) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1000,6 +1024,7 @@ impl Driver {
         conn: ConnId,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<WriteStatus> {
+        let now = self.clock(now);
         let Some(io) = self.conns.get_mut(&conn) else {
             return Ok(WriteStatus::Drained);
         };
@@ -1075,6 +1100,7 @@ impl Driver {
     /// `conn`'s socket is gone (closed by the peer, or failed). Call once;
     /// not needed after [`Interest::close`].
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
+        let now = self.clock(now);
         if let Some(io) = self.conns.remove(&conn) {
             if io.http.is_some() {
                 self.http_open -= 1;
@@ -1092,6 +1118,7 @@ impl Driver {
 
     /// A deadline passed: call when [`Driver::poll_timeout`] is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
         self.broker.handle_timeout(now);
         self.bridges_handle_timeout(now);
         self.cluster_handle_timeout(now);
@@ -1125,6 +1152,7 @@ impl Driver {
 
     /// A [`Job`] finished.
     pub fn handle_job_done(&mut self, now: Instant, done: JobDone) {
+        let now = self.clock(now);
         match done.0 {
             DoneKind::Password {
                 token,
@@ -1166,6 +1194,7 @@ impl Driver {
 
     /// The answer to an [`Event::Authenticate`].
     pub fn handle_auth_decided(&mut self, now: Instant, token: AuthToken, decision: AuthDecision) {
+        let now = self.clock(now);
         self.broker.resolve_auth(now, token, decision);
         self.pump(now);
     }
@@ -1179,12 +1208,14 @@ impl Driver {
         token: AuthorizeToken,
         decision: impl Into<AuthorizeDecision>,
     ) {
+        let now = self.clock(now);
         self.broker.resolve_authorize(now, token, decision);
         self.pump(now);
     }
 
     /// A hook's answer, whichever kind ([`crate::embed`] produces these).
     pub fn handle_decided(&mut self, now: Instant, decided: Decided) {
+        let now = self.clock(now);
         match decided {
             Decided::Auth(token, decision) => self.handle_auth_decided(now, token, decision),
             Decided::Authorize(token, decision) => {
@@ -1196,6 +1227,7 @@ impl Driver {
     /// Publishes from the embedding program. Returns how many subscriptions
     /// it reached.
     pub fn handle_publish(&mut self, now: Instant, message: Message) -> usize {
+        let now = self.clock(now);
         let matched = self.broker.publish(now, message);
         self.pump(now);
         matched
@@ -1204,6 +1236,7 @@ impl Driver {
     /// Subscribes the embedding program; messages come as
     /// [`Event::Deliver`] (retained ones at once).
     pub fn handle_subscribe(&mut self, now: Instant, filter: TopicFilter) -> LocalSubscription {
+        let now = self.clock(now);
         let sub = self.broker.subscribe(now, filter);
         self.pump(now);
         sub
@@ -1211,6 +1244,7 @@ impl Driver {
 
     /// Ends an in-process subscription (the runtime's receiver is gone).
     pub fn handle_unsubscribe(&mut self, now: Instant, subscription: LocalSubscription) -> bool {
+        let now = self.clock(now);
         let found = self.broker.unsubscribe(now, subscription);
         self.pump(now);
         found
@@ -1221,6 +1255,7 @@ impl Driver {
     /// take their last bytes, flushes the store, then says
     /// [`Event::Stopped`].
     pub fn handle_shutdown(&mut self, now: Instant) {
+        let now = self.clock(now);
         if self.shutdown.is_some() {
             return;
         }

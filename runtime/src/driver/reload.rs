@@ -89,6 +89,7 @@ impl Driver {
     /// Returns the files that failed to load, for logging (each is also
     /// logged here).
     pub fn handle_reload(&mut self, now: Instant, config: &Config, files: Files) -> Vec<FileError> {
+        let now = self.clock(now);
         let mut errors = Vec::new();
         self.reload_listeners(now, config, files.listeners, &mut errors);
         self.reload_limits(now, config);

@@ -698,3 +698,32 @@ fn one_seed_gives_one_transcript_through_the_driver() {
     assert!(first.iter().filter(|l| l.starts_with("dropped")).count() >= 16);
     assert_eq!(first, shutdown_transcript(7));
 }
+
+/// A runtime clock that steps back (the simulator's clock faults): the
+/// driver takes an earlier `now` as the latest one it was given, so what it
+/// schedules never moves back, and the engine's deadlines stay put.
+#[test]
+fn a_clock_that_steps_back_moves_nothing_back() {
+    let mut h = Harness::plain();
+    h.advance(Duration::from_secs(100));
+    let latest = h.now;
+    let a = h.accept();
+    h.read(a, &connect("a", None, true));
+    let deadline = h.driver.poll_timeout();
+    // The clock steps back 90 s.
+    h.now = Instant::from_millis(10_000);
+    let b = h.accept();
+    assert_eq!(h.driver.now(), latest);
+    assert_eq!(h.driver.broker().now(), latest);
+    assert!(h.driver.poll_timeout() >= deadline, "a deadline moved back");
+    let error = io::Error::other("too many open files");
+    let resume = h.driver.handle_accept_error(h.now, 0, &error);
+    assert_eq!(resume, latest + ACCEPT_BACKOFF.0);
+    // And forward again, far (a machine resumed): every deadline passed is
+    // handled in one call; the unanswered connection timed out.
+    h.now = latest + Duration::from_secs(7_200);
+    h.driver.handle_timeout(h.now);
+    h.drain();
+    assert!(h.driver.interest(b).close || h.driver.interest(b).shutdown_write);
+    assert_eq!(h.driver.now(), h.now);
+}
