@@ -683,7 +683,9 @@ impl Broker {
 
     /// Moves queued deliveries into the window while it has room, each
     /// authorized again for the connection as it leaves the queue (a denied
-    /// one is dropped and counted in [`super::Stats::deliveries_denied`]).
+    /// one is dropped and counted in [`super::Stats::deliveries_denied`]);
+    /// then retained messages of new subscriptions
+    /// ([`Broker::walk_retained`]).
     pub(super) fn pump(&mut self, sid: SessionId) {
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
@@ -698,6 +700,9 @@ impl Broker {
                 return;
             }
             let Some(delivery) = s.queue.pop_front() else {
+                if s.walks.is_some() {
+                    break;
+                }
                 return;
             };
             s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
@@ -720,6 +725,10 @@ impl Broker {
                 self.send_new(sid, conn, delivery);
             }
         }
+        // The queue is empty and the window has room: retained messages
+        // for new subscriptions come after what queued up, so live
+        // traffic goes first.
+        self.walk_retained(sid);
     }
 
     /// Encodes one PUBLISH for `conn`. Returns false if it was not sent

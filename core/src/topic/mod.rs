@@ -8,7 +8,7 @@ use bytes::Bytes;
 use core::fmt;
 
 pub mod trie;
-pub use trie::{SubscriptionTrie, TopicMap};
+pub use trie::{SubscriptionTrie, TopicMap, Walked};
 
 /// Why a string is not a valid topic name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
