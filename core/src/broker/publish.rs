@@ -551,11 +551,8 @@ impl Broker {
                 },
             });
         }
-        let retained = Retained {
-            message: Arc::new(message),
-            expires_at,
-        };
-        self.retained.insert(&topic, retained);
+        self.retained
+            .insert(&topic, Retained::new(&message, expires_at));
     }
 
     /// Hands one delivery to a session: sent now when its connection is up

@@ -536,7 +536,7 @@ impl Broker {
                     if r.expires_at.is_some_and(|at| at <= now) {
                         expired.push(topic.clone());
                     } else {
-                        found.push((r.message.clone(), r.expires_at));
+                        found.push((Arc::new(r.message(topic)), r.expires_at));
                     }
                     found.len() < SLICE
                 },
@@ -657,12 +657,9 @@ impl Broker {
         };
         self.trie_insert(&filter, SubKey::Local(local), entry);
         let mut retained = Vec::new();
-        self.retained.for_each_match(&filter, |_, r| {
+        self.retained.for_each_match(&filter, |topic, r| {
             if r.expires_at.is_none_or(|at| at > now) {
-                retained.push(Message {
-                    retain: true,
-                    ..Message::clone(&r.message)
-                });
+                retained.push(r.message(topic));
             }
         });
         for message in retained {
