@@ -115,11 +115,13 @@ struct Retained {
 }
 
 impl Retained {
-    fn new(message: &Message, expires_at: Option<Instant>) -> Self {
+    fn new(message: Message, expires_at: Option<Instant>) -> Self {
         let properties = (message.properties != crate::codec::PublishProperties::default())
-            .then(|| Box::new(message.properties.clone()));
+            .then(|| Box::new(message.properties));
         Retained {
-            payload: message.payload.clone(),
+            // Moved, not cloned: a clone of a `Bytes` made from a vector
+            // allocates its shared header.
+            payload: message.payload,
             properties,
             expires_at,
             qos: message.qos,

@@ -533,9 +533,13 @@ impl Broker {
         }
         // A retained message lives long: give it bytes of its own rather
         // than a slice that pins the whole socket read it arrived in.
-        let mut message = message.clone();
-        message.payload = bytes::Bytes::copy_from_slice(&message.payload);
-        message.topic = message.topic.detached();
+        let message = Message {
+            topic: message.topic.detached(),
+            payload: bytes::Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+            retain: true,
+            properties: message.properties.clone(),
+        };
         let topic = message.topic.clone();
         // `$SYS` statistics are published afresh at every start: storing
         // them would only cost a commit per interval.
@@ -552,7 +556,7 @@ impl Broker {
             });
         }
         self.retained
-            .insert(&topic, Retained::new(&message, expires_at));
+            .insert(&topic, Retained::new(message, expires_at));
     }
 
     /// Hands one delivery to a session: sent now when its connection is up

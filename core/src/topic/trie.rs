@@ -416,13 +416,10 @@ impl<Vv> OrderedMap<Vv> {
                 &mut entry.1
             }
             OrderedMap::Large(t) => {
-                if !t.contains_key(key) {
-                    let (k, value) = make();
-                    t.insert(k, value);
-                }
-                // Just made sure it is there.
-                #[allow(clippy::unwrap_used)]
-                t.get_mut(key).unwrap()
+                // One search: the key `make` builds is a slice of the
+                // caller's bytes, cheaper than a second descent.
+                let (k, value) = make();
+                t.entry(k).or_insert(value)
             }
         }
     }
