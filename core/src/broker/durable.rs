@@ -560,7 +560,7 @@ impl Broker {
             };
             broker
                 .retained
-                .insert(&topic, Retained::new(message, expires_at));
+                .insert(&topic, Retained::new(message, expires_at, 0));
         }
         broker
     }

@@ -111,11 +111,14 @@ struct Retained {
     /// Only when it has any.
     properties: Option<Box<crate::codec::PublishProperties>>,
     expires_at: Option<Instant>,
+    /// When it was stored ([`Broker::retained_stamp`]): a walk that began
+    /// before sent it live, not from the store.
+    stamp: u64,
     qos: crate::codec::QoS,
 }
 
 impl Retained {
-    fn new(message: Message, expires_at: Option<Instant>) -> Self {
+    fn new(message: Message, expires_at: Option<Instant>, stamp: u64) -> Self {
         let properties = (message.properties != crate::codec::PublishProperties::default())
             .then(|| Box::new(message.properties));
         Retained {
@@ -124,6 +127,7 @@ impl Retained {
             payload: message.payload,
             properties,
             expires_at,
+            stamp,
             qos: message.qos,
         }
     }
@@ -172,6 +176,12 @@ pub struct Broker {
     shared_index: HashMap<(MqttStr, TopicFilter), u64>,
     locals: HashMap<u64, TopicFilter>,
     retained: TopicMap<Retained, SeededState>,
+    /// Counts changes to `retained`, to stamp each stored message.
+    retained_stamp: u64,
+    /// Sessions that may have retained walks under way (checked when
+    /// used): a change to the store looks at them, and at nothing when
+    /// there are none.
+    walking: Vec<SessionId>,
     /// Every armed deadline, earliest first: `poll_timeout` never walks
     /// the sessions.
     timers: BTreeSet<(Instant, Timer)>,
@@ -221,6 +231,8 @@ impl Broker {
             shared_index: HashMap::with_hasher(hasher.clone()),
             locals: HashMap::with_hasher(hasher.clone()),
             retained: TopicMap::with_hasher(hasher.clone()),
+            retained_stamp: 0,
+            walking: Vec::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             dirty: Vec::new(),

@@ -519,6 +519,7 @@ impl Broker {
     pub(super) fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         if message.payload.is_empty() {
+            self.keep_for_walks(&message.topic);
             if self.retained.remove(&message.topic).is_some() {
                 self.record(StoreOp::RetainedDelete {
                     topic: message.topic.clone(),
@@ -555,8 +556,11 @@ impl Broker {
                 },
             });
         }
+        self.keep_for_walks(&topic);
+        self.retained_stamp += 1;
+        let stamp = self.retained_stamp;
         self.retained
-            .insert(&topic, Retained::new(message, expires_at));
+            .insert(&topic, Retained::new(message, expires_at, stamp));
     }
 
     /// Hands one delivery to a session: sent now when its connection is up

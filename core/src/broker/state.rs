@@ -409,6 +409,9 @@ pub(crate) struct RetainedWalk {
     pub(crate) entry: SubEntry,
     /// The topic path the walk goes on after (`None`: from the start).
     pub(crate) after: Option<bytes::Bytes>,
+    /// `Broker::retained_stamp` when it began: what was stored later went
+    /// to the subscriber live.
+    pub(crate) since: u64,
 }
 
 impl Session {

@@ -14,7 +14,7 @@ use crate::codec::{
     AckProperties, Packet, PacketId, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use crate::topic::{TopicFilter, Walked};
+use crate::topic::{TopicFilter, TopicName, Walked, topic_order};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -483,7 +483,67 @@ impl Broker {
             filter,
             entry,
             after: None,
+            since: self.retained_stamp,
         });
+        if !self.walking.contains(&sid) {
+            self.walking.push(sid);
+        }
+    }
+
+    /// The retained message of `topic` is about to change or go: each walk
+    /// that has not reached it yet, and would have sent it, gets it now
+    /// (into the session's queue if it cannot leave at once), so a walk
+    /// sends what was retained when its SUBSCRIBE came, as if it had all
+    /// been sent then; what replaces it goes to the subscriber live, and
+    /// the walk skips it.
+    pub(super) fn keep_for_walks(&mut self, topic: &TopicName) {
+        if self.walking.is_empty() {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.walking
+            .retain(|sid| sessions.get(sid).is_some_and(|s| s.walks.is_some()));
+        let Some(r) = self.retained.get(topic) else {
+            return;
+        };
+        if r.expires_at.is_some_and(|at| at <= self.now) {
+            return;
+        }
+        let (stamp, expires_at) = (r.stamp, r.expires_at);
+        let mut owed = Vec::new();
+        for &sid in &self.walking {
+            let Some(walks) = self.sessions.get(&sid).and_then(|s| s.walks.as_deref()) else {
+                continue;
+            };
+            for w in walks {
+                if stamp <= w.since
+                    && w.filter.matches(topic)
+                    && w.after.as_deref().is_none_or(|a| {
+                        topic_order(topic.as_bytes(), a) == core::cmp::Ordering::Greater
+                    })
+                {
+                    owed.push((sid, w.entry));
+                }
+            }
+        }
+        if owed.is_empty() {
+            return;
+        }
+        let message = Arc::new(r.message(topic));
+        let needs = self.horizon();
+        for (sid, entry) in owed {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(entry.options.qos),
+                retain: true,
+                subscription_ids: entry.id.into_iter().collect(),
+                expires_at,
+                shared_group: None,
+                seq: 0,
+                needs,
+            };
+            self.deliver_or_queue(sid, delivery, true);
+        }
     }
 
     /// Sends retained messages of the session's walks, in topic order,
@@ -497,10 +557,12 @@ impl Broker {
     /// meanwhile go out before the walk goes on.
     ///
     /// A walk goes on after the last topic it sent, so it never sends a
-    /// topic twice, and sends the message retained when it gets there: one
-    /// stored after the SUBSCRIBE may arrive twice, live and then retained.
-    /// Walks stay with a session that goes offline and go on when it is
-    /// back; a restart of the broker ends them.
+    /// topic twice. It sends what was retained when the SUBSCRIBE came: a
+    /// retained message replaced or cleared before the walk gets to it is
+    /// handed to the session then ([`Broker::keep_for_walks`]), and one
+    /// stored after the SUBSCRIBE, which went to the subscriber live, is
+    /// skipped. Walks stay with a session that goes offline and go on when
+    /// it is back; a restart of the broker ends them.
     pub(super) fn walk_retained(&mut self, sid: SessionId) {
         /// Matches taken from the store at a time, and nodes visited at
         /// most for them (a filter that matches little still yields).
@@ -528,12 +590,15 @@ impl Broker {
                 return;
             }
             let entry = walk.entry;
+            let since = walk.since;
             let walked = self.retained.walk_matches(
                 &walk.filter,
                 walk.after.as_deref(),
                 VISITS,
                 |topic, r| {
-                    if r.expires_at.is_some_and(|at| at <= now) {
+                    if r.stamp > since {
+                        // Stored after the walk began: it went out live.
+                    } else if r.expires_at.is_some_and(|at| at <= now) {
                         expired.push(topic.clone());
                     } else {
                         found.push((Arc::new(r.message(topic)), r.expires_at));

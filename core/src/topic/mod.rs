@@ -281,6 +281,13 @@ fn validate_filter(filter: &[u8]) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// The order in which a [`TopicMap`] walk visits topics: level by level,
+/// each level byte-wise, a topic before the topics below it (`a` < `a/b` <
+/// `a/c` < `b`).
+pub fn topic_order(a: &[u8], b: &[u8]) -> core::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
 /// Whether `filter` matches `topic` (both as bytes, already validated).
 ///
 /// - `+` matches exactly one level, `#` the rest, including the parent level
