@@ -485,9 +485,12 @@ impl Broker {
             after: None,
             since: self.retained_stamp,
         });
-        if !self.walking.contains(&sid) {
-            self.walking.push(sid);
-        }
+        // Entries of sessions that ended or finished their walks go here
+        // too, so the list holds only sessions walking now (and this one).
+        let sessions = &self.sessions;
+        self.walking
+            .retain(|w| *w != sid && sessions.get(w).is_some_and(|s| s.walks.is_some()));
+        self.walking.push(sid);
     }
 
     /// The retained message of `topic` is about to change or go: each walk
@@ -580,7 +583,9 @@ impl Broker {
                 return;
             };
             let Some(walk) = s.walks.as_mut().and_then(|w| w.first_mut()) else {
-                s.walks = None;
+                if s.walks.take().is_some() {
+                    self.walking.retain(|w| *w != sid);
+                }
                 return;
             };
             if !s.queue.is_empty()
