@@ -78,6 +78,18 @@ pub fn scenarios() -> Vec<Scenario> {
             "will delay 3 s, reconnect with Clean Start 1 after 1 s: no will [MQTT-3.1.2-8]"
         ),
         scenario!(
+            "v311.corner.retained-stream",
+            Version::V311,
+            retained_stream,
+            secs(90),
+            "16 MB of retained messages for a new `#` subscriber that does not read: a live QoS 1 \
+             message published meanwhile arrives before the last of them; each retained one once",
+            Some(
+                "Mosquitto 2.0.11 queues every retained message at SUBSCRIBE, the live message \
+                  behind them (and by default drops those beyond its 1,000-message queue)"
+            )
+        ),
+        scenario!(
             "v5.corner.failed-pubrec",
             Version::V5,
             failed_pubrec,
@@ -405,4 +417,69 @@ async fn ill_formed_filter(cx: Ctx) -> ScenarioResult {
     }
     notes.dedup();
     Ok(Outcome::PassNoted(notes.join("; ")))
+}
+
+/// Retained messages for a new subscription stream behind live traffic: a
+/// subscriber that is sent more retained messages than the broker's output
+/// buffer and the sockets between hold still gets a live message without
+/// waiting for all of them, and every retained message exactly once.
+async fn retained_stream(cx: Ctx) -> ScenarioResult {
+    const COUNT: usize = 4000;
+    let topic = cx.topic("stream");
+    let name = |i: usize| format!("{topic}/r/{i:04}");
+    let payload = vec![b'r'; 4096];
+    let mut p = connect_clean(&cx, "P").await?;
+    for chunk in (0..COUNT).collect::<Vec<_>>().chunks(100) {
+        let mut bytes = Vec::new();
+        for &i in chunk {
+            bytes.extend(
+                Publish::new(&name(i), 0, &payload)
+                    .retained()
+                    .encode(cx.version),
+            );
+        }
+        p.send(&bytes).await?;
+    }
+    p.ping().await?;
+    let mut s = connect_clean(&cx, "S").await?;
+    s.subscribe(&format!("{topic}/#"), 1).await?;
+    // Not reading: the broker's buffer and the sockets fill, and the live
+    // message finds the subscriber's connection blocked.
+    sleep(millis(500)).await;
+    let live = format!("{topic}/live");
+    p.publish(Publish::new(&live, 1, b"live")).await?;
+    let got = s.collect_n(COUNT + 1, secs(60), millis(500)).await;
+    // Clear the retained messages again, whatever the verdict.
+    for chunk in (0..COUNT).collect::<Vec<_>>().chunks(100) {
+        let mut bytes = Vec::new();
+        for &i in chunk {
+            bytes.extend(Publish::new(&name(i), 0, b"").retained().encode(cx.version));
+        }
+        p.send(&bytes).await?;
+    }
+    p.ping().await?;
+    let at = got.iter().position(|m| m.topic == live);
+    let retained: Vec<&Publish> = got.iter().filter(|m| m.topic != live).collect();
+    ensure(
+        retained.len() == COUNT && retained.iter().all(|m| m.retain),
+        format!("{COUNT} retained messages, RETAIN set"),
+        || format!("{} messages besides the live one", retained.len()),
+    )?;
+    let mut topics: Vec<&str> = retained.iter().map(|m| m.topic.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    ensure(topics.len() == COUNT, "each retained message once", || {
+        format!("{} distinct topics", topics.len())
+    })?;
+    ensure(
+        at.is_some_and(|at| at < COUNT),
+        "the live message before the last retained one",
+        || match at {
+            Some(at) => format!("it came at position {at} of {}", got.len()),
+            None => "it never came".into(),
+        },
+    )?;
+    s.disconnect().await?;
+    p.disconnect().await?;
+    Ok(Outcome::Pass)
 }

@@ -885,9 +885,38 @@ fn many_retained(max_queued_messages: usize) -> Sim {
     sim
 }
 
+/// Resumes `s` until `want` PUBLISHes arrived (or 200 resumptions), each
+/// resumption bounded by the output limit; returns them in arrival order.
+fn drain_resuming(sim: &mut Sim, s: roost_core::broker::ConnId, want: usize) -> Vec<Publish> {
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        let more = sim.publishes(s);
+        assert!(
+            more.len() <= 12,
+            "each resumption is bounded: {}",
+            more.len()
+        );
+        sim.ack_all(s, &more);
+        all.extend(more);
+        if all.len() >= want {
+            break;
+        }
+        let now = sim.now;
+        sim.broker.handle_writable(now, s);
+        sim.drain();
+    }
+    all
+}
+
+fn topics(publishes: &[Publish]) -> Vec<String> {
+    publishes.iter().map(|p| p.topic.to_string()).collect()
+}
+
 #[test]
 fn retained_messages_beyond_the_output_bound_wait_for_writable() {
-    let mut sim = many_retained(1000);
+    // A queue of one could not hold them: they stay in the store until
+    // the connection takes them.
+    let mut sim = many_retained(1);
     let (s, _) = sim.connect("s", V4, true);
     sim.subscribe(s, 1, &[("r/#", QoS::AtMostOnce)]);
     let first = sim.publishes(s);
@@ -896,24 +925,22 @@ fn retained_messages_beyond_the_output_bound_wait_for_writable() {
         "one input sends about 1 KiB of 108-byte PUBLISHes, not all 100: {}",
         first.len()
     );
-    assert_eq!(sim.broker.queued_count("s"), 100 - first.len());
-    let mut topics: Vec<String> = first.iter().map(|p| p.topic.to_string()).collect();
-    for _ in 0..100 {
-        let now = sim.now;
-        sim.broker.handle_writable(now, s);
-        sim.drain();
-        let more = sim.publishes(s);
-        assert!(more.len() <= 10, "each resumption is bounded too");
-        topics.extend(more.iter().map(|p| p.topic.to_string()));
-        if topics.len() >= 100 {
-            break;
-        }
-    }
-    topics.sort();
-    topics.dedup();
-    assert_eq!(topics.len(), 100, "every retained message arrives once");
+    assert_eq!(
+        sim.broker.queued_count("s"),
+        0,
+        "nothing waits in the queue"
+    );
+    let now = sim.now;
+    sim.broker.handle_writable(now, s);
+    sim.drain();
+    let mut all = first;
+    all.extend(drain_resuming(&mut sim, s, 100 - all.len()));
+    assert!(all.iter().all(|p| p.retain));
+    let got = topics(&all);
+    let mut want: Vec<String> = (0..100).map(|i| format!("r/{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every retained message once, in topic order");
     assert_eq!(sim.broker.stats().dropped, 0);
-    assert_eq!(sim.broker.queued_count("s"), 0);
 }
 
 #[test]
@@ -921,22 +948,105 @@ fn a_subscribe_repeating_a_filter_cannot_pile_up_retained_output() {
     let mut sim = many_retained(50);
     let (s, _) = sim.connect("s", V4, true);
     // One SUBSCRIBE with the same filter 20 times: 2,000 retained sends
-    // asked for, about 210 KB, from 80 bytes of input.
+    // asked for, about 210 KB, from 80 bytes of input. Each repetition
+    // replaces the subscription and its walk over the store.
     let filters = [("r/#", QoS::AtMostOnce); 20];
     let reasons = sim.subscribe(s, 1, &filters);
     assert_eq!(reasons.len(), 20);
-    let sent = sim.publishes(s).len();
-    assert!(sent <= 10, "output stays within the bound: {sent}");
-    assert_eq!(
-        sim.broker.queued_count("s"),
-        50,
-        "the queue holds its limit"
+    let first = sim.publishes(s);
+    assert!(
+        first.len() <= 10,
+        "output stays within the bound: {}",
+        first.len()
     );
+    assert_eq!(sim.broker.queued_count("s"), 0);
+    let now = sim.now;
+    sim.broker.handle_writable(now, s);
+    sim.drain();
+    let mut all = first;
+    all.extend(drain_resuming(&mut sim, s, 200));
+    assert_eq!(all.len(), 100, "each retained message once");
+    assert_eq!(sim.broker.stats().dropped, 0);
+}
+
+#[test]
+fn live_deliveries_go_out_between_retained_ones() {
+    let mut sim = many_retained(1000);
+    let (s, _) = sim.connect("s", V4, true);
+    let (p, _) = sim.connect("p2", V4, true);
+    sim.subscribe(s, 1, &[("r/#", QoS::AtLeastOnce)]);
+    let mut all = sim.publishes(s);
+    sim.ack_all(s, &all);
+    // The connection is blocked: the live message waits in the queue, and
+    // goes out first when it drains, ahead of the retained rest.
+    sim.publish(p, "r/live", b"now", QoS::AtLeastOnce, 1, false);
+    assert_eq!(sim.broker.queued_count("s"), 1);
+    let now = sim.now;
+    sim.broker.handle_writable(now, s);
+    sim.drain();
+    all.extend(drain_resuming(&mut sim, s, 101 - all.len()));
+    let got = topics(&all);
+    let live = got
+        .iter()
+        .position(|t| t == "r/live")
+        .expect("live message");
+    assert!(live < 20, "live message at {live} of {}", got.len());
+    assert!(!all[live].retain);
+    assert_eq!(got.len(), 101);
+}
+
+#[test]
+fn a_retained_walk_sends_what_was_retained_at_subscribe() {
+    let mut sim = many_retained(1000);
+    let (s, _) = sim.connect("s", V4, true);
+    let (p, _) = sim.connect("p2", V4, true);
+    sim.subscribe(s, 1, &[("r/#", QoS::AtMostOnce)]);
+    let mut all = sim.publishes(s);
+    // Ahead of the walk (topic order "r/0", "r/1", "r/10", ...): clear
+    // r/9 and r/90..r/99, replace r/50, add r/zz; behind it, add r/00.
+    for i in [9].into_iter().chain(90..100) {
+        sim.publish(p, &format!("r/{i}"), b"", QoS::AtMostOnce, 1, true);
+    }
+    sim.publish(p, "r/50", b"new", QoS::AtMostOnce, 1, true);
+    sim.publish(p, "r/zz", b"new", QoS::AtMostOnce, 1, true);
+    sim.publish(p, "r/00", b"new", QoS::AtMostOnce, 1, true);
+    let now = sim.now;
+    sim.broker.handle_writable(now, s);
+    sim.drain();
+    all.extend(drain_resuming(&mut sim, s, 200));
+    let retained: Vec<&Publish> = all.iter().filter(|p| p.retain).collect();
+    let mut topics: Vec<String> = retained.iter().map(|p| p.topic.to_string()).collect();
+    topics.sort();
+    let n = topics.len();
+    topics.dedup();
+    assert_eq!(topics.len(), n, "none twice");
+    let mut want: Vec<String> = (0..100).map(|i| format!("r/{i}")).collect();
+    want.sort();
     assert_eq!(
-        sim.broker.stats().dropped,
-        (2000 - sent - 50) as u64,
-        "the rest is dropped and counted"
+        topics, want,
+        "each one retained at SUBSCRIBE, once, the cleared ones too"
     );
+    assert!(
+        retained.iter().all(|p| p.payload.as_ref() == [b'x'; 100]),
+        "as it was at SUBSCRIBE, not as replaced"
+    );
+}
+
+#[test]
+fn a_retained_walk_goes_on_when_a_persistent_session_is_back() {
+    let mut sim = many_retained(1000);
+    let (s, _) = sim.connect("s", V4, false);
+    sim.subscribe(s, 1, &[("r/#", QoS::AtMostOnce)]);
+    let mut all = sim.publishes(s);
+    sim.drop_transport(s);
+    let (s, ack) = sim.connect("s", V4, false);
+    assert!(ack.session_present);
+    all.extend(drain_resuming(&mut sim, s, 100 - all.len()));
+    let mut got = topics(&all);
+    let n = got.len();
+    got.dedup();
+    assert_eq!(got.len(), n, "none twice");
+    assert_eq!(n, 100, "the walk went on where it stopped");
 }
 
 #[test]

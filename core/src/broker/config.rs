@@ -87,13 +87,14 @@ pub struct Limits {
     pub max_keepalive: Option<u16>,
     /// Output the engine lets build up for one connection before it treats
     /// the connection as blocked, as if [`crate::broker::Broker::handle_blocked`]
-    /// had been called: further QoS 0 deliveries are dropped (retained
-    /// ones wait in the session queue instead) and QoS 1/2 ones queue,
-    /// within the queue limits, until
-    /// [`crate::broker::Broker::handle_writable`]. It bounds what one
-    /// input can make the broker hold, such as a SUBSCRIBE to `#` with a
-    /// million retained messages, or the same filter a thousand times in
-    /// one packet. A runtime calls `handle_blocked` at this same bound.
+    /// had been called: further QoS 0 deliveries are dropped and QoS 1/2
+    /// ones queue, within the queue limits, until
+    /// [`crate::broker::Broker::handle_writable`]; retained messages for
+    /// a new subscription are read from the store only while it is not
+    /// blocked. It bounds what one input can make the broker hold, such as
+    /// a SUBSCRIBE to `#` with a million retained messages, or the same
+    /// filter a thousand times in one packet. A runtime calls
+    /// `handle_blocked` at this same bound.
     pub outbound_buffer_bytes: usize,
 }
 

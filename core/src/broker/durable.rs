@@ -500,13 +500,9 @@ impl Broker {
                 retain: true,
                 properties: m.properties,
             };
-            broker.retained.insert(
-                &topic,
-                Retained {
-                    message: Arc::new(message),
-                    expires_at,
-                },
-            );
+            broker
+                .retained
+                .insert(&topic, Retained::new(message, expires_at, 0));
         }
         broker
     }
@@ -596,15 +592,16 @@ impl Broker {
         for s in self.sessions.values().filter(|s| s.stored) {
             out.sessions.push(exported(s));
         }
-        for (_, r) in self.retained.iter() {
+        for (topic, r) in self.retained.iter() {
+            let m = r.message(topic);
             out.retained.push((
-                r.message.topic.clone(),
+                topic.clone(),
                 StoredMessage {
-                    topic: r.message.topic.clone(),
-                    payload: r.message.payload.clone(),
-                    qos: r.message.qos,
+                    topic: m.topic,
+                    payload: m.payload,
+                    qos: m.qos,
                     retain: true,
-                    properties: r.message.properties.clone(),
+                    properties: m.properties,
                 },
             ));
         }

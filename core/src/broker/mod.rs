@@ -99,15 +99,50 @@ use crate::hash::{Map as HashMap, SeededState};
 use crate::topic::{SubscriptionTrie, TopicFilter, TopicMap};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use state::{AuthStep, Conn, ConnState, Session, SessionId, SharedGroup, SubEntry, SubKey};
 
 /// A retained message and when it stops being retained (MQTT 5 expiry).
+/// Its topic is the store's key. Kept apart from [`Message`]: most
+/// retained messages have no MQTT 5 properties, and a store of millions
+/// should not hold ~160 bytes of empty ones inline in each, nor a topic
+/// handle twice; a delivery makes its `Message` when it is sent.
 struct Retained {
-    /// Shared with the deliveries made of it.
-    message: Arc<Message>,
+    payload: bytes::Bytes,
+    /// Only when it has any.
+    properties: Option<Box<crate::codec::PublishProperties>>,
     expires_at: Option<Instant>,
+    /// When it was stored ([`Broker::retained_stamp`]): a walk that began
+    /// before sent it live, not from the store.
+    stamp: u64,
+    qos: crate::codec::QoS,
+}
+
+impl Retained {
+    fn new(message: Message, expires_at: Option<Instant>, stamp: u64) -> Self {
+        let properties = (message.properties != crate::codec::PublishProperties::default())
+            .then(|| Box::new(message.properties));
+        Retained {
+            // Moved, not cloned: a clone of a `Bytes` made from a vector
+            // allocates its shared header.
+            payload: message.payload,
+            properties,
+            expires_at,
+            stamp,
+            qos: message.qos,
+        }
+    }
+
+    /// The message of `topic`, with RETAIN set.
+    fn message(&self, topic: &crate::topic::TopicName) -> Message {
+        Message {
+            topic: topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: true,
+            properties: self.properties.as_deref().cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// What a timer entry is for. Entries are looked up again when they fire, so
@@ -142,6 +177,12 @@ pub struct Broker {
     shared_index: HashMap<(MqttStr, TopicFilter), u64>,
     locals: HashMap<u64, TopicFilter>,
     retained: TopicMap<Retained, SeededState>,
+    /// Counts changes to `retained`, to stamp each stored message.
+    retained_stamp: u64,
+    /// Sessions that may have retained walks under way (checked when
+    /// used): a change to the store looks at them, and at nothing when
+    /// there are none.
+    walking: Vec<SessionId>,
     /// Every armed deadline, earliest first: `poll_timeout` never walks
     /// the sessions.
     timers: BTreeSet<(Instant, Timer)>,
@@ -191,6 +232,8 @@ impl Broker {
             shared_index: HashMap::with_hasher(hasher.clone()),
             locals: HashMap::with_hasher(hasher.clone()),
             retained: TopicMap::with_hasher(hasher.clone()),
+            retained_stamp: 0,
+            walking: Vec::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             dirty: Vec::new(),

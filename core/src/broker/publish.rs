@@ -519,6 +519,7 @@ impl Broker {
     pub(super) fn retain(&mut self, message: &Message, expires_at: Option<Instant>) {
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         if message.payload.is_empty() {
+            self.keep_for_walks(&message.topic);
             if self.retained.remove(&message.topic).is_some() {
                 self.record(StoreOp::RetainedDelete {
                     topic: message.topic.clone(),
@@ -533,9 +534,13 @@ impl Broker {
         }
         // A retained message lives long: give it bytes of its own rather
         // than a slice that pins the whole socket read it arrived in.
-        let mut message = message.clone();
-        message.payload = bytes::Bytes::copy_from_slice(&message.payload);
-        message.topic = message.topic.detached();
+        let message = Message {
+            topic: message.topic.detached(),
+            payload: bytes::Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+            retain: true,
+            properties: message.properties.clone(),
+        };
         let topic = message.topic.clone();
         // `$SYS` statistics are published afresh at every start: storing
         // them would only cost a commit per interval.
@@ -551,11 +556,11 @@ impl Broker {
                 },
             });
         }
-        let retained = Retained {
-            message: Arc::new(message),
-            expires_at,
-        };
-        self.retained.insert(&topic, retained);
+        self.keep_for_walks(&topic);
+        self.retained_stamp += 1;
+        let stamp = self.retained_stamp;
+        self.retained
+            .insert(&topic, Retained::new(message, expires_at, stamp));
     }
 
     /// Hands one delivery to a session: sent now when its connection is up
@@ -683,7 +688,9 @@ impl Broker {
 
     /// Moves queued deliveries into the window while it has room, each
     /// authorized again for the connection as it leaves the queue (a denied
-    /// one is dropped and counted in [`super::Stats::deliveries_denied`]).
+    /// one is dropped and counted in [`super::Stats::deliveries_denied`]);
+    /// then retained messages of new subscriptions
+    /// ([`Broker::walk_retained`]).
     pub(super) fn pump(&mut self, sid: SessionId) {
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
@@ -698,6 +705,9 @@ impl Broker {
                 return;
             }
             let Some(delivery) = s.queue.pop_front() else {
+                if s.walks.is_some() {
+                    break;
+                }
                 return;
             };
             s.queued_bytes = s.queued_bytes.saturating_sub(delivery.payload_len());
@@ -720,6 +730,10 @@ impl Broker {
                 self.send_new(sid, conn, delivery);
             }
         }
+        // The queue is empty and the window has room: retained messages
+        // for new subscriptions come after what queued up, so live
+        // traffic goes first.
+        self.walk_retained(sid);
     }
 
     /// Encodes one PUBLISH for `conn`. Returns false if it was not sent

@@ -412,9 +412,28 @@ pub(crate) struct Session {
     pub(crate) incoming_qos2: HashSet<PacketId>,
     pub(crate) next_packet_id: PacketId,
     pub(crate) pending_will: Option<Box<PendingWill>>,
+    /// Retained messages still to send for new subscriptions, oldest
+    /// subscription first; at most one per filter. Boxed, and only there
+    /// while one is under way: 8 bytes in every session, not a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    pub(crate) walks: Option<Box<Vec<RetainedWalk>>>,
     /// The window: the smaller of the broker's in-flight limit and the
     /// client's Receive Maximum.
     pub(crate) window: u16,
+}
+
+/// Where the retained messages for one new subscription stand: they are
+/// read from the retained store in topic order as the connection takes
+/// them (`Broker::walk_retained`), not copied out at SUBSCRIBE, so what it
+/// holds is one filter and one topic path whatever the store's size.
+pub(crate) struct RetainedWalk {
+    pub(crate) filter: TopicFilter,
+    pub(crate) entry: SubEntry,
+    /// The topic path the walk goes on after (`None`: from the start).
+    pub(crate) after: Option<bytes::Bytes>,
+    /// `Broker::retained_stamp` when it began: what was stored later went
+    /// to the subscriber live.
+    pub(crate) since: u64,
 }
 
 impl Session {
@@ -437,6 +456,7 @@ impl Session {
             incoming_qos2: HashSet::with_hasher(hasher.clone()),
             next_packet_id: PacketId::MIN,
             pending_will: None,
+            walks: None,
             window,
         }
     }

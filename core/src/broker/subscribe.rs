@@ -3,7 +3,8 @@
 
 use super::authorize::subscribe_decision;
 use super::state::{
-    Delivery, FilterSlot, HeldPacket, OutState, SessionId, SharedGroup, SubEntry, SubKey,
+    Delivery, FilterSlot, HeldPacket, OutState, RetainedWalk, SessionId, SharedGroup, SubEntry,
+    SubKey,
 };
 use super::{
     Action, Broker, ClientRef, CloseReason, ConnId, Event, Instant, LocalSubscription, Message,
@@ -13,8 +14,10 @@ use crate::codec::{
     AckProperties, Packet, PacketId, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use crate::topic::TopicFilter;
+use crate::topic::{TopicFilter, TopicName, Walked, topic_order};
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::num::NonZeroU32;
 
@@ -147,8 +150,9 @@ impl Broker {
         // the retained messages after it keep their place behind it).
         self.send_subscription_ack(id, sid, Packet::SubAck(ack));
         for (filter, entry) in retained_for {
-            self.send_retained(sid, &filter, entry);
+            self.start_retained(sid, filter, entry);
         }
+        self.walk_retained(sid);
     }
 
     /// The checks on one filter that need no policy: capabilities, size and
@@ -319,6 +323,15 @@ impl Broker {
             }
             _ => {
                 self.trie_remove(filter, &SubKey::Session(sid));
+                // No retained messages for a subscription that is gone.
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if let Some(walks) = s.walks.as_mut() {
+                        walks.retain(|w| w.filter != *filter);
+                        if walks.is_empty() {
+                            s.walks = None;
+                        }
+                    }
+                }
             }
         }
     }
@@ -452,38 +465,215 @@ impl Broker {
         true
     }
 
-    /// Sends the retained messages matching `filter` to a session that just
-    /// subscribed, with RETAIN set [MQTT-3.3.1-8].
-    fn send_retained(&mut self, sid: SessionId, filter: &TopicFilter, entry: SubEntry) {
-        let now = self.now;
-        // A retained message does not remember its batch: it waits for
-        // every batch so far, so none is sent that a crash could still undo.
-        let needs = self.horizon();
-        let mut found = Vec::new();
-        let mut expired = Vec::new();
-        self.retained.for_each_match(filter, |topic, r| {
-            if r.expires_at.is_some_and(|at| at <= now) {
-                expired.push(topic.clone());
-                return;
+    /// Starts sending the retained messages matching `filter` to a session
+    /// that just subscribed, with RETAIN set [MQTT-3.3.1-8], behind its
+    /// SUBACK: a walk over the store ([`Broker::walk_retained`]). It
+    /// replaces a walk under way for the same filter: a repeated SUBSCRIBE
+    /// asks for them all again.
+    fn start_retained(&mut self, sid: SessionId, filter: TopicFilter, entry: SubEntry) {
+        if self.retained.is_empty() {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let walks = s.walks.get_or_insert_with(Box::default);
+        walks.retain(|w| w.filter != filter);
+        walks.push(RetainedWalk {
+            filter,
+            entry,
+            after: None,
+            since: self.retained_stamp,
+        });
+        // Entries of sessions that ended or finished their walks go here
+        // too, so the list holds only sessions walking now (and this one).
+        let sessions = &self.sessions;
+        self.walking
+            .retain(|w| *w != sid && sessions.get(w).is_some_and(|s| s.walks.is_some()));
+        self.walking.push(sid);
+    }
+
+    /// The retained message of `topic` is about to change or go: each walk
+    /// that has not reached it yet, and would have sent it, gets it now
+    /// (into the session's queue if it cannot leave at once), so a walk
+    /// sends what was retained when its SUBSCRIBE came, as if it had all
+    /// been sent then; what replaces it goes to the subscriber live, and
+    /// the walk skips it.
+    pub(super) fn keep_for_walks(&mut self, topic: &TopicName) {
+        if self.walking.is_empty() {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.walking
+            .retain(|sid| sessions.get(sid).is_some_and(|s| s.walks.is_some()));
+        let Some(r) = self.retained.get(topic) else {
+            return;
+        };
+        if r.expires_at.is_some_and(|at| at <= self.now) {
+            return;
+        }
+        let (stamp, expires_at) = (r.stamp, r.expires_at);
+        let mut owed = Vec::new();
+        for &sid in &self.walking {
+            let Some(walks) = self.sessions.get(&sid).and_then(|s| s.walks.as_deref()) else {
+                continue;
+            };
+            for w in walks {
+                if stamp <= w.since
+                    && w.filter.matches(topic)
+                    && w.after.as_deref().is_none_or(|a| {
+                        topic_order(topic.as_bytes(), a) == core::cmp::Ordering::Greater
+                    })
+                {
+                    owed.push((sid, w.entry));
+                }
             }
-            found.push(Delivery {
-                message: r.message.clone(),
-                qos: r.message.qos.min(entry.options.qos),
+        }
+        if owed.is_empty() {
+            return;
+        }
+        let message = Arc::new(r.message(topic));
+        let needs = self.horizon();
+        for (sid, entry) in owed {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(entry.options.qos),
                 retain: true,
                 subscription_ids: entry.id.into_iter().collect(),
-                expires_at: r.expires_at,
+                expires_at,
                 shared_group: None,
                 seq: 0,
                 needs,
-            });
-        });
-        for topic in expired {
-            self.retained.remove(&topic);
-            self.record(StoreOp::RetainedDelete { topic });
-        }
-        for delivery in found {
+            };
             self.deliver_or_queue(sid, delivery, true);
         }
+    }
+
+    /// Sends retained messages of the session's walks, in topic order,
+    /// while its connection takes them: until the connection is blocked
+    /// (its output over [`super::Limits::outbound_buffer_bytes`]), other
+    /// deliveries wait in its queue, or the window is full. `pump` goes on
+    /// from there when the connection drains or acknowledgements free the
+    /// window. So a SUBSCRIBE to `#` over a million retained messages
+    /// sends the first at once, holds about a buffer's worth of output
+    /// rather than a copy per message, and live deliveries that queue
+    /// meanwhile go out before the walk goes on.
+    ///
+    /// A walk goes on after the last topic it sent, so it never sends a
+    /// topic twice. It sends what was retained when the SUBSCRIBE came: a
+    /// retained message replaced or cleared before the walk gets to it is
+    /// handed to the session then ([`Broker::keep_for_walks`]), and one
+    /// stored after the SUBSCRIBE, which went to the subscriber live, is
+    /// skipped. Walks stay with a session that goes offline and go on when
+    /// it is back; a restart of the broker ends them.
+    pub(super) fn walk_retained(&mut self, sid: SessionId) {
+        /// Matches taken from the store at a time, and nodes visited at
+        /// most for them (a filter that matches little still yields).
+        const SLICE: usize = 64;
+        const VISITS: usize = 16 * SLICE;
+        let now = self.now;
+        let mut found: Vec<(Arc<Message>, Option<Instant>)> = Vec::new();
+        let mut expired = Vec::new();
+        loop {
+            let needs = self.horizon();
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            let Some(conn) = s.conn else {
+                return;
+            };
+            let Some(walk) = s.walks.as_mut().and_then(|w| w.first_mut()) else {
+                if s.walks.take().is_some() {
+                    self.walking.retain(|w| *w != sid);
+                }
+                return;
+            };
+            if !s.queue.is_empty()
+                || s.inflight.len() >= usize::from(s.window)
+                || self.conns.get(&conn).is_none_or(|c| c.blocked)
+            {
+                return;
+            }
+            let entry = walk.entry;
+            let since = walk.since;
+            let walked = self.retained.walk_matches(
+                &walk.filter,
+                walk.after.as_deref(),
+                VISITS,
+                |topic, r| {
+                    if r.stamp > since {
+                        // Stored after the walk began: it went out live.
+                    } else if r.expires_at.is_some_and(|at| at <= now) {
+                        expired.push(topic.clone());
+                    } else {
+                        found.push((Arc::new(r.message(topic)), r.expires_at));
+                    }
+                    found.len() < SLICE
+                },
+            );
+            let mut sent = 0;
+            let mut last = None;
+            for (message, expires_at) in &found {
+                let qos = message.qos.min(entry.options.qos);
+                if !self.retained_room(sid, qos) {
+                    break;
+                }
+                last = Some(message.topic.bytes().clone());
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain: true,
+                    subscription_ids: entry.id.into_iter().collect(),
+                    expires_at: *expires_at,
+                    shared_group: None,
+                    seq: 0,
+                    // A retained message does not remember its batch: it
+                    // waits for every batch so far, so none is sent that a
+                    // crash could still undo.
+                    needs,
+                };
+                self.deliver_or_queue(sid, delivery, true);
+                sent += 1;
+            }
+            let stopped = sent < found.len();
+            found.clear();
+            for topic in expired.drain(..) {
+                self.retained.remove(&topic);
+                self.record(StoreOp::RetainedDelete { topic });
+            }
+            let Some(walks) = self.sessions.get_mut(&sid).and_then(|s| s.walks.as_mut()) else {
+                return;
+            };
+            let Some(walk) = walks.first_mut() else {
+                continue;
+            };
+            if stopped {
+                // Goes on after the last one sent.
+                if last.is_some() {
+                    walk.after = last;
+                }
+                return;
+            }
+            match walked {
+                Walked::After(at) => walk.after = Some(at),
+                Walked::Done => {
+                    walks.remove(0);
+                }
+            }
+        }
+    }
+
+    /// Whether a delivery at `qos` would leave now rather than queue.
+    fn retained_room(&self, sid: SessionId, qos: QoS) -> bool {
+        let Some(s) = self.sessions.get(&sid) else {
+            return false;
+        };
+        let Some(conn) = s.conn else {
+            return false;
+        };
+        s.queue.is_empty()
+            && (qos == QoS::AtMostOnce || s.inflight.len() < usize::from(s.window))
+            && self.conns.get(&conn).is_some_and(|c| !c.blocked)
     }
 
     pub(super) fn on_unsubscribe(&mut self, id: ConnId, sid: SessionId, unsub: Unsubscribe) {
@@ -537,12 +727,9 @@ impl Broker {
         };
         self.trie_insert(&filter, SubKey::Local(local), entry);
         let mut retained = Vec::new();
-        self.retained.for_each_match(&filter, |_, r| {
+        self.retained.for_each_match(&filter, |topic, r| {
             if r.expires_at.is_none_or(|at| at > now) {
-                retained.push(Message {
-                    retain: true,
-                    ..Message::clone(&r.message)
-                });
+                retained.push(r.message(topic));
             }
         });
         for message in retained {

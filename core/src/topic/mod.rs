@@ -8,7 +8,7 @@ use bytes::Bytes;
 use core::fmt;
 
 pub mod trie;
-pub use trie::{SubscriptionTrie, TopicMap};
+pub use trie::{SubscriptionTrie, TopicMap, Walked};
 
 /// Why a string is not a valid topic name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +279,13 @@ fn validate_filter(filter: &[u8]) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// The order in which a [`TopicMap`] walk visits topics: level by level,
+/// each level byte-wise, a topic before the topics below it (`a` < `a/b` <
+/// `a/c` < `b`).
+pub fn topic_order(a: &[u8], b: &[u8]) -> core::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
 }
 
 /// Whether `filter` matches `topic` (both as bytes, already validated).

@@ -40,19 +40,24 @@
 //! loop.
 //!
 //! # Order and determinism
-//! Matches are reported in an unspecified order. Given the same hasher seed
-//! and the same sequence of operations the order is the same on every run;
-//! the default hasher is randomly seeded, so pass a seeded one through
-//! `with_hasher` where runs must be reproducible.
+//! A [`SubscriptionTrie`] reports matches in an unspecified order. Given the
+//! same hasher seed and the same sequence of operations the order is the
+//! same on every run; the default hasher is randomly seeded, so pass a
+//! seeded one through `with_hasher` where runs must be reproducible. A
+//! [`TopicMap`] keeps each node's children sorted and reports matches in
+//! topic order, which is what lets a walk over it stop and go on later
+//! ([`TopicMap::walk_matches`]).
 
 use super::{TopicFilter, TopicName};
 use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, btree_map};
 use alloc::vec::Vec;
 use bytes::Bytes;
 use core::borrow::Borrow;
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use core::mem;
+use core::ops::Bound;
 use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 
 /// Entries a node keeps in a plain vector before switching to a hash table.
@@ -244,7 +249,12 @@ impl<Kk: Hash + Eq, Vv> CompactMap<Kk, Vv> {
 
     fn grow<S: BuildHasher>(&mut self, hasher: &S) {
         if let CompactMap::Small(v) = self {
-            let mut t = HashTable::with_capacity(v.len() * 2);
+            // Room for the entry being added and a few more, not twice
+            // as many: a table for 9 to 14 entries has 16 slots, not 32,
+            // and a node's child slot is ~90 bytes (a session's 10
+            // subscriptions under one level measured 1.4 KB smaller).
+            // Larger tables grow by doubling as usual.
+            let mut t = HashTable::with_capacity(v.len() + 1);
             for (k, val) in v.drain(..) {
                 t.insert_unique(hasher.hash_one(&k), (k, val), |(k, _)| hasher.hash_one(k));
             }
@@ -312,6 +322,8 @@ impl<'a, Kk, Vv> Iterator for CompactIter<'a, Kk, Vv> {
 enum IntoValues<Kk, Vv> {
     Small(alloc::vec::IntoIter<(Kk, Vv)>),
     Large(hash_table::IntoIter<(Kk, Vv)>),
+    /// From an [`OrderedMap`].
+    Tree(btree_map::IntoValues<Kk, Vv>),
 }
 
 impl<Kk, Vv> Iterator for IntoValues<Kk, Vv> {
@@ -321,6 +333,172 @@ impl<Kk, Vv> Iterator for IntoValues<Kk, Vv> {
         match self {
             IntoValues::Small(i) => i.next().map(|(_, v)| v),
             IntoValues::Large(i) => i.next().map(|(_, v)| v),
+            IntoValues::Tree(i) => i.next(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OrderedMap: a sorted vector for a few entries, a B-tree for many.
+
+/// The children of a [`TopicMap`] node, in key order: a walk can stop at
+/// any topic and later go on from the next one after it, whatever was
+/// inserted or removed in between (see [`TopicMap::walk_matches`]). A
+/// hash table's order changes as it grows, a sorted map's does not.
+enum OrderedMap<Vv> {
+    /// Sorted by key.
+    Small(Vec<(Bytes, Vv)>),
+    // Boxed so the enum is no larger than the vector variant (24 bytes,
+    // not 32, in every node).
+    #[allow(clippy::box_collection)]
+    Large(Box<BTreeMap<Bytes, Vv>>),
+}
+
+impl<Vv> Default for OrderedMap<Vv> {
+    fn default() -> Self {
+        OrderedMap::Small(Vec::new())
+    }
+}
+
+impl<Vv> OrderedMap<Vv> {
+    fn len(&self) -> usize {
+        match self {
+            OrderedMap::Small(v) => v.len(),
+            OrderedMap::Large(t) => t.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Vv> {
+        match self {
+            OrderedMap::Small(v) => v
+                .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+                .ok()
+                .and_then(|i| v.get(i))
+                .map(|(_, v)| v),
+            OrderedMap::Large(t) => t.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Vv> {
+        match self {
+            OrderedMap::Small(v) => {
+                let i = v.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok()?;
+                v.get_mut(i).map(|(_, v)| v)
+            }
+            OrderedMap::Large(t) => t.get_mut(key),
+        }
+    }
+
+    /// The value under `key`, inserting `make()` first if there is none
+    /// (`make` builds the owned key too, as in [`CompactMap`]).
+    fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> (Bytes, Vv)) -> &mut Vv {
+        if let OrderedMap::Small(v) = self {
+            if v.len() >= SMALL_MAX && v.binary_search_by(|(k, _)| k.as_ref().cmp(key)).is_err() {
+                let t: BTreeMap<Bytes, Vv> = mem::take(v).into_iter().collect();
+                *self = OrderedMap::Large(Box::new(t));
+            }
+        }
+        match self {
+            OrderedMap::Small(v) => {
+                let i = match v.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        if v.len() == v.capacity() {
+                            v.reserve_exact(v.len().max(1));
+                        }
+                        v.insert(i, make());
+                        i
+                    }
+                };
+                // `i` was just found or inserted at: always in bounds (as
+                // in `CompactMap::get_or_insert_with`).
+                #[allow(clippy::indexing_slicing)]
+                let entry = &mut v[i];
+                &mut entry.1
+            }
+            OrderedMap::Large(t) => {
+                // One search: the key `make` builds is a slice of the
+                // caller's bytes, cheaper than a second descent.
+                let (k, value) = make();
+                t.entry(k).or_insert(value)
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Vv> {
+        match self {
+            OrderedMap::Small(v) => {
+                let i = v.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok()?;
+                let (_, value) = v.remove(i);
+                if v.is_empty() {
+                    *v = Vec::new();
+                } else if v.len() * 4 <= v.capacity() {
+                    v.shrink_to_fit();
+                }
+                Some(value)
+            }
+            OrderedMap::Large(t) => {
+                let value = t.remove(key)?;
+                if t.len() <= SMALL_MAX / 2 {
+                    let v: Vec<(Bytes, Vv)> = mem::take(&mut **t).into_iter().collect();
+                    *self = OrderedMap::Small(v);
+                }
+                Some(value)
+            }
+        }
+    }
+
+    /// Every entry, in key order.
+    fn iter(&self) -> OrderedIter<'_, Vv> {
+        self.range(Bound::Unbounded)
+    }
+
+    /// The entries from `from` on, in key order.
+    fn range(&self, from: Bound<&[u8]>) -> OrderedIter<'_, Vv> {
+        match self {
+            OrderedMap::Small(v) => {
+                let start = match from {
+                    Bound::Unbounded => 0,
+                    Bound::Included(key) => v.partition_point(|(k, _)| k.as_ref() < key),
+                    Bound::Excluded(key) => v.partition_point(|(k, _)| k.as_ref() <= key),
+                };
+                OrderedIter::Small(v.get(start..).unwrap_or_default().iter())
+            }
+            OrderedMap::Large(t) => {
+                OrderedIter::Large(t.range::<[u8], _>((from, Bound::Unbounded)))
+            }
+        }
+    }
+
+    /// Moves every value out, leaving the map empty.
+    fn take_values(&mut self) -> IntoValues<Bytes, Vv> {
+        match mem::take(self) {
+            OrderedMap::Small(v) => IntoValues::Small(v.into_iter()),
+            OrderedMap::Large(t) => IntoValues::Tree((*t).into_values()),
+        }
+    }
+}
+
+/// Borrowing iterator over (part of) an [`OrderedMap`], in key order.
+enum OrderedIter<'a, Vv> {
+    Small(core::slice::Iter<'a, (Bytes, Vv)>),
+    Large(btree_map::Range<'a, Bytes, Vv>),
+    /// The one child an exact filter level can match, if any.
+    One(Option<(&'a Bytes, &'a Vv)>),
+}
+
+impl<'a, Vv> Iterator for OrderedIter<'a, Vv> {
+    type Item = (&'a Bytes, &'a Vv);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            OrderedIter::Small(i) => i.next().map(|(k, v)| (k, v)),
+            OrderedIter::Large(i) => i.next(),
+            OrderedIter::One(one) => one.take(),
         }
     }
 }
@@ -355,14 +533,6 @@ impl<T> Stack<T> {
         // Items spill only once `inline` is full, so the spill holds the
         // newest ones.
         self.spill.pop().or_else(|| self.inline.pop())
-    }
-
-    fn last_mut(&mut self) -> Option<&mut T> {
-        if self.spill.is_empty() {
-            self.inline.last_mut()
-        } else {
-            self.spill.last_mut()
-        }
     }
 }
 
@@ -853,18 +1023,27 @@ impl<K: Eq + Hash, V, S: BuildHasher> SubscriptionTrie<K, V, S> {
 ///
 /// [`for_each_match`] visits the entries whose topic a filter matches, at a
 /// cost that grows with the matches and with the subtrees that `+` and `#`
-/// must walk, not with the size of the map.
+/// must walk, not with the size of the map. [`walk_matches`] does the same
+/// a slice at a time: it stops where it is told to and goes on from there
+/// later, across any inserts and removals in between.
+///
+/// Unlike [`SubscriptionTrie`], a node keeps its children in key order (a
+/// sorted vector, a B-tree past [`SMALL_MAX`]), so matches come in topic
+/// order: level by level, byte-wise, a topic before the topics below it
+/// (`a` < `a/b` < `a/c` < `b`). The hasher is kept for the API, not used.
 ///
 /// [`for_each_match`]: TopicMap::for_each_match
+/// [`walk_matches`]: TopicMap::walk_matches
 pub struct TopicMap<V, S = DefaultHashBuilder> {
     root: MapNode<V>,
     len: usize,
+    #[allow(dead_code)]
     hasher: S,
 }
 
 /// One level of a [`TopicMap`].
 struct MapNode<V> {
-    children: CompactMap<Bytes, MapNode<V>>,
+    children: OrderedMap<MapNode<V>>,
     /// The topic that ends here, boxed because most nodes are intermediate
     /// levels and should not pay for it.
     entry: Option<Box<(TopicName, V)>>,
@@ -873,7 +1052,7 @@ struct MapNode<V> {
 impl<V> Default for MapNode<V> {
     fn default() -> Self {
         MapNode {
-            children: CompactMap::default(),
+            children: OrderedMap::default(),
             entry: None,
         }
     }
@@ -894,30 +1073,26 @@ impl<V> Drop for MapNode<V> {
     }
 }
 
-/// Work a [`TopicMap::for_each_match`] still has to do.
-enum Frame<'a, V> {
-    /// Children to try against the filter from byte `rest` on (a `+` level).
-    Plus {
-        children: CompactIter<'a, Bytes, MapNode<V>>,
-        rest: usize,
-        skip_dollar: bool,
-    },
-    /// Children whose whole subtrees match (a `#` level).
-    All {
-        children: CompactIter<'a, Bytes, MapNode<V>>,
-        skip_dollar: bool,
-    },
+/// Where a [`TopicMap::walk_matches`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Walked {
+    /// Every match after the starting point was visited.
+    Done,
+    /// It stopped after this topic path (the levels of a topic, or of a
+    /// level above topics, joined by `/`): pass it back as `after` to go on.
+    After(Bytes),
 }
 
-/// The next child, skipping `$` levels when a wildcard at the root asks for
-/// that [MQTT-4.7.2-1].
-fn next_child<'a, V>(
-    children: &mut CompactIter<'a, Bytes, MapNode<V>>,
+/// The children of one node still to visit in a [`TopicMap`] walk.
+struct WalkFrame<'a, V> {
+    children: OrderedIter<'a, MapNode<V>>,
+    /// Where in the filter the children are matched: a `#` level (they
+    /// and everything below match), or the level after the one they
+    /// matched (`END`: the filter ends at them).
+    child_pos: usize,
     skip_dollar: bool,
-) -> Option<&'a MapNode<V>> {
-    children
-        .find(|(k, _)| !(skip_dollar && k.first() == Some(&b'$')))
-        .map(|(_, c)| c)
+    /// The level of the node these are the children of (`None`: the root).
+    key: Option<&'a Bytes>,
 }
 
 impl<V> TopicMap<V> {
@@ -942,8 +1117,7 @@ impl<V, S> fmt::Debug for TopicMap<V, S> {
 }
 
 impl<V, S> TopicMap<V, S> {
-    /// An empty map that hashes levels with `hasher`. A seeded hasher makes
-    /// the order of iteration and matches reproducible.
+    /// An empty map. `hasher` is kept for the API only: the map is ordered.
     pub fn with_hasher(hasher: S) -> Self {
         TopicMap {
             root: MapNode::default(),
@@ -962,33 +1136,28 @@ impl<V, S> TopicMap<V, S> {
         self.len == 0
     }
 
-    /// Every `(topic, value)`, in an unspecified order.
+    /// Every `(topic, value)`, in topic order.
     pub fn iter(&self) -> Iter<'_, V> {
         Iter {
             stack: alloc::vec![self.root.children.iter()],
             remaining: self.len,
         }
     }
-}
 
-impl<V, S: BuildHasher> TopicMap<V, S> {
     /// Sets the value of `topic`; returns the value it replaces.
     ///
     /// New nodes keep slices of `topic`'s bytes as their keys (see the
     /// module's notes on memory).
     pub fn insert(&mut self, topic: &TopicName, value: V) -> Option<V> {
         let bytes = topic.bytes();
-        let hasher = &self.hasher;
         let mut node = &mut self.root;
         let mut pos = 0;
         while pos != END {
             let start = pos;
             let (level, next) = level_at(bytes, start);
-            node = node.children.get_or_insert_with(
-                level,
-                || (bytes.slice(start..start + level.len()), MapNode::default()),
-                hasher,
-            );
+            node = node.children.get_or_insert_with(level, || {
+                (bytes.slice(start..start + level.len()), MapNode::default())
+            });
             pos = next;
         }
         match &mut node.entry {
@@ -1008,7 +1177,7 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
         let mut pos = 0;
         while pos != END {
             let (level, next) = level_at(t, pos);
-            node = node.children.get(level, &self.hasher)?;
+            node = node.children.get(level)?;
             pos = next;
         }
         node.entry.as_ref().map(|e| &e.1)
@@ -1017,12 +1186,11 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
     /// Removes `topic`; returns its value. Nodes left empty are freed.
     pub fn remove(&mut self, topic: &TopicName) -> Option<V> {
         let t = topic.as_bytes();
-        let hasher = &self.hasher;
         let mut node = &mut self.root;
         let mut pos = 0;
         while pos != END {
             let (level, next) = level_at(t, pos);
-            node = node.children.get_mut(level, hasher)?;
+            node = node.children.get_mut(level)?;
             pos = next;
         }
         let (_, value) = *node.entry.take()?;
@@ -1034,14 +1202,13 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
     /// Frees the tail of `topic`'s path that holds nothing any more (see
     /// [`SubscriptionTrie::prune`]).
     fn prune(&mut self, topic: &[u8]) {
-        let hasher = &self.hasher;
         let mut keep = 0;
         let mut depth = 0;
         let mut node = &self.root;
         let mut pos = 0;
         while pos != END {
             let (level, next) = level_at(topic, pos);
-            let Some(child) = node.children.get(level, hasher) else {
+            let Some(child) = node.children.get(level) else {
                 return;
             };
             if node.entry.is_some() || node.children.len() > 1 {
@@ -1059,10 +1226,10 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
         for i in 0.. {
             let (level, next) = level_at(topic, pos);
             if i == keep {
-                node.children.remove(level, hasher);
+                node.children.remove(level);
                 return;
             }
-            let Some(child) = node.children.get_mut(level, hasher) else {
+            let Some(child) = node.children.get_mut(level) else {
                 return;
             };
             node = child;
@@ -1075,114 +1242,106 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
 
     /// Calls `f` for every `(topic, value)` whose topic `filter` matches, by
     /// the rules of MQTT section 4.7; a filter that starts with `+` or `#`
-    /// skips topics that start with `$` [MQTT-4.7.2-1]. The order is
-    /// unspecified.
+    /// skips topics that start with `$` [MQTT-4.7.2-1]. Topics come in
+    /// topic order (see [`TopicMap`]).
     ///
     /// Costs one lookup per exact level, plus a walk over the children at
-    /// each `+` and the whole subtree under a `#`. Allocates nothing unless
-    /// more than [`STACK_INLINE`] walks are pending at once (a `#` over a
-    /// subtree deeper than that, or that many `+` levels).
+    /// each `+` and the whole subtree under a `#`. Its stack of pending
+    /// walks is as deep as the deepest topic visited.
     ///
     /// # DoS
     /// A `+` walks every child of its node whether or not anything below
     /// matches: `+/+/+/nothing` visits every three-level prefix in the map.
-    /// The engine should bound the retained-message work one SUBSCRIBE may
-    /// cause (for example by the number of retained messages it will send).
+    /// [`TopicMap::walk_matches`] bounds that work per call.
     pub fn for_each_match(&self, filter: &TopicFilter, mut f: impl FnMut(&TopicName, &V)) {
-        let filter = filter.as_bytes();
-        let mut stack: Stack<Frame<'_, V>> = Stack::new();
-        self.descend(&self.root, 0, true, filter, &mut stack, &mut f);
-        while let Some(top) = stack.last_mut() {
-            match top {
-                Frame::Plus {
-                    children,
-                    rest,
-                    skip_dollar,
-                } => {
-                    let rest = *rest;
-                    match next_child(children, *skip_dollar) {
-                        Some(child) => self.descend(child, rest, false, filter, &mut stack, &mut f),
-                        None => {
-                            stack.pop();
-                        }
-                    }
-                }
-                Frame::All {
-                    children,
-                    skip_dollar,
-                } => match next_child(children, *skip_dollar) {
-                    Some(child) => {
-                        if let Some(entry) = &child.entry {
-                            f(&entry.0, &entry.1);
-                        }
-                        if !child.children.is_empty() {
-                            stack.push(Frame::All {
-                                children: child.children.iter(),
-                                skip_dollar: false,
-                            });
-                        }
-                    }
-                    None => {
-                        stack.pop();
-                    }
-                },
-            }
-        }
+        self.walk_matches(filter, None, usize::MAX, |t, v| {
+            f(t, v);
+            true
+        });
     }
 
-    /// Follows the exact levels of `filter` from `pos` down from `node`,
-    /// reporting what ends there and queueing the walks `+` and `#` need.
-    fn descend<'a>(
+    /// [`TopicMap::for_each_match`] a slice at a time: visits, in topic
+    /// order, the matches of `filter` whose topic comes after the path
+    /// `after` (all of them for `None`), until `f` returns `false` (after
+    /// that match) or `budget` nodes have been visited, and says where it
+    /// stopped.
+    ///
+    /// Passing that point back as `after` goes on with the next topic,
+    /// whatever was inserted or removed in between: a topic is never
+    /// visited twice by one walk; one removed before the walk reaches it
+    /// is not visited; one inserted behind the walk's position is not
+    /// visited. Each call costs one lookup per level of `after`, plus the
+    /// nodes it visits (at most `budget`).
+    pub fn walk_matches(
         &self,
-        mut node: &'a MapNode<V>,
-        mut pos: usize,
-        mut at_root: bool,
-        filter: &[u8],
-        stack: &mut Stack<Frame<'a, V>>,
-        f: &mut impl FnMut(&TopicName, &V),
-    ) {
+        filter: &TopicFilter,
+        after: Option<&[u8]>,
+        mut budget: usize,
+        mut f: impl FnMut(&TopicName, &V) -> bool,
+    ) -> Walked {
+        let filter = filter.as_bytes();
+        let mut stack: Vec<WalkFrame<'_, V>> = Vec::new();
+        // The frames of the nodes on the path to `after`: each one's
+        // children after that path (the nodes on it were visited).
+        let mut node = &self.root;
+        let mut key = None;
+        let mut pos = 0;
+        let mut bound = after.map(|a| (a, 0));
         loop {
-            if pos == END {
-                if let Some(entry) = &node.entry {
-                    f(&entry.0, &entry.1);
-                }
-                return;
+            let Some((b, bpos)) = bound else {
+                stack.push(frame(node, key, filter, pos, None));
+                break;
+            };
+            let (level, bnext) = level_at(b, bpos);
+            let top = frame(node, key, filter, pos, Some(level));
+            let child_pos = top.child_pos;
+            let allowed = match level_at(filter, pos).0 {
+                b"#" | b"+" => !(top.skip_dollar && level.first() == Some(&b'$')),
+                exact => exact == level,
+            };
+            stack.push(top);
+            let Some((k, child)) = node.children.range(Bound::Included(level)).next() else {
+                break;
+            };
+            if !allowed || k.as_ref() != level || child_pos == END {
+                break;
             }
-            let (level, next) = level_at(filter, pos);
-            match level {
-                b"#" => {
-                    // `a/#` matches `a` too.
-                    if let Some(entry) = &node.entry {
-                        f(&entry.0, &entry.1);
-                    }
-                    if !node.children.is_empty() {
-                        stack.push(Frame::All {
-                            children: node.children.iter(),
-                            skip_dollar: at_root,
-                        });
-                    }
-                    return;
+            node = child;
+            key = Some(k);
+            pos = child_pos;
+            bound = (bnext != END).then_some((b, bnext));
+        }
+        while let Some(top) = stack.last_mut() {
+            let child_pos = top.child_pos;
+            let skip_dollar = top.skip_dollar;
+            let Some((k, child)) = top.children.next() else {
+                stack.pop();
+                continue;
+            };
+            if skip_dollar && k.first() == Some(&b'$') {
+                continue;
+            }
+            budget = budget.saturating_sub(1);
+            // `a/#` matches `a` too.
+            let (matched, below) = if child_pos == END {
+                (true, false)
+            } else {
+                (level_at(filter, child_pos).0 == b"#", true)
+            };
+            let mut go_on = budget > 0;
+            if matched {
+                if let Some(entry) = &child.entry {
+                    go_on &= f(&entry.0, &entry.1);
                 }
-                b"+" => {
-                    if !node.children.is_empty() {
-                        stack.push(Frame::Plus {
-                            children: node.children.iter(),
-                            rest: next,
-                            skip_dollar: at_root,
-                        });
-                    }
-                    return;
-                }
-                _ => match node.children.get(level, &self.hasher) {
-                    Some(child) => {
-                        node = child;
-                        pos = next;
-                        at_root = false;
-                    }
-                    None => return,
-                },
+            }
+            if !go_on {
+                return Walked::After(path(&stack, k));
+            }
+            if below && !child.children.is_empty() {
+                stack.push(frame(child, Some(k), filter, child_pos, None));
             }
         }
+        Walked::Done
     }
 
     /// Nodes below the root.
@@ -1214,9 +1373,55 @@ impl<V, S: BuildHasher> TopicMap<V, S> {
     }
 }
 
+/// The walk over `node`'s children for the filter level at `pos` (not
+/// `END`), only those after `after` when given.
+fn frame<'a, V>(
+    node: &'a MapNode<V>,
+    key: Option<&'a Bytes>,
+    filter: &[u8],
+    pos: usize,
+    after: Option<&[u8]>,
+) -> WalkFrame<'a, V> {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let (level, next) = level_at(filter, pos);
+    let (children, child_pos) = match level {
+        b"#" => (node.children.range(from), pos),
+        b"+" => (node.children.range(from), next),
+        exact => {
+            let after_bound = after.is_none_or(|a| exact > a);
+            let one = node
+                .children
+                .range(Bound::Included(exact))
+                .next()
+                .filter(|(k, _)| after_bound && k.as_ref() == exact);
+            (OrderedIter::One(one), next)
+        }
+    };
+    WalkFrame {
+        children,
+        child_pos,
+        // A wildcard at the root skips `$` topics [MQTT-4.7.2-1].
+        skip_dollar: key.is_none() && (level == b"#" || level == b"+"),
+        key,
+    }
+}
+
+/// The path of `last`, a child of the node of the top frame of `stack`.
+fn path<V>(stack: &[WalkFrame<'_, V>], last: &Bytes) -> Bytes {
+    let keys = stack.iter().filter_map(|f| f.key);
+    let len = keys.clone().map(|k| k.len() + 1).sum::<usize>() + last.len();
+    let mut out = Vec::with_capacity(len);
+    for k in keys {
+        out.extend_from_slice(k);
+        out.push(b'/');
+    }
+    out.extend_from_slice(last);
+    Bytes::from(out)
+}
+
 /// Iterator over a [`TopicMap`], from [`TopicMap::iter`].
 pub struct Iter<'a, V> {
-    stack: Vec<CompactIter<'a, Bytes, MapNode<V>>>,
+    stack: Vec<OrderedIter<'a, MapNode<V>>>,
     remaining: usize,
 }
 
@@ -1271,7 +1476,7 @@ impl<'a, V, S> IntoIterator for &'a TopicMap<V, S> {
 mod tests {
     use super::*;
     use crate::topic::matches;
-    use alloc::collections::BTreeMap;
+    use alloc::collections::{BTreeMap, BTreeSet};
     use alloc::string::{String, ToString};
     use alloc::vec;
     use proptest::prelude::*;
@@ -1726,5 +1931,114 @@ mod tests {
             prop_assert!(map.is_empty());
             prop_assert_eq!(map.node_count(), 0);
         }
+
+        /// A walk in slices of random size, with random inserts and
+        /// removals between the slices, visits each topic at most once, in
+        /// topic order, only matches, and every match that was there all
+        /// along; its position costs no more than one topic path.
+        #[test]
+        fn walk_survives_changes_between_slices(
+            start in prop::collection::btree_set(wide_topic(), 0..120),
+            steps in prop::collection::vec(
+                (1..12usize, prop::collection::vec((any::<bool>(), wide_topic()), 0..6)),
+                1..40,
+            ),
+            f in wide_filter(),
+        ) {
+            let mut map = TopicMap::new();
+            for t in &start {
+                map.insert(&topic(t), ());
+            }
+            let f = filter(&f);
+            // Topics there from the start and never removed.
+            let mut stayed: BTreeSet<String> = start.clone();
+            let mut seen: Vec<String> = Vec::new();
+            let mut after: Option<Bytes> = None;
+            let mut steps = steps.into_iter();
+            loop {
+                let (budget, changes) = steps.next().unwrap_or((1000, Vec::new()));
+                let walked = map.walk_matches(&f, after.as_deref(), budget, |t, _| {
+                    seen.push(t.to_string());
+                    true
+                });
+                match walked {
+                    Walked::Done => break,
+                    Walked::After(at) => {
+                        prop_assert!(at.len() <= 64, "position {:?}", at);
+                        after = Some(at);
+                    }
+                }
+                for (insert, t) in changes {
+                    if insert {
+                        map.insert(&topic(&t), ());
+                    } else {
+                        map.remove(&topic(&t));
+                        stayed.remove(&t);
+                    }
+                }
+            }
+            let levels = |t: &String| t.split('/').map(String::from).collect::<Vec<_>>();
+            for pair in seen.windows(2) {
+                prop_assert!(levels(&pair[0]) < levels(&pair[1]), "{:?} then {:?}", pair[0], pair[1]);
+            }
+            for t in &seen {
+                prop_assert!(matches(f.as_bytes(), t.as_bytes()), "{} does not match {}", t, f.as_str());
+            }
+            for t in stayed.iter().filter(|t| matches(f.as_bytes(), t.as_bytes())) {
+                prop_assert!(seen.contains(t), "{} was there all along but not visited", t);
+            }
+        }
+
+        /// Stopping after each match (`f` returns false) and going on from
+        /// there visits exactly what one uninterrupted walk does.
+        #[test]
+        fn walk_one_at_a_time_is_the_whole_walk(
+            start in prop::collection::btree_set(wide_topic(), 0..120),
+            f in wide_filter(),
+        ) {
+            let mut map = TopicMap::new();
+            for t in &start {
+                map.insert(&topic(t), ());
+            }
+            let f = filter(&f);
+            let mut whole = Vec::new();
+            map.for_each_match(&f, |t, _| whole.push(t.to_string()));
+            let mut sliced = Vec::new();
+            let mut after: Option<Bytes> = None;
+            while let Walked::After(at) = map.walk_matches(&f, after.as_deref(), usize::MAX, |t, _| {
+                sliced.push(t.to_string());
+                false
+            }) {
+                after = Some(at);
+            }
+            prop_assert_eq!(sliced, whole);
+        }
+    }
+
+    /// Topics over a wider alphabet than [`topic_string`], so that nodes
+    /// have more than [`SMALL_MAX`] children and become B-trees.
+    fn wide_topic() -> impl Strategy<Value = String> {
+        let lvl = prop::sample::select(
+            &[
+                "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "", "$s", "ab",
+            ][..],
+        );
+        prop::collection::vec(lvl, 1..4)
+            .prop_map(|l| l.join("/"))
+            .prop_filter("topic names are not empty", |s| !s.is_empty())
+    }
+
+    fn wide_filter() -> impl Strategy<Value = String> {
+        let lvl = prop::sample::select(&["a", "b", "l", "$s", "", "+"][..]);
+        (prop::collection::vec(lvl, 0..4), any::<bool>()).prop_filter_map(
+            "filters are not empty",
+            |(mut levels, multi)| {
+                if multi {
+                    levels.push("#");
+                }
+                let s = levels.join("/");
+                (!s.is_empty()).then_some(s)
+            },
+        )
     }
 }

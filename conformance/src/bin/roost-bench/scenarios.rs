@@ -401,6 +401,7 @@ pub async fn conns_child(c: &Common, n: usize, concurrency: usize) -> io::Result
 /// subscriber receives them all; latency is measured from the SUBSCRIBE.
 pub async fn retained(c: &Common, messages: u64, run: Rc<Run>) -> io::Result<()> {
     let qos = c.qos.unwrap_or(0);
+    let rss0 = c.broker_pid.and_then(stats::rss_kb);
     let conn = Conn::open(&c.addr(), "rb-ret-pub", 0).await?;
     let t0 = now_ns();
     let spec = PubSpec {
@@ -417,10 +418,30 @@ pub async fn retained(c: &Common, messages: u64, run: Rc<Run>) -> io::Result<()>
     conn.ping_barrier().await?;
     let stored_s = (now_ns() - t0) as f64 / SEC as f64;
     run.put("store_msgs_per_s", messages as f64 / stored_s);
-    if let Some(rss) = c.broker_pid.and_then(stats::rss_kb) {
+    let rss_stored = c.broker_pid.and_then(stats::rss_kb);
+    if let Some(rss) = rss_stored {
         run.put("rss_after_store_mib", rss as f64 / 1024.0);
+        if let Some(r0) = rss0 {
+            run.put(
+                "bytes_per_retained",
+                rss.saturating_sub(r0) as f64 * 1024.0 / messages.max(1) as f64,
+            );
+        }
     }
     run.expected_fixed.set(Some(messages));
+    // The broker's largest RSS while it sends them, sampled every 5 ms.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = c.broker_pid.map(|pid| {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(stats::rss_kb(pid).unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak
+        })
+    });
 
     let mut sub = Conn::open(&c.addr(), "rb-ret-sub", 0).await?;
     run.start_clock(c.broker_pid);
@@ -431,6 +452,14 @@ pub async fn retained(c: &Common, messages: u64, run: Rc<Run>) -> io::Result<()>
     client::spawn_subscriber(sub, rx, &run);
     // Retained delivery has no publishers to wait for; the deadline bounds it.
     wait_delivered(&run, u64::MAX / 2).await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let (Some(peak), Some(stored)) = (sampler.and_then(|t| t.join().ok()), rss_stored) {
+        run.put("rss_peak_sending_mib", peak as f64 / 1024.0);
+        run.put(
+            "rss_growth_sending_mib",
+            peak.saturating_sub(stored) as f64 / 1024.0,
+        );
+    }
     let st = run.stats.borrow();
     let st = st.as_ref().expect("stats live for the whole run");
     if st.received > 0 {
