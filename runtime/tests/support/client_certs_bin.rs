@@ -8,105 +8,13 @@
 
 use super::pki::Pki;
 use rcgen::DnType;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use roost_conformance::process::Broker;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The broker binary as a child process, killed when dropped.
-pub struct Broker {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    /// Listener addresses, in configuration order.
-    pub addrs: Vec<SocketAddr>,
-}
-
-impl Broker {
-    /// Starts `binary --config config` and waits for `listeners` "listening"
-    /// lines (the listeners bind port 0).
-    pub fn start(binary: &Path, config: &Path, listeners: usize) -> Broker {
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut broker = Broker {
-            child,
-            log,
-            addrs: Vec::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let addrs: Vec<SocketAddr> = broker
-                .log()
-                .lines()
-                .filter(|l| l.contains("listening"))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))?
-                        .parse()
-                        .ok()
-                })
-                .collect();
-            if addrs.len() >= listeners {
-                broker.addrs = addrs;
-                return broker;
-            }
-            if Instant::now() > deadline || broker.child.try_wait().ok().flatten().is_some() {
-                panic!("the broker did not start; log:\n{}", broker.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Everything the broker wrote to stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-
-    /// Waits until the log has a line containing every one of `needles`.
-    pub fn wait_line(&self, needles: &[&str]) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(line) = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return Some(line.to_owned());
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `program args` to its end, at most [`WAIT`] (then kills it).
 pub fn run_bounded(program: &str, args: &[String], stdin: Option<&str>) -> Output {
@@ -318,7 +226,8 @@ fn paho(f: &Files, port: u16, transport: &str, cert: Option<&(PathBuf, PathBuf)>
 /// The whole scenario against `binary`.
 pub fn run(binary: &Path, tag: &str) {
     let f = files(tag);
-    let broker = Broker::start(binary, &f.config, 2);
+    let broker = Broker::start(Broker::command(binary, &f.config), 2, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let tls = broker.addrs[0].port();
     let wss = broker.addrs[1].port();
 
