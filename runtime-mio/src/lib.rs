@@ -55,6 +55,7 @@ use roost_core::broker::{
 use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, FileError, Files, WriteStatus};
+use roost_runtime::net::Listeners;
 use roost_runtime::pool::Pool;
 use roost_runtime::service::Service;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -113,7 +114,7 @@ pub struct Server {
     events: Events,
     driver: Driver,
     /// `None` once the driver said to stop listening.
-    listeners: Vec<Option<TcpListener>>,
+    listeners: Listeners<TcpListener>,
     addrs: Vec<SocketAddr>,
     conns: HashMap<Token, Conn>,
     tokens: HashMap<ConnId, Token>,
@@ -167,7 +168,7 @@ impl Server {
         let mut driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listeners = Vec::new();
+        let mut listeners = Listeners::default();
         let mut addrs = Vec::new();
         for (index, l) in driver.listeners().enumerate() {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen(l.bind)?);
@@ -177,7 +178,7 @@ impl Server {
                 Interest::READABLE,
             )?;
             addrs.push(listener.local_addr()?);
-            listeners.push(Some(listener));
+            listeners.insert(index, listener);
         }
         for (index, addr) in addrs.iter().enumerate() {
             driver.handle_listening(index, *addr);
@@ -500,7 +501,7 @@ impl Server {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some(listener) = &self.listeners[index] else {
+            let Some(listener) = self.listeners.get(index) else {
                 return;
             };
             let (mut stream, remote) = match listener.accept() {
@@ -722,10 +723,8 @@ impl Server {
                 Event::Authorize(request) => self.authorize_requests.push(request),
                 Event::StopListening => {
                     // Dropping the listeners refuses new connections at once.
-                    for listener in &mut self.listeners {
-                        if let Some(mut l) = listener.take() {
-                            let _ = self.poll.registry().deregister(&mut l);
-                        }
+                    for mut l in self.listeners.take_all() {
+                        let _ = self.poll.registry().deregister(&mut l);
                     }
                 }
                 Event::Stopped => {
@@ -734,7 +733,7 @@ impl Server {
                 }
                 Event::Listen { listener, bind } => self.listen(listener, bind),
                 Event::Unlisten { listener } => {
-                    if let Some(mut l) = self.listeners.get_mut(listener).and_then(Option::take) {
+                    if let Some(mut l) = self.listeners.remove(listener) {
                         let _ = self.poll.registry().deregister(&mut l);
                     }
                 }
@@ -747,25 +746,12 @@ impl Server {
     /// Binds listener number `index` (added by a reload) and accepts on
     /// it from the next step.
     fn listen(&mut self, index: usize, bind: SocketAddr) {
-        let bound = roost_runtime::net::listen(bind).and_then(|l| {
+        let registry = self.poll.registry();
+        self.listeners.listen(&mut self.driver, index, bind, |l| {
             let mut listener = TcpListener::from_std(l);
-            self.poll.registry().register(
-                &mut listener,
-                Token(LISTENERS + index),
-                Interest::READABLE,
-            )?;
-            Ok((listener.local_addr()?, listener))
+            registry.register(&mut listener, Token(LISTENERS + index), Interest::READABLE)?;
+            Ok(listener)
         });
-        match bound {
-            Ok((addr, listener)) => {
-                if self.listeners.len() <= index {
-                    self.listeners.resize_with(index + 1, || None);
-                }
-                self.listeners[index] = Some(listener);
-                self.driver.handle_listening(index, addr);
-            }
-            Err(e) => self.driver.handle_listen_failed(index, &e),
-        }
     }
 
     fn jobs_done(&mut self) {

@@ -37,6 +37,7 @@ use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, WriteStatus};
 use roost_runtime::embed::{self, Command, Deciding, Embedded, LocalSink, Offer};
+use roost_runtime::net::Listeners;
 use roost_runtime::pool::Pool;
 use roost_runtime::wakeup::Wakeups;
 use std::cell::{Cell, RefCell};
@@ -182,7 +183,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
-                listeners: RefCell::new(HashMap::new()),
+                listeners: RefCell::default(),
                 accepts: RefCell::new(HashMap::new()),
                 stopped: Notify::new(),
             });
@@ -213,7 +214,7 @@ struct Shared {
     jobs_done: Arc<Notify>,
     /// The listening sockets by listener number; the accept loops take
     /// them from here, so dropping one closes it at once.
-    listeners: RefCell<HashMap<usize, TcpListener>>,
+    listeners: RefCell<Listeners<TcpListener>>,
     accepts: RefCell<HashMap<usize, JoinHandle<()>>>,
     stopped: Notify,
 }
@@ -247,25 +248,24 @@ impl Shared {
                     self.decide(deciding);
                 }
                 Event::StopListening => {
-                    self.listeners.borrow_mut().clear();
+                    self.listeners.borrow_mut().take_all();
                     for (_, accept) in self.accepts.borrow_mut().drain() {
                         accept.abort();
                     }
                 }
                 Event::Listen { listener, bind } => {
-                    let bound = roost_runtime::net::listen(bind)
-                        .and_then(TcpListener::from_std)
-                        .and_then(|l| Ok((l.local_addr()?, l)));
-                    match bound {
-                        Ok((addr, l)) => {
-                            self.start_accepting(listener, l);
-                            self.driver.borrow_mut().handle_listening(listener, addr);
-                        }
-                        Err(e) => self.driver.borrow_mut().handle_listen_failed(listener, &e),
+                    let listening = self.listeners.borrow_mut().listen(
+                        &mut self.driver.borrow_mut(),
+                        listener,
+                        bind,
+                        TcpListener::from_std,
+                    );
+                    if listening {
+                        self.start_accepting(listener);
                     }
                 }
                 Event::Unlisten { listener } => {
-                    self.listeners.borrow_mut().remove(&listener);
+                    self.listeners.borrow_mut().remove(listener);
                     if let Some(accept) = self.accepts.borrow_mut().remove(&listener) {
                         accept.abort();
                     }
@@ -286,9 +286,8 @@ impl Shared {
         }
     }
 
-    /// Accepts on `listener` as listener number `index`.
-    fn start_accepting(self: &Rc<Self>, index: usize, listener: TcpListener) {
-        self.listeners.borrow_mut().insert(index, listener);
+    /// Accepts on listener number `index`.
+    fn start_accepting(self: &Rc<Self>, index: usize) {
         let task = tokio::task::spawn_local(accept_loop(self.clone(), index));
         self.accepts.borrow_mut().insert(index, task);
     }
@@ -316,7 +315,10 @@ async fn serve(
 ) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(listener) {
-            Ok(listener) => shared.start_accepting(index, listener),
+            Ok(listener) => {
+                shared.listeners.borrow_mut().insert(index, listener);
+                shared.start_accepting(index);
+            }
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
@@ -357,7 +359,7 @@ async fn accept_loop(shared: Rc<Shared>, index: usize) {
     loop {
         // The socket stays in `Shared`: a reload that removes the listener
         // drops it there, closing it at once.
-        let accepted = std::future::poll_fn(|cx| match shared.listeners.borrow().get(&index) {
+        let accepted = std::future::poll_fn(|cx| match shared.listeners.borrow().get(index) {
             Some(listener) => listener.poll_accept(cx).map(Some),
             None => Poll::Ready(None),
         })
