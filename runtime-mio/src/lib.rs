@@ -545,8 +545,6 @@ impl Server {
         }
     }
 
-    /// Dials for a bridge (blocking, at most `DIAL_TIMEOUT`), then serves
-    /// the socket like an accepted one.
     /// Starts a non-blocking connect for a bridge; [`Server::finish_dial`]
     /// completes it on the socket's first readiness. (The driver gives up on
     /// its own after `DIAL_TIMEOUT`.)

@@ -387,13 +387,7 @@ async fn accept_loop(shared: Rc<Shared>, index: usize) {
             .handle_accept(now, index, Some(remote));
         shared.wakeups.borrow_mut().insert(id);
         shared.after();
-        tokio::task::spawn_local(Connection {
-            shared: shared.clone(),
-            stream,
-            id,
-            shut_write: false,
-            pause: None,
-        });
+        tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
     }
 }
 
@@ -407,13 +401,7 @@ async fn dial(shared: Rc<Shared>, id: ConnId, addr: String) {
             shared.wakeups.borrow_mut().insert(id);
             shared.driver.borrow_mut().handle_connected(now, id, remote);
             shared.after();
-            tokio::task::spawn_local(Connection {
-                shared: shared.clone(),
-                stream,
-                id,
-                shut_write: false,
-                pause: None,
-            });
+            tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
         }
         Err(e) => {
             let now = shared.clock.now();
@@ -452,6 +440,17 @@ enum End {
 }
 
 impl Connection {
+    /// Connection `id` (accepted or dialled) on `stream`, to be spawned.
+    fn new(shared: Rc<Shared>, stream: TcpStream, id: ConnId) -> Connection {
+        Connection {
+            shared,
+            stream,
+            id,
+            shut_write: false,
+            pause: None,
+        }
+    }
+
     /// Serves until the connection ends.
     fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
         let (shared, id) = (&self.shared, self.id);
