@@ -33,10 +33,9 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,67 +104,14 @@ impl Binary {
     /// Runs the executable with `args` to completion (killed after
     /// `within`): exit status (None when killed), stdout, stderr.
     pub fn run(&self, args: &[OsString], within: Duration) -> Result<Ran, String> {
-        let mut child = Command::new(&self.path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.path.display()))?;
-        let drain = |r: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_string(&mut s);
-                }
-                s
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let deadline = Instant::now() + within;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        Ok(Ran {
-            status,
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        })
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        crate::process::run(command, None, within)
     }
 }
 
 /// What [`Binary::run`] saw.
-#[derive(Debug)]
-pub struct Ran {
-    /// Exit status; None when it was still running at the deadline (and was
-    /// killed).
-    pub status: Option<ExitStatus>,
-    /// Everything written to stdout.
-    pub stdout: String,
-    /// Everything written to stderr.
-    pub stderr: String,
-}
+pub use crate::process::Ran;
 
 /// The attacks' broker process: [`crate::process::Broker`], with a
 /// memory watchdog.

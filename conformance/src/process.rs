@@ -11,7 +11,7 @@
 //! so a failed assertion never leaves a broker running. Every wait takes a
 //! bound.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -245,6 +245,77 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Runs `command` to its end with `stdin` written to it (or nothing to
+/// read), killing it after `within`: its exit status and everything it
+/// wrote.
+pub fn run(mut command: Command, stdin: Option<&str>, within: Duration) -> Result<Ran, String> {
+    let name = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A program that exits without reading it all is not an error here.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let drain = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let status = poll(within, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(Ran {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// What [`run`] saw.
+#[derive(Debug)]
+pub struct Ran {
+    /// Exit status; None when it was still running at the deadline (and was
+    /// killed).
+    pub status: Option<ExitStatus>,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Whether it ended in time, with success.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
     }
 }
 

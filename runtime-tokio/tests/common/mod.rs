@@ -5,9 +5,8 @@
 //! Every wait here has a deadline; nothing sleeps except bounded polling.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 
 pub use roost_conformance::blocking::*;
 
@@ -27,34 +26,11 @@ pub fn start_roost(config: &Path, listeners: usize) -> BrokerProcess {
 /// Runs `roost` with `args` to completion (with a deadline) and returns its
 /// status, stdout and stderr.
 pub fn run_roost(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn roost");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = poll(WAIT, || child.try_wait().expect("try_wait"));
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("roost {args:?} did not exit within {WAIT:?}");
-    };
-    (
-        status,
-        out.join().expect("stdout"),
-        err.join().expect("stderr"),
-    )
+    let mut roost = Command::new(env!("CARGO_BIN_EXE_roost"));
+    roost.args(args);
+    let ran = roost_conformance::process::run(roost, None, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let status = ran
+        .status
+        .unwrap_or_else(|| panic!("roost {args:?} did not exit within {WAIT:?}"));
+    (status, ran.stdout, ran.stderr)
 }

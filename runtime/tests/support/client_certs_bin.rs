@@ -8,57 +8,32 @@
 
 use super::pki::Pki;
 use rcgen::DnType;
-use roost_conformance::process::Broker;
-use std::io::Write;
+use roost_conformance::process::{self, Broker, Ran};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Runs `program args` to its end, at most [`WAIT`] (then kills it).
-pub fn run_bounded(program: &str, args: &[String], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {program} ({e}): run scripts/install-test-deps.sh \
-                 (mosquitto-clients, python3 with paho-mqtt 2)"
-            )
-        });
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+pub fn run_bounded(program: &str, args: &[String], stdin: Option<&str>) -> Ran {
+    let mut command = Command::new(program);
+    command.args(args);
+    process::run(command, stdin, WAIT).unwrap_or_else(|e| {
+        panic!(
+            "{e}: run scripts/install-test-deps.sh \
+             (mosquitto-clients, python3 with paho-mqtt 2)"
+        )
+    })
 }
 
-fn text(out: &Output) -> String {
+fn text(out: &Ran) -> String {
     format!(
         "status {}; stdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.status
+            .map_or("none (killed)".to_owned(), |s| s.to_string()),
+        out.stdout,
+        out.stderr
     )
 }
 
@@ -219,8 +194,8 @@ fn paho(f: &Files, port: u16, transport: &str, cert: Option<&(PathBuf, PathBuf)>
     let mut args = strs(&["-", &port.to_string(), transport]);
     args.extend([path_str(&f.server_ca), c, k]);
     let out = run_bounded("python3", &args, Some(PAHO));
-    assert!(out.status.success(), "paho script failed: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert!(out.success(), "paho script failed: {}", text(&out));
+    out.stdout
 }
 
 /// The whole scenario against `binary`.
@@ -267,21 +242,21 @@ pub fn run(binary: &Path, tag: &str) {
     while !sub.is_finished() && Instant::now() < deadline {
         let out = run_bounded("mosquitto_pub", &pub_args, None);
         assert!(
-            out.status.success(),
+            out.success(),
             "publish with a good certificate: {}",
             text(&out)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = sub.join().expect("subscriber");
-    assert!(out.status.success(), "subscriber: {}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
+    assert!(out.success(), "subscriber: {}", text(&out));
+    assert_eq!(out.stdout.trim(), "21.5");
 
     // The user rule of the ACL names the CN.
     let mut args = mosquitto_args(&f, tls, Some(&f.good));
     args.extend(strs(&["-t", "fleet/status", "-m", "up", "-q", "1"]));
     let out = run_bounded("mosquitto_pub", &args, None);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.success(), "{}", text(&out));
 
     // Refused: no certificate, another CA's, a revoked one.
     for (what, cert) in [
@@ -292,7 +267,7 @@ pub fn run(binary: &Path, tag: &str) {
         let mut args = mosquitto_args(&f, tls, cert);
         args.extend(strs(&["-t", "devices/sensor-1/t", "-m", "x", "-q", "1"]));
         let out = run_bounded("mosquitto_pub", &args, None);
-        assert!(!out.status.success(), "{what} was accepted: {}", text(&out));
+        assert!(!out.success(), "{what} was accepted: {}", text(&out));
     }
 
     // paho-mqtt over TLS and over WebSocket-over-TLS: the CN's topics are

@@ -6,14 +6,14 @@
 #![allow(dead_code)]
 
 use roost_conformance::blocking::{Connect, Raw, V311};
-use roost_conformance::process::Broker;
+use roost_conformance::process::{self, Broker, Ran};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -534,27 +534,9 @@ impl Drop for Lines {
 /// Runs mosquitto_pub to its end (bounded); whether it succeeded, and
 /// what it said.
 fn mosquitto_pub(args: &[String]) -> (bool, String) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub: install mosquitto-clients");
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_with("mosquitto_pub", &args, None);
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 /// SIGHUP swaps the server certificate: a client connected before keeps
@@ -672,32 +654,13 @@ pub fn reload_certificate(binary: &Path) {
     );
 }
 
-/// Runs `program args` with `stdin` to its end (each program here ends by
-/// itself: mosquitto_pub gives up on its own).
-fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write as _;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): apt-get install mosquitto mosquitto-clients")
-        });
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("stdin");
-    }
-    child.wait_with_output().expect("wait")
+/// Runs `program args` with `stdin` to its end, at most [`WAIT`] (then
+/// kills it).
+fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> Ran {
+    let mut command = Command::new(program);
+    command.args(args);
+    process::run(command, stdin, WAIT)
+        .unwrap_or_else(|e| panic!("{e}: apt-get install mosquitto mosquitto-clients"))
 }
 
 /// The hash `user` has in the password file at `path`.
@@ -724,13 +687,13 @@ pub fn mosquitto_password_file(binary: &Path) {
         &["-c", "-b", f, "alice", "s3cret"],
         None,
     );
-    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(made.success(), "mosquitto_passwd: {made:?}");
     let made = run_with(
         "mosquitto_passwd",
         &["-H", "sha512", "-b", f, "bob", "hunter2"],
         None,
     );
-    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(made.success(), "mosquitto_passwd: {made:?}");
     assert!(hash_of(&file, "alice").starts_with("$7$"));
     assert!(hash_of(&file, "bob").starts_with("$6$"));
 
@@ -741,31 +704,31 @@ pub fn mosquitto_password_file(binary: &Path) {
         &["passwd", "add", "carol", "--password-stdin", "--file", f],
         Some("pw carol\n"),
     );
-    assert!(out.status.success(), "{out:?}");
+    assert!(out.success(), "{out:?}");
     let out = run_with(
         roost,
         &["passwd", "add", "dave", "--file", f],
         Some("pw dave\n"),
     );
-    assert!(out.status.success(), "no terminal: stdin is read: {out:?}");
+    assert!(out.success(), "no terminal: stdin is read: {out:?}");
     let out = run_with(
         roost,
         &["passwd", "add", "erin", "--password-stdin", "--file", f],
         Some("\n"),
     );
-    assert!(!out.status.success(), "an empty password is refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    assert!(!out.success(), "an empty password is refused");
+    assert!(out.stderr.contains("must not be empty"));
     let out = run_with(
         roost,
         &["passwd", "add", "erin", "--password", "", "--file", f],
         None,
     );
-    assert!(!out.status.success(), "an empty --password is refused");
+    assert!(!out.success(), "an empty --password is refused");
     // upgrade names the users still on Mosquitto hashes.
     let out = run_with(roost, &["passwd", "upgrade", "--file", f], None);
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = &out.stdout;
     assert!(
-        out.status.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
+        out.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
         "{out:?}"
     );
 
@@ -797,7 +760,6 @@ pub fn mosquitto_password_file(binary: &Path) {
             ],
             None,
         )
-        .status
         .success()
     };
     // Wrong passwords change nothing.
@@ -843,7 +805,7 @@ pub fn mosquitto_password_file(binary: &Path) {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("every user has an Argon2id hash"),
+        out.stdout.contains("every user has an Argon2id hash"),
         "{out:?}"
     );
     assert_no_debug_output(&roost.log());
@@ -886,7 +848,7 @@ pub fn operator_log_lines(binary: &Path) {
             "x",
         ];
         args.extend_from_slice(extra);
-        run_with("mosquitto_pub", &args, None).status.success()
+        run_with("mosquitto_pub", &args, None).success()
     };
     assert!(publish("good-client", "right", &[]));
     assert!(publish(
