@@ -7,12 +7,10 @@
 
 use roost_conformance::blocking::{Connect, Raw, V311};
 use roost_conformance::process::{self, Broker, Ran};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -490,47 +488,6 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
     assert_no_debug_output(&log);
 }
 
-/// A line-by-line reader of a child's stdout.
-struct Lines {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Lines {
-    fn spawn(program: &str, args: &[String]) -> Lines {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install mosquitto-clients"));
-        let stdout = child.stdout.take().expect("stdout");
-        let out = Arc::new(Mutex::new(String::new()));
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut out = sink.lock().expect("out");
-                out.push_str(&line);
-                out.push('\n');
-            }
-        });
-        Lines { child, out }
-    }
-
-    fn text(&self) -> String {
-        self.out.lock().expect("out").clone()
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs mosquitto_pub to its end (bounded); whether it succeeded, and
 /// what it said.
 fn mosquitto_pub(args: &[String]) -> (bool, String) {
@@ -582,13 +539,13 @@ pub fn reload_certificate(binary: &Path) {
     // Before: the old certificate is served.
     let (ok, said) = mosquitto_pub(&args(&new.cert_path, &["-t", "t", "-m", "x"]));
     assert!(!ok, "the new CA verified the old certificate: {said}");
-    let sub = Lines::spawn(
-        "mosquitto_sub",
-        &args(
-            &old.cert_path,
-            &["-i", "keeper", "-t", "swap/t", "-q", "1", "-W", "30"],
-        ),
-    );
+    // The broker wrapper serves any child: stdout kept, killed when dropped.
+    let mut sub = Command::new("mosquitto_sub");
+    sub.args(args(
+        &old.cert_path,
+        &["-i", "keeper", "-t", "swap/t", "-q", "1", "-W", "30"],
+    ));
+    let sub = Broker::spawn(sub).unwrap_or_else(|e| panic!("{e}: install mosquitto-clients"));
     // Publish until the subscriber has one (its SUBACK may not be back).
     let subscribed = poll(|| {
         let (ok, said) = mosquitto_pub(&args(
@@ -596,12 +553,12 @@ pub fn reload_certificate(binary: &Path) {
             &["-t", "swap/t", "-m", "before-swap", "-q", "1"],
         ));
         assert!(ok, "publish with the old certificate: {said}");
-        sub.text().contains("before-swap").then_some(())
+        sub.stdout().contains("before-swap").then_some(())
     });
     assert!(
         subscribed.is_some(),
         "subscriber: {}\nlog:\n{}",
-        sub.text(),
+        sub.stdout(),
         roost.log()
     );
 
@@ -639,9 +596,9 @@ pub fn reload_certificate(binary: &Path) {
     // The subscriber connected before the swap is still on its connection
     // (it could not reconnect: it trusts only the old CA) and receives.
     assert!(
-        poll(|| sub.text().contains("after-swap").then_some(())).is_some(),
+        poll(|| sub.stdout().contains("after-swap").then_some(())).is_some(),
         "subscriber: {}\nlog:\n{}",
-        sub.text(),
+        sub.stdout(),
         roost.log()
     );
     let log = roost.log();
