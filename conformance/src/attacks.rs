@@ -33,10 +33,9 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,55 +88,9 @@ impl Binary {
     /// Starts the broker with `args` and waits until it has logged
     /// `listeners` listening addresses.
     pub fn spawn(&self, args: &[OsString], listeners: usize) -> Result<Broker, String> {
-        let mut child = Command::new(&self.path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.path.display()))?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let pid = child.id();
-        let mut broker = Broker {
-            child: Arc::new(Mutex::new(child)),
-            pid,
-            log,
-            listeners: Vec::new(),
-        };
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            let found = parse_listeners(&broker.log());
-            if found.len() >= listeners {
-                broker.listeners = found;
-                return Ok(broker);
-            }
-            if let Some(status) = broker.try_wait() {
-                return Err(format!(
-                    "{} exited with {status} before listening; log:\n{}",
-                    self.name(),
-                    broker.log()
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} did not report {listeners} listeners in {} s; log:\n{}",
-                    self.name(),
-                    START_WAIT.as_secs(),
-                    broker.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        Broker::start(command, listeners, START_WAIT)
     }
 
     /// Writes `toml` to `roost.toml` in `dir` and starts the broker with
@@ -151,183 +104,24 @@ impl Binary {
     /// Runs the executable with `args` to completion (killed after
     /// `within`): exit status (None when killed), stdout, stderr.
     pub fn run(&self, args: &[OsString], within: Duration) -> Result<Ran, String> {
-        let mut child = Command::new(&self.path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.path.display()))?;
-        let drain = |r: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_string(&mut s);
-                }
-                s
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let deadline = Instant::now() + within;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        Ok(Ran {
-            status,
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        })
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        crate::process::run(command, None, within)
     }
 }
 
 /// What [`Binary::run`] saw.
-#[derive(Debug)]
-pub struct Ran {
-    /// Exit status; None when it was still running at the deadline (and was
-    /// killed).
-    pub status: Option<ExitStatus>,
-    /// Everything written to stdout.
-    pub stdout: String,
-    /// Everything written to stderr.
-    pub stderr: String,
-}
+pub use crate::process::Ran;
 
-/// `(protocol, address)` of each `listening` line in a broker log, in order.
-fn parse_listeners(log: &str) -> Vec<(String, SocketAddr)> {
-    log.lines()
-        .filter(|l| l.contains("listening"))
-        .filter_map(|l| {
-            let mut protocol = String::new();
-            let mut addr = None;
-            for w in l.split_whitespace() {
-                if let Some(p) = w.strip_prefix("protocol=") {
-                    protocol = p.trim_matches('"').to_owned();
-                } else if let Some(a) = w.strip_prefix("addr=") {
-                    addr = a.trim_matches('"').parse().ok();
-                }
-            }
-            Some((protocol, addr?))
-        })
-        .collect()
-}
-
-/// A broker process started by [`Binary::spawn`]; killed when dropped.
-pub struct Broker {
-    child: Arc<Mutex<Child>>,
-    pid: u32,
-    log: Arc<Mutex<String>>,
-    listeners: Vec<(String, SocketAddr)>,
-}
+/// The attacks' broker process: [`crate::process::Broker`], with a
+/// memory watchdog.
+pub use crate::process::Broker;
 
 impl Broker {
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The bound address of the `index`-th listener (configuration order).
-    pub fn addr(&self, index: usize) -> SocketAddr {
-        self.listeners[index].1
-    }
-
-    /// The address of the first listener speaking `protocol` (`tcp`, `ws`).
-    pub fn addr_of(&self, protocol: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(p, _)| p == protocol)
-            .map(|(_, a)| *a)
-    }
-
-    /// Everything the broker wrote to stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Waits up to `within` for the log to contain `needle` `n` times.
-    pub fn wait_log(&self, needle: &str, n: usize, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.log().matches(needle).count() >= n {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
-    pub fn signal(&self, name: &str) -> Result<(), String> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid.to_string())
-            .status()
-            .map_err(|e| format!("kill -{name}: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -{name} {} failed: {status}", self.pid))
-        }
-    }
-
-    /// The exit status if the process has ended.
-    pub fn try_wait(&self) -> Option<ExitStatus> {
-        self.child
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_wait()
-            .ok()
-            .flatten()
-    }
-
-    /// Waits up to `within` for the process to exit.
-    pub fn wait_exit(&self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Starts a [`MemoryWatch`] on this broker that kills it past
     /// [`TRIP_KIB`].
     pub fn watch_memory(&self) -> MemoryWatch {
-        MemoryWatch::start(self.pid, TRIP_KIB, Some(self.child.clone()))
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
+        MemoryWatch::start(self.pid(), TRIP_KIB, Some(self.child()))
     }
 }
 
@@ -764,18 +558,6 @@ fn temp_dir() -> Result<tempfile::TempDir, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listening_lines_parse() {
-        let log = "2026-01-01T00:00:00Z  INFO store opened path=/x\n\
-                   2026-01-01T00:00:00Z  INFO listening protocol=\"tcp\" addr=127.0.0.1:35395\n\
-                   2026-01-01T00:00:00Z  INFO listening protocol=\"ws\" addr=127.0.0.1:40001\n";
-        let l = parse_listeners(log);
-        assert_eq!(l.len(), 2);
-        assert_eq!(l[0].0, "tcp");
-        assert_eq!(l[1].0, "ws");
-        assert_eq!(l[1].1.port(), 40001);
-    }
 
     #[test]
     fn login_encodes_credentials_and_will() {

@@ -75,6 +75,7 @@ mod corners;
 pub mod crash;
 pub mod observability;
 pub mod parity;
+pub mod process;
 pub mod rumq;
 pub mod runner;
 pub mod scenario;

@@ -55,6 +55,7 @@ use roost_core::broker::{
 use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, FileError, Files, WriteStatus};
+use roost_runtime::net::Listeners;
 use roost_runtime::pool::Pool;
 use roost_runtime::service::Service;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -113,7 +114,7 @@ pub struct Server {
     events: Events,
     driver: Driver,
     /// `None` once the driver said to stop listening.
-    listeners: Vec<Option<TcpListener>>,
+    listeners: Listeners<TcpListener>,
     addrs: Vec<SocketAddr>,
     conns: HashMap<Token, Conn>,
     tokens: HashMap<ConnId, Token>,
@@ -167,7 +168,7 @@ impl Server {
         let mut driver = Driver::open(&config, clock.now()).map_err(invalid)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listeners = Vec::new();
+        let mut listeners = Listeners::default();
         let mut addrs = Vec::new();
         for (index, l) in driver.listeners().enumerate() {
             let mut listener = TcpListener::from_std(roost_runtime::net::listen_on(l)?);
@@ -177,7 +178,7 @@ impl Server {
                 Interest::READABLE,
             )?;
             addrs.push(listener.local_addr()?);
-            listeners.push(Some(listener));
+            listeners.insert(index, listener);
         }
         for (index, addr) in addrs.iter().enumerate() {
             driver.handle_listening(index, *addr);
@@ -500,7 +501,7 @@ impl Server {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some(listener) = &self.listeners[index] else {
+            let Some(listener) = self.listeners.get(index) else {
                 return;
             };
             let (mut stream, remote) = match listener.accept() {
@@ -544,8 +545,6 @@ impl Server {
         }
     }
 
-    /// Dials for a bridge (blocking, at most `DIAL_TIMEOUT`), then serves
-    /// the socket like an accepted one.
     /// Starts a non-blocking connect for a bridge; [`Server::finish_dial`]
     /// completes it on the socket's first readiness. (The driver gives up on
     /// its own after `DIAL_TIMEOUT`.)
@@ -722,10 +721,8 @@ impl Server {
                 Event::Authorize(request) => self.authorize_requests.push(request),
                 Event::StopListening => {
                     // Dropping the listeners refuses new connections at once.
-                    for listener in &mut self.listeners {
-                        if let Some(mut l) = listener.take() {
-                            let _ = self.poll.registry().deregister(&mut l);
-                        }
+                    for mut l in self.listeners.take_all() {
+                        let _ = self.poll.registry().deregister(&mut l);
                     }
                 }
                 Event::Stopped => {
@@ -738,7 +735,7 @@ impl Server {
                     reuse_port,
                 } => self.listen(listener, bind, reuse_port),
                 Event::Unlisten { listener } => {
-                    if let Some(mut l) = self.listeners.get_mut(listener).and_then(Option::take) {
+                    if let Some(mut l) = self.listeners.remove(listener) {
                         let _ = self.poll.registry().deregister(&mut l);
                     }
                 }
@@ -751,25 +748,13 @@ impl Server {
     /// Binds listener number `index` (added by a reload) and accepts on
     /// it from the next step.
     fn listen(&mut self, index: usize, bind: SocketAddr, reuse_port: bool) {
-        let bound = roost_runtime::net::listen_with(bind, reuse_port).and_then(|l| {
-            let mut listener = TcpListener::from_std(l);
-            self.poll.registry().register(
-                &mut listener,
-                Token(LISTENERS + index),
-                Interest::READABLE,
-            )?;
-            Ok((listener.local_addr()?, listener))
-        });
-        match bound {
-            Ok((addr, listener)) => {
-                if self.listeners.len() <= index {
-                    self.listeners.resize_with(index + 1, || None);
-                }
-                self.listeners[index] = Some(listener);
-                self.driver.handle_listening(index, addr);
-            }
-            Err(e) => self.driver.handle_listen_failed(index, &e),
-        }
+        let registry = self.poll.registry();
+        self.listeners
+            .listen(&mut self.driver, index, bind, reuse_port, |l| {
+                let mut listener = TcpListener::from_std(l);
+                registry.register(&mut listener, Token(LISTENERS + index), Interest::READABLE)?;
+                Ok(listener)
+            });
     }
 
     fn jobs_done(&mut self) {

@@ -45,6 +45,7 @@ use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, WriteStatus};
 use roost_runtime::embed::{self, Command, Deciding, Embedded};
+use roost_runtime::net::Listeners;
 use roost_runtime::pool::Pool;
 use roost_runtime::wakeup::Wakeups;
 use smol::channel::{self, Receiver, Sender};
@@ -167,7 +168,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
-                listeners: RefCell::new(HashMap::new()),
+                listeners: RefCell::default(),
                 accepts: RefCell::new(HashMap::new()),
                 stopped: Notify::new(),
             });
@@ -218,7 +219,7 @@ struct Shared<'ex> {
     jobs_done: Notify,
     /// The listening sockets by listener number; the accept loops take
     /// them from here, so dropping one closes it at once.
-    listeners: RefCell<HashMap<usize, Async<TcpListener>>>,
+    listeners: RefCell<Listeners<Async<TcpListener>>>,
     accepts: RefCell<HashMap<usize, Task<()>>>,
     stopped: Notify,
 }
@@ -253,7 +254,7 @@ impl<'ex> Shared<'ex> {
                 }
                 // Dropping a task cancels it: no new connections from here.
                 Event::StopListening => {
-                    self.listeners.borrow_mut().clear();
+                    self.listeners.borrow_mut().take_all();
                     self.accepts.borrow_mut().clear();
                 }
                 Event::Listen {
@@ -261,19 +262,19 @@ impl<'ex> Shared<'ex> {
                     bind,
                     reuse_port,
                 } => {
-                    let bound = roost_runtime::net::listen_with(bind, reuse_port)
-                        .and_then(Async::new)
-                        .and_then(|l| Ok((l.get_ref().local_addr()?, l)));
-                    match bound {
-                        Ok((addr, l)) => {
-                            self.start_accepting(listener, l);
-                            self.driver.borrow_mut().handle_listening(listener, addr);
-                        }
-                        Err(e) => self.driver.borrow_mut().handle_listen_failed(listener, &e),
+                    let listening = self.listeners.borrow_mut().listen(
+                        &mut self.driver.borrow_mut(),
+                        listener,
+                        bind,
+                        reuse_port,
+                        Async::new,
+                    );
+                    if listening {
+                        self.start_accepting(listener);
                     }
                 }
                 Event::Unlisten { listener } => {
-                    self.listeners.borrow_mut().remove(&listener);
+                    self.listeners.borrow_mut().remove(listener);
                     self.accepts.borrow_mut().remove(&listener);
                 }
                 Event::Stopped => {
@@ -292,9 +293,8 @@ impl<'ex> Shared<'ex> {
         }
     }
 
-    /// Accepts on `listener` as listener number `index`.
-    fn start_accepting(self: &Rc<Self>, index: usize, listener: Async<TcpListener>) {
-        self.listeners.borrow_mut().insert(index, listener);
+    /// Accepts on listener number `index`.
+    fn start_accepting(self: &Rc<Self>, index: usize) {
         let task = self.ex.spawn(accept_loop(self.clone(), index));
         self.accepts.borrow_mut().insert(index, task);
     }
@@ -320,7 +320,10 @@ impl<'ex> Shared<'ex> {
 async fn serve(shared: Rc<Shared<'_>>, listeners: Vec<TcpListener>, commands: embed::Commands) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match Async::new(listener) {
-            Ok(listener) => shared.start_accepting(index, listener),
+            Ok(listener) => {
+                shared.listeners.borrow_mut().insert(index, listener);
+                shared.start_accepting(index);
+            }
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
@@ -367,7 +370,7 @@ fn poll_accept(
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Option<io::Result<Accepted>>> {
     let listeners = shared.listeners.borrow();
-    let Some(listener) = listeners.get(&index) else {
+    let Some(listener) = listeners.get(index) else {
         return Poll::Ready(None);
     };
     loop {

@@ -37,6 +37,7 @@ use roost_runtime::clock::Clock;
 use roost_runtime::config::Config;
 use roost_runtime::driver::{Driver, Event, WriteStatus};
 use roost_runtime::embed::{self, Command, Deciding, Embedded, LocalSink, Offer};
+use roost_runtime::net::Listeners;
 use roost_runtime::pool::Pool;
 use roost_runtime::wakeup::Wakeups;
 use std::cell::{Cell, RefCell};
@@ -182,7 +183,7 @@ pub fn start(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
                 embedded: RefCell::new(embedded),
                 pool,
                 jobs_done,
-                listeners: RefCell::new(HashMap::new()),
+                listeners: RefCell::default(),
                 accepts: RefCell::new(HashMap::new()),
                 stopped: Notify::new(),
             });
@@ -213,7 +214,7 @@ struct Shared {
     jobs_done: Arc<Notify>,
     /// The listening sockets by listener number; the accept loops take
     /// them from here, so dropping one closes it at once.
-    listeners: RefCell<HashMap<usize, TcpListener>>,
+    listeners: RefCell<Listeners<TcpListener>>,
     accepts: RefCell<HashMap<usize, JoinHandle<()>>>,
     stopped: Notify,
 }
@@ -247,7 +248,7 @@ impl Shared {
                     self.decide(deciding);
                 }
                 Event::StopListening => {
-                    self.listeners.borrow_mut().clear();
+                    self.listeners.borrow_mut().take_all();
                     for (_, accept) in self.accepts.borrow_mut().drain() {
                         accept.abort();
                     }
@@ -257,19 +258,19 @@ impl Shared {
                     bind,
                     reuse_port,
                 } => {
-                    let bound = roost_runtime::net::listen_with(bind, reuse_port)
-                        .and_then(TcpListener::from_std)
-                        .and_then(|l| Ok((l.local_addr()?, l)));
-                    match bound {
-                        Ok((addr, l)) => {
-                            self.start_accepting(listener, l);
-                            self.driver.borrow_mut().handle_listening(listener, addr);
-                        }
-                        Err(e) => self.driver.borrow_mut().handle_listen_failed(listener, &e),
+                    let listening = self.listeners.borrow_mut().listen(
+                        &mut self.driver.borrow_mut(),
+                        listener,
+                        bind,
+                        reuse_port,
+                        TcpListener::from_std,
+                    );
+                    if listening {
+                        self.start_accepting(listener);
                     }
                 }
                 Event::Unlisten { listener } => {
-                    self.listeners.borrow_mut().remove(&listener);
+                    self.listeners.borrow_mut().remove(listener);
                     if let Some(accept) = self.accepts.borrow_mut().remove(&listener) {
                         accept.abort();
                     }
@@ -290,9 +291,8 @@ impl Shared {
         }
     }
 
-    /// Accepts on `listener` as listener number `index`.
-    fn start_accepting(self: &Rc<Self>, index: usize, listener: TcpListener) {
-        self.listeners.borrow_mut().insert(index, listener);
+    /// Accepts on listener number `index`.
+    fn start_accepting(self: &Rc<Self>, index: usize) {
         let task = tokio::task::spawn_local(accept_loop(self.clone(), index));
         self.accepts.borrow_mut().insert(index, task);
     }
@@ -320,7 +320,10 @@ async fn serve(
 ) {
     for (index, listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(listener) {
-            Ok(listener) => shared.start_accepting(index, listener),
+            Ok(listener) => {
+                shared.listeners.borrow_mut().insert(index, listener);
+                shared.start_accepting(index);
+            }
             Err(e) => warn!(error = %e, "listener could not be registered"),
         }
     }
@@ -361,7 +364,7 @@ async fn accept_loop(shared: Rc<Shared>, index: usize) {
     loop {
         // The socket stays in `Shared`: a reload that removes the listener
         // drops it there, closing it at once.
-        let accepted = std::future::poll_fn(|cx| match shared.listeners.borrow().get(&index) {
+        let accepted = std::future::poll_fn(|cx| match shared.listeners.borrow().get(index) {
             Some(listener) => listener.poll_accept(cx).map(Some),
             None => Poll::Ready(None),
         })
@@ -389,13 +392,7 @@ async fn accept_loop(shared: Rc<Shared>, index: usize) {
             .handle_accept(now, index, Some(remote));
         shared.wakeups.borrow_mut().insert(id);
         shared.after();
-        tokio::task::spawn_local(Connection {
-            shared: shared.clone(),
-            stream,
-            id,
-            shut_write: false,
-            pause: None,
-        });
+        tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
     }
 }
 
@@ -409,13 +406,7 @@ async fn dial(shared: Rc<Shared>, id: ConnId, addr: String) {
             shared.wakeups.borrow_mut().insert(id);
             shared.driver.borrow_mut().handle_connected(now, id, remote);
             shared.after();
-            tokio::task::spawn_local(Connection {
-                shared: shared.clone(),
-                stream,
-                id,
-                shut_write: false,
-                pause: None,
-            });
+            tokio::task::spawn_local(Connection::new(shared.clone(), stream, id));
         }
         Err(e) => {
             let now = shared.clock.now();
@@ -454,6 +445,17 @@ enum End {
 }
 
 impl Connection {
+    /// Connection `id` (accepted or dialled) on `stream`, to be spawned.
+    fn new(shared: Rc<Shared>, stream: TcpStream, id: ConnId) -> Connection {
+        Connection {
+            shared,
+            stream,
+            id,
+            shut_write: false,
+            pause: None,
+        }
+    }
+
     /// Serves until the connection ends.
     fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
         let (shared, id) = (&self.shared, self.id);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BrokerProcess, Connect, Raw, V5, V311, run_roost, toml_path};
+use common::{Connect, Raw, V5, V311, run_roost, start_roost, toml_path};
 use std::path::Path;
 
 fn write(path: &Path, text: &str) {
@@ -99,7 +99,7 @@ fn passwords_and_acl_with_sighup_reload() {
             toml_path(&acl)
         ),
     );
-    let broker = BrokerProcess::start(&config, 1);
+    let broker = start_roost(&config, 1);
     let addr = broker.addrs[0];
 
     // Good logins, in both versions.
@@ -149,9 +149,9 @@ fn passwords_and_acl_with_sighup_reload() {
         Raw::connect(addr, V311, &login("c0", "carol", "carol-1")).1,
         0x04
     );
-    broker.signal("HUP");
+    broker.signal("HUP").expect("signal");
     assert!(
-        broker.wait_log("password and ACL files reloaded", 1),
+        broker.wait_log("password and ACL files reloaded", 1, common::WAIT),
         "no reload logged:\n{}",
         broker.log()
     );
@@ -178,9 +178,9 @@ fn passwords_and_acl_with_sighup_reload() {
 
     // A broken password file: the reload keeps the previous one and says why.
     write(&passwd, "this line has no colon\n");
-    broker.signal("HUP");
+    broker.signal("HUP").expect("signal");
     assert!(
-        broker.wait_log("keeping the previous one", 1),
+        broker.wait_log("keeping the previous one", 1, common::WAIT),
         "no reload error logged:\n{}",
         broker.log()
     );
@@ -208,7 +208,7 @@ fn sigterm_sends_disconnect_0x8b_and_exits_0() {
         &config,
         "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n",
     );
-    let mut broker = BrokerProcess::start(&config, 1);
+    let broker = start_roost(&config, 1);
     let mut v5 = Raw::connected(
         broker.addrs[0],
         V5,
@@ -227,7 +227,7 @@ fn sigterm_sends_disconnect_0x8b_and_exits_0() {
             ..Connect::default()
         },
     );
-    broker.signal("TERM");
+    broker.signal("TERM").expect("signal");
     let disconnect = v5.read_packet().expect("DISCONNECT");
     assert_eq!(disconnect.kind(), 14, "expected DISCONNECT: {disconnect:?}");
     assert_eq!(disconnect.body.first(), Some(&0x8b), "{disconnect:?}");

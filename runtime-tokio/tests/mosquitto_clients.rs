@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{BrokerProcess, TestCert, WAIT, poll, toml_path};
+use common::{BrokerProcess, TestCert, WAIT, poll, start_roost, toml_path};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -176,7 +176,7 @@ fn start() -> Env {
     )
     .expect("write config");
     Env {
-        broker: BrokerProcess::start(&config, 2),
+        broker: start_roost(&config, 2),
         cafile: cert.cert_path,
         _dir: dir,
     }

@@ -3,6 +3,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
+use crate::driver::Driver;
+
 /// How many finished handshakes the kernel holds for a listener before the
 /// broker accepts them. Past it, new clients' handshakes are dropped and
 /// retried a second later, so a storm of reconnecting clients needs room:
@@ -50,6 +52,98 @@ pub fn listen_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener
         Ok(socket.into())
     };
     bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A loop's listening sockets by listener number (the driver's numbering:
+/// configuration order, then those a reload adds), in whatever socket type
+/// the loop accepts on. Removing one drops it, which closes it at once: a
+/// reload that removes a listener, or a shutdown, refuses new connections
+/// from that moment.
+#[derive(Debug)]
+pub struct Listeners<L> {
+    slots: Vec<Option<L>>,
+}
+
+impl<L> Default for Listeners<L> {
+    fn default() -> Self {
+        Listeners { slots: Vec::new() }
+    }
+}
+
+impl<L> Listeners<L> {
+    /// Binds listener number `index` (one a reload added) on `bind` with
+    /// [`listen_with`] (`SO_REUSEPORT` if `reuse_port`), makes it the loop's own socket with `wrap` (which may
+    /// register it with the loop's poller), keeps it, and tells `driver`
+    /// how it went: its address, or why it is left out. Whether it is
+    /// listening.
+    pub fn listen(
+        &mut self,
+        driver: &mut Driver,
+        index: usize,
+        bind: SocketAddr,
+        reuse_port: bool,
+        wrap: impl FnOnce(TcpListener) -> io::Result<L>,
+    ) -> bool {
+        let bound = listen_with(bind, reuse_port).and_then(|l| Ok((l.local_addr()?, wrap(l)?)));
+        match bound {
+            Ok((addr, listener)) => {
+                self.insert(index, listener);
+                driver.handle_listening(index, addr);
+                true
+            }
+            Err(e) => {
+                driver.handle_listen_failed(index, &e);
+                false
+            }
+        }
+    }
+
+    /// Keeps `listener` as listener number `index`, dropping the one it
+    /// replaces.
+    pub fn insert(&mut self, index: usize, listener: L) {
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index] = Some(listener);
+    }
+
+    /// Listener number `index`, unless it is gone.
+    pub fn get(&self, index: usize) -> Option<&L> {
+        self.slots.get(index)?.as_ref()
+    }
+
+    /// Listener number `index`, mutably, unless it is gone.
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut L> {
+        self.slots.get_mut(index)?.as_mut()
+    }
+
+    /// Takes listener number `index` out (a reload removed it).
+    pub fn remove(&mut self, index: usize) -> Option<L> {
+        self.slots.get_mut(index)?.take()
+    }
+
+    /// Takes every listener out (the broker stops listening).
+    pub fn take_all(&mut self) -> Vec<L> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// One more than the highest listener number ever kept.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no listener was ever kept.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Each listener still kept, with its number.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &L)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+    }
 }
 
 /// Reads of one socket before a runtime lets the other connections on its
@@ -114,5 +208,27 @@ mod tests {
         let _client = std::net::TcpStream::connect(addr).unwrap();
         listener.set_nonblocking(false).unwrap();
         assert!(listener.accept().is_ok());
+    }
+
+    #[test]
+    fn a_removed_listener_is_closed_and_its_number_kept() {
+        let mut listeners = Listeners::default();
+        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        listeners.insert(0, first);
+        listeners.insert(2, listen("127.0.0.1:0".parse().unwrap()).unwrap());
+        assert_eq!(listeners.len(), 3);
+        assert!(listeners.get(1).is_none());
+        assert_eq!(listeners.iter().map(|(i, _)| i).collect::<Vec<_>>(), [0, 2]);
+
+        drop(listeners.remove(0));
+        assert!(listeners.get(0).is_none());
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "a removed listener still accepts"
+        );
+        assert_eq!(listeners.take_all().len(), 1);
+        assert_eq!(listeners.iter().count(), 0);
+        assert_eq!(listeners.len(), 3, "numbers are the driver's, never reused");
     }
 }

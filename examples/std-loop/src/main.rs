@@ -34,7 +34,7 @@
 use roost_core::broker::ConnId;
 use roost_runtime::clock::Clock;
 use roost_runtime::driver::{Driver, Event, Files, WriteStatus};
-use roost_runtime::net::READS_PER_TURN;
+use roost_runtime::net::{Listeners, READS_PER_TURN};
 use roost_runtime::pool::Pool;
 use roost_runtime::service::Service;
 use std::collections::{HashMap, HashSet};
@@ -93,12 +93,12 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
     let mut driver = Driver::open(&config, clock.now())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The driver's listeners: the configured MQTT ones, then `[http]`.
-    let mut listeners = Vec::new();
+    let mut listeners = Listeners::default();
     let configured: Vec<_> = driver.listeners().cloned().collect();
-    for l in &configured {
+    for (index, l) in configured.iter().enumerate() {
         let listener = roost_runtime::net::listen_on(l)?;
-        driver.handle_listening(listeners.len(), listener.local_addr()?);
-        listeners.push(Some(listener));
+        driver.handle_listening(index, listener.local_addr()?);
+        listeners.insert(index, listener);
     }
     for warning in config.warnings() {
         tracing::warn!("{warning}");
@@ -133,8 +133,7 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
 
         if accept_retry.is_none_or(|at| at <= Instant::now()) {
             accept_retry = None;
-            for (index, listener) in listeners.iter().enumerate() {
-                let Some(listener) = listener else { continue };
+            for (index, listener) in listeners.iter() {
                 loop {
                     match listener.accept() {
                         Ok((stream, remote)) => {
@@ -231,31 +230,16 @@ fn serve(service: &mut Service, requests: &Requests) -> io::Result<()> {
                     to_write.insert(id);
                 }
                 Event::Job(job) => pool.submit(job),
-                Event::StopListening => listeners.iter_mut().for_each(|l| *l = None),
+                Event::StopListening => drop(listeners.take_all()),
                 // A listener a reload added, numbered after the others.
                 Event::Listen {
                     listener,
                     bind,
                     reuse_port,
                 } => {
-                    match roost_runtime::net::listen_with(bind, reuse_port)
-                        .and_then(|l| Ok((l.local_addr()?, l)))
-                    {
-                        Ok((addr, l)) => {
-                            if listeners.len() <= listener {
-                                listeners.resize_with(listener + 1, || None);
-                            }
-                            listeners[listener] = Some(l);
-                            driver.handle_listening(listener, addr);
-                        }
-                        Err(e) => driver.handle_listen_failed(listener, &e),
-                    }
+                    listeners.listen(&mut driver, listener, bind, reuse_port, Ok);
                 }
-                Event::Unlisten { listener } => {
-                    if let Some(l) = listeners.get_mut(listener) {
-                        *l = None;
-                    }
-                }
+                Event::Unlisten { listener } => drop(listeners.remove(listener)),
                 Event::Stopped => return Ok(()),
                 // A bridge's outbound connection: std has no non-blocking
                 // connect, so a thread dials and hands the stream back.

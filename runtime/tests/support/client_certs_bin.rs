@@ -8,149 +8,32 @@
 
 use super::pki::Pki;
 use rcgen::DnType;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use roost_conformance::process::{self, Broker, Ran};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The broker binary as a child process, killed when dropped.
-pub struct Broker {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    /// Listener addresses, in configuration order.
-    pub addrs: Vec<SocketAddr>,
-}
-
-impl Broker {
-    /// Starts `binary --config config` and waits for `listeners` "listening"
-    /// lines (the listeners bind port 0).
-    pub fn start(binary: &Path, config: &Path, listeners: usize) -> Broker {
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut broker = Broker {
-            child,
-            log,
-            addrs: Vec::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let addrs: Vec<SocketAddr> = broker
-                .log()
-                .lines()
-                .filter(|l| l.contains("listening"))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))?
-                        .parse()
-                        .ok()
-                })
-                .collect();
-            if addrs.len() >= listeners {
-                broker.addrs = addrs;
-                return broker;
-            }
-            if Instant::now() > deadline || broker.child.try_wait().ok().flatten().is_some() {
-                panic!("the broker did not start; log:\n{}", broker.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Everything the broker wrote to stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-
-    /// Waits until the log has a line containing every one of `needles`.
-    pub fn wait_line(&self, needles: &[&str]) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(line) = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return Some(line.to_owned());
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `program args` to its end, at most [`WAIT`] (then kills it).
-pub fn run_bounded(program: &str, args: &[String], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {program} ({e}): run scripts/install-test-deps.sh \
-                 (mosquitto-clients, python3 with paho-mqtt 2)"
-            )
-        });
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+pub fn run_bounded(program: &str, args: &[String], stdin: Option<&str>) -> Ran {
+    let mut command = Command::new(program);
+    command.args(args);
+    process::run(command, stdin, WAIT).unwrap_or_else(|e| {
+        panic!(
+            "{e}: run scripts/install-test-deps.sh \
+             (mosquitto-clients, python3 with paho-mqtt 2)"
+        )
+    })
 }
 
-fn text(out: &Output) -> String {
+fn text(out: &Ran) -> String {
     format!(
         "status {}; stdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.status
+            .map_or("none (killed)".to_owned(), |s| s.to_string()),
+        out.stdout,
+        out.stderr
     )
 }
 
@@ -311,14 +194,15 @@ fn paho(f: &Files, port: u16, transport: &str, cert: Option<&(PathBuf, PathBuf)>
     let mut args = strs(&["-", &port.to_string(), transport]);
     args.extend([path_str(&f.server_ca), c, k]);
     let out = run_bounded("python3", &args, Some(PAHO));
-    assert!(out.status.success(), "paho script failed: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert!(out.success(), "paho script failed: {}", text(&out));
+    out.stdout
 }
 
 /// The whole scenario against `binary`.
 pub fn run(binary: &Path, tag: &str) {
     let f = files(tag);
-    let broker = Broker::start(binary, &f.config, 2);
+    let broker = Broker::start(Broker::command(binary, &f.config), 2, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let tls = broker.addrs[0].port();
     let wss = broker.addrs[1].port();
 
@@ -358,21 +242,21 @@ pub fn run(binary: &Path, tag: &str) {
     while !sub.is_finished() && Instant::now() < deadline {
         let out = run_bounded("mosquitto_pub", &pub_args, None);
         assert!(
-            out.status.success(),
+            out.success(),
             "publish with a good certificate: {}",
             text(&out)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = sub.join().expect("subscriber");
-    assert!(out.status.success(), "subscriber: {}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
+    assert!(out.success(), "subscriber: {}", text(&out));
+    assert_eq!(out.stdout.trim(), "21.5");
 
     // The user rule of the ACL names the CN.
     let mut args = mosquitto_args(&f, tls, Some(&f.good));
     args.extend(strs(&["-t", "fleet/status", "-m", "up", "-q", "1"]));
     let out = run_bounded("mosquitto_pub", &args, None);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.success(), "{}", text(&out));
 
     // Refused: no certificate, another CA's, a revoked one.
     for (what, cert) in [
@@ -383,7 +267,7 @@ pub fn run(binary: &Path, tag: &str) {
         let mut args = mosquitto_args(&f, tls, cert);
         args.extend(strs(&["-t", "devices/sensor-1/t", "-m", "x", "-q", "1"]));
         let out = run_bounded("mosquitto_pub", &args, None);
-        assert!(!out.status.success(), "{what} was accepted: {}", text(&out));
+        assert!(!out.success(), "{what} was accepted: {}", text(&out));
     }
 
     // paho-mqtt over TLS and over WebSocket-over-TLS: the CN's topics are

@@ -1,14 +1,15 @@
 //! SIGHUP applying the whole re-read configuration file to a running
 //! broker binary: listeners added and removed, a lowered limit, bridges
 //! added, removed and added again. Each runtime's `tests/service.rs` runs
-//! these with its own binary (after `service_bin`, whose [`Roost`] they
+//! these with its own binary (after `service_bin`, whose `start` they
 //! use). Every wait is bounded.
 #![allow(dead_code)]
 
-use crate::service_bin::Roost;
+use crate::service_bin::{start, temp};
 use roost_conformance::blocking::{Connect, Raw, V5, V311};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use roost_conformance::process::Broker;
+use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -17,40 +18,9 @@ fn poll<T>(check: impl FnMut() -> Option<T>) -> Option<T> {
     roost_conformance::blocking::poll(WAIT, check)
 }
 
-/// A directory of its own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp(tag: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("roost-reload-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    TempDir(dir)
-}
-
 /// A plain TCP listener on `ip`, any port.
 fn listener(ip: &str) -> String {
     format!("[[listener]]\nprotocol = \"tcp\"\nbind = \"{ip}:0\"\nallow_anonymous = true\n")
-}
-
-/// Every address the broker logged as listening, in order.
-fn listening(roost: &Roost) -> Vec<SocketAddr> {
-    roost
-        .log()
-        .lines()
-        .filter(|l| l.contains("listening"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 fn client(id: &str) -> Connect<'_> {
@@ -62,11 +32,11 @@ fn client(id: &str) -> Connect<'_> {
 
 /// Writes `text` as the configuration and sends SIGHUP; waits for the
 /// `n`th reload to be done.
-fn reload(roost: &Roost, config: &Path, text: &str, n: usize) {
+fn reload(roost: &Broker, config: &Path, text: &str, n: usize) {
     std::fs::write(config, text).expect("config");
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     assert!(
-        roost.wait_log("files reloaded", n),
+        roost.wait_log("files reloaded", n, WAIT),
         "reload {n} not done; log:\n{}",
         roost.log()
     );
@@ -78,12 +48,12 @@ fn reload(roost: &Roost, config: &Path, text: &str, n: usize) {
 /// removes a listener (connections refused, its MQTT 5
 /// client gets DISCONNECT 0x8B, its MQTT 3.1.1 client is closed).
 pub fn reload_listeners_and_limits(binary: &Path) {
-    let dir = temp("listeners");
-    let config = dir.0.join("roost.toml");
+    let dir = temp("reload-listeners");
+    let config = dir.path().join("roost.toml");
     let first = listener("127.0.0.1");
     let second = listener("127.0.0.2");
     std::fs::write(&config, &first).expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let old_addr = roost.addrs[0];
     let mut promised = Raw::connected(old_addr, V5, &client("promised"));
 
@@ -99,7 +69,7 @@ pub fn reload_listeners_and_limits(binary: &Path) {
         1,
     );
     // The runtime binds after the reload's own log line: wait for it.
-    roost.wait_log("is not added", 1);
+    roost.wait_log("is not added", 1, WAIT);
     let log = roost.log();
     assert!(
         log.lines().any(|l| l.contains(" WARN ")
@@ -107,7 +77,7 @@ pub fn reload_listeners_and_limits(binary: &Path) {
             && l.contains("is not added")),
         "the failed bind is not logged:\n{log}"
     );
-    let addrs = poll(|| Some(listening(&roost)).filter(|a| a.len() == 2))
+    let addrs = poll(|| Some(roost.listening()).filter(|a| a.len() == 2))
         .unwrap_or_else(|| panic!("the new listener is not listening:\n{}", roost.log()));
     let new_addr = addrs[1];
     assert_eq!(new_addr.ip().to_string(), "127.0.0.2");
@@ -154,19 +124,19 @@ pub fn reload_listeners_and_limits(binary: &Path) {
 /// it would forward waits in its session) and adds it again (what waited
 /// is delivered).
 pub fn reload_bridges(binary: &Path) {
-    let dir = temp("bridges");
-    let remote_config = dir.0.join("remote.toml");
+    let dir = temp("reload-bridges");
+    let remote_config = dir.path().join("remote.toml");
     std::fs::write(&remote_config, listener("127.0.0.1")).expect("config");
-    let remote = Roost::start(
+    let remote = start(
         binary,
         &["--config", remote_config.to_str().unwrap()],
         &[],
         1,
     );
-    let config = dir.0.join("roost.toml");
+    let config = dir.path().join("roost.toml");
     let plain = listener("127.0.0.1");
     std::fs::write(&config, &plain).expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let bridged = format!(
         "{plain}[[bridge]]\nname = \"cloud\"\naddress = \"{}\"\n\
          [[bridge.topic]]\npattern = \"b/#\"\ndirection = \"out\"\nqos = 1\n",
@@ -175,7 +145,7 @@ pub fn reload_bridges(binary: &Path) {
     let mut far = Raw::connected(remote.addrs[0], V311, &client("far"));
     assert_eq!(far.subscribe(1, "b/#", 1), 1);
     let mut near = Raw::connected(roost.addrs[0], V311, &client("near"));
-    let state = |roost: &Roost| {
+    let state = |roost: &Broker| {
         let mut watcher = Raw::connected(roost.addrs[0], V311, &client("watcher"));
         watcher.subscribe(1, "$SYS/broker/connection/cloud/state", 0);
         let state = watcher.expect_publish().payload;
@@ -186,7 +156,7 @@ pub fn reload_bridges(binary: &Path) {
     // Added: it connects and forwards.
     reload(&roost, &config, &bridged, 1);
     assert!(
-        roost.wait_log("bridge connected", 1),
+        roost.wait_log("bridge connected", 1, WAIT),
         "the bridge did not connect; log:\n{}",
         roost.log()
     );

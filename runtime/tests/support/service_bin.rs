@@ -6,133 +6,45 @@
 #![allow(dead_code)]
 
 use roost_conformance::blocking::{Connect, Raw, V311};
-use std::io::{BufRead, BufReader};
+use roost_conformance::process::{self, Broker, Ran};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The broker binary as a child process, killed when dropped.
-pub struct Roost {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    /// Listener addresses, in configuration order.
-    pub addrs: Vec<SocketAddr>,
+/// `binary args` with `env` added, and none of the test's own
+/// `NOTIFY_SOCKET` or `RUST_LOG`.
+fn command(binary: &Path, args: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
 }
 
-impl Roost {
-    /// Starts `binary args` with `env` added, without waiting.
-    pub fn spawn(binary: &Path, args: &[&str], env: &[(&str, &Path)]) -> Roost {
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn the broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Roost {
-            child,
-            log,
-            addrs: Vec::new(),
-        }
-    }
-
-    /// Starts `binary args` and waits for `listeners` "listening" lines.
-    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &Path)], listeners: usize) -> Roost {
-        let mut roost = Roost::spawn(binary, args, env);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let addrs: Vec<SocketAddr> = roost
-                .log()
-                .lines()
-                .filter(|l| l.contains("listening"))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))?
-                        .parse()
-                        .ok()
-                })
-                .collect();
-            if addrs.len() >= listeners {
-                roost.addrs = addrs;
-                return roost;
-            }
-            if Instant::now() > deadline || roost.child.try_wait().ok().flatten().is_some() {
-                panic!("the broker did not start; log:\n{}", roost.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the broker wrote to stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-
-    /// Waits until the log has `n` lines containing `needle`.
-    pub fn wait_log(&self, needle: &str, n: usize) -> bool {
-        poll(|| (self.log().lines().filter(|l| l.contains(needle)).count() >= n).then_some(()))
-            .is_some()
-    }
-
-    /// Sends a signal (`HUP`, `TERM`) with kill(1).
-    pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit (killing it after [`WAIT`]).
-    pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the broker did not exit; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Starts `binary args` with `env` added, without waiting.
+pub fn spawn(binary: &Path, args: &[&str], env: &[(&str, &Path)]) -> Broker {
+    Broker::spawn(command(binary, args, env)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Drop for Roost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `binary args` and waits for `listeners` "listening" lines.
+pub fn start(binary: &Path, args: &[&str], env: &[(&str, &Path)], listeners: usize) -> Broker {
+    Broker::start(command(binary, args, env), listeners, WAIT).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits for the broker to exit (it is killed, when dropped, if it does
+/// not within [`WAIT`]).
+pub fn exit_status(roost: &Broker) -> ExitStatus {
+    roost
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("the broker did not exit; log:\n{}", roost.log()))
 }
 
 fn poll<T>(mut check: impl FnMut() -> Option<T>) -> Option<T> {
@@ -140,10 +52,11 @@ fn poll<T>(mut check: impl FnMut() -> Option<T>) -> Option<T> {
 }
 
 /// A directory of its own, removed when dropped.
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn path(&self) -> &Path {
+    /// The directory.
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -154,7 +67,8 @@ impl Drop for TempDir {
     }
 }
 
-fn temp(tag: &str) -> TempDir {
+/// A new empty directory for the check `tag`.
+pub fn temp(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("roost-service-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -175,7 +89,7 @@ pub fn pid_file(binary: &Path) {
     let pid_path = dir.path().join("roost.pid");
     std::fs::write(&pid_path, "4194303\n").expect("stale pid file");
 
-    let mut roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let expected = format!("{}\n", roost.pid());
     let written = poll(|| {
         std::fs::read_to_string(&pid_path)
@@ -197,13 +111,13 @@ pub fn pid_file(binary: &Path) {
         },
     )
     .disconnect();
-    roost.signal("TERM");
-    assert!(roost.wait_exit().success(), "{}", roost.log());
+    roost.signal("TERM").expect("signal");
+    assert!(exit_status(&roost).success(), "{}", roost.log());
     assert!(!pid_path.exists(), "pid file left behind");
 
     // The flag wins over the file.
     let flag_path = dir.path().join("flag.pid");
-    let mut roost = Roost::start(
+    let roost = start(
         binary,
         &[
             "--config",
@@ -224,13 +138,13 @@ pub fn pid_file(binary: &Path) {
         roost.log()
     );
     assert!(!pid_path.exists(), "the configuration's pid_file was used");
-    roost.signal("INT");
-    assert!(roost.wait_exit().success(), "{}", roost.log());
+    roost.signal("INT").expect("signal");
+    assert!(exit_status(&roost).success(), "{}", roost.log());
     assert!(!flag_path.exists(), "pid file left behind");
 
     // An unwritable path: a clear start-up error, a failing exit.
     let bad = dir.path().join("no-such-dir").join("roost.pid");
-    let mut roost = Roost::spawn(
+    let roost = spawn(
         binary,
         &[
             "--config",
@@ -240,7 +154,7 @@ pub fn pid_file(binary: &Path) {
         ],
         &[],
     );
-    let status = roost.wait_exit();
+    let status = exit_status(&roost);
     let log = roost.log();
     assert!(
         !status.success(),
@@ -286,7 +200,7 @@ pub fn systemd_notify(binary: &Path) {
     let config = dir.path().join("roost.toml");
     std::fs::write(&config, LISTENER).expect("config");
     let systemd = Systemd::bind(dir.path());
-    let mut roost = Roost::spawn(
+    let roost = spawn(
         binary,
         &["--config", config.to_str().unwrap()],
         &[("NOTIFY_SOCKET", &systemd.path)],
@@ -315,7 +229,7 @@ pub fn systemd_notify(binary: &Path) {
     )
     .disconnect();
 
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     let reloading = systemd.next(|| roost.log());
     assert!(
         reloading.lines().any(|l| l == "RELOADING=1"),
@@ -329,10 +243,10 @@ pub fn systemd_notify(binary: &Path) {
     let ready = systemd.next(|| roost.log());
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
 
-    roost.signal("TERM");
+    roost.signal("TERM").expect("signal");
     let stopping = systemd.next(|| roost.log());
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    assert!(roost.wait_exit().success(), "{}", roost.log());
+    assert!(exit_status(&roost).success(), "{}", roost.log());
 }
 
 /// The SUBACK code a new anonymous client gets for `filter`.
@@ -360,13 +274,13 @@ pub fn reload_configuration(binary: &Path) {
     let config = dir.path().join("roost.toml");
     let with_acl = |acl: &str| format!("{LISTENER}acl_file = \"{acl}\"\n");
     std::fs::write(&config, with_acl("acl-a")).expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let addr = roost.addrs[0];
     assert_eq!(suback(addr, "a/x"), 0);
     assert_eq!(suback(addr, "b/x"), 0x80);
 
     std::fs::write(&config, with_acl("acl-b")).expect("config");
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     assert!(
         poll(|| (suback(addr, "b/x") == 0).then_some(())).is_some(),
         "the new acl_file was not applied; log:\n{}",
@@ -376,9 +290,9 @@ pub fn reload_configuration(binary: &Path) {
 
     // A broken file: logged on one line, the running configuration stays.
     std::fs::write(&config, format!("{}\nlimits = [", with_acl("acl-a"))).expect("config");
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     assert!(
-        roost.wait_log("keeping the running configuration", 1),
+        roost.wait_log("keeping the running configuration", 1, WAIT),
         "{}",
         roost.log()
     );
@@ -395,8 +309,8 @@ pub fn reload_configuration(binary: &Path) {
 /// Runs `binary args` to its exit, as an operator starting it would, and
 /// returns its status and what it wrote to stderr.
 fn start_fails(binary: &Path, config: &Path) -> String {
-    let mut roost = Roost::spawn(binary, &["--config", config.to_str().unwrap()], &[]);
-    let status = roost.wait_exit();
+    let roost = spawn(binary, &["--config", config.to_str().unwrap()], &[]);
+    let status = exit_status(&roost);
     let log = roost.log();
     assert!(!status.success(), "started anyway:\n{log}");
     log
@@ -435,7 +349,7 @@ pub fn startup_errors(binary: &Path) {
     // The store directory is in use by another broker.
     let holder_config = d.join("holder.toml");
     std::fs::write(&holder_config, store_at("data")).expect("config");
-    let holder = Roost::start(
+    let holder = start(
         binary,
         &["--config", holder_config.to_str().unwrap()],
         &[],
@@ -527,7 +441,7 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
     let d = dir.path();
     let config = d.join("roost.toml");
     std::fs::write(&config, format!("{LISTENER}[sys]\ninterval_secs = 10\n")).expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     std::fs::write(
         &config,
         format!(
@@ -536,9 +450,9 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
         ),
     )
     .expect("config");
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     assert!(
-        roost.wait_log("configuration file re-read", 1),
+        roost.wait_log("configuration file re-read", 1, WAIT),
         "{}",
         roost.log()
     );
@@ -574,71 +488,12 @@ pub fn reload_names_what_waits_for_a_restart(binary: &Path) {
     assert_no_debug_output(&log);
 }
 
-/// A line-by-line reader of a child's stdout.
-struct Lines {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Lines {
-    fn spawn(program: &str, args: &[String]) -> Lines {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install mosquitto-clients"));
-        let stdout = child.stdout.take().expect("stdout");
-        let out = Arc::new(Mutex::new(String::new()));
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut out = sink.lock().expect("out");
-                out.push_str(&line);
-                out.push('\n');
-            }
-        });
-        Lines { child, out }
-    }
-
-    fn text(&self) -> String {
-        self.out.lock().expect("out").clone()
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs mosquitto_pub to its end (bounded); whether it succeeded, and
 /// what it said.
 fn mosquitto_pub(args: &[String]) -> (bool, String) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub: install mosquitto-clients");
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_with("mosquitto_pub", &args, None);
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 /// SIGHUP swaps the server certificate: a client connected before keeps
@@ -669,7 +524,7 @@ pub fn reload_certificate(binary: &Path) {
          cert = \"served/server.crt\"\nkey = \"served/server.key\"\n[sys]\ninterval_secs = 0\n",
     )
     .expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let port = roost.addrs[0].port().to_string();
     let args = |ca: &Path, extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = ["-h", "127.0.0.1", "-p", &port, "--cafile"]
@@ -684,13 +539,13 @@ pub fn reload_certificate(binary: &Path) {
     // Before: the old certificate is served.
     let (ok, said) = mosquitto_pub(&args(&new.cert_path, &["-t", "t", "-m", "x"]));
     assert!(!ok, "the new CA verified the old certificate: {said}");
-    let sub = Lines::spawn(
-        "mosquitto_sub",
-        &args(
-            &old.cert_path,
-            &["-i", "keeper", "-t", "swap/t", "-q", "1", "-W", "30"],
-        ),
-    );
+    // The broker wrapper serves any child: stdout kept, killed when dropped.
+    let mut sub = Command::new("mosquitto_sub");
+    sub.args(args(
+        &old.cert_path,
+        &["-i", "keeper", "-t", "swap/t", "-q", "1", "-W", "30"],
+    ));
+    let sub = Broker::spawn(sub).unwrap_or_else(|e| panic!("{e}: install mosquitto-clients"));
     // Publish until the subscriber has one (its SUBACK may not be back).
     let subscribed = poll(|| {
         let (ok, said) = mosquitto_pub(&args(
@@ -698,19 +553,19 @@ pub fn reload_certificate(binary: &Path) {
             &["-t", "swap/t", "-m", "before-swap", "-q", "1"],
         ));
         assert!(ok, "publish with the old certificate: {said}");
-        sub.text().contains("before-swap").then_some(())
+        sub.stdout().contains("before-swap").then_some(())
     });
     assert!(
         subscribed.is_some(),
         "subscriber: {}\nlog:\n{}",
-        sub.text(),
+        sub.stdout(),
         roost.log()
     );
 
     serve(&new);
-    roost.signal("HUP");
+    roost.signal("HUP").expect("signal");
     assert!(
-        roost.wait_log("certificates, password and ACL files reloaded", 1),
+        roost.wait_log("certificates, password and ACL files reloaded", 1, WAIT),
         "{}",
         roost.log()
     );
@@ -741,9 +596,9 @@ pub fn reload_certificate(binary: &Path) {
     // The subscriber connected before the swap is still on its connection
     // (it could not reconnect: it trusts only the old CA) and receives.
     assert!(
-        poll(|| sub.text().contains("after-swap").then_some(())).is_some(),
+        poll(|| sub.stdout().contains("after-swap").then_some(())).is_some(),
         "subscriber: {}\nlog:\n{}",
-        sub.text(),
+        sub.stdout(),
         roost.log()
     );
     let log = roost.log();
@@ -756,32 +611,13 @@ pub fn reload_certificate(binary: &Path) {
     );
 }
 
-/// Runs `program args` with `stdin` to its end (each program here ends by
-/// itself: mosquitto_pub gives up on its own).
-fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write as _;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): apt-get install mosquitto mosquitto-clients")
-        });
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("stdin");
-    }
-    child.wait_with_output().expect("wait")
+/// Runs `program args` with `stdin` to its end, at most [`WAIT`] (then
+/// kills it).
+fn run_with(program: &str, args: &[&str], stdin: Option<&str>) -> Ran {
+    let mut command = Command::new(program);
+    command.args(args);
+    process::run(command, stdin, WAIT)
+        .unwrap_or_else(|e| panic!("{e}: apt-get install mosquitto mosquitto-clients"))
 }
 
 /// The hash `user` has in the password file at `path`.
@@ -808,13 +644,13 @@ pub fn mosquitto_password_file(binary: &Path) {
         &["-c", "-b", f, "alice", "s3cret"],
         None,
     );
-    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(made.success(), "mosquitto_passwd: {made:?}");
     let made = run_with(
         "mosquitto_passwd",
         &["-H", "sha512", "-b", f, "bob", "hunter2"],
         None,
     );
-    assert!(made.status.success(), "mosquitto_passwd: {made:?}");
+    assert!(made.success(), "mosquitto_passwd: {made:?}");
     assert!(hash_of(&file, "alice").starts_with("$7$"));
     assert!(hash_of(&file, "bob").starts_with("$6$"));
 
@@ -825,31 +661,31 @@ pub fn mosquitto_password_file(binary: &Path) {
         &["passwd", "add", "carol", "--password-stdin", "--file", f],
         Some("pw carol\n"),
     );
-    assert!(out.status.success(), "{out:?}");
+    assert!(out.success(), "{out:?}");
     let out = run_with(
         roost,
         &["passwd", "add", "dave", "--file", f],
         Some("pw dave\n"),
     );
-    assert!(out.status.success(), "no terminal: stdin is read: {out:?}");
+    assert!(out.success(), "no terminal: stdin is read: {out:?}");
     let out = run_with(
         roost,
         &["passwd", "add", "erin", "--password-stdin", "--file", f],
         Some("\n"),
     );
-    assert!(!out.status.success(), "an empty password is refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    assert!(!out.success(), "an empty password is refused");
+    assert!(out.stderr.contains("must not be empty"));
     let out = run_with(
         roost,
         &["passwd", "add", "erin", "--password", "", "--file", f],
         None,
     );
-    assert!(!out.status.success(), "an empty --password is refused");
+    assert!(!out.success(), "an empty --password is refused");
     // upgrade names the users still on Mosquitto hashes.
     let out = run_with(roost, &["passwd", "upgrade", "--file", f], None);
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = &out.stdout;
     assert!(
-        out.status.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
+        out.success() && said.contains("2 of 4 users") && said.ends_with("alice, bob\n"),
         "{out:?}"
     );
 
@@ -860,7 +696,7 @@ pub fn mosquitto_password_file(binary: &Path) {
          [sys]\ninterval_secs = 0\n",
     )
     .expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let port = roost.addrs[0].port().to_string();
     let publish = |user: &str, password: &str| {
         run_with(
@@ -881,7 +717,6 @@ pub fn mosquitto_password_file(binary: &Path) {
             ],
             None,
         )
-        .status
         .success()
     };
     // Wrong passwords change nothing.
@@ -900,7 +735,11 @@ pub fn mosquitto_password_file(binary: &Path) {
         );
     }
     assert!(
-        roost.wait_log("password hash upgraded from Mosquitto's to Argon2id", 2),
+        roost.wait_log(
+            "password hash upgraded from Mosquitto's to Argon2id",
+            2,
+            WAIT
+        ),
         "{}",
         roost.log()
     );
@@ -912,8 +751,8 @@ pub fn mosquitto_password_file(binary: &Path) {
     assert!(!publish("erin", ""), "never added");
     // The new hashes: after a reload (the file read again) and before.
     assert!(publish("alice", "s3cret"), "{}", roost.log());
-    roost.signal("HUP");
-    assert!(roost.wait_log("files reloaded", 1), "{}", roost.log());
+    roost.signal("HUP").expect("signal");
+    assert!(roost.wait_log("files reloaded", 1, WAIT), "{}", roost.log());
     assert!(publish("alice", "s3cret"), "{}", roost.log());
     assert!(publish("bob", "hunter2"), "{}", roost.log());
     assert!(!publish("bob", "hunter"), "{}", roost.log());
@@ -923,7 +762,7 @@ pub fn mosquitto_password_file(binary: &Path) {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("every user has an Argon2id hash"),
+        out.stdout.contains("every user has an Argon2id hash"),
         "{out:?}"
     );
     assert_no_debug_output(&roost.log());
@@ -946,7 +785,7 @@ pub fn operator_log_lines(binary: &Path) {
          [sys]\ninterval_secs = 0\n",
     )
     .expect("config");
-    let roost = Roost::start(binary, &["--config", config.to_str().unwrap()], &[], 1);
+    let roost = start(binary, &["--config", config.to_str().unwrap()], &[], 1);
     let port = roost.addrs[0].port().to_string();
     let publish = |id: &str, password: &str, extra: &[&str]| {
         let mut args = vec![
@@ -966,7 +805,7 @@ pub fn operator_log_lines(binary: &Path) {
             "x",
         ];
         args.extend_from_slice(extra);
-        run_with("mosquitto_pub", &args, None).status.success()
+        run_with("mosquitto_pub", &args, None).success()
     };
     assert!(publish("good-client", "right", &[]));
     assert!(publish(
@@ -976,11 +815,15 @@ pub fn operator_log_lines(binary: &Path) {
     ));
     assert!(!publish("bad-client", "wrong", &[]));
     assert!(
-        roost.wait_log("authentication refused", 1),
+        roost.wait_log("authentication refused", 1, WAIT),
         "{}",
         roost.log()
     );
-    assert!(roost.wait_log("client disconnected", 2), "{}", roost.log());
+    assert!(
+        roost.wait_log("client disconnected", 2, WAIT),
+        "{}",
+        roost.log()
+    );
     let log = roost.log();
     let line = |needle: &str| {
         log.lines()
