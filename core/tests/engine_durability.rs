@@ -712,3 +712,127 @@ fn subscribe_packet(pid: u16, filter: &str) -> Packet {
         properties: Default::default(),
     })
 }
+
+/// A persistent MQTT 5 CONNECT for `client` (expiry one hour), with a
+/// Receive Maximum of `window` and a keep-alive of `keep_alive` seconds.
+fn persistent5(client: &str, window: u16, keep_alive: u16) -> Packet {
+    let mut c = connect(client, V5, false, keep_alive);
+    c.properties.session_expiry_interval = Some(3600);
+    c.properties.receive_maximum = std::num::NonZeroU16::new(window);
+    Packet::Connect(Box::new(c))
+}
+
+/// Found by the simulator (`roost-sim --seed 16608 --steps 5000`, 2 seeds
+/// in 20,000 at 5,000 steps, with clock jumps): when a failed batch closed
+/// a member of a shared subscription, its queued messages moved to another
+/// member whose CONNACK still waited for a later batch, and
+/// `handle_store_failed` sent them at once, before that CONNACK and before
+/// their packet identifiers were durable. A crash then gave one identifier
+/// to another message while the client still held it (QoS 2 delivered
+/// twice). They now wait behind the CONNACK and for their own batch.
+#[test]
+fn deliveries_moved_by_a_failed_batch_wait_behind_a_held_connack() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    // Member "a" of $share/g/t, one message in flight at a time.
+    let a = sim.open(V5);
+    sim.send(a, persistent5("a", 1, 0));
+    sim.confirm_all();
+    assert!(matches!(sim.recv(a), Some(Packet::ConnAck(_))));
+    sim.send(a, subscribe_packet(1, "$share/g/t"));
+    sim.confirm_all();
+    assert!(matches!(sim.recv(a), Some(Packet::SubAck(_))));
+    // "b" has a message in flight on its own topic when it goes.
+    let b = sim.open(V5);
+    sim.send(b, persistent5("b", 10, 0));
+    sim.confirm_all();
+    sim.send(b, subscribe_packet(1, "bt"));
+    sim.confirm_all();
+    let (p, _) = sim.connect("p", V5, true);
+    sim.send(
+        p,
+        Packet::Publish(publish("bt", b"b1", QoS::AtLeastOnce, 1, false)),
+    );
+    sim.confirm_all();
+    assert_eq!(sim.publishes(b).len(), 1);
+    sim.drop_transport(b);
+    for (pid, payload) in [(2, b"m1"), (3, b"m2"), (4, b"m3")] {
+        sim.send(
+            p,
+            Packet::Publish(publish("t", payload, QoS::AtLeastOnce, pid, false)),
+        );
+    }
+    sim.confirm_all();
+    assert_eq!(
+        sim.publishes(a).len(),
+        1,
+        "m2 and m3 queue behind a window of 1"
+    );
+    // Batch X: "a" subscribes again. Batch Y: a message queues for "b".
+    sim.send(a, subscribe_packet(2, "other"));
+    sim.send(
+        p,
+        Packet::Publish(publish("bt", b"b2", QoS::AtLeastOnce, 5, false)),
+    );
+    // "b" comes back and joins the group: what it resumes (b1 again)
+    // reflects batch Y, so its CONNACK and all behind it wait for Y.
+    let b = sim.open(V5);
+    sim.send(b, persistent5("b", 10, 0));
+    sim.send(b, subscribe_packet(2, "$share/g/t"));
+    assert!(sim.recv_all(b).is_empty());
+    // X fails: "a" is disconnected, and its messages move to "b".
+    sim.fail_first();
+    assert_eq!(
+        sim.closed(a),
+        Some(roost_core::broker::CloseReason::StoreFailed)
+    );
+    assert!(
+        sim.recv_all(b).is_empty(),
+        "nothing goes to b before its CONNACK, nor before its identifiers are durable"
+    );
+    sim.confirm_all();
+    let got = sim.recv_all(b);
+    assert!(
+        matches!(&got[..1], [Packet::ConnAck(c)] if c.reason == ReasonCode::Success && c.session_present),
+        "{got:?}"
+    );
+    let mut moved: Vec<&[u8]> = got
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(m) if m.topic.as_str() == "t" => Some(&m.payload[..]),
+            _ => None,
+        })
+        .collect();
+    moved.sort();
+    // (At QoS 1, as subscribed: the one in flight moves too.)
+    assert_eq!(moved, [b"m1", b"m2", b"m3"]);
+}
+
+/// The server sends nothing before CONNACK [MQTT-3.2.0-1]: a connection
+/// whose CONNACK waits for the store (a new persistent session; a resumed
+/// one not yet durable) and that is closed meanwhile (its keep-alive ran
+/// out, which a clock jump makes likely) gets no DISCONNECT, just the close.
+/// (The simulator saw DISCONNECT 0x8D arrive with no CONNACK before it.)
+#[test]
+fn a_connection_closed_before_its_connack_left_gets_no_disconnect() {
+    let mut sim = durable();
+    sim.auto_confirm = false;
+    let id = sim.open(V5);
+    sim.send(id, persistent5("new", 10, 10));
+    sim.advance(secs(16));
+    assert_eq!(
+        sim.closed(id),
+        Some(roost_core::broker::CloseReason::KeepAliveTimeout)
+    );
+    assert!(sim.recv_all(id).is_empty(), "a packet before CONNACK");
+    // Once the CONNACK left, a close still says why.
+    sim.confirm_all();
+    let id = sim.open(V5);
+    sim.send(id, persistent5("other", 10, 10));
+    sim.confirm_all();
+    assert!(matches!(sim.recv(id), Some(Packet::ConnAck(_))));
+    sim.advance(secs(16));
+    assert!(
+        matches!(&sim.recv_all(id)[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::KeepAliveTimeout)
+    );
+}

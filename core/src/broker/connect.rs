@@ -2,7 +2,8 @@
 //! resumption, wills, and what happens when a connection or session ends.
 
 use super::state::{
-    AuthStep, Conn, ConnState, HeldPacket, OutState, PendingWill, Session, SessionId, WillFrom,
+    AuthStep, Conn, ConnState, Held, HeldPacket, OutState, PendingWill, Session, SessionId,
+    WillFrom,
 };
 use super::{
     Action, AuthDecision, AuthRequest, AuthToken, Authentication, Broker, ClientRef, CloseReason,
@@ -680,6 +681,19 @@ impl Broker {
             properties,
         };
         self.send(id, &Packet::ConnAck(Box::new(ack)));
+        if let Some(c) = self.conns.get_mut(&id) {
+            // Where the CONNACK ends in the output stream (see
+            // `Conn::connack_behind`): after what waits before it.
+            let held: usize = c
+                .held
+                .iter()
+                .map(|(_, item)| match item {
+                    Held::Bytes(b) => b.len(),
+                    Held::Packet(p) => p.encoded_len(c.protocol),
+                })
+                .sum();
+            c.connack_behind = (held + c.out.len()) as u64;
+        }
         self.presence("new", &client_id);
         self.event(Event::ClientConnected {
             conn: id,

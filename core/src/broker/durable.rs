@@ -392,6 +392,8 @@ impl Broker {
                     c.out.clear();
                     c.held.clear();
                     c.held_acks = 0;
+                    // The refusing CONNACK below replaces it.
+                    c.connack_behind = 0;
                     c.will = None;
                     let v5 = c.protocol == Protocol::V5;
                     if let Some(sid) = c.session() {
@@ -415,6 +417,19 @@ impl Broker {
         let holding = core::mem::take(&mut self.holding);
         for conn in holding {
             let mut close = false;
+            // What this call already wrote for `conn` (deliveries that
+            // closing an earlier connection moved here from its shared
+            // subscriptions) is this input's output: it waits behind what
+            // is still held, and for its own batch, like any other input's
+            // (`flush` settles it). Only the answers below go ahead. (The
+            // simulator found such QoS 2 deliveries sent at once, before a
+            // CONNACK still held and before their packet identifiers were
+            // durable: a crash then gave those identifiers to other
+            // messages while the client held them.)
+            let added = match self.conns.get_mut(&conn) {
+                Some(c) => c.out.split(),
+                None => continue,
+            };
             while let Some(c) = self.conns.get_mut(&conn) {
                 let v5 = c.protocol == Protocol::V5;
                 let Some((needs, item)) = c.held.pop_front() else {
@@ -433,6 +448,11 @@ impl Broker {
                     // connection closes; a stored session sends them again
                     // on reconnect.
                     Held::Bytes(_) => {
+                        // A CONNACK among them is dropped too: nothing may
+                        // follow it on the way to the close.
+                        if c.connack_behind > 0 {
+                            c.connack_behind = u64::MAX;
+                        }
                         close = true;
                         break;
                     }
@@ -464,10 +484,16 @@ impl Broker {
                 }
             }
             if close {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.out.extend_from_slice(&added);
+                }
                 self.close(conn, CloseReason::StoreFailed);
             } else {
                 // Ahead of anything still held.
                 self.emit(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.out.extend_from_slice(&added);
+                }
             }
         }
         self.flush();

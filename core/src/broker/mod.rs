@@ -860,6 +860,7 @@ impl Broker {
                 core::mem::take(&mut c.out).freeze()
             };
             self.stats.bytes_sent += bytes.len() as u64;
+            c.connack_behind = c.connack_behind.saturating_sub(bytes.len() as u64);
             self.actions.push_back(Action::Send { conn: id, bytes });
         }
     }
@@ -880,13 +881,22 @@ impl Broker {
         };
         // What this input answered before the close leaves first, unless
         // it waits for the store: then it never leaves (the client is gone
-        // before the store could confirm it).
-        // (A CONNACK still waiting goes with the close, as before.)
-        if c.connack_wait.is_none() {
-            let mut holding = Vec::new();
-            durable::settle(c, id, batch, self.durable, &mut holding);
+        // before the store could confirm it). That includes a CONNACK that
+        // waits for its session to be stored, and all behind it.
+        let mut holding = Vec::new();
+        durable::settle(c, id, batch, self.durable, &mut holding);
+        // The server sends nothing before CONNACK [MQTT-3.2.0-1]: a
+        // DISCONNECT, or anything else, only follows a CONNACK that left,
+        // or leaves now with this input's output. One still held (its
+        // session, or what the resumed session re-sends, not durable yet),
+        // or dropped with what a failed batch held, never leaves, and
+        // neither does anything this input wrote after it (a QoS 0
+        // delivery, say): the connection just closes.
+        let connack_out = c.connack_behind <= c.out.len() as u64;
+        if !connack_out {
+            c.out.clear();
         }
-        if c.protocol == Protocol::V5 && c.session().is_some() {
+        if c.protocol == Protocol::V5 && c.session().is_some() && connack_out {
             let code = match reason {
                 CloseReason::Decode(e) => Some(e.reason_code()),
                 CloseReason::Protocol(code) => Some(code),

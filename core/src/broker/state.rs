@@ -88,6 +88,12 @@ pub(crate) struct Conn {
     pub(crate) dirty: bool,
     /// Output has been flushed before (see `Broker::flush`).
     pub(crate) flushed: bool,
+    /// Output bytes that must still leave (in a `Send`) before the
+    /// successful CONNACK has: its end in the connection's output stream,
+    /// counted down as output leaves. 0 once it left; `u64::MAX` once it
+    /// was dropped unsent (see `Broker::handle_store_failed`). Nothing,
+    /// a DISCONNECT included, may leave before it.
+    pub(crate) connack_behind: u64,
     pub(crate) keep_alive_ms: u64,
     /// When the last whole packet arrived: what the keep-alive counts from.
     /// Bytes of an unfinished packet do not count, or a client could hold
@@ -145,6 +151,7 @@ impl Conn {
             protocol: Protocol::V3_1_1,
             read_buf: BytesMut::new(),
             flushed: false,
+            connack_behind: 0,
             out: BytesMut::new(),
             dirty: false,
             keep_alive_ms: 0,
