@@ -1163,6 +1163,16 @@ impl World {
             let conn = self.clients[c].link.map(|i| self.links[i].conn.to_string());
             format!("c{c} <- {} ({})", brief(&packet), conn.unwrap_or_default())
         });
+        // Before CONNACK the server sends nothing but CONNACK (or AUTH,
+        // which these clients do not use) [MQTT-3.1.4-6, MQTT-3.2.0-1].
+        if self.clients[c].conn == Conn::Connecting && !matches!(packet, Packet::ConnAck(_)) {
+            self.violation(format!(
+                "{}: {:?} before CONNACK",
+                self.clients[c].name,
+                packet.packet_type()
+            ));
+            return;
+        }
         match packet {
             Packet::ConnAck(ack) => {
                 if self.clients[c].conn != Conn::Connecting {
