@@ -36,10 +36,10 @@
 //! the cluster picks (one per group, cluster-wide) gets it back through
 //! `publish_remote` with [`RemoteTarget::Shared`].
 
-use super::state::{ConnState, HeldPacket, SubEntry, SubKey, WillFrom};
+use super::state::{ConnState, HeldPacket, SubEntry, SubKey};
 use super::{
-    Action, Broker, ClientRef, CloseReason, ConnId, Event, FetchToken, Instant, Message,
-    PublishDecision, RecoveredSession, SessionOwner, SubscribeDecision, Verdict,
+    Action, Broker, ClientRef, ConnId, Event, FetchToken, Instant, Message, PublishDecision,
+    RecoveredSession, SessionOwner, SubscribeDecision, Verdict,
 };
 use crate::MqttStr;
 use crate::codec::Connect;
@@ -250,21 +250,7 @@ impl Broker {
         let Some(&sid) = self.by_client_id.get(client_id) else {
             return false;
         };
-        let mut taken_will = None;
-        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
-            taken_will = self.conns.get_mut(&old).and_then(|c| {
-                let from = WillFrom {
-                    client_id: c.client_id.clone(),
-                    username: c.username.clone(),
-                    listener: c.listener,
-                };
-                c.will.take().map(|w| (w, from))
-            });
-            self.close(old, CloseReason::SessionTakenOver);
-        }
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.pending_will = None;
-        }
+        let taken_will = self.take_over(sid);
         self.end_session(sid);
         if let Some((will, from)) = taken_will {
             if clean_start && will.properties.will_delay_interval.unwrap_or(0) == 0 {
@@ -413,17 +399,9 @@ impl Broker {
             self.release_client(now, client_id, true);
             return None;
         }
-        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
-            // The session continues elsewhere: the will is not due.
-            if let Some(c) = self.conns.get_mut(&old) {
-                c.will = None;
-            }
-            self.close(old, CloseReason::SessionTakenOver);
-        }
-        let session = self.sessions.get_mut(&sid).map(|s| {
-            s.pending_will = None;
-            super::durable::exported(s)
-        });
+        // The session continues elsewhere: the will is not due.
+        let _ = self.take_over(sid);
+        let session = self.sessions.get(&sid).map(|s| super::durable::exported(s));
         self.end_session(sid);
         self.stats.sessions_moved_out += 1;
         self.flush();

@@ -492,24 +492,7 @@ impl Broker {
         // session continues (below).
         let mut taken_will = None;
         if let Some(&sid) = self.by_client_id.get(&client_id) {
-            if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
-                taken_will = self.conns.get_mut(&old).and_then(|c| {
-                    let from = WillFrom {
-                        client_id: c.client_id.clone(),
-                        username: c.username.clone(),
-                        listener: c.listener,
-                    };
-                    c.will.take().map(|w| (w, from))
-                });
-                self.close(old, CloseReason::SessionTakenOver);
-            }
-            // A new connection for the client identifier, opened before the
-            // will delay ended, cancels the will whatever Clean Start says
-            // [MQTT-3.1.2-8]; so ending the old session below must not
-            // release it.
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                s.pending_will = None;
-            }
+            taken_will = self.take_over(sid);
         }
         // A session belongs to who created it: another identity with the
         // same client identifier gets a fresh one, never the old one's
@@ -978,4 +961,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Broker {
+    /// Session `sid`'s client identifier connects again (here or on
+    /// another node): its connection, if any, is closed as taken over
+    /// [MQTT-3.1.4-3] and its will handed back, for the caller to publish
+    /// or drop once it knows whether the session continues. A delayed will
+    /// already pending is cancelled whatever Clean Start says
+    /// [MQTT-3.1.2-8], so ending the old session must not release it.
+    pub(super) fn take_over(&mut self, sid: SessionId) -> Option<(Box<Will>, WillFrom)> {
+        let mut taken_will = None;
+        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn) {
+            taken_will = self.conns.get_mut(&old).and_then(|c| {
+                let from = WillFrom {
+                    client_id: c.client_id.clone(),
+                    username: c.username.clone(),
+                    listener: c.listener,
+                };
+                c.will.take().map(|w| (w, from))
+            });
+            self.close(old, CloseReason::SessionTakenOver);
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.pending_will = None;
+        }
+        taken_will
+    }
 }
